@@ -1,0 +1,44 @@
+//! Applications built on the library, run by the `iocore` CLI: each is a
+//! [`crate::Handler`] plus the little that drives it.
+//!
+//! - [`echo`] — the WSAEventSelect seed: every byte comes back.
+//! - [`sink`] — the overlapped seed's server: reads and discards.
+//! - [`client`] — the overlapped seed's client, grown up: many
+//!   connections, a message every interval, optional byte-exact checking.
+
+pub mod client;
+pub mod echo;
+pub mod sink;
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The server applications the CLI can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum App {
+    /// [`echo::Echo`].
+    #[default]
+    Echo,
+    /// [`sink::Sink`].
+    Sink,
+}
+
+impl FromStr for App {
+    type Err = String;
+    fn from_str(s: &str) -> Result<App, String> {
+        match s {
+            "echo" => Ok(App::Echo),
+            "sink" => Ok(App::Sink),
+            _ => Err(format!("unknown app '{s}' (expected echo or sink)")),
+        }
+    }
+}
+
+impl fmt::Display for App {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            App::Echo => "echo",
+            App::Sink => "sink",
+        })
+    }
+}

@@ -1,0 +1,228 @@
+//! `iocore`: a thin command-line front end over the library's apps.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use iocore::apps::client::{self, ClientOptions};
+use iocore::apps::{echo::Echo, sink::Sink, App};
+use iocore::{EngineKind, Server, ServerHandle};
+
+#[derive(Parser)]
+#[command(
+    name = "iocore",
+    version,
+    about = "TCP session servers and clients on epoll and io_uring"
+)]
+struct Cli {
+    /// Log filter: error, warn, info, debug, trace (or a tracing filter).
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a server (echo by default) until Ctrl-C or SIGTERM.
+    Serve(ServeArgs),
+    /// Run the seed client: a message every interval over N connections.
+    Client(ClientArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// I/O model: auto, epoll or uring.
+    #[arg(long, default_value = "auto")]
+    engine: EngineKind,
+    /// Application: echo or sink.
+    #[arg(long, default_value = "echo")]
+    app: App,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7777")]
+    addr: SocketAddr,
+    /// Worker threads (default: one per CPU).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Most sessions at once; more connections are reset.
+    #[arg(long, default_value_t = 10_000)]
+    max_sessions: usize,
+    /// Most unsent bytes per session before it is closed.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    max_send_queue: usize,
+    /// Most unconsumed received bytes per session before it is closed.
+    #[arg(long, default_value_t = 64 * 1024)]
+    max_recv_buffer: usize,
+    /// Close sessions idle this long (e.g. 30s); default never.
+    #[arg(long, value_parser = parse_duration)]
+    idle_timeout: Option<Duration>,
+    /// On stop, how long sessions may flush before they are reset.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    grace: Duration,
+}
+
+#[derive(clap::Args)]
+struct ClientArgs {
+    /// I/O model: auto, epoll or uring.
+    #[arg(long, default_value = "auto")]
+    engine: EngineKind,
+    /// Server address.
+    #[arg(long, default_value = "127.0.0.1:7777")]
+    addr: SocketAddr,
+    /// Bytes per message.
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// Pause between messages on a connection (e.g. 1s, 10ms).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    interval: Duration,
+    /// Connections.
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    /// Messages per connection (default: until --duration or Ctrl-C).
+    #[arg(long)]
+    count: Option<u64>,
+    /// Stop sending after this long (e.g. 10s).
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Check every echoed byte; exit non-zero on any mismatch or loss.
+    #[arg(long)]
+    verify: bool,
+    /// Worker threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+/// Parses "250ms", "1.5s", "2m", "1h" or a bare number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num.parse().map_err(|_| format!("invalid duration '{s}'"))?;
+    let secs = match unit {
+        "" | "s" => value,
+        "ms" => value / 1e3,
+        "us" => value / 1e6,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("invalid duration unit in '{s}' (use ms, s, m or h)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration '{s}': {e}"))
+}
+
+/// Delivers SIGINT/SIGTERM as messages; a second signal exits at once.
+fn signals() -> std::io::Result<mpsc::Receiver<()>> {
+    let mut signals =
+        signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = false;
+        for sig in signals.forever() {
+            if seen {
+                eprintln!("second signal: exiting now");
+                std::process::exit(128 + sig);
+            }
+            seen = true;
+            let _ = tx.send(());
+        }
+    });
+    Ok(rx)
+}
+
+fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let mut builder = Server::builder()
+        .addr(args.addr)
+        .engine(args.engine)
+        .max_sessions(args.max_sessions)
+        .max_send_queue(args.max_send_queue)
+        .max_recv_buffer(args.max_recv_buffer)
+        .idle_timeout(args.idle_timeout);
+    if let Some(t) = args.threads {
+        builder = builder.threads(t);
+    }
+    let stop = signals()?;
+    let server: ServerHandle = match args.app {
+        App::Echo => builder.start(|| Echo)?,
+        App::Sink => builder.start(Sink::default)?,
+    };
+    tracing::info!(app = %args.app, addr = %server.local_addr(), engine = %server.engine(), "ready (Ctrl-C stops)");
+    let mut last = server.stats();
+    loop {
+        match stop.recv_timeout(Duration::from_secs(1)) {
+            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        let now = server.stats();
+        if args.app == App::Sink && now.bytes_received != last.bytes_received {
+            tracing::info!(
+                bytes = now.bytes_received - last.bytes_received,
+                reads = now.reads - last.reads,
+                sessions = now.live_sessions,
+                "received in the last second"
+            );
+        }
+        last = now;
+        if server.is_finished() {
+            break;
+        }
+    }
+    tracing::info!(grace = ?args.grace, "stopping: flushing sessions");
+    server.shutdown(args.grace)?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn run_client(args: ClientArgs) -> Result<bool, Box<dyn std::error::Error>> {
+    let opts = ClientOptions {
+        addr: args.addr,
+        engine: args.engine,
+        threads: args.threads,
+        connections: args.connections,
+        size: args.size,
+        interval: args.interval,
+        count: args.count,
+        duration: args.duration,
+        verify: args.verify,
+        ..ClientOptions::default()
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let rx = signals()?;
+    let flag = stop.clone();
+    std::thread::spawn(move || {
+        if rx.recv().is_ok() {
+            flag.store(true, Ordering::Relaxed);
+        }
+    });
+    let summary = client::run(&opts, stop)?;
+    println!("{summary}");
+    Ok(summary.ok())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level).unwrap_or_else(|e| {
+        eprintln!("invalid --log-level '{}': {e}", cli.log_level);
+        std::process::exit(2);
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args).map(|()| true),
+        Command::Client(args) => run_client(args),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! Engines: one event loop per worker thread that turns the operating
+//! system's readiness reports or completions into calls on the session
+//! layer. Engines move bytes; they hold no application or protocol logic.
+//!
+//! # The engine contract
+//!
+//! Every engine, whatever its I/O model:
+//!
+//! - owns the sockets of the sessions on its thread and a [`Table`] of
+//!   [`Conn`]s addressed by the token that rides in each OS event;
+//! - hands received bytes to [`Conn::received`] (or reads into
+//!   [`Conn::read_target`] and calls [`Conn::received_in_place`]), reports
+//!   end of input with [`Conn::eof`] and socket failures with
+//!   [`Conn::failed`];
+//! - writes what [`Conn::send_slices`] gives, in order, and reports the
+//!   count with [`Conn::sent`];
+//! - after anything that touched a session, asks [`Conn::step`] what to do
+//!   (send FIN, or close and call [`Conn::finish`] exactly once), and
+//!   re-arms its deadline with [`Conn::arm`];
+//! - runs [`Timers`] with the time it reads once per loop turn, and serves
+//!   its [`Inbox`] (connect requests, stop).
+//!
+//! How the models differ:
+//!
+//! - **Readiness** (`epoll`; the seed's WSAEventSelect): the kernel says a
+//!   socket *can* be read or written; the engine then calls `read`/`sendmsg`
+//!   itself until `WouldBlock`. Registration is edge-triggered, so an event
+//!   not drained to `WouldBlock` is not reported again — the seed's rule
+//!   "after FD_READ you must call recv or FD_READ will not come again".
+//! - **Completion** (`uring`; the seed's overlapped I/O and IOCP): the
+//!   engine posts an operation with a buffer and learns later that it
+//!   finished. The buffer belongs to the kernel until then.
+//!
+//! | seed model (Windows)            | engine here | mechanism                    |
+//! |---------------------------------|-------------|------------------------------|
+//! | WSAEventSelect                  | `epoll`     | epoll, edge-triggered        |
+//! | Overlapped I/O with events      | `uring`     | io_uring (planned)           |
+//! | IOCP + worker threads           | `uring`     | one ring per worker (planned)|
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[allow(unused_imports)] // named in the contract above
+use crate::session::{Conn, Table, Timers};
+use crate::session::{Handler, Limits, Tick};
+use crate::sys::eventfd::EventFd;
+
+#[cfg(target_os = "linux")]
+mod epoll;
+mod stats;
+
+pub use stats::{Stats, WorkerStats};
+
+/// Which I/O model runs the sessions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum EngineKind {
+    /// The best model this system supports (today: `epoll` on Linux).
+    #[default]
+    Auto,
+    /// Readiness: epoll, edge-triggered (the WSAEventSelect model).
+    Epoll,
+    /// Completion: io_uring (the overlapped / IOCP model).
+    Uring,
+}
+
+impl EngineKind {
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineKind::Auto => "auto",
+            EngineKind::Epoll => "epoll",
+            EngineKind::Uring => "uring",
+        }
+    }
+
+    /// Every engine that can be named.
+    pub const ALL: [EngineKind; 3] = [EngineKind::Auto, EngineKind::Epoll, EngineKind::Uring];
+
+    /// The concrete engine to run for this request, or why it cannot run
+    /// here. `Auto` picks the best available and logs its choice.
+    pub fn resolve(self) -> Result<EngineKind, EngineError> {
+        match self {
+            EngineKind::Auto => {
+                let chosen = EngineKind::Epoll.resolve()?;
+                tracing::info!(
+                    engine = chosen.name(),
+                    "engine auto: chose epoll (io_uring engine not built yet)"
+                );
+                Ok(chosen)
+            }
+            EngineKind::Epoll if cfg!(target_os = "linux") => Ok(EngineKind::Epoll),
+            EngineKind::Epoll => Err(EngineError::Unsupported {
+                engine: self,
+                why: "epoll exists only on Linux".into(),
+            }),
+            EngineKind::Uring => Err(EngineError::NotBuilt(self)),
+        }
+    }
+}
+
+impl fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for EngineKind {
+    type Err = EngineError;
+    fn from_str(s: &str) -> Result<EngineKind, EngineError> {
+        EngineKind::ALL
+            .into_iter()
+            .find(|e| e.name() == s)
+            .ok_or_else(|| EngineError::Unknown(s.to_string()))
+    }
+}
+
+/// Why an engine cannot be used.
+#[derive(Debug)]
+pub enum EngineError {
+    /// No engine has this name.
+    Unknown(String),
+    /// The engine is not part of this build of iocore.
+    NotBuilt(EngineKind),
+    /// The engine exists but this system cannot run it.
+    Unsupported {
+        /// The engine asked for.
+        engine: EngineKind,
+        /// What the system lacks.
+        why: String,
+    },
+}
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EngineError::Unknown(s) => write!(f, "unknown engine '{s}' (expected auto, epoll or uring)"),
+            EngineError::NotBuilt(e) => write!(f, "engine '{e}' is not available in this build of iocore"),
+            EngineError::Unsupported { engine, why } => {
+                write!(f, "engine '{engine}' cannot run on this system: {why}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for EngineError {}
+
+impl From<EngineError> for io::Error {
+    fn from(e: EngineError) -> io::Error {
+        io::Error::new(io::ErrorKind::Unsupported, e)
+    }
+}
+
+/// A request from another thread to a worker.
+pub(crate) enum Command<H> {
+    /// Open an outbound connection with a handler made on the worker.
+    Connect {
+        addr: SocketAddr,
+        make: Box<dyn FnOnce() -> H + Send>,
+    },
+    /// Stop accepting, flush and close every session within `grace`, then
+    /// end the loop.
+    Stop { grace: Duration },
+}
+
+/// A worker's mailbox: commands plus a descriptor that wakes its loop.
+pub(crate) struct Inbox<H> {
+    queue: Mutex<Vec<Command<H>>>,
+    waker: EventFd,
+}
+
+impl<H> Inbox<H> {
+    pub(crate) fn new() -> io::Result<Inbox<H>> {
+        Ok(Inbox {
+            queue: Mutex::new(Vec::new()),
+            waker: EventFd::new()?,
+        })
+    }
+
+    /// Queues `cmd` and wakes the worker.
+    pub(crate) fn push(&self, cmd: Command<H>) -> io::Result<()> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).push(cmd);
+        self.waker.wake()
+    }
+
+    /// Takes every queued command (after the wake-up was drained).
+    pub(crate) fn take(&self) -> Vec<Command<H>> {
+        let _ = self.waker.drain();
+        std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub(crate) fn waker(&self) -> &EventFd {
+        &self.waker
+    }
+}
+
+/// Counts live sessions across all workers of a service against its
+/// `max_sessions`.
+pub(crate) struct SessionGate {
+    max: usize,
+    live: AtomicUsize,
+}
+
+impl SessionGate {
+    pub(crate) fn new(max: usize) -> SessionGate {
+        SessionGate {
+            max,
+            live: AtomicUsize::new(0),
+        }
+    }
+
+    /// Takes a place, if one is free.
+    pub(crate) fn try_acquire(&self) -> bool {
+        if self.live.fetch_add(1, Ordering::AcqRel) < self.max {
+            true
+        } else {
+            self.live.fetch_sub(1, Ordering::AcqRel);
+            false
+        }
+    }
+
+    /// Gives a place back.
+    pub(crate) fn release(&self) {
+        self.live.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Makes a handler for each accepted connection.
+pub(crate) type Factory<H> = Arc<dyn Fn() -> H + Send + Sync>;
+
+/// Everything one worker thread needs; the engine takes it over.
+pub(crate) struct Worker<H> {
+    pub index: usize,
+    pub listener: Option<OwnedFd>,
+    pub factory: Option<Factory<H>>,
+    pub inbox: Arc<Inbox<H>>,
+    pub limits: Limits,
+    pub stats: Arc<WorkerStats>,
+    pub gate: Arc<SessionGate>,
+    pub epoch: Instant,
+    /// Told once the loop is set up (or why it could not be).
+    pub ready: std::sync::mpsc::Sender<io::Result<()>>,
+}
+
+impl<H> Worker<H> {
+    /// The current time as the session layer sees it.
+    pub(crate) fn now(&self) -> Tick {
+        Tick(self.epoch.elapsed().as_millis() as u64)
+    }
+}
+
+/// Runs `worker`'s event loop on the calling thread with a resolved engine
+/// until it is stopped.
+pub(crate) fn run<H: Handler>(engine: EngineKind, worker: Worker<H>) -> io::Result<()> {
+    match engine {
+        #[cfg(target_os = "linux")]
+        EngineKind::Epoll => epoll::run(worker),
+        other => Err(EngineError::NotBuilt(other).into()),
+    }
+}

@@ -1,0 +1,140 @@
+//! Counters each worker keeps about its sessions, readable from any thread.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::session::CloseKind;
+
+/// One worker's counters. Only the worker writes them (plain load+store,
+/// no read-modify-write on the hot path); anyone may read.
+#[derive(Default, Debug)]
+pub struct WorkerStats {
+    accepted: AtomicU64,
+    connected: AtomicU64,
+    rejected: AtomicU64,
+    live: AtomicU64,
+    queued_bytes: AtomicU64,
+    bytes_received: AtomicU64,
+    bytes_sent: AtomicU64,
+    reads: AtomicU64,
+    writes: AtomicU64,
+    closed: [AtomicU64; CloseKind::ALL.len()],
+}
+
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+impl WorkerStats {
+    pub(crate) fn accepted(&self) {
+        bump(&self.accepted, 1);
+        bump(&self.live, 1);
+    }
+    pub(crate) fn connected(&self) {
+        bump(&self.connected, 1);
+    }
+    pub(crate) fn opened_outbound(&self) {
+        bump(&self.live, 1);
+    }
+    pub(crate) fn rejected(&self) {
+        bump(&self.rejected, 1);
+    }
+    pub(crate) fn closed(&self, kind: CloseKind) {
+        bump(&self.closed[kind.index()], 1);
+        bump(&self.live, u64::MAX); // -1
+    }
+    /// Adds the change in one session's queued bytes.
+    pub(crate) fn queued_changed(&self, before: usize, after: usize) {
+        if before != after {
+            bump(&self.queued_bytes, (after as u64).wrapping_sub(before as u64));
+        }
+    }
+    pub(crate) fn read(&self, n: usize) {
+        bump(&self.reads, 1);
+        bump(&self.bytes_received, n as u64);
+    }
+    pub(crate) fn read_attempt(&self) {
+        bump(&self.reads, 1);
+    }
+    pub(crate) fn wrote(&self, n: usize) {
+        bump(&self.writes, 1);
+        bump(&self.bytes_sent, n as u64);
+    }
+    pub(crate) fn write_attempt(&self) {
+        bump(&self.writes, 1);
+    }
+
+    /// A copy of the counters.
+    pub fn snapshot(&self) -> Stats {
+        let mut closed = [0; CloseKind::ALL.len()];
+        for (c, a) in closed.iter_mut().zip(&self.closed) {
+            *c = a.load(Relaxed);
+        }
+        Stats {
+            accepted: self.accepted.load(Relaxed),
+            connected: self.connected.load(Relaxed),
+            rejected: self.rejected.load(Relaxed),
+            live_sessions: self.live.load(Relaxed),
+            queued_bytes: self.queued_bytes.load(Relaxed),
+            bytes_received: self.bytes_received.load(Relaxed),
+            bytes_sent: self.bytes_sent.load(Relaxed),
+            reads: self.reads.load(Relaxed),
+            writes: self.writes.load(Relaxed),
+            closed,
+        }
+    }
+}
+
+/// Counters of a server or client, summed over its workers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Outbound connections established.
+    pub connected: u64,
+    /// Connections refused because `max_sessions` were live.
+    pub rejected: u64,
+    /// Sessions not yet finished (including those still connecting or
+    /// closing).
+    pub live_sessions: u64,
+    /// Bytes queued for sending and not yet taken by the kernel.
+    pub queued_bytes: u64,
+    /// Bytes read from sockets.
+    pub bytes_received: u64,
+    /// Bytes the kernel took for sending.
+    pub bytes_sent: u64,
+    /// Read system calls (or receive completions).
+    pub reads: u64,
+    /// Send system calls (or send submissions), including ones that found
+    /// the socket full.
+    pub writes: u64,
+    /// Finished sessions by [`CloseKind`] (index with [`CloseKind::index`]).
+    pub closed: [u64; CloseKind::ALL.len()],
+}
+
+impl Stats {
+    /// Finished sessions of one kind.
+    pub fn closed(&self, kind: CloseKind) -> u64 {
+        self.closed[kind.index()]
+    }
+
+    /// Finished sessions of every kind.
+    pub fn closed_total(&self) -> u64 {
+        self.closed.iter().sum()
+    }
+
+    /// Adds another worker's counters.
+    pub fn add(&mut self, o: &Stats) {
+        self.accepted += o.accepted;
+        self.connected += o.connected;
+        self.rejected += o.rejected;
+        self.live_sessions = self.live_sessions.wrapping_add(o.live_sessions);
+        self.queued_bytes = self.queued_bytes.wrapping_add(o.queued_bytes);
+        self.bytes_received += o.bytes_received;
+        self.bytes_sent += o.bytes_sent;
+        self.reads += o.reads;
+        self.writes += o.writes;
+        for (a, b) in self.closed.iter_mut().zip(&o.closed) {
+            *a += b;
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! [`Client`]: outbound connections served by the same engines and the
+//! same [`Handler`] API as the server (the seed client's non-blocking
+//! connect, or `ConnectEx` in the IOCP series).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::runtime::{Runtime, WorkerSpec};
+use crate::engine::{Command, EngineKind, Inbox, Stats};
+use crate::session::{Handler, Limits};
+
+/// Entry point: `Client::builder()`.
+pub struct Client;
+
+impl Client {
+    /// A builder with the defaults: engine `auto`, one worker thread, no
+    /// session limit beyond the system's, default [`Limits`].
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder {
+            engine: EngineKind::Auto,
+            threads: 1,
+            max_sessions: usize::MAX,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Configures and starts a [`Client`].
+#[derive(Clone, Debug)]
+pub struct ClientBuilder {
+    engine: EngineKind,
+    threads: usize,
+    max_sessions: usize,
+    limits: Limits,
+}
+
+impl ClientBuilder {
+    /// The I/O model.
+    pub fn engine(mut self, engine: EngineKind) -> Self {
+        self.engine = engine;
+        self
+    }
+    /// Worker threads; connections are spread over them in turn (≥ 1).
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = threads;
+        self
+    }
+    /// Most sessions live at once; more connects fail at once.
+    pub fn max_sessions(mut self, max: usize) -> Self {
+        self.max_sessions = max;
+        self
+    }
+    /// Per-session limits (including [`Limits::connect_timeout`]).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Starts the workers. `H` is the handler type of every connection;
+    /// use `Box<dyn Handler>` to mix kinds.
+    pub fn start<H: Handler>(self) -> io::Result<ClientHandle<H>> {
+        if self.threads == 0 || self.threads > 255 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "threads must be between 1 and 255",
+            ));
+        }
+        let engine = self.engine.resolve()?;
+        let specs = (0..self.threads)
+            .map(|_| WorkerSpec {
+                listener: None,
+                factory: None,
+            })
+            .collect();
+        let (runtime, inboxes) =
+            Runtime::start("iocore-client", engine, specs, self.limits, self.max_sessions)?;
+        Ok(ClientHandle {
+            runtime,
+            inboxes,
+            next: AtomicUsize::new(0),
+        })
+    }
+}
+
+/// Running client workers. Dropping it stops them at once; call
+/// [`ClientHandle::shutdown`] for a graceful stop.
+pub struct ClientHandle<H> {
+    runtime: Runtime,
+    inboxes: Vec<Arc<Inbox<H>>>,
+    next: AtomicUsize,
+}
+
+impl<H: Handler> ClientHandle<H> {
+    /// Connects to `addr` without blocking. `make` builds the handler on
+    /// the worker that will own the session; the handler then hears
+    /// `on_connected`, or only `on_disconnected` with
+    /// [`crate::CloseReason::ConnectFailed`] if the connection fails.
+    pub fn connect(&self, addr: SocketAddr, make: impl FnOnce() -> H + Send + 'static) -> io::Result<()> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.inboxes.len();
+        self.inboxes[i].push(Command::Connect {
+            addr,
+            make: Box::new(make),
+        })
+    }
+
+    /// The engine serving.
+    pub fn engine(&self) -> EngineKind {
+        self.runtime.engine()
+    }
+
+    /// Counters summed over the workers.
+    pub fn stats(&self) -> Stats {
+        self.runtime.stats()
+    }
+
+    /// Starts a graceful stop; see [`crate::ServerHandle::stop`].
+    pub fn stop(&self, grace: Duration) {
+        self.runtime.stop(grace)
+    }
+
+    /// Waits until every worker has finished (after a stop).
+    pub fn join(mut self) -> io::Result<()> {
+        self.runtime.join()
+    }
+
+    /// [`stop`](ClientHandle::stop) then [`join`](ClientHandle::join).
+    pub fn shutdown(self, grace: Duration) -> io::Result<()> {
+        self.stop(grace);
+        self.join()
+    }
+}

@@ -1,0 +1,10 @@
+//! The service layer: [`Server`] and [`Client`] — binding or connecting,
+//! worker threads (one engine loop each, sessions owned by their thread),
+//! limits, graceful stop, counters.
+
+mod client;
+mod runtime;
+mod server;
+
+pub use client::{Client, ClientBuilder, ClientHandle};
+pub use server::{Server, ServerBuilder, ServerHandle};

@@ -1,0 +1,197 @@
+//! [`Server`]: listen, accept, and run a handler per session on worker
+//! threads.
+//!
+//! Accept strategy: every worker has its own listening socket on the same
+//! address (`SO_REUSEPORT`), and the kernel spreads new connections across
+//! them. A session is accepted, served and closed on one thread: no
+//! hand-off, no locks, no acceptor thread to become a bottleneck.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::runtime::{Runtime, WorkerSpec};
+use crate::engine::{EngineKind, Stats};
+use crate::session::{Handler, Limits};
+use crate::sys::socket;
+
+/// Entry point: `Server::builder()`.
+pub struct Server;
+
+impl Server {
+    /// A builder with the defaults: 127.0.0.1:7777, engine `auto`, one
+    /// worker per CPU, 10,000 sessions, default [`Limits`].
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder {
+            addr: SocketAddr::from(([127, 0, 0, 1], 7777)),
+            engine: EngineKind::Auto,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            max_sessions: 10_000,
+            backlog: 1024,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Configures and starts a [`Server`].
+#[derive(Clone, Debug)]
+pub struct ServerBuilder {
+    addr: SocketAddr,
+    engine: EngineKind,
+    threads: usize,
+    max_sessions: usize,
+    backlog: i32,
+    limits: Limits,
+}
+
+impl ServerBuilder {
+    /// Address to listen on; port 0 picks a free port (see
+    /// [`ServerHandle::local_addr`]).
+    pub fn addr(mut self, addr: SocketAddr) -> Self {
+        self.addr = addr;
+        self
+    }
+    /// The I/O model.
+    pub fn engine(mut self, engine: EngineKind) -> Self {
+        self.engine = engine;
+        self
+    }
+    /// Worker threads, each with its own event loop and listener (≥ 1).
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = threads;
+        self
+    }
+    /// Most sessions live at once; further connections are reset.
+    pub fn max_sessions(mut self, max: usize) -> Self {
+        self.max_sessions = max;
+        self
+    }
+    /// Listen backlog.
+    pub fn backlog(mut self, backlog: i32) -> Self {
+        self.backlog = backlog;
+        self
+    }
+    /// All per-session limits at once.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+    /// See [`Limits::max_send_queue`].
+    pub fn max_send_queue(mut self, bytes: usize) -> Self {
+        self.limits.max_send_queue = bytes;
+        self
+    }
+    /// See [`Limits::max_recv_buffer`].
+    pub fn max_recv_buffer(mut self, bytes: usize) -> Self {
+        self.limits.max_recv_buffer = bytes;
+        self
+    }
+    /// See [`Limits::idle_timeout`].
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.limits.idle_timeout = timeout;
+        self
+    }
+    /// See [`Limits::linger`].
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.limits.linger = linger;
+        self
+    }
+
+    fn validate(&self) -> io::Result<()> {
+        let bad = |msg: &str| Err(io::Error::new(io::ErrorKind::InvalidInput, msg.to_string()));
+        if self.threads == 0 || self.threads > 255 {
+            return bad("threads must be between 1 and 255");
+        }
+        if self.max_sessions == 0 {
+            return bad("max_sessions must be at least 1");
+        }
+        if self.limits.max_recv_buffer == 0 || self.limits.max_recv_buffer > u32::MAX as usize / 2 {
+            return bad("max_recv_buffer must be between 1 byte and 2 GiB");
+        }
+        if self.limits.max_send_queue == 0 {
+            return bad("max_send_queue must be at least 1 byte");
+        }
+        Ok(())
+    }
+
+    /// Binds, starts the workers and returns once they serve. `factory`
+    /// makes one handler per accepted connection, on the worker thread that
+    /// will own it.
+    pub fn start<H, F>(self, factory: F) -> io::Result<ServerHandle>
+    where
+        H: Handler,
+        F: Fn() -> H + Send + Sync + 'static,
+    {
+        self.validate()?;
+        let engine = self.engine.resolve()?;
+        // A plain bind first: if another process (even one using
+        // SO_REUSEPORT) holds the address, say so instead of silently
+        // sharing its port. It also resolves port 0.
+        let probe = socket::listen(&self.addr, 1, false)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", self.addr)))?;
+        let local_addr = socket::local_addr(&probe)?;
+        drop(probe);
+        let factory: crate::engine::Factory<H> = Arc::new(factory);
+        let mut specs = Vec::with_capacity(self.threads);
+        for _ in 0..self.threads {
+            let listener = socket::listen(&local_addr, self.backlog, true)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {local_addr}: {e}")))?;
+            specs.push(WorkerSpec {
+                listener: Some(listener),
+                factory: Some(factory.clone()),
+            });
+        }
+        let (runtime, _) = Runtime::start("iocore-server", engine, specs, self.limits, self.max_sessions)?;
+        tracing::info!(addr = %local_addr, engine = %engine, threads = self.threads, "serving");
+        Ok(ServerHandle { runtime, local_addr })
+    }
+}
+
+/// A running server. Dropping it stops the server at once (no grace);
+/// call [`ServerHandle::shutdown`] for a graceful stop.
+pub struct ServerHandle {
+    runtime: Runtime,
+    local_addr: SocketAddr,
+}
+
+impl ServerHandle {
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The engine serving.
+    pub fn engine(&self) -> EngineKind {
+        self.runtime.engine()
+    }
+
+    /// Counters summed over the workers.
+    pub fn stats(&self) -> Stats {
+        self.runtime.stats()
+    }
+
+    /// Starts a graceful stop and returns at once: listeners close, every
+    /// session flushes its queue and closes with
+    /// [`crate::CloseReason::ServerShutdown`]; what is still open after
+    /// `grace` is reset. [`ServerHandle::join`] waits for the end.
+    pub fn stop(&self, grace: Duration) {
+        self.runtime.stop(grace)
+    }
+
+    /// Waits until every worker has finished (after a stop).
+    pub fn join(mut self) -> io::Result<()> {
+        self.runtime.join()
+    }
+
+    /// [`stop`](ServerHandle::stop) then [`join`](ServerHandle::join).
+    pub fn shutdown(self, grace: Duration) -> io::Result<()> {
+        self.stop(grace);
+        self.join()
+    }
+
+    /// Whether every worker has finished.
+    pub fn is_finished(&self) -> bool {
+        self.runtime.is_finished()
+    }
+}

@@ -1,0 +1,163 @@
+//! Why a session ended, and why a send was refused.
+
+use std::fmt;
+use std::io;
+
+/// Why a session ended; given to [`crate::Handler::on_disconnected`]
+/// exactly once per handler.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The peer sent FIN. Data queued before it was still sent.
+    PeerClosed,
+    /// The peer reset the connection (RST): `ECONNRESET`, `EPIPE`.
+    PeerReset,
+    /// The handler called [`crate::Session::close`]; queued data was sent
+    /// first, then FIN.
+    LocalClose,
+    /// The handler called [`crate::Session::abort`]; queued data was
+    /// dropped and the peer got RST.
+    LocalAbort,
+    /// The handler left more than [`crate::Limits::max_recv_buffer`]
+    /// bytes unconsumed; the peer got RST.
+    RecvBufferFull,
+    /// Sends queued faster than the peer reads went over
+    /// [`crate::Limits::max_send_queue`]; the queue was dropped and the
+    /// peer got RST.
+    SendQueueFull,
+    /// Nothing was received for [`crate::Limits::idle_timeout`]; queued
+    /// data was sent first, then FIN.
+    IdleTimeout,
+    /// The server or client was stopped; queued data was sent until the
+    /// stop deadline, then FIN (or RST if the deadline passed first).
+    ServerShutdown,
+    /// An outbound connection could not be established (refused, timed
+    /// out, unreachable). `on_connected` was never called.
+    ConnectFailed(io::Error),
+    /// Any other socket error.
+    Io(io::Error),
+}
+
+/// The kind of a [`CloseReason`], without the error value: small and
+/// `Copy`, for counters and comparisons.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CloseKind {
+    /// See [`CloseReason::PeerClosed`].
+    PeerClosed,
+    /// See [`CloseReason::PeerReset`].
+    PeerReset,
+    /// See [`CloseReason::LocalClose`].
+    LocalClose,
+    /// See [`CloseReason::LocalAbort`].
+    LocalAbort,
+    /// See [`CloseReason::RecvBufferFull`].
+    RecvBufferFull,
+    /// See [`CloseReason::SendQueueFull`].
+    SendQueueFull,
+    /// See [`CloseReason::IdleTimeout`].
+    IdleTimeout,
+    /// See [`CloseReason::ServerShutdown`].
+    ServerShutdown,
+    /// See [`CloseReason::ConnectFailed`].
+    ConnectFailed,
+    /// See [`CloseReason::Io`].
+    Io,
+}
+
+impl CloseKind {
+    /// Every kind, in declaration order (the index used by counters).
+    pub const ALL: [CloseKind; 10] = [
+        CloseKind::PeerClosed,
+        CloseKind::PeerReset,
+        CloseKind::LocalClose,
+        CloseKind::LocalAbort,
+        CloseKind::RecvBufferFull,
+        CloseKind::SendQueueFull,
+        CloseKind::IdleTimeout,
+        CloseKind::ServerShutdown,
+        CloseKind::ConnectFailed,
+        CloseKind::Io,
+    ];
+
+    /// Position in [`CloseKind::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl CloseReason {
+    /// The kind of this reason.
+    pub fn kind(&self) -> CloseKind {
+        match self {
+            CloseReason::PeerClosed => CloseKind::PeerClosed,
+            CloseReason::PeerReset => CloseKind::PeerReset,
+            CloseReason::LocalClose => CloseKind::LocalClose,
+            CloseReason::LocalAbort => CloseKind::LocalAbort,
+            CloseReason::RecvBufferFull => CloseKind::RecvBufferFull,
+            CloseReason::SendQueueFull => CloseKind::SendQueueFull,
+            CloseReason::IdleTimeout => CloseKind::IdleTimeout,
+            CloseReason::ServerShutdown => CloseKind::ServerShutdown,
+            CloseReason::ConnectFailed(_) => CloseKind::ConnectFailed,
+            CloseReason::Io(_) => CloseKind::Io,
+        }
+    }
+
+    /// Whether the peer is told with RST (queued data dropped) rather than
+    /// FIN after the queue was flushed.
+    pub fn resets_peer(&self) -> bool {
+        matches!(
+            self,
+            CloseReason::LocalAbort | CloseReason::RecvBufferFull | CloseReason::SendQueueFull
+        )
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::PeerClosed => f.write_str("peer closed the connection"),
+            CloseReason::PeerReset => f.write_str("peer reset the connection"),
+            CloseReason::LocalClose => f.write_str("closed by the handler"),
+            CloseReason::LocalAbort => f.write_str("aborted by the handler"),
+            CloseReason::RecvBufferFull => f.write_str("receive buffer full: handler did not consume"),
+            CloseReason::SendQueueFull => f.write_str("send queue over its limit: peer not reading"),
+            CloseReason::IdleTimeout => f.write_str("idle timeout"),
+            CloseReason::ServerShutdown => f.write_str("server shutdown"),
+            CloseReason::ConnectFailed(e) => write!(f, "connect failed: {e}"),
+            CloseReason::Io(e) => write!(f, "I/O error: {e}"),
+        }
+    }
+}
+
+/// Why [`crate::Session::send`] refused a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The session is closing or closed; nothing more is sent.
+    Closed,
+    /// The send queue would exceed its limit; the session is being closed
+    /// with [`CloseReason::SendQueueFull`].
+    QueueFull,
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::Closed => f.write_str("session is closing"),
+            SendError::QueueFull => f.write_str("send queue limit reached; session closed"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {}
+
+impl From<SendError> for io::Error {
+    fn from(e: SendError) -> io::Error {
+        let kind = match e {
+            SendError::Closed => io::ErrorKind::NotConnected,
+            SendError::QueueFull => io::ErrorKind::OutOfMemory,
+        };
+        io::Error::new(kind, e)
+    }
+}

@@ -1,0 +1,241 @@
+//! The application's side of a session: the [`Handler`] trait and the
+//! [`Session`] handle it is given, plus the identifiers, limits and time
+//! values they use.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::close::{CloseReason, SendError};
+use super::conn::{Core, Phase};
+
+/// Per-session application logic, in the spirit of the seeds' `Session`.
+///
+/// A server makes one handler per accepted connection with its factory; a
+/// client makes one per [`crate::Client::connect`]. All calls for one
+/// session happen on the worker thread that owns it, one at a time, so a
+/// handler needs no locks. Callbacks never block: anything slow belongs on
+/// another thread that reports back.
+///
+/// Order of calls: `on_connected` once; then any number of `on_recv`,
+/// `on_sent` and `on_timer`; then `on_disconnected` exactly once. A client
+/// whose connect fails gets only `on_disconnected`
+/// ([`CloseReason::ConnectFailed`]).
+pub trait Handler: 'static {
+    /// The connection is established. The session may send right away.
+    fn on_connected(&mut self, session: &mut Session<'_>) {
+        let _ = session;
+    }
+
+    /// Bytes arrived. `data` holds everything received and not yet
+    /// consumed, oldest first; return how many leading bytes were consumed.
+    /// The rest stays buffered and is offered again, followed by newer
+    /// bytes (TCP has no message boundaries: a message may be cut anywhere).
+    /// While the handler keeps consuming and bytes remain, it is called
+    /// again at once, so consuming one message per call is fine. Leaving
+    /// more than [`Limits::max_recv_buffer`] bytes closes the session with
+    /// [`CloseReason::RecvBufferFull`].
+    fn on_recv(&mut self, session: &mut Session<'_>, data: &[u8]) -> usize;
+
+    /// Everything queued so far has been handed to the kernel (the send
+    /// queue is empty). Useful for flow control: queue more here.
+    fn on_sent(&mut self, session: &mut Session<'_>) {
+        let _ = session;
+    }
+
+    /// The timer set with [`Session::set_timer`] expired.
+    fn on_timer(&mut self, session: &mut Session<'_>) {
+        let _ = session;
+    }
+
+    /// The session ended; called exactly once, last. Its socket is closed.
+    fn on_disconnected(&mut self, reason: CloseReason) {
+        let _ = reason;
+    }
+}
+
+impl Handler for Box<dyn Handler> {
+    fn on_connected(&mut self, session: &mut Session<'_>) {
+        (**self).on_connected(session)
+    }
+    fn on_recv(&mut self, session: &mut Session<'_>, data: &[u8]) -> usize {
+        (**self).on_recv(session, data)
+    }
+    fn on_sent(&mut self, session: &mut Session<'_>) {
+        (**self).on_sent(session)
+    }
+    fn on_timer(&mut self, session: &mut Session<'_>) {
+        (**self).on_timer(session)
+    }
+    fn on_disconnected(&mut self, reason: CloseReason) {
+        (**self).on_disconnected(reason)
+    }
+}
+
+/// Identifies a session across the whole server: the worker thread that
+/// owns it, its slot there and that slot's reuse count. Small and `Copy`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(u64);
+
+impl SessionId {
+    /// Builds the id of the session in `token`'s slot on `worker`.
+    pub(crate) fn new(worker: usize, token: u64) -> SessionId {
+        let slot = token & 0xFFFF_FFFF;
+        let generation = (token >> 32) & 0xFF_FFFF;
+        SessionId(((worker as u64 & 0xFF) << 56) | (generation << 32) | slot)
+    }
+
+    /// Index of the worker thread that owns the session.
+    pub fn worker(self) -> usize {
+        (self.0 >> 56) as usize
+    }
+
+    /// The id as one number (for logs and maps).
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let slot = self.0 & 0xFFFF_FFFF;
+        let generation = (self.0 >> 32) & 0xFF_FFFF;
+        write!(f, "w{}#{}.{}", self.worker(), slot, generation)
+    }
+}
+
+/// A point in time as whole milliseconds since the worker started. The
+/// session layer never reads a clock; engines pass the time in.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Default)]
+pub struct Tick(pub u64);
+
+impl Tick {
+    /// Later than any real time: "no deadline".
+    pub const NEVER: Tick = Tick(u64::MAX);
+
+    /// This time plus `d` (rounded up to a whole millisecond).
+    pub fn after(self, d: Duration) -> Tick {
+        let ms = d.as_nanos().div_ceil(1_000_000).min(u64::MAX as u128) as u64;
+        Tick(self.0.saturating_add(ms))
+    }
+
+    /// Time from `self` until `later` (zero if `later` is not later).
+    pub fn until(self, later: Tick) -> Duration {
+        Duration::from_millis(later.0.saturating_sub(self.0))
+    }
+}
+
+/// Per-session resource limits, enforced by the session layer.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Most unconsumed received bytes kept per session (a partial message
+    /// can be at most this long). Default 64 KiB.
+    pub max_recv_buffer: usize,
+    /// Most unsent bytes queued per session. Default 1 MiB.
+    pub max_send_queue: usize,
+    /// Close sessions that receive nothing for this long. Default: never.
+    pub idle_timeout: Option<Duration>,
+    /// After a local close sent FIN, how long to keep reading (and
+    /// discarding) while waiting for the peer's FIN, so that the peer's
+    /// late data cannot make the kernel reset the connection before our
+    /// last bytes are read. Default 2 s.
+    pub linger: Duration,
+    /// How long an outbound connect may take. Default 10 s.
+    pub connect_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_recv_buffer: 64 * 1024,
+            max_send_queue: 1024 * 1024,
+            idle_timeout: None,
+            linger: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a handler may do with its session during a callback.
+pub struct Session<'a> {
+    pub(crate) core: &'a mut Core,
+    pub(crate) id: SessionId,
+    pub(crate) now: Tick,
+    pub(crate) limits: &'a Limits,
+}
+
+impl Session<'_> {
+    /// This session's id.
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.core.peer
+    }
+
+    /// Queues `buf` to be sent after everything queued before it. The
+    /// buffer is shared, not copied: one [`Bytes`] can be queued on many
+    /// sessions. Fails when the session is closing, or when the queue would
+    /// exceed [`Limits::max_send_queue`] — then the session is closed with
+    /// [`CloseReason::SendQueueFull`] and its queue is freed.
+    pub fn send(&mut self, buf: impl Into<Bytes>) -> Result<(), SendError> {
+        if !matches!(self.core.phase, Phase::Open) {
+            return Err(SendError::Closed);
+        }
+        match self.core.send.push(buf.into(), self.limits.max_send_queue) {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                self.core.abort(CloseReason::SendQueueFull);
+                Err(SendError::QueueFull)
+            }
+        }
+    }
+
+    /// Copies `data` into a new buffer and queues it; see [`Session::send`].
+    pub fn send_copy(&mut self, data: &[u8]) -> Result<(), SendError> {
+        self.send(Bytes::copy_from_slice(data))
+    }
+
+    /// Closes gracefully: what is queued is sent, then FIN. Nothing more is
+    /// received by the handler. Ends with [`CloseReason::LocalClose`].
+    pub fn close(&mut self) {
+        self.core.close(CloseReason::LocalClose);
+    }
+
+    /// Closes at once: the queue is dropped and the peer gets RST. Ends
+    /// with [`CloseReason::LocalAbort`].
+    pub fn abort(&mut self) {
+        self.core.abort(CloseReason::LocalAbort);
+    }
+
+    /// The session is open: not closing, not closed.
+    pub fn is_open(&self) -> bool {
+        matches!(self.core.phase, Phase::Open)
+    }
+
+    /// Unsent bytes in the send queue.
+    pub fn queued_bytes(&self) -> usize {
+        self.core.send.len()
+    }
+
+    /// Calls [`Handler::on_timer`] once after `after`, replacing any timer
+    /// set before. Resolution is a millisecond.
+    pub fn set_timer(&mut self, after: Duration) {
+        self.core.timer_at = self.now.after(after);
+    }
+
+    /// Cancels the timer, if any.
+    pub fn cancel_timer(&mut self) {
+        self.core.timer_at = Tick::NEVER;
+    }
+}

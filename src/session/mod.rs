@@ -1,0 +1,29 @@
+//! The session layer: everything about a connection that does not depend
+//! on the I/O model. No sockets, no clocks, no `unsafe`: engines feed it
+//! bytes, write results and the time, and it calls the [`Handler`].
+//!
+//! - [`RecvBuffer`]: unconsumed input with read/write cursors, compaction
+//!   and a limit; unallocated while empty.
+//! - [`SendQueue`]: shared buffers waiting to be sent, partial-send offset,
+//!   gather slices, a limit.
+//! - [`Conn`]: the lifecycle state machine (open → closing → lingering →
+//!   closed, or aborting) and the calls into the handler.
+//! - [`CloseReason`]: why a session ended.
+//! - [`Table`] and [`Timers`]: a worker's sessions by token and their
+//!   deadlines.
+
+mod close;
+mod conn;
+mod handler;
+mod recv_buffer;
+mod send_queue;
+mod table;
+mod timers;
+
+pub use close::{CloseKind, CloseReason, SendError};
+pub use conn::{Conn, Context, Step};
+pub use handler::{Handler, Limits, Session, SessionId, Tick};
+pub use recv_buffer::{RecvBuffer, RecvBufferFull};
+pub use send_queue::{QueueFull, SendQueue};
+pub use table::{Table, RESERVED};
+pub use timers::Timers;

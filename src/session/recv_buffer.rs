@@ -1,0 +1,207 @@
+//! The per-session receive buffer: bytes the handler has not consumed yet.
+//!
+//! TCP has no message boundaries, so a handler may get half a message and
+//! leave it; those bytes wait here until the rest arrives. Like the seed's
+//! `recvBuffer` it has a read cursor (`start`, what the handler consumed)
+//! and a write cursor (`end`, what the socket delivered); unlike it, it is
+//! empty and unallocated while nothing waits, so an idle session costs no
+//! buffer memory, and it is bounded by [`crate::Limits::max_recv_buffer`].
+
+/// Bytes received but not yet consumed, between a read and a write cursor.
+#[derive(Default, Debug)]
+pub struct RecvBuffer {
+    buf: Vec<u8>,
+    start: u32,
+    end: u32,
+}
+
+/// The buffer would exceed its limit: the handler is not consuming.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RecvBufferFull;
+
+impl RecvBuffer {
+    /// An empty buffer that owns no memory.
+    pub const fn new() -> RecvBuffer {
+        RecvBuffer {
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// Unconsumed bytes.
+    pub fn len(&self) -> usize {
+        (self.end - self.start) as usize
+    }
+
+    /// No unconsumed bytes.
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    /// Bytes of memory held (0 while empty).
+    pub fn capacity(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The unconsumed bytes, oldest first.
+    pub fn data(&self) -> &[u8] {
+        &self.buf[self.start as usize..self.end as usize]
+    }
+
+    /// Marks `n` bytes as consumed. When nothing is left the memory is
+    /// released, so only sessions holding a partial message keep a buffer.
+    pub fn consume(&mut self, n: usize) {
+        assert!(n <= self.len(), "consumed {n} of {} buffered bytes", self.len());
+        self.start += n as u32;
+        if self.start == self.end {
+            self.buf = Vec::new();
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Appends `data` after the unconsumed bytes, unless the total would
+    /// exceed `max`.
+    pub fn extend(&mut self, data: &[u8], max: usize) -> Result<(), RecvBufferFull> {
+        if self.len() + data.len() > max {
+            return Err(RecvBufferFull);
+        }
+        let spare = self.spare(data.len(), max);
+        spare[..data.len()].copy_from_slice(data);
+        self.commit(data.len());
+        Ok(())
+    }
+
+    /// Free space after the unconsumed bytes for the socket to read into:
+    /// at least `want` bytes when the limit allows, never more than keeps
+    /// the total within `max`. Makes room by moving the unconsumed bytes to
+    /// the front (compaction) before growing. Empty when the buffer is full.
+    pub fn spare(&mut self, want: usize, max: usize) -> &mut [u8] {
+        let len = self.len();
+        let want = want.min(max.saturating_sub(len));
+        if self.buf.len() - (self.end as usize) < want {
+            if self.start > 0 {
+                self.buf.copy_within(self.start as usize..self.end as usize, 0);
+                self.start = 0;
+                self.end = len as u32;
+            }
+            if self.buf.len() - len < want {
+                let new_cap = (len + want).next_power_of_two().max(64).min(max.max(len + want));
+                self.buf.resize(new_cap, 0);
+            }
+        }
+        let room = (self.buf.len() - self.end as usize).min(max - len);
+        let end = self.end as usize;
+        &mut self.buf[end..end + room]
+    }
+
+    /// Records that `n` bytes were written into the slice [`spare`] gave.
+    ///
+    /// [`spare`]: RecvBuffer::spare
+    pub fn commit(&mut self, n: usize) {
+        assert!(
+            self.end as usize + n <= self.buf.len(),
+            "commit past the spare space"
+        );
+        self.end += n as u32;
+    }
+
+    /// Drops everything and releases the memory.
+    pub fn clear(&mut self) {
+        *self = RecvBuffer::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_buffer_owns_no_memory() {
+        let b = RecvBuffer::new();
+        assert_eq!(b.capacity(), 0);
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn partial_consume_keeps_the_rest_in_order() {
+        let mut b = RecvBuffer::new();
+        b.extend(b"hello world", 1024).unwrap();
+        b.consume(6);
+        assert_eq!(b.data(), b"world");
+        b.extend(b"!", 1024).unwrap();
+        assert_eq!(b.data(), b"world!");
+    }
+
+    #[test]
+    fn consuming_everything_releases_memory() {
+        let mut b = RecvBuffer::new();
+        b.extend(&[7; 100], 1024).unwrap();
+        assert!(b.capacity() >= 100);
+        b.consume(100);
+        assert_eq!(b.capacity(), 0);
+        assert_eq!(b.len(), 0);
+    }
+
+    #[test]
+    fn spare_compacts_before_growing() {
+        let mut b = RecvBuffer::new();
+        b.extend(&[1; 64], 64).unwrap();
+        assert_eq!(b.capacity(), 64);
+        b.consume(60);
+        // 4 bytes left at offset 60; asking for 60 more must move them to
+        // the front rather than allocate.
+        let spare = b.spare(60, 64);
+        assert_eq!(spare.len(), 60);
+        assert_eq!(b.capacity(), 64);
+        assert_eq!(b.data(), &[1; 4]);
+        b.spare(60, 64)[..3].copy_from_slice(&[2, 3, 4]);
+        b.commit(3);
+        assert_eq!(b.data(), &[1, 1, 1, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn limit_is_enforced() {
+        let mut b = RecvBuffer::new();
+        b.extend(&[0; 10], 16).unwrap();
+        assert_eq!(b.extend(&[0; 7], 16), Err(RecvBufferFull));
+        assert_eq!(b.len(), 10, "a refused extend changes nothing");
+        assert_eq!(b.spare(100, 16).len(), 6);
+        b.extend(&[0; 6], 16).unwrap();
+        assert!(b.spare(1, 16).is_empty(), "full buffer has no spare room");
+    }
+
+    #[test]
+    fn random_operations_match_a_model() {
+        let mut b = RecvBuffer::new();
+        let mut model: std::collections::VecDeque<u8> = Default::default();
+        let mut x: u32 = 12345;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        let mut byte = 0u8;
+        for _ in 0..10_000 {
+            if next() % 2 == 0 {
+                let want = (next() % 300) as usize;
+                let spare = b.spare(want, 1000);
+                let n = spare.len().min((next() % 300) as usize);
+                for s in &mut spare[..n] {
+                    *s = byte;
+                    model.push_back(byte);
+                    byte = byte.wrapping_add(1);
+                }
+                b.commit(n);
+            } else {
+                let n = (next() as usize) % (b.len() + 1);
+                b.consume(n);
+                model.drain(..n);
+            }
+            assert!(b.len() <= 1000);
+            assert!(b.data().iter().eq(model.iter()));
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! The per-session send queue: shared immutable buffers waiting for the
+//! socket, written with gather writes.
+//!
+//! The seed tracks one buffer and `sendBytes`, how much of it the socket
+//! took; here the queue holds any number of [`Bytes`] (one buffer may be
+//! queued on many sessions at once, e.g. a broadcast), `offset` is the
+//! seed's `sendBytes` for the oldest buffer, and [`SendQueue::io_slices`]
+//! hands the kernel several buffers in one call, like a `WSABUF` array.
+//! The first buffer is stored inline, so the common case of one pending
+//! buffer allocates nothing besides the buffer itself.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+
+use bytes::Bytes;
+
+/// Queued outgoing buffers with partial-send accounting.
+#[derive(Default, Debug)]
+pub struct SendQueue {
+    head: Option<Bytes>,
+    rest: VecDeque<Bytes>,
+    /// Bytes of `head` already sent (the seed's `sendBytes`).
+    offset: usize,
+    /// Unsent bytes in the whole queue.
+    queued: usize,
+}
+
+/// Queuing would exceed the session's send-queue limit.
+#[derive(Debug, PartialEq, Eq)]
+pub struct QueueFull;
+
+impl SendQueue {
+    /// An empty queue that owns no memory.
+    pub const fn new() -> SendQueue {
+        SendQueue {
+            head: None,
+            rest: VecDeque::new(),
+            offset: 0,
+            queued: 0,
+        }
+    }
+
+    /// Unsent bytes.
+    pub fn len(&self) -> usize {
+        self.queued
+    }
+
+    /// Nothing left to send.
+    pub fn is_empty(&self) -> bool {
+        self.queued == 0
+    }
+
+    /// Appends `buf` unless the unsent total would exceed `max`. Empty
+    /// buffers are ignored.
+    pub fn push(&mut self, buf: Bytes, max: usize) -> Result<(), QueueFull> {
+        if self.queued + buf.len() > max {
+            return Err(QueueFull);
+        }
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.queued += buf.len();
+        if self.head.is_none() {
+            self.head = Some(buf);
+        } else {
+            self.rest.push_back(buf);
+        }
+        Ok(())
+    }
+
+    /// Fills `out` with the unsent bytes in order (the first one starting
+    /// at the partial-send offset) and returns how many slices it filled.
+    pub fn io_slices<'a>(&'a self, out: &mut [IoSlice<'a>]) -> usize {
+        let Some(head) = &self.head else { return 0 };
+        let mut n = 0;
+        for buf in std::iter::once(&head[self.offset..]).chain(self.rest.iter().map(|b| &b[..])) {
+            if n == out.len() {
+                break;
+            }
+            out[n] = IoSlice::new(buf);
+            n += 1;
+        }
+        n
+    }
+
+    /// The unsent part of the oldest buffer, if any.
+    pub fn front(&self) -> Option<&[u8]> {
+        self.head.as_ref().map(|b| &b[self.offset..])
+    }
+
+    /// Records that the socket took `n` more bytes: fully sent buffers are
+    /// released, a partly sent one keeps its offset.
+    pub fn advance(&mut self, mut n: usize) {
+        assert!(n <= self.queued, "advanced {n} past {} queued bytes", self.queued);
+        self.queued -= n;
+        while n > 0 {
+            let head = self.head.as_ref().expect("queued bytes without a buffer");
+            let left = head.len() - self.offset;
+            if n < left {
+                self.offset += n;
+                return;
+            }
+            n -= left;
+            self.offset = 0;
+            self.head = self.rest.pop_front();
+        }
+        if self.head.as_ref().is_some_and(|h| h.len() == self.offset) {
+            self.offset = 0;
+            self.head = self.rest.pop_front();
+        }
+    }
+
+    /// Drops everything unsent and releases the memory.
+    pub fn clear(&mut self) {
+        *self = SendQueue::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flatten(q: &SendQueue) -> Vec<u8> {
+        let mut slices = [IoSlice::new(&[]); 64];
+        let n = q.io_slices(&mut slices);
+        slices[..n].iter().flat_map(|s| s.iter().copied()).collect()
+    }
+
+    #[test]
+    fn partial_sends_keep_order_and_offset() {
+        let mut q = SendQueue::new();
+        q.push(Bytes::from_static(b"hello "), 100).unwrap();
+        q.push(Bytes::from_static(b"wide "), 100).unwrap();
+        q.push(Bytes::from_static(b"world"), 100).unwrap();
+        assert_eq!(q.len(), 16);
+        q.advance(3);
+        assert_eq!(flatten(&q), b"lo wide world");
+        q.advance(3 + 2);
+        assert_eq!(flatten(&q), b"de world");
+        assert_eq!(q.front(), Some(&b"de "[..]));
+        q.advance(8);
+        assert!(q.is_empty());
+        assert_eq!(q.front(), None);
+        assert_eq!(flatten(&q), b"");
+    }
+
+    #[test]
+    fn gather_is_limited_by_the_slice_array() {
+        let mut q = SendQueue::new();
+        for i in 0..10u8 {
+            q.push(Bytes::from(vec![i; 3]), 100).unwrap();
+        }
+        let mut slices = [IoSlice::new(&[]); 4];
+        assert_eq!(q.io_slices(&mut slices), 4);
+        assert_eq!(&*slices[3], &[3, 3, 3]);
+    }
+
+    #[test]
+    fn cap_refuses_and_changes_nothing() {
+        let mut q = SendQueue::new();
+        q.push(Bytes::from(vec![0; 60]), 100).unwrap();
+        assert_eq!(q.push(Bytes::from(vec![0; 41]), 100), Err(QueueFull));
+        assert_eq!(q.len(), 60);
+        q.push(Bytes::from(vec![0; 40]), 100).unwrap();
+        assert_eq!(q.len(), 100);
+    }
+
+    #[test]
+    fn empty_buffers_are_ignored() {
+        let mut q = SendQueue::new();
+        q.push(Bytes::new(), 0).unwrap();
+        assert!(q.is_empty());
+        assert_eq!(q.front(), None);
+    }
+
+    #[test]
+    fn shared_buffer_on_two_queues() {
+        let shared = Bytes::from_static(b"broadcast");
+        let mut a = SendQueue::new();
+        let mut b = SendQueue::new();
+        a.push(shared.clone(), 100).unwrap();
+        b.push(shared, 100).unwrap();
+        a.advance(5);
+        assert_eq!(flatten(&a), b"cast");
+        assert_eq!(flatten(&b), b"broadcast");
+    }
+
+    #[test]
+    fn random_partial_writes_match_a_model() {
+        let mut q = SendQueue::new();
+        let mut model = Vec::new();
+        let mut sent = Vec::new();
+        let mut x: u32 = 99;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        let mut byte = 0u8;
+        for _ in 0..5000 {
+            if next() % 3 != 0 {
+                let len = (next() % 50) as usize;
+                let buf: Vec<u8> = (0..len)
+                    .map(|_| {
+                        byte = byte.wrapping_add(1);
+                        byte
+                    })
+                    .collect();
+                model.extend_from_slice(&buf);
+                q.push(Bytes::from(buf), usize::MAX).unwrap();
+            } else {
+                // A "socket" that takes a random prefix of the gathered bytes.
+                let flat = flatten(&q);
+                let n = (next() as usize) % (flat.len() + 1);
+                sent.extend_from_slice(&flat[..n]);
+                q.advance(n);
+            }
+            assert_eq!(q.len(), model.len() - sent.len());
+        }
+        let rest = flatten(&q);
+        sent.extend_from_slice(&rest);
+        // flatten is bounded by 64 slices; drain the remainder too.
+        q.advance(rest.len());
+        while !q.is_empty() {
+            let more = flatten(&q);
+            sent.extend_from_slice(&more);
+            q.advance(more.len());
+        }
+        assert_eq!(sent, model);
+    }
+}

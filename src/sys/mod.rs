@@ -1,0 +1,42 @@
+//! The system-call layer: the only place in iocore with `unsafe` and with
+//! `cfg(target_os)`.
+//!
+//! # Contract
+//!
+//! Everything exported from here is safe to call. Each wrapper owns the
+//! kernel resource it creates ([`std::os::fd::OwnedFd`] closes on drop) and
+//! turns the C convention "-1 and errno" into [`std::io::Error`] through one
+//! helper, [`syscall!`]. No wrapper keeps a pointer into a caller's buffer
+//! past the call that received it; wrappers whose kernel operation outlives
+//! the call (io_uring) say so in a `# Safety` section and are `unsafe fn`.
+//!
+//! Readiness (epoll) and completion (io_uring) differ in who owns the buffer
+//! while an operation is pending: with readiness the kernel only says "try
+//! now" and the copy happens inside our `read`/`sendmsg` call; with
+//! completion the kernel writes into or reads from the buffer *after* the
+//! submitting call returned, so the buffer must stay alive and untouched
+//! until its completion arrives.
+
+/// Calls a libc function and turns a `-1` result into the thread's `errno`
+/// as an [`std::io::Error`].
+macro_rules! syscall {
+    ($fn:ident ( $($arg:expr),* $(,)? )) => {{
+        // SAFETY: every use passes arguments that satisfy the named libc
+        // function's contract; the call site documents anything beyond
+        // plain values (pointers and their lengths).
+        #[allow(unused_unsafe)]
+        let res = unsafe { libc::$fn($($arg),*) };
+        if res == -1 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(res)
+        }
+    }};
+}
+
+#[cfg(target_os = "linux")]
+pub mod epoll;
+#[cfg(unix)]
+pub mod eventfd;
+#[cfg(unix)]
+pub mod socket;

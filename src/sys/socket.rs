@@ -1,0 +1,286 @@
+//! Non-blocking TCP sockets: listen, accept, connect, read, gather-send,
+//! shutdown and abort, over raw file descriptors owned by [`OwnedFd`].
+
+use std::io::{self, IoSlice};
+use std::mem;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// A `sockaddr_storage` big enough for IPv4 and IPv6 plus its used length.
+pub struct RawAddr {
+    storage: libc::sockaddr_storage,
+    len: libc::socklen_t,
+}
+
+impl RawAddr {
+    /// An empty address for the kernel to fill (accept, getsockname).
+    pub fn empty() -> RawAddr {
+        RawAddr {
+            // SAFETY: sockaddr_storage is plain old data; all-zero is a valid
+            // (AF_UNSPEC) value.
+            storage: unsafe { mem::zeroed() },
+            len: mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t,
+        }
+    }
+
+    /// Encodes a Rust socket address.
+    pub fn from_addr(addr: &SocketAddr) -> RawAddr {
+        let mut raw = RawAddr::empty();
+        match addr {
+            SocketAddr::V4(a) => {
+                let sin = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: a.port().to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(a.ip().octets()),
+                    },
+                    sin_zero: [0; 8],
+                };
+                // SAFETY: sockaddr_storage is larger than and suitably
+                // aligned for sockaddr_in.
+                unsafe { std::ptr::write(&mut raw.storage as *mut _ as *mut libc::sockaddr_in, sin) };
+                raw.len = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            }
+            SocketAddr::V6(a) => {
+                let sin6 = libc::sockaddr_in6 {
+                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                    sin6_port: a.port().to_be(),
+                    sin6_flowinfo: a.flowinfo(),
+                    sin6_addr: libc::in6_addr {
+                        s6_addr: a.ip().octets(),
+                    },
+                    sin6_scope_id: a.scope_id(),
+                };
+                // SAFETY: sockaddr_storage is larger than and suitably
+                // aligned for sockaddr_in6.
+                unsafe { std::ptr::write(&mut raw.storage as *mut _ as *mut libc::sockaddr_in6, sin6) };
+                raw.len = mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+            }
+        }
+        raw
+    }
+
+    /// Pointer and length for calls that read an address.
+    pub fn as_ptr(&self) -> (*const libc::sockaddr, libc::socklen_t) {
+        (&self.storage as *const _ as *const libc::sockaddr, self.len)
+    }
+
+    /// Pointers for calls that write an address (the length is in/out).
+    pub fn as_mut_ptr(&mut self) -> (*mut libc::sockaddr, *mut libc::socklen_t) {
+        (&mut self.storage as *mut _ as *mut libc::sockaddr, &mut self.len)
+    }
+
+    /// Decodes the address the kernel wrote.
+    pub fn to_addr(&self) -> io::Result<SocketAddr> {
+        match self.storage.ss_family as libc::c_int {
+            libc::AF_INET if self.len as usize >= mem::size_of::<libc::sockaddr_in>() => {
+                // SAFETY: the family says the storage holds a sockaddr_in and
+                // the length covers it.
+                let sin: libc::sockaddr_in =
+                    unsafe { std::ptr::read(&self.storage as *const _ as *const libc::sockaddr_in) };
+                let ip = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
+                Ok(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(sin.sin_port))))
+            }
+            libc::AF_INET6 if self.len as usize >= mem::size_of::<libc::sockaddr_in6>() => {
+                // SAFETY: the family says the storage holds a sockaddr_in6
+                // and the length covers it.
+                let sin6: libc::sockaddr_in6 =
+                    unsafe { std::ptr::read(&self.storage as *const _ as *const libc::sockaddr_in6) };
+                Ok(SocketAddr::V6(SocketAddrV6::new(
+                    Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                    u16::from_be(sin6.sin6_port),
+                    sin6.sin6_flowinfo,
+                    sin6.sin6_scope_id,
+                )))
+            }
+            family => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("unsupported address family {family}"),
+            )),
+        }
+    }
+}
+
+fn domain(addr: &SocketAddr) -> libc::c_int {
+    match addr {
+        SocketAddr::V4(_) => libc::AF_INET,
+        SocketAddr::V6(_) => libc::AF_INET6,
+    }
+}
+
+/// A new non-blocking, close-on-exec TCP socket for `addr`'s family.
+fn tcp_socket(addr: &SocketAddr) -> io::Result<OwnedFd> {
+    let fd = syscall!(socket(
+        domain(addr),
+        libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        0
+    ))?;
+    // SAFETY: socket() just returned this descriptor and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn set_int_opt(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: the pointer and length describe `value`, a live c_int.
+    syscall!(setsockopt(
+        fd,
+        level,
+        name,
+        &value as *const libc::c_int as *const libc::c_void,
+        mem::size_of::<libc::c_int>() as libc::socklen_t
+    ))?;
+    Ok(())
+}
+
+/// A non-blocking listening socket bound to `addr`.
+///
+/// With `reuse_port`, several such sockets (one per worker thread) can share
+/// one address and the kernel spreads incoming connections among them.
+pub fn listen(addr: &SocketAddr, backlog: i32, reuse_port: bool) -> io::Result<OwnedFd> {
+    let fd = tcp_socket(addr)?;
+    set_int_opt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    if reuse_port {
+        set_int_opt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    }
+    let raw = RawAddr::from_addr(addr);
+    let (ptr, len) = raw.as_ptr();
+    // SAFETY: ptr/len describe `raw`, which outlives the call.
+    syscall!(bind(fd.as_raw_fd(), ptr, len))?;
+    syscall!(listen(fd.as_raw_fd(), backlog))?;
+    Ok(fd)
+}
+
+/// The address a socket is bound to.
+pub fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
+    let mut raw = RawAddr::empty();
+    let (ptr, len) = raw.as_mut_ptr();
+    // SAFETY: ptr/len point into `raw`, whose length field says how much
+    // the kernel may write.
+    syscall!(getsockname(fd.as_raw_fd(), ptr, len))?;
+    raw.to_addr()
+}
+
+/// Accepts one connection as a non-blocking, close-on-exec socket.
+/// `WouldBlock` means the accept queue is empty.
+pub fn accept(listener: &OwnedFd) -> io::Result<(OwnedFd, SocketAddr)> {
+    let mut raw = RawAddr::empty();
+    let (ptr, len) = raw.as_mut_ptr();
+    // SAFETY: ptr/len point into `raw`, whose length field says how much
+    // the kernel may write.
+    let fd = syscall!(accept4(
+        listener.as_raw_fd(),
+        ptr,
+        len,
+        libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC
+    ))?;
+    // SAFETY: accept4() just returned this descriptor and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok((fd, raw.to_addr()?))
+}
+
+/// Starts a non-blocking connect. Returns the socket and whether the
+/// connection is still in progress (then wait for writability and call
+/// [`take_error`]).
+pub fn connect(addr: &SocketAddr) -> io::Result<(OwnedFd, bool)> {
+    let fd = tcp_socket(addr)?;
+    let raw = RawAddr::from_addr(addr);
+    let (ptr, len) = raw.as_ptr();
+    // SAFETY: ptr/len describe `raw`, which outlives the call.
+    match syscall!(connect(fd.as_raw_fd(), ptr, len)) {
+        Ok(_) => Ok((fd, false)),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok((fd, true)),
+        Err(e) => Err(e),
+    }
+}
+
+/// The pending socket error (`SO_ERROR`), cleared by reading it.
+pub fn take_error(fd: &OwnedFd) -> io::Result<Option<io::Error>> {
+    let mut value: libc::c_int = 0;
+    let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: the pointers describe `value` and `len`, live locals.
+    syscall!(getsockopt(
+        fd.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_ERROR,
+        &mut value as *mut libc::c_int as *mut libc::c_void,
+        &mut len
+    ))?;
+    Ok((value != 0).then(|| io::Error::from_raw_os_error(value)))
+}
+
+/// Disables Nagle's algorithm: a session's sends go out as soon as queued.
+pub fn set_nodelay(fd: &OwnedFd) -> io::Result<()> {
+    set_int_opt(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)
+}
+
+/// Reads into `buf`. `Ok(0)` is the peer's FIN (or an empty `buf`).
+pub fn read(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the pointer and length describe `buf`, writable for the call.
+    let n = syscall!(read(
+        fd.as_raw_fd(),
+        buf.as_mut_ptr() as *mut libc::c_void,
+        buf.len()
+    ))?;
+    Ok(n as usize)
+}
+
+/// Sends from several buffers in order with one `sendmsg` (a gather write,
+/// like the seeds' `WSABUF` arrays). Never raises `SIGPIPE`.
+pub fn send_vectored(fd: &OwnedFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: msghdr is plain old data; all-zero means no name, no control.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    // IoSlice is guaranteed ABI-compatible with struct iovec on unix.
+    msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = bufs.len() as _;
+    // SAFETY: msg points at `bufs`, which are readable for the whole call.
+    let n = syscall!(sendmsg(fd.as_raw_fd(), &msg, libc::MSG_NOSIGNAL))?;
+    Ok(n as usize)
+}
+
+/// Sends FIN: no more data from this side; reading still works.
+pub fn shutdown_write(fd: &OwnedFd) -> io::Result<()> {
+    syscall!(shutdown(fd.as_raw_fd(), libc::SHUT_WR))?;
+    Ok(())
+}
+
+/// Makes the next `close` send RST and drop unsent data (`SO_LINGER` 0).
+pub fn set_linger_zero(fd: &OwnedFd) -> io::Result<()> {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: the pointer and length describe `linger`, a live local.
+    syscall!(setsockopt(
+        fd.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_LINGER,
+        &linger as *const libc::linger as *const libc::c_void,
+        mem::size_of::<libc::linger>() as libc::socklen_t
+    ))?;
+    Ok(())
+}
+
+/// Whether an error means the peer reset the connection.
+pub fn is_reset(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::ECONNRESET) | Some(libc::EPIPE) | Some(libc::ECONNABORTED)
+    )
+}
+
+/// Whether an `accept` error concerns only the one connection being
+/// accepted (the listener is fine and accepting may go on).
+pub fn is_transient_accept_error(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::ECONNABORTED) | Some(libc::EPROTO) | Some(libc::EPERM) | Some(libc::EINTR)
+    )
+}
+
+/// Whether an `accept` error means a resource limit (file descriptors or
+/// kernel memory): accepting should pause rather than spin.
+pub fn is_resource_exhausted(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
+    )
+}
