@@ -1,0 +1,206 @@
+//! The apps and the CLI: the overlapped seed's sink server and client
+//! (`--verify` passes against echo, fails against a corrupting or losing
+//! server), and the `iocore` binary's behaviour as a user sees it.
+
+mod util;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use iocore::apps::client::{self, ClientOptions};
+use iocore::apps::echo::Echo;
+use iocore::apps::sink::Sink;
+use iocore::{CloseReason, EngineKind, Handler, Session};
+use util::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_iocore");
+
+/// The sink reads and discards: the bytes it counts are exactly the bytes
+/// sent, over many sessions and uneven writes.
+fn sink_counts_exactly_the_bytes_sent(engine: EngineKind) {
+    struct Counted(Sink, Arc<AtomicU64>);
+    impl Handler for Counted {
+        fn on_recv(&mut self, s: &mut Session<'_>, data: &[u8]) -> usize {
+            self.0.on_recv(s, data)
+        }
+        fn on_disconnected(&mut self, _: CloseReason) {
+            self.1.fetch_add(self.0.received, Ordering::SeqCst);
+        }
+    }
+    let total = Arc::new(AtomicU64::new(0));
+    let t = total.clone();
+    let (events, factory) = recorded(move || Counted(Sink::default(), t.clone()));
+    let server = server(engine).start(factory).unwrap();
+    let mut rng = Rng::new(5);
+    let mut sent = 0u64;
+    for _ in 0..20 {
+        let mut s = connect(server.local_addr());
+        for _ in 0..rng.range(1, 30) {
+            let len = rng.range(1, 100_000);
+            s.write_all(&rng.bytes(len)).unwrap();
+            sent += len as u64;
+        }
+    }
+    events.wait_closed(20);
+    assert_eq!(total.load(Ordering::SeqCst), sent);
+    assert_eq!(server.stats().bytes_received, sent);
+    assert_eq!(server.stats().bytes_sent, 0);
+}
+
+fn options(addr: std::net::SocketAddr, engine: EngineKind) -> ClientOptions {
+    ClientOptions {
+        addr,
+        engine,
+        connections: 20,
+        interval: Duration::from_millis(1),
+        count: Some(50),
+        verify: true,
+        drain_timeout: Duration::from_millis(500),
+        ..ClientOptions::default()
+    }
+}
+
+fn client_verify_passes_against_echo(engine: EngineKind) {
+    let server = server(engine).start(|| Echo).unwrap();
+    let summary = client::run(&options(server.local_addr(), engine), Arc::new(AtomicBool::new(false))).unwrap();
+    assert!(summary.ok(), "{summary}");
+    assert_eq!(summary.messages, 20 * 50);
+    assert_eq!(summary.bytes_received, 20 * 50 * 100);
+}
+
+/// Echoes, but alters one byte in every 777.
+struct Corrupting {
+    seen: u64,
+}
+impl Handler for Corrupting {
+    fn on_recv(&mut self, s: &mut Session<'_>, data: &[u8]) -> usize {
+        let mut out = data.to_vec();
+        for (i, b) in out.iter_mut().enumerate() {
+            if (self.seen + i as u64) % 777 == 776 {
+                *b ^= 0x20;
+            }
+        }
+        self.seen += data.len() as u64;
+        let _ = s.send(out);
+        data.len()
+    }
+}
+
+/// Echoes everything except the 10th byte of the stream.
+struct Losing {
+    seen: u64,
+}
+impl Handler for Losing {
+    fn on_recv(&mut self, s: &mut Session<'_>, data: &[u8]) -> usize {
+        let mut out = data.to_vec();
+        if self.seen <= 9 && self.seen + data.len() as u64 > 9 {
+            out.remove((9 - self.seen) as usize);
+        }
+        self.seen += data.len() as u64;
+        let _ = s.send(out);
+        data.len()
+    }
+}
+
+fn client_verify_catches_corruption_and_loss(engine: EngineKind) {
+    let corrupt = server(engine).start(|| Corrupting { seen: 0 }).unwrap();
+    let summary = client::run(&options(corrupt.local_addr(), engine), Arc::new(AtomicBool::new(false))).unwrap();
+    assert!(!summary.ok());
+    assert_eq!(summary.mismatches, 20 * (5000 / 777), "{summary}");
+
+    let losing = server(engine).start(|| Losing { seen: 0 }).unwrap();
+    let summary = client::run(&options(losing.local_addr(), engine), Arc::new(AtomicBool::new(false))).unwrap();
+    assert!(!summary.ok());
+    assert_eq!(summary.lost_bytes, 20, "{summary}");
+    assert!(summary.mismatches > 0, "a dropped byte shifts the rest");
+}
+
+/// The binary: `client --verify` exits 0 against echo and non-zero
+/// against a corrupting server.
+fn cli_client_exit_code_reflects_verification(engine: EngineKind) {
+    let run = |addr: std::net::SocketAddr| {
+        Command::new(BIN)
+            .args(["client", "--engine", engine.name(), "--addr", &addr.to_string()])
+            .args(["--connections", "5", "--interval", "1ms", "--count", "20", "--verify"])
+            .output()
+            .unwrap()
+    };
+    let echo = server(engine).start(|| Echo).unwrap();
+    let out = run(echo.local_addr());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("0 mismatched, 0 lost"), "{stdout}");
+
+    let corrupt = server(engine).start(|| Corrupting { seen: 0 }).unwrap();
+    let out = run(corrupt.local_addr());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("FAILED"), "{stdout}");
+}
+
+/// The binary serves echo until SIGTERM, then stops gracefully, exit 0.
+fn cli_serve_echoes_and_stops_on_sigterm(engine: EngineKind) {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--engine", engine.name(), "--addr", "127.0.0.1:0", "--threads", "1"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("server exited before it was ready").unwrap();
+        if line.contains("ready") {
+            let at = line.find("addr=").expect("addr in ready line") + 5;
+            break line[at..].split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    let mut s = connect(addr);
+    s.write_all(b"typed line\n").unwrap();
+    assert_eq!(read_exact(&mut s, 11), b"typed line\n");
+    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let (rest, err) = read_to_end(&mut s);
+    assert!(rest.is_empty() && err.is_none(), "clean FIN on stop");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let log: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(log.iter().any(|l| l.contains("stopped")), "{log:?}");
+}
+
+engine_suite!(
+    sink_counts_exactly_the_bytes_sent,
+    client_verify_passes_against_echo,
+    client_verify_catches_corruption_and_loss,
+    cli_client_exit_code_reflects_verification,
+    cli_serve_echoes_and_stops_on_sigterm,
+);
+
+/// Asking for an engine that is unknown or cannot run fails clearly.
+#[test]
+fn cli_rejects_unknown_and_unavailable_engines() {
+    let out = Command::new(BIN).args(["serve", "--engine", "iocp-please"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown engine 'iocp-please'"));
+    for engine in EngineKind::ALL {
+        if let Err(why) = engine.resolve() {
+            let out = Command::new(BIN)
+                .args(["serve", "--engine", engine.name(), "--addr", "127.0.0.1:0"])
+                .output()
+                .unwrap();
+            assert!(!out.status.success(), "{engine} cannot run here, yet serve started");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(stderr.contains(&why.to_string()), "{stderr}");
+        }
+    }
+}
+
+/// Listening on an address in use is a clear error, not a silent share.
+#[test]
+fn serve_on_a_busy_port_fails_clearly() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let err = iocore::Server::builder().addr(taken.local_addr().unwrap()).start(|| Echo).err().unwrap();
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+    assert!(err.to_string().contains("cannot listen on"), "{err}");
+}

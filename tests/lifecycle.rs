@@ -1,0 +1,205 @@
+//! Session lifecycle: the seed's TODOs (remove the session on FD_CLOSE and
+//! on error), exactly-once `on_disconnected` with the right reason, the
+//! graceful stop, and outbound sessions through the `Client` service.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use iocore::apps::echo::Echo;
+use iocore::{Client, CloseKind, CloseReason, EngineKind, Handler, Session};
+use util::*;
+
+fn peer_fin_closes_once_as_peer_closed(engine: EngineKind) {
+    let (events, factory) = recorded(|| Echo);
+    let server = server(engine).start(factory).unwrap();
+    let mut s = connect(server.local_addr());
+    s.write_all(b"last words").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    // The echo of data sent before FIN still arrives, then the server's FIN.
+    let (back, err) = read_to_end(&mut s);
+    assert_eq!(back, b"last words");
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(events.wait_closed(1), [CloseKind::PeerClosed]);
+    wait_until("no live sessions", || server.stats().live_sessions == 0);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(events.closed_count(), 1, "on_disconnected exactly once");
+    assert_eq!(events.connected.load(Ordering::SeqCst), 1);
+}
+
+fn peer_reset_closes_once_as_peer_reset(engine: EngineKind) {
+    let (events, factory) = recorded(|| Echo);
+    let server = server(engine).start(factory).unwrap();
+    let mut s = connect(server.local_addr());
+    s.write_all(b"ping").unwrap();
+    assert_eq!(read_exact(&mut s, 4), b"ping");
+    socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+    drop(s); // RST
+    assert_eq!(events.wait_closed(1), [CloseKind::PeerReset]);
+    wait_until("no live sessions", || server.stats().live_sessions == 0);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(events.closed_count(), 1, "on_disconnected exactly once");
+}
+
+/// Many sessions end in both ways at once; each is reported exactly once.
+fn mixed_fin_and_reset_each_reported_once(engine: EngineKind) {
+    let (events, factory) = recorded(|| Echo);
+    let server = server(engine).start(factory).unwrap();
+    let mut streams: Vec<_> = (0..100).map(|_| connect(server.local_addr())).collect();
+    for (i, s) in streams.iter_mut().enumerate() {
+        s.write_all(&[i as u8; 100]).unwrap();
+    }
+    for (i, mut s) in streams.into_iter().enumerate() {
+        assert_eq!(read_exact(&mut s, 100), [i as u8; 100]);
+        if i % 2 == 0 {
+            socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+        }
+    }
+    let closed = events.wait_closed(100);
+    assert_eq!(closed.iter().filter(|k| **k == CloseKind::PeerReset).count(), 50, "{closed:?}");
+    assert_eq!(closed.iter().filter(|k| **k == CloseKind::PeerClosed).count(), 50, "{closed:?}");
+    wait_until("no live sessions", || server.stats().live_sessions == 0);
+    assert_eq!(server.stats().closed_total(), 100);
+}
+
+/// Stop: no new connections; queued data is delivered in full, then FIN;
+/// every session ends with `ServerShutdown`.
+fn graceful_stop_delivers_queued_data(engine: EngineKind) {
+    const SIZE: usize = 16 * 1024 * 1024;
+    let (events, factory) = recorded(|| Echo);
+    let server = server(engine).max_send_queue(64 * 1024 * 1024).start(factory).unwrap();
+    let addr = server.local_addr();
+    let mut idle = connect(addr);
+    let mut busy = connect(addr);
+    let data = Rng::new(3).bytes(SIZE);
+    busy.write_all(&data).unwrap();
+    wait_until("all received", || server.stats().bytes_received == SIZE as u64);
+    assert!(server.stats().queued_bytes > 0, "echo should be backed up");
+
+    server.stop(Duration::from_secs(60));
+    wait_until("listener closed", || std::net::TcpStream::connect(addr).is_err());
+
+    let (back, err) = read_to_end(&mut busy);
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(back.len(), SIZE, "all queued bytes delivered before FIN");
+    assert!(back == data);
+    let (rest, err) = read_to_end(&mut idle);
+    assert!(rest.is_empty() && err.is_none(), "idle session gets a clean FIN");
+    drop((busy, idle));
+    server.join().unwrap();
+    assert_eq!(events.closed(), [CloseKind::ServerShutdown, CloseKind::ServerShutdown]);
+}
+
+/// A stop whose grace runs out resets what is left instead of hanging.
+fn stop_deadline_resets_stuck_sessions(engine: EngineKind) {
+    let (events, factory) = recorded(|| Echo);
+    let server = server(engine).max_send_queue(64 * 1024 * 1024).start(factory).unwrap();
+    let mut stuck = connect(server.local_addr());
+    stuck.write_all(&vec![1; 16 * 1024 * 1024]).unwrap();
+    wait_until("all received", || server.stats().bytes_received == 16 * 1024 * 1024);
+    server.shutdown(Duration::from_millis(100)).unwrap();
+    assert_eq!(events.closed(), [CloseKind::ServerShutdown]);
+    let (back, _) = read_to_end(&mut stuck);
+    assert!(back.len() < 16 * 1024 * 1024, "never read, so it cannot all have arrived");
+}
+
+fn idle_timeout_closes_silent_sessions(engine: EngineKind) {
+    let (events, factory) = recorded(|| Echo);
+    let server = server(engine).idle_timeout(Some(Duration::from_millis(200))).start(factory).unwrap();
+    let mut s = connect(server.local_addr());
+    s.write_all(b"hi").unwrap();
+    assert_eq!(read_exact(&mut s, 2), b"hi");
+    let (rest, err) = read_to_end(&mut s);
+    assert!(rest.is_empty() && err.is_none());
+    drop(s);
+    assert_eq!(events.wait_closed(1), [CloseKind::IdleTimeout]);
+}
+
+/// Outbound sessions: the same Handler API through `Client`; a failed
+/// connect reports only `on_disconnected(ConnectFailed)`.
+fn client_service_connects_and_reports_failures(engine: EngineKind) {
+    struct Ping {
+        log: Arc<Mutex<Vec<String>>>,
+    }
+    impl Handler for Ping {
+        fn on_connected(&mut self, s: &mut Session<'_>) {
+            self.log.lock().unwrap().push("connected".into());
+            s.send_copy(b"ping").unwrap();
+        }
+        fn on_recv(&mut self, s: &mut Session<'_>, data: &[u8]) -> usize {
+            if data.len() < 4 {
+                return 0;
+            }
+            self.log.lock().unwrap().push(String::from_utf8_lossy(&data[..4]).into_owned());
+            s.close();
+            4
+        }
+        fn on_disconnected(&mut self, reason: CloseReason) {
+            self.log.lock().unwrap().push(format!("{:?}", reason.kind()));
+        }
+    }
+    let echo = server(engine).start(|| Echo).unwrap();
+    let closed_port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let client = Client::builder().engine(engine).start::<Ping>().unwrap();
+    let ok = Arc::new(Mutex::new(Vec::new()));
+    let bad = Arc::new(Mutex::new(Vec::new()));
+    let (o, b) = (ok.clone(), bad.clone());
+    client.connect(echo.local_addr(), move || Ping { log: o }).unwrap();
+    client.connect(closed_port, move || Ping { log: b }).unwrap();
+    wait_until("both finished", || ok.lock().unwrap().len() == 3 && bad.lock().unwrap().len() == 1);
+    assert_eq!(*ok.lock().unwrap(), ["connected", "ping", "LocalClose"]);
+    assert_eq!(*bad.lock().unwrap(), ["ConnectFailed"]);
+    let stats = client.stats();
+    assert_eq!((stats.connected, stats.closed(CloseKind::ConnectFailed)), (1, 1));
+    client.shutdown(Duration::from_secs(1)).unwrap();
+}
+
+/// A client-side echo: bytes read by a `Client` session equal bytes sent,
+/// through partial messages (the handler consumes one byte at a time).
+fn client_sessions_consume_partially(engine: EngineKind) {
+    struct Slow {
+        got: Arc<Mutex<Vec<u8>>>,
+        want: usize,
+    }
+    impl Handler for Slow {
+        fn on_connected(&mut self, s: &mut Session<'_>) {
+            let data: Vec<u8> = (0..self.want).map(|i| (i % 251) as u8).collect();
+            s.send(data).unwrap();
+        }
+        fn on_recv(&mut self, s: &mut Session<'_>, data: &[u8]) -> usize {
+            let mut got = self.got.lock().unwrap();
+            got.push(data[0]);
+            if got.len() == self.want {
+                s.close();
+            }
+            1
+        }
+    }
+    let echo = server(engine).start(|| Echo).unwrap();
+    let client = Client::builder().engine(engine).start::<Slow>().unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    client.connect(echo.local_addr(), move || Slow { got: g, want: 50_000 }).unwrap();
+    wait_until("all bytes consumed", || got.lock().unwrap().len() == 50_000);
+    let expected: Vec<u8> = (0..50_000).map(|i| (i % 251) as u8).collect();
+    assert!(*got.lock().unwrap() == expected);
+    client.shutdown(Duration::from_secs(1)).unwrap();
+}
+
+engine_suite!(
+    peer_fin_closes_once_as_peer_closed,
+    peer_reset_closes_once_as_peer_reset,
+    mixed_fin_and_reset_each_reported_once,
+    graceful_stop_delivers_queued_data,
+    stop_deadline_resets_stuck_sessions,
+    idle_timeout_closes_silent_sessions,
+    client_service_connects_and_reports_failures,
+    client_sessions_consume_partially,
+);

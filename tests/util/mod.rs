@@ -1,0 +1,174 @@
+//! Shared helpers for the integration tests: the engine matrix, servers on
+//! 127.0.0.1:0, recording handlers, a deterministic RNG, bounded waits.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use iocore::{CloseKind, CloseReason, EngineKind, Handler, ServerBuilder, Session};
+
+/// Runs each listed `fn name(engine: EngineKind)` once per engine, as
+/// `epoll::name`, `uring::name`, ... An engine this system cannot run is
+/// skipped with a message saying why.
+#[macro_export]
+macro_rules! engine_suite {
+    ($($test:ident),* $(,)?) => {
+        $crate::engine_suite!(@engine epoll, iocore::EngineKind::Epoll, $($test),*);
+        // Each further engine is one line here.
+    };
+    (@engine $module:ident, $kind:expr, $($test:ident),*) => {
+        mod $module {
+            $(
+                #[test]
+                fn $test() {
+                    if let Some(engine) = $crate::util::require($kind) {
+                        super::$test(engine);
+                    }
+                }
+            )*
+        }
+    };
+}
+
+/// The engine if it can run here; otherwise says why and returns `None`.
+pub fn require(engine: EngineKind) -> Option<EngineKind> {
+    match engine.resolve() {
+        Ok(e) => Some(e),
+        Err(why) => {
+            eprintln!("SKIPPED on engine {engine}: {why}");
+            None
+        }
+    }
+}
+
+/// Longest any wait in a test may take before it fails.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A server builder on 127.0.0.1 with a free port, two workers.
+pub fn server(engine: EngineKind) -> ServerBuilder {
+    iocore::Server::builder().addr("127.0.0.1:0".parse().unwrap()).engine(engine).threads(2)
+}
+
+/// Polls `cond` until it holds or [`PATIENCE`] runs out.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < PATIENCE, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A connected client socket with generous timeouts.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s.set_write_timeout(Some(PATIENCE)).unwrap();
+    s
+}
+
+/// Reads exactly `n` bytes.
+pub fn read_exact(s: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut buf = vec![0; n];
+    s.read_exact(&mut buf).expect("read_exact");
+    buf
+}
+
+/// Reads until EOF (or an error such as a reset) and returns what came.
+pub fn read_to_end(s: &mut TcpStream) -> (Vec<u8>, Option<std::io::Error>) {
+    let mut out = Vec::new();
+    let mut buf = vec![0; 64 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (out, None),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) => return (out, Some(e)),
+        }
+    }
+}
+
+/// Writes all of `data`, returning the error that stopped it, if any.
+pub fn write_all(s: &mut TcpStream, data: &[u8]) -> std::io::Result<()> {
+    s.write_all(data)
+}
+
+/// Deterministic xorshift generator.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    /// In `lo..=hi`.
+    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
+        lo + (self.next() as usize) % (hi - lo + 1)
+    }
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// What recorded handlers saw, shared with the test.
+#[derive(Default)]
+pub struct Events {
+    pub connected: AtomicUsize,
+    pub closed: Mutex<Vec<CloseKind>>,
+    pub reasons: Mutex<Vec<String>>,
+}
+
+impl Events {
+    pub fn closed(&self) -> Vec<CloseKind> {
+        self.closed.lock().unwrap().clone()
+    }
+    pub fn closed_count(&self) -> usize {
+        self.closed.lock().unwrap().len()
+    }
+    pub fn wait_closed(&self, n: usize) -> Vec<CloseKind> {
+        wait_until(&format!("{n} sessions closed"), || self.closed_count() >= n);
+        self.closed()
+    }
+}
+
+/// Wraps a handler and records its lifecycle into [`Events`].
+pub struct Recorded<H> {
+    pub inner: H,
+    pub events: Arc<Events>,
+}
+
+impl<H: Handler> Handler for Recorded<H> {
+    fn on_connected(&mut self, s: &mut Session<'_>) {
+        self.events.connected.fetch_add(1, Ordering::SeqCst);
+        self.inner.on_connected(s)
+    }
+    fn on_recv(&mut self, s: &mut Session<'_>, data: &[u8]) -> usize {
+        self.inner.on_recv(s, data)
+    }
+    fn on_sent(&mut self, s: &mut Session<'_>) {
+        self.inner.on_sent(s)
+    }
+    fn on_timer(&mut self, s: &mut Session<'_>) {
+        self.inner.on_timer(s)
+    }
+    fn on_disconnected(&mut self, reason: CloseReason) {
+        self.events.reasons.lock().unwrap().push(reason.to_string());
+        self.events.closed.lock().unwrap().push(reason.kind());
+        self.inner.on_disconnected(reason)
+    }
+}
+
+/// A factory of recorded handlers and the events they share.
+pub fn recorded<H: Handler>(
+    make: impl Fn() -> H + Send + Sync + 'static,
+) -> (Arc<Events>, impl Fn() -> Recorded<H> + Send + Sync + 'static) {
+    let events = Arc::new(Events::default());
+    let e = events.clone();
+    (events, move || Recorded { inner: make(), events: e.clone() })
+}
