@@ -39,7 +39,7 @@
 //!
 //! let server = Server::builder().addr("127.0.0.1:7777".parse()?).start(|| Echo)?;
 //! server.join()?;
-//! # Ok::<(), std::io::Error>(())
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![deny(unsafe_code)]
 #![warn(missing_docs)]

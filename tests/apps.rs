@@ -65,7 +65,11 @@ fn options(addr: std::net::SocketAddr, engine: EngineKind) -> ClientOptions {
 
 fn client_verify_passes_against_echo(engine: EngineKind) {
     let server = server(engine).start(|| Echo).unwrap();
-    let summary = client::run(&options(server.local_addr(), engine), Arc::new(AtomicBool::new(false))).unwrap();
+    let summary = client::run(
+        &options(server.local_addr(), engine),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap();
     assert!(summary.ok(), "{summary}");
     assert_eq!(summary.messages, 20 * 50);
     assert_eq!(summary.bytes_received, 20 * 50 * 100);
@@ -107,12 +111,20 @@ impl Handler for Losing {
 
 fn client_verify_catches_corruption_and_loss(engine: EngineKind) {
     let corrupt = server(engine).start(|| Corrupting { seen: 0 }).unwrap();
-    let summary = client::run(&options(corrupt.local_addr(), engine), Arc::new(AtomicBool::new(false))).unwrap();
+    let summary = client::run(
+        &options(corrupt.local_addr(), engine),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap();
     assert!(!summary.ok());
     assert_eq!(summary.mismatches, 20 * (5000 / 777), "{summary}");
 
     let losing = server(engine).start(|| Losing { seen: 0 }).unwrap();
-    let summary = client::run(&options(losing.local_addr(), engine), Arc::new(AtomicBool::new(false))).unwrap();
+    let summary = client::run(
+        &options(losing.local_addr(), engine),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap();
     assert!(!summary.ok());
     assert_eq!(summary.lost_bytes, 20, "{summary}");
     assert!(summary.mismatches > 0, "a dropped byte shifts the rest");
@@ -124,14 +136,26 @@ fn cli_client_exit_code_reflects_verification(engine: EngineKind) {
     let run = |addr: std::net::SocketAddr| {
         Command::new(BIN)
             .args(["client", "--engine", engine.name(), "--addr", &addr.to_string()])
-            .args(["--connections", "5", "--interval", "1ms", "--count", "20", "--verify"])
+            .args([
+                "--connections",
+                "5",
+                "--interval",
+                "1ms",
+                "--count",
+                "20",
+                "--verify",
+            ])
             .output()
             .unwrap()
     };
     let echo = server(engine).start(|| Echo).unwrap();
     let out = run(echo.local_addr());
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("0 mismatched, 0 lost"), "{stdout}");
 
     let corrupt = server(engine).start(|| Corrupting { seen: 0 }).unwrap();
@@ -144,7 +168,15 @@ fn cli_client_exit_code_reflects_verification(engine: EngineKind) {
 /// The binary serves echo until SIGTERM, then stops gracefully, exit 0.
 fn cli_serve_echoes_and_stops_on_sigterm(engine: EngineKind) {
     let mut child = Command::new(BIN)
-        .args(["serve", "--engine", engine.name(), "--addr", "127.0.0.1:0", "--threads", "1"])
+        .args([
+            "serve",
+            "--engine",
+            engine.name(),
+            "--addr",
+            "127.0.0.1:0",
+            "--threads",
+            "1",
+        ])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -159,7 +191,10 @@ fn cli_serve_echoes_and_stops_on_sigterm(engine: EngineKind) {
     let mut s = connect(addr);
     s.write_all(b"typed line\n").unwrap();
     assert_eq!(read_exact(&mut s, 11), b"typed line\n");
-    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(kill.success());
     let (rest, err) = read_to_end(&mut s);
     assert!(rest.is_empty() && err.is_none(), "clean FIN on stop");
@@ -180,7 +215,10 @@ engine_suite!(
 /// Asking for an engine that is unknown or cannot run fails clearly.
 #[test]
 fn cli_rejects_unknown_and_unavailable_engines() {
-    let out = Command::new(BIN).args(["serve", "--engine", "iocp-please"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--engine", "iocp-please"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown engine 'iocp-please'"));
     for engine in EngineKind::ALL {
@@ -189,7 +227,10 @@ fn cli_rejects_unknown_and_unavailable_engines() {
                 .args(["serve", "--engine", engine.name(), "--addr", "127.0.0.1:0"])
                 .output()
                 .unwrap();
-            assert!(!out.status.success(), "{engine} cannot run here, yet serve started");
+            assert!(
+                !out.status.success(),
+                "{engine} cannot run here, yet serve started"
+            );
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert!(stderr.contains(&why.to_string()), "{stderr}");
         }
@@ -200,7 +241,11 @@ fn cli_rejects_unknown_and_unavailable_engines() {
 #[test]
 fn serve_on_a_busy_port_fails_clearly() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let err = iocore::Server::builder().addr(taken.local_addr().unwrap()).start(|| Echo).err().unwrap();
+    let err = iocore::Server::builder()
+        .addr(taken.local_addr().unwrap())
+        .start(|| Echo)
+        .err()
+        .unwrap();
     assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
     assert!(err.to_string().contains("cannot listen on"), "{err}");
 }

@@ -43,7 +43,10 @@ fn echo_integrity_many_clients(engine: EngineKind) {
                 .unwrap()
         })
         .collect();
-    let total: usize = threads.into_iter().map(|t| t.join().expect("client thread")).sum();
+    let total: usize = threads
+        .into_iter()
+        .map(|t| t.join().expect("client thread"))
+        .sum();
     assert!(total >= TOTAL, "sent {total} bytes");
     let closed = events.wait_closed(CLIENTS);
     assert!(closed.iter().all(|k| *k == CloseKind::PeerClosed), "{closed:?}");
@@ -61,7 +64,10 @@ fn echo_integrity_many_clients(engine: EngineKind) {
 fn partial_sends_resume_without_busy_loop(engine: EngineKind) {
     const STALLED: usize = 16 * 1024 * 1024;
     let (events, factory) = recorded(|| Echo);
-    let server = server(engine).max_send_queue(32 * 1024 * 1024).start(factory).unwrap();
+    let server = server(engine)
+        .max_send_queue(32 * 1024 * 1024)
+        .start(factory)
+        .unwrap();
     let addr = server.local_addr();
     let mut stalled = connect(addr);
     let data = Rng::new(7).bytes(STALLED);
@@ -71,9 +77,14 @@ fn partial_sends_resume_without_busy_loop(engine: EngineKind) {
     let payload = data.clone();
     let w = std::thread::spawn(move || writer.write_all(&payload).unwrap());
     w.join().unwrap();
-    wait_until("server received everything", || server.stats().bytes_received == STALLED as u64);
+    wait_until("server received everything", || {
+        server.stats().bytes_received == STALLED as u64
+    });
     let queued = server.stats().queued_bytes;
-    assert!(queued >= 4 * 1024 * 1024, "only {queued} bytes queued: the stall did not happen");
+    assert!(
+        queued >= 4 * 1024 * 1024,
+        "only {queued} bytes queued: the stall did not happen"
+    );
 
     // While stalled, the server must wait for writability, not retry.
     let before = server.stats().writes;
@@ -98,4 +109,7 @@ fn partial_sends_resume_without_busy_loop(engine: EngineKind) {
     server.shutdown(Duration::from_secs(5)).unwrap();
 }
 
-engine_suite!(echo_integrity_many_clients, partial_sends_resume_without_busy_loop);
+engine_suite!(
+    echo_integrity_many_clients,
+    partial_sends_resume_without_busy_loop
+);

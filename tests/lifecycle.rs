@@ -4,7 +4,7 @@
 
 mod util;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{Shutdown, TcpListener};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -37,7 +37,9 @@ fn peer_reset_closes_once_as_peer_reset(engine: EngineKind) {
     let mut s = connect(server.local_addr());
     s.write_all(b"ping").unwrap();
     assert_eq!(read_exact(&mut s, 4), b"ping");
-    socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
     drop(s); // RST
     assert_eq!(events.wait_closed(1), [CloseKind::PeerReset]);
     wait_until("no live sessions", || server.stats().live_sessions == 0);
@@ -56,12 +58,22 @@ fn mixed_fin_and_reset_each_reported_once(engine: EngineKind) {
     for (i, mut s) in streams.into_iter().enumerate() {
         assert_eq!(read_exact(&mut s, 100), [i as u8; 100]);
         if i % 2 == 0 {
-            socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+            socket2::SockRef::from(&s)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
         }
     }
     let closed = events.wait_closed(100);
-    assert_eq!(closed.iter().filter(|k| **k == CloseKind::PeerReset).count(), 50, "{closed:?}");
-    assert_eq!(closed.iter().filter(|k| **k == CloseKind::PeerClosed).count(), 50, "{closed:?}");
+    assert_eq!(
+        closed.iter().filter(|k| **k == CloseKind::PeerReset).count(),
+        50,
+        "{closed:?}"
+    );
+    assert_eq!(
+        closed.iter().filter(|k| **k == CloseKind::PeerClosed).count(),
+        50,
+        "{closed:?}"
+    );
     wait_until("no live sessions", || server.stats().live_sessions == 0);
     assert_eq!(server.stats().closed_total(), 100);
 }
@@ -71,7 +83,10 @@ fn mixed_fin_and_reset_each_reported_once(engine: EngineKind) {
 fn graceful_stop_delivers_queued_data(engine: EngineKind) {
     const SIZE: usize = 16 * 1024 * 1024;
     let (events, factory) = recorded(|| Echo);
-    let server = server(engine).max_send_queue(64 * 1024 * 1024).start(factory).unwrap();
+    let server = server(engine)
+        .max_send_queue(64 * 1024 * 1024)
+        .start(factory)
+        .unwrap();
     let addr = server.local_addr();
     let mut idle = connect(addr);
     let mut busy = connect(addr);
@@ -91,25 +106,39 @@ fn graceful_stop_delivers_queued_data(engine: EngineKind) {
     assert!(rest.is_empty() && err.is_none(), "idle session gets a clean FIN");
     drop((busy, idle));
     server.join().unwrap();
-    assert_eq!(events.closed(), [CloseKind::ServerShutdown, CloseKind::ServerShutdown]);
+    assert_eq!(
+        events.closed(),
+        [CloseKind::ServerShutdown, CloseKind::ServerShutdown]
+    );
 }
 
 /// A stop whose grace runs out resets what is left instead of hanging.
 fn stop_deadline_resets_stuck_sessions(engine: EngineKind) {
     let (events, factory) = recorded(|| Echo);
-    let server = server(engine).max_send_queue(64 * 1024 * 1024).start(factory).unwrap();
+    let server = server(engine)
+        .max_send_queue(64 * 1024 * 1024)
+        .start(factory)
+        .unwrap();
     let mut stuck = connect(server.local_addr());
     stuck.write_all(&vec![1; 16 * 1024 * 1024]).unwrap();
-    wait_until("all received", || server.stats().bytes_received == 16 * 1024 * 1024);
+    wait_until("all received", || {
+        server.stats().bytes_received == 16 * 1024 * 1024
+    });
     server.shutdown(Duration::from_millis(100)).unwrap();
     assert_eq!(events.closed(), [CloseKind::ServerShutdown]);
     let (back, _) = read_to_end(&mut stuck);
-    assert!(back.len() < 16 * 1024 * 1024, "never read, so it cannot all have arrived");
+    assert!(
+        back.len() < 16 * 1024 * 1024,
+        "never read, so it cannot all have arrived"
+    );
 }
 
 fn idle_timeout_closes_silent_sessions(engine: EngineKind) {
     let (events, factory) = recorded(|| Echo);
-    let server = server(engine).idle_timeout(Some(Duration::from_millis(200))).start(factory).unwrap();
+    let server = server(engine)
+        .idle_timeout(Some(Duration::from_millis(200)))
+        .start(factory)
+        .unwrap();
     let mut s = connect(server.local_addr());
     s.write_all(b"hi").unwrap();
     assert_eq!(read_exact(&mut s, 2), b"hi");
@@ -134,7 +163,10 @@ fn client_service_connects_and_reports_failures(engine: EngineKind) {
             if data.len() < 4 {
                 return 0;
             }
-            self.log.lock().unwrap().push(String::from_utf8_lossy(&data[..4]).into_owned());
+            self.log
+                .lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&data[..4]).into_owned());
             s.close();
             4
         }
@@ -151,9 +183,13 @@ fn client_service_connects_and_reports_failures(engine: EngineKind) {
     let ok = Arc::new(Mutex::new(Vec::new()));
     let bad = Arc::new(Mutex::new(Vec::new()));
     let (o, b) = (ok.clone(), bad.clone());
-    client.connect(echo.local_addr(), move || Ping { log: o }).unwrap();
+    client
+        .connect(echo.local_addr(), move || Ping { log: o })
+        .unwrap();
     client.connect(closed_port, move || Ping { log: b }).unwrap();
-    wait_until("both finished", || ok.lock().unwrap().len() == 3 && bad.lock().unwrap().len() == 1);
+    wait_until("both finished", || {
+        ok.lock().unwrap().len() == 3 && bad.lock().unwrap().len() == 1
+    });
     assert_eq!(*ok.lock().unwrap(), ["connected", "ping", "LocalClose"]);
     assert_eq!(*bad.lock().unwrap(), ["ConnectFailed"]);
     let stats = client.stats();
@@ -186,7 +222,9 @@ fn client_sessions_consume_partially(engine: EngineKind) {
     let client = Client::builder().engine(engine).start::<Slow>().unwrap();
     let got = Arc::new(Mutex::new(Vec::new()));
     let g = got.clone();
-    client.connect(echo.local_addr(), move || Slow { got: g, want: 50_000 }).unwrap();
+    client
+        .connect(echo.local_addr(), move || Slow { got: g, want: 50_000 })
+        .unwrap();
     wait_until("all bytes consumed", || got.lock().unwrap().len() == 50_000);
     let expected: Vec<u8> = (0..50_000).map(|i| (i % 251) as u8).collect();
     assert!(*got.lock().unwrap() == expected);

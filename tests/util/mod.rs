@@ -49,7 +49,10 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 
 /// A server builder on 127.0.0.1 with a free port, two workers.
 pub fn server(engine: EngineKind) -> ServerBuilder {
-    iocore::Server::builder().addr("127.0.0.1:0".parse().unwrap()).engine(engine).threads(2)
+    iocore::Server::builder()
+        .addr("127.0.0.1:0".parse().unwrap())
+        .engine(engine)
+        .threads(2)
 }
 
 /// Polls `cond` until it holds or [`PATIENCE`] runs out.
@@ -170,5 +173,8 @@ pub fn recorded<H: Handler>(
 ) -> (Arc<Events>, impl Fn() -> Recorded<H> + Send + Sync + 'static) {
     let events = Arc::new(Events::default());
     let e = events.clone();
-    (events, move || Recorded { inner: make(), events: e.clone() })
+    (events, move || Recorded {
+        inner: make(),
+        events: e.clone(),
+    })
 }
