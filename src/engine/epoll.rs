@@ -10,13 +10,15 @@
 //! waits for the next write report (the seed's FD_WRITE) — never spinning.
 
 use std::io::{self, IoSlice};
+use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
-use crate::session::{CloseReason, Conn, Context, Handler, SessionId, Step, Table, Tick, Timers, RESERVED};
+use crate::session::{CloseReason, Conn, Handler, Step, Tick, RESERVED};
 use crate::sys::epoll::{Epoll, Event, Interest};
 use crate::sys::socket;
 
+use super::core::Core;
 use super::{Command, Worker};
 
 const WAKER: u64 = RESERVED;
@@ -32,30 +34,21 @@ const EVENTS: usize = 1024;
 /// How long to pause accepting when out of descriptors or memory.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// A session on this engine: its state machine and its socket.
-struct Slot<H> {
-    conn: Conn<H>,
+/// This engine's per-session state: the socket and whether it is full.
+struct Sock {
     fd: OwnedFd,
     /// The last send found the socket full: wait for a write report.
     write_blocked: bool,
-    /// Queued bytes last reported to the stats.
-    queued_seen: usize,
 }
 
 struct Loop<H> {
-    w: Worker<H>,
+    core: Core<H, Sock>,
     epoll: Epoll,
-    sessions: Table<Slot<H>>,
-    timers: Timers,
     scratch: Box<[u8]>,
-    now: Tick,
     /// Sessions whose read budget ran out: read more next turn.
     unfinished: Vec<u64>,
     /// Accepting resumes at this time (after EMFILE and the like).
     accept_paused_until: Option<Tick>,
-    /// Stopping: every session must be gone by this time.
-    stop_deadline: Option<Tick>,
-    forced: bool,
 }
 
 /// Runs the worker until it is stopped.
@@ -69,10 +62,7 @@ pub(crate) fn run<H: Handler>(w: Worker<H>) -> io::Result<()> {
         Ok(epoll)
     };
     let epoll = match setup() {
-        Ok(epoll) => {
-            let _ = w.ready.send(Ok(()));
-            epoll
-        }
+        Ok(epoll) => epoll,
         Err(e) => {
             let _ = w
                 .ready
@@ -80,79 +70,60 @@ pub(crate) fn run<H: Handler>(w: Worker<H>) -> io::Result<()> {
             return Err(e);
         }
     };
-    let now = w.now();
+    let _ = w.ready.send(Ok(()));
     let mut lp = Loop {
-        w,
+        core: Core::new(w),
         epoll,
-        sessions: Table::default(),
-        timers: Timers::default(),
         scratch: vec![0; SCRATCH].into_boxed_slice(),
-        now,
         unfinished: Vec::new(),
         accept_paused_until: None,
-        stop_deadline: None,
-        forced: false,
     };
     lp.run()
+}
+
+fn close_reason(e: io::Error) -> CloseReason {
+    if socket::is_reset(&e) {
+        CloseReason::PeerReset
+    } else {
+        CloseReason::Io(e)
+    }
 }
 
 impl<H: Handler> Loop<H> {
     fn run(&mut self) -> io::Result<()> {
         loop {
-            let n = self.epoll.wait(self.timeout())?;
-            self.now = self.w.now();
-            let unfinished = std::mem::take(&mut self.unfinished);
-            for token in unfinished {
+            let timeout = match self.unfinished.is_empty() {
+                true => self.core.timeout(self.accept_paused_until),
+                false => Some(Duration::ZERO),
+            };
+            let n = self.epoll.wait(timeout)?;
+            self.core.tick();
+            for token in std::mem::take(&mut self.unfinished) {
                 self.readable(token, false);
                 self.settle(token);
             }
             for i in 0..n {
                 let ev = self.epoll.event(i);
                 match ev.token {
-                    WAKER => self.commands()?,
+                    WAKER => self.commands(),
                     LISTENER => self.accept(),
                     token => self.session_event(token, ev),
                 }
             }
             self.expire();
-            if self.stop_deadline.is_some() && self.sessions.is_empty() {
+            if self.core.finished() {
                 return Ok(());
             }
         }
     }
 
-    /// How long the next wait may block.
-    fn timeout(&self) -> Option<Duration> {
-        if !self.unfinished.is_empty() {
-            return Some(Duration::ZERO);
-        }
-        let next = [
-            self.timers.next(),
-            self.accept_paused_until,
-            self.stop_deadline.filter(|_| !self.forced),
-        ]
-        .into_iter()
-        .flatten()
-        .min()?;
-        Some(self.w.now().until(next))
-    }
-
-    fn cx(&self, token: u64) -> Context<'_> {
-        Context {
-            id: SessionId::new(self.w.index, token),
-            now: self.now,
-            limits: &self.w.limits,
-        }
-    }
-
-    fn commands(&mut self) -> io::Result<()> {
-        for cmd in self.w.inbox.take() {
+    fn commands(&mut self) {
+        for cmd in self.core.w.inbox.take() {
             match cmd {
                 Command::Connect { addr, make } => self.connect(addr, make()),
                 Command::Stop { grace } => self.stop(grace),
             }
         }
-        Ok(())
     }
 
     fn accept(&mut self) {
@@ -160,102 +131,92 @@ impl<H: Handler> Loop<H> {
             return;
         }
         loop {
-            let Some(listener) = &self.w.listener else { return };
+            let Some(listener) = &self.core.w.listener else {
+                return;
+            };
             let (fd, peer) = match socket::accept(listener) {
                 Ok(pair) => pair,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if socket::is_transient_accept_error(&e) => continue,
                 Err(e) if socket::is_resource_exhausted(&e) => {
-                    tracing::warn!(worker = self.w.index, error = %e, "accept paused");
-                    self.accept_paused_until = Some(self.now.after(ACCEPT_BACKOFF));
+                    tracing::warn!(worker = self.core.w.index, error = %e, "accept paused");
+                    self.accept_paused_until = Some(self.core.now.after(ACCEPT_BACKOFF));
                     return;
                 }
                 Err(e) => {
-                    tracing::error!(worker = self.w.index, error = %e, "accept failed");
+                    tracing::error!(worker = self.core.w.index, error = %e, "accept failed");
                     return;
                 }
             };
-            if !self.w.gate.try_acquire() {
-                self.w.stats.rejected();
-                tracing::debug!(%peer, "session limit reached: connection refused");
+            if !self.core.admit() {
+                tracing::debug!(%peer, "session limit reached: connection reset");
                 let _ = socket::set_linger_zero(&fd);
                 continue;
             }
             let _ = socket::set_nodelay(&fd);
-            let factory = self.w.factory.as_ref().expect("a listening worker has a factory");
-            let conn = Conn::accepted(peer, factory(), self.now);
-            self.w.stats.accepted();
-            self.open(conn, fd, true);
+            let factory = self
+                .core
+                .w
+                .factory
+                .as_ref()
+                .expect("a listening worker has a factory");
+            let conn = Conn::accepted(peer, factory(), self.core.now);
+            self.core.w.stats.accepted();
+            self.open(conn, fd);
         }
     }
 
-    fn connect(&mut self, addr: std::net::SocketAddr, handler: H) {
-        if !self.w.gate.try_acquire() {
+    fn connect(&mut self, addr: SocketAddr, handler: H) {
+        let cx = self.core.w.limits.clone();
+        let conn = Conn::connecting(addr, handler, self.core.now, &cx);
+        if !self.core.admit() {
             let err = io::Error::new(io::ErrorKind::OutOfMemory, "session limit reached");
-            self.w.stats.rejected();
-            return Conn::accepted(addr, handler, self.now).finish(CloseReason::ConnectFailed(err));
+            return conn.finish(CloseReason::ConnectFailed(err));
         }
-        self.w.stats.opened_outbound();
-        let conn = Conn::connecting(addr, handler, self.cx(0));
+        self.core.w.stats.opened_outbound();
         match socket::connect(&addr) {
-            Ok((fd, in_progress)) => self.open(conn, fd, !in_progress),
-            Err(e) => self.finish(conn, CloseReason::ConnectFailed(e)),
+            Ok((fd, _in_progress)) => self.open(conn, fd),
+            Err(e) => self.core.finish(conn, CloseReason::ConnectFailed(e)),
         }
     }
 
-    /// Registers a new session; `established` says whether it is open now
-    /// (accepted, or connected at once) rather than connecting.
-    fn open(&mut self, conn: Conn<H>, fd: OwnedFd, established: bool) {
-        let token = self.sessions.insert(Slot {
+    /// Registers a new session. An accepted one starts now; an outbound
+    /// one starts on its first write report (connect completed).
+    fn open(&mut self, conn: Conn<H>, fd: OwnedFd) {
+        let token = self.core.insert(
             conn,
-            fd,
-            write_blocked: false,
-            queued_seen: 0,
-        });
-        let slot = self.sessions.get_mut(token).expect("just inserted");
-        if let Err(e) = self.epoll.add(&slot.fd, token, Interest::READ_WRITE_EDGE) {
-            let slot = self.sessions.remove(token).expect("just inserted");
-            let reason = if slot.conn.is_connecting() {
-                CloseReason::ConnectFailed(e)
-            } else {
-                CloseReason::Io(e)
+            Sock {
+                fd,
+                write_blocked: false,
+            },
+        );
+        let (cx, slot) = self.core.slot(token).expect("just inserted");
+        if let Err(e) = self.epoll.add(&slot.io.fd, token, Interest::READ_WRITE_EDGE) {
+            let slot = self.core.remove(token).expect("just inserted");
+            let reason = match slot.conn.is_connecting() {
+                true => CloseReason::ConnectFailed(e),
+                false => CloseReason::Io(e),
             };
-            return self.finish(slot.conn, reason);
+            return self.core.finish(slot.conn, reason);
         }
-        if established {
-            let cx = Context {
-                id: SessionId::new(self.w.index, token),
-                now: self.now,
-                limits: &self.w.limits,
-            };
-            let slot = self.sessions.get_mut(token).expect("just inserted");
-            if slot.conn.is_connecting() {
-                slot.conn.connected(cx);
-                self.w.stats.connected();
-            } else {
-                slot.conn.start(cx);
-            }
+        if !slot.conn.is_connecting() {
+            slot.conn.start(cx);
         }
         self.settle(token);
     }
 
     fn session_event(&mut self, token: u64, ev: Event) {
-        let cx = Context {
-            id: SessionId::new(self.w.index, token),
-            now: self.now,
-            limits: &self.w.limits,
-        };
-        let Some(slot) = self.sessions.get_mut(token) else {
+        let Some((cx, slot, stats)) = self.core.slot_stats(token) else {
             return;
         };
         if slot.conn.is_connecting() {
             if !(ev.is_writable() || ev.is_error()) {
                 return;
             }
-            match socket::take_error(&slot.fd) {
+            match socket::take_error(&slot.io.fd) {
                 Ok(None) if !ev.is_error() => {
                     slot.conn.connected(cx);
-                    self.w.stats.connected();
+                    stats.connected();
                 }
                 Ok(Some(e)) | Err(e) => slot.conn.failed(CloseReason::ConnectFailed(e)),
                 Ok(None) => slot
@@ -264,7 +225,7 @@ impl<H: Handler> Loop<H> {
             }
         }
         if ev.is_writable() {
-            slot.write_blocked = false;
+            slot.io.write_blocked = false;
         }
         if ev.is_readable() {
             self.readable(token, ev.is_read_closed());
@@ -275,14 +236,10 @@ impl<H: Handler> Loop<H> {
     /// Reads until the socket is drained (or the budget is spent), handing
     /// the bytes to the session.
     fn readable(&mut self, token: u64, read_closed: bool) {
-        let cx = Context {
-            id: SessionId::new(self.w.index, token),
-            now: self.now,
-            limits: &self.w.limits,
-        };
-        let Some(Slot { conn, fd, .. }) = self.sessions.get_mut(token) else {
+        let Some((cx, slot, stats)) = self.core.slot_stats(token) else {
             return;
         };
+        let (conn, fd) = (&mut slot.conn, &slot.io.fd);
         if conn.is_connecting() {
             return;
         }
@@ -293,12 +250,11 @@ impl<H: Handler> Loop<H> {
             };
             match res {
                 Ok(0) => {
-                    self.w.stats.read_attempt();
-                    conn.eof();
-                    return;
+                    stats.read_attempt();
+                    return conn.eof();
                 }
                 Ok(n) => {
-                    self.w.stats.read(n);
+                    stats.read(n);
                     if in_place {
                         conn.received_in_place(n, cx);
                     } else {
@@ -311,19 +267,11 @@ impl<H: Handler> Loop<H> {
                         return;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.w.stats.read_attempt();
-                    return;
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return stats.read_attempt(),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    self.w.stats.read_attempt();
-                    conn.failed(if socket::is_reset(&e) {
-                        CloseReason::PeerReset
-                    } else {
-                        CloseReason::Io(e)
-                    });
-                    return;
+                    stats.read_attempt();
+                    return conn.failed(close_reason(e));
                 }
             }
         }
@@ -332,34 +280,25 @@ impl<H: Handler> Loop<H> {
 
     /// Writes queued bytes until the queue is empty or the socket is full.
     fn flush(&mut self, token: u64) {
-        let cx = Context {
-            id: SessionId::new(self.w.index, token),
-            now: self.now,
-            limits: &self.w.limits,
-        };
-        let Some(slot) = self.sessions.get_mut(token) else {
+        let Some((cx, slot, stats)) = self.core.slot_stats(token) else {
             return;
         };
-        while slot.conn.has_unsent() && !slot.write_blocked {
+        while slot.conn.has_unsent() && !slot.io.write_blocked {
             let mut iov = [IoSlice::new(&[]); MAX_IOV];
             let count = slot.conn.send_slices(&mut iov);
-            match socket::send_vectored(&slot.fd, &iov[..count]) {
+            match socket::send_vectored(&slot.io.fd, &iov[..count]) {
                 Ok(n) => {
-                    self.w.stats.wrote(n);
+                    stats.wrote(n);
                     slot.conn.sent(n, cx);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.w.stats.write_attempt();
-                    slot.write_blocked = true;
+                    stats.write_attempt();
+                    slot.io.write_blocked = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    self.w.stats.write_attempt();
-                    slot.conn.failed(if socket::is_reset(&e) {
-                        CloseReason::PeerReset
-                    } else {
-                        CloseReason::Io(e)
-                    });
+                    stats.write_attempt();
+                    slot.conn.failed(close_reason(e));
                 }
             }
         }
@@ -370,82 +309,41 @@ impl<H: Handler> Loop<H> {
     fn settle(&mut self, token: u64) {
         loop {
             self.flush(token);
-            let cx = Context {
-                id: SessionId::new(self.w.index, token),
-                now: self.now,
-                limits: &self.w.limits,
-            };
-            let Some(slot) = self.sessions.get_mut(token) else {
+            let Some((cx, slot)) = self.core.slot(token) else {
                 return;
             };
             match slot.conn.step(cx) {
                 Step::Wait => break,
                 Step::Fin => {
-                    if let Err(e) = socket::shutdown_write(&slot.fd) {
-                        slot.conn.failed(if socket::is_reset(&e) {
-                            CloseReason::PeerReset
-                        } else {
-                            CloseReason::Io(e)
-                        });
+                    if let Err(e) = socket::shutdown_write(&slot.io.fd) {
+                        slot.conn.failed(close_reason(e));
                     }
                 }
                 Step::Close { reason, rst } => {
-                    let slot = self.sessions.remove(token).expect("present above");
+                    let slot = self.core.remove(token).expect("present above");
                     if rst {
-                        let _ = socket::set_linger_zero(&slot.fd);
+                        let _ = socket::set_linger_zero(&slot.io.fd);
                     }
-                    self.w.stats.queued_changed(slot.queued_seen, 0);
-                    drop(slot.fd); // closing also removes it from epoll
-                    return self.finish(slot.conn, reason);
+                    drop(slot.io); // closing also removes it from epoll
+                    return self.core.finish(slot.conn, reason);
                 }
             }
         }
-        let slot = self.sessions.get_mut(token).expect("present above");
-        self.w.stats.queued_changed(slot.queued_seen, slot.conn.queued());
-        slot.queued_seen = slot.conn.queued();
-        slot.conn.arm(token, &mut self.timers, &self.w.limits);
+        self.core.settled(token);
     }
 
-    /// Ends a registered or never-registered session: counts it, frees its
-    /// place, tells its handler.
-    fn finish(&mut self, conn: Conn<H>, reason: CloseReason) {
-        tracing::trace!(peer = %conn.peer_addr(), %reason, "session closed");
-        self.w.stats.closed(reason.kind());
-        self.w.gate.release();
-        conn.finish(reason);
-    }
-
-    /// Runs what is due: session deadlines, the accept pause, the stop
-    /// deadline.
+    /// Runs what is due: the accept pause, the stop deadline, session
+    /// deadlines.
     fn expire(&mut self) {
-        if self.accept_paused_until.is_some_and(|t| t <= self.now) {
+        if self.accept_paused_until.is_some_and(|t| t <= self.core.now) {
             self.accept_paused_until = None;
             self.accept();
         }
-        if let Some(deadline) = self.stop_deadline {
-            if !self.forced && deadline <= self.now {
-                self.forced = true;
-                for token in self.sessions.tokens() {
-                    if let Some(slot) = self.sessions.get_mut(token) {
-                        slot.conn.force_close();
-                    }
-                    self.settle(token);
-                }
-            }
+        for token in self.core.forced_now() {
+            self.settle(token);
         }
-        // Take what is due first, so a deadline set during this pass waits
-        // for the next turn instead of looping here.
-        let mut due = Vec::new();
-        while let Some(entry) = self.timers.pop_due(self.now) {
-            due.push(entry);
-        }
-        for (at, token) in due {
-            let cx = Context {
-                id: SessionId::new(self.w.index, token),
-                now: self.now,
-                limits: &self.w.limits,
-            };
-            if let Some(slot) = self.sessions.get_mut(token) {
+        for (at, token) in self.core.due() {
+            if let Some((cx, slot)) = self.core.slot(token) {
                 slot.conn.wake(at, cx);
                 self.settle(token);
             }
@@ -454,17 +352,10 @@ impl<H: Handler> Loop<H> {
 
     /// Stops accepting and starts closing every session gracefully.
     fn stop(&mut self, grace: Duration) {
-        if self.stop_deadline.is_some() {
-            return;
-        }
-        self.stop_deadline = Some(self.now.after(grace));
-        if let Some(l) = self.w.listener.take() {
+        if let Some(l) = self.core.w.listener.take() {
             let _ = self.epoll.delete(&l);
         }
-        for token in self.sessions.tokens() {
-            if let Some(slot) = self.sessions.get_mut(token) {
-                slot.conn.shutdown();
-            }
+        for token in self.core.begin_stop(grace) {
             self.settle(token);
         }
     }

@@ -51,6 +51,7 @@ use crate::session::{Conn, Table, Timers};
 use crate::session::{Handler, Limits, Tick};
 use crate::sys::eventfd::EventFd;
 
+mod core;
 #[cfg(target_os = "linux")]
 mod epoll;
 mod stats;

@@ -139,9 +139,9 @@ impl<H: Handler> Conn<H> {
 
     /// An outbound connection whose connect is in progress; call
     /// [`Conn::connected`] when it completes.
-    pub fn connecting(peer: SocketAddr, handler: H, cx: Context<'_>) -> Conn<H> {
-        let deadline = cx.now.after(cx.limits.connect_timeout);
-        Conn::new(peer, handler, Phase::Connecting, deadline, cx.now)
+    pub fn connecting(peer: SocketAddr, handler: H, now: Tick, limits: &Limits) -> Conn<H> {
+        let deadline = now.after(limits.connect_timeout);
+        Conn::new(peer, handler, Phase::Connecting, deadline, now)
     }
 
     fn session<'a>(core: &'a mut Core, cx: &Context<'a>) -> Session<'a> {
@@ -662,7 +662,7 @@ mod tests {
     #[test]
     fn connect_timeout_fails_without_on_connected() {
         let l = limits();
-        let mut c = Conn::connecting("127.0.0.1:1".parse().unwrap(), Probe::default(), cx(&l, 0));
+        let mut c = Conn::connecting("127.0.0.1:1".parse().unwrap(), Probe::default(), Tick(0), &l);
         let mut timers = Timers::default();
         c.arm(3, &mut timers, &l);
         let (at, _) = timers.pop_due(Tick::NEVER).unwrap();

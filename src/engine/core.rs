@@ -1,0 +1,169 @@
+//! What every engine's loop keeps besides its I/O: the session table, the
+//! deadlines, the stop state, and the bookkeeping done when a session
+//! opens, settles or ends. Engines add only how bytes move.
+
+use std::time::Duration;
+
+use crate::session::{CloseReason, Conn, Context, Handler, SessionId, Table, Tick, Timers};
+
+use super::{Worker, WorkerStats};
+
+/// A session on an engine: its state machine, the engine's per-socket
+/// state `S`, and the queued byte count last reported to the stats.
+pub(crate) struct Slot<H, S> {
+    pub conn: Conn<H>,
+    pub io: S,
+    queued_seen: usize,
+}
+
+/// The engine-independent part of a worker loop.
+pub(crate) struct Core<H, S> {
+    pub w: Worker<H>,
+    pub sessions: Table<Slot<H, S>>,
+    pub timers: Timers,
+    /// The time read once per loop turn.
+    pub now: Tick,
+    /// Stopping: every session must be gone by this time.
+    stop_deadline: Option<Tick>,
+    forced: bool,
+}
+
+impl<H: Handler, S> Core<H, S> {
+    pub fn new(w: Worker<H>) -> Core<H, S> {
+        let now = w.now();
+        Core {
+            w,
+            sessions: Table::default(),
+            timers: Timers::default(),
+            now,
+            stop_deadline: None,
+            forced: false,
+        }
+    }
+
+    /// Reads the clock (once per loop turn).
+    pub fn tick(&mut self) {
+        self.now = self.w.now();
+    }
+
+    /// A session's context and slot, borrowed together.
+    pub fn slot(&mut self, token: u64) -> Option<(Context<'_>, &mut Slot<H, S>)> {
+        self.slot_stats(token).map(|(cx, slot, _)| (cx, slot))
+    }
+
+    /// A session's context and slot, plus the worker's counters.
+    pub fn slot_stats(&mut self, token: u64) -> Option<(Context<'_>, &mut Slot<H, S>, &WorkerStats)> {
+        let cx = Context {
+            id: SessionId::new(self.w.index, token),
+            now: self.now,
+            limits: &self.w.limits,
+        };
+        let stats = &*self.w.stats;
+        self.sessions.get_mut(token).map(|slot| (cx, slot, stats))
+    }
+
+    /// Takes a place under `max_sessions`, or counts a rejection.
+    pub fn admit(&self) -> bool {
+        let ok = self.w.gate.try_acquire();
+        if !ok {
+            self.w.stats.rejected();
+        }
+        ok
+    }
+
+    /// Stores a new session (its place already admitted).
+    pub fn insert(&mut self, conn: Conn<H>, io: S) -> u64 {
+        self.sessions.insert(Slot {
+            conn,
+            io,
+            queued_seen: 0,
+        })
+    }
+
+    /// After anything touched a session: report its queue, re-arm its
+    /// deadline.
+    pub fn settled(&mut self, token: u64) {
+        let Some(slot) = self.sessions.get_mut(token) else {
+            return;
+        };
+        let queued = slot.conn.queued();
+        self.w.stats.queued_changed(slot.queued_seen, queued);
+        slot.queued_seen = queued;
+        slot.conn.arm(token, &mut self.timers, &self.w.limits);
+    }
+
+    /// Removes a session whose socket the engine is done with, and ends it.
+    pub fn remove(&mut self, token: u64) -> Option<Slot<H, S>> {
+        let slot = self.sessions.remove(token)?;
+        self.w.stats.queued_changed(slot.queued_seen, 0);
+        Some(slot)
+    }
+
+    /// Ends a session: counts it, frees its place, tells its handler.
+    pub fn finish(&self, conn: Conn<H>, reason: CloseReason) {
+        tracing::trace!(peer = %conn.peer_addr(), %reason, "session closed");
+        self.w.stats.closed(reason.kind());
+        self.w.gate.release();
+        conn.finish(reason);
+    }
+
+    /// How long the loop may block: until the earliest of the session
+    /// deadlines, the stop deadline and the engine's own `extra`.
+    pub fn timeout(&self, extra: Option<Tick>) -> Option<Duration> {
+        let stop = self.stop_deadline.filter(|_| !self.forced);
+        let next = [self.timers.next(), stop, extra].into_iter().flatten().min()?;
+        Some(self.w.now().until(next))
+    }
+
+    /// Session deadlines due now. Taken all at once, so a deadline set
+    /// while handling them waits for the next turn.
+    pub fn due(&mut self) -> Vec<(Tick, u64)> {
+        let mut due = Vec::new();
+        while let Some(entry) = self.timers.pop_due(self.now) {
+            due.push(entry);
+        }
+        due
+    }
+
+    /// Starts stopping; returns the tokens to shut down, or nothing if a
+    /// stop was already under way.
+    pub fn begin_stop(&mut self, grace: Duration) -> Vec<u64> {
+        if self.stop_deadline.is_some() {
+            return Vec::new();
+        }
+        self.stop_deadline = Some(self.now.after(grace));
+        for token in self.sessions.tokens() {
+            if let Some(slot) = self.sessions.get_mut(token) {
+                slot.conn.shutdown();
+            }
+        }
+        self.sessions.tokens()
+    }
+
+    /// When the stop deadline has just passed: marks every session for a
+    /// forced close and returns their tokens (once).
+    pub fn forced_now(&mut self) -> Vec<u64> {
+        match self.stop_deadline {
+            Some(deadline) if !self.forced && deadline <= self.now => {
+                self.forced = true;
+                for token in self.sessions.tokens() {
+                    if let Some(slot) = self.sessions.get_mut(token) {
+                        slot.conn.force_close();
+                    }
+                }
+                self.sessions.tokens()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// A stop is under way.
+    pub fn stopping(&self) -> bool {
+        self.stop_deadline.is_some()
+    }
+
+    /// Stopping and every session is gone: the loop may end.
+    pub fn finished(&self) -> bool {
+        self.stopping() && self.sessions.is_empty()
+    }
+}
