@@ -143,7 +143,11 @@ fn idle_timeout_closes_silent_sessions(engine: EngineKind) {
     s.write_all(b"hi").unwrap();
     assert_eq!(read_exact(&mut s, 2), b"hi");
     let (rest, err) = read_to_end(&mut s);
-    assert!(rest.is_empty() && err.is_none());
+    assert!(
+        rest.is_empty() && err.is_none(),
+        "{rest:?} {err:?} {:?}",
+        events.reasons.lock().unwrap()
+    );
     drop(s);
     assert_eq!(events.wait_closed(1), [CloseKind::IdleTimeout]);
 }

@@ -34,8 +34,8 @@
 //! | seed model (Windows)            | engine here | mechanism                    |
 //! |---------------------------------|-------------|------------------------------|
 //! | WSAEventSelect                  | `epoll`     | epoll, edge-triggered        |
-//! | Overlapped I/O with events      | `uring`     | io_uring (planned)           |
-//! | IOCP + worker threads           | `uring`     | one ring per worker (planned)|
+//! | Overlapped I/O with events      | `uring`     | io_uring, provided buffers   |
+//! | IOCP + worker threads           | `uring`     | one ring per worker thread   |
 
 use std::fmt;
 use std::io;
@@ -55,13 +55,16 @@ mod core;
 #[cfg(target_os = "linux")]
 mod epoll;
 mod stats;
+#[cfg(target_os = "linux")]
+mod uring;
 
 pub use stats::{Stats, WorkerStats};
 
 /// Which I/O model runs the sessions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum EngineKind {
-    /// The best model this system supports (today: `epoll` on Linux).
+    /// `uring` where io_uring is usable, else `epoll`; the choice and the
+    /// reason are logged.
     #[default]
     Auto,
     /// Readiness: epoll, edge-triggered (the WSAEventSelect model).
@@ -100,7 +103,19 @@ impl EngineKind {
                 engine: self,
                 why: "epoll exists only on Linux".into(),
             }),
-            EngineKind::Uring => Err(EngineError::NotBuilt(self)),
+            #[cfg(target_os = "linux")]
+            EngineKind::Uring => match crate::sys::uring::probe() {
+                Ok(()) => Ok(EngineKind::Uring),
+                Err(e) => Err(EngineError::Unsupported {
+                    engine: self,
+                    why: e.to_string(),
+                }),
+            },
+            #[cfg(not(target_os = "linux"))]
+            EngineKind::Uring => Err(EngineError::Unsupported {
+                engine: self,
+                why: "io_uring exists only on Linux".into(),
+            }),
         }
     }
 }
@@ -261,6 +276,8 @@ pub(crate) fn run<H: Handler>(engine: EngineKind, worker: Worker<H>) -> io::Resu
     match engine {
         #[cfg(target_os = "linux")]
         EngineKind::Epoll => epoll::run(worker),
+        #[cfg(target_os = "linux")]
+        EngineKind::Uring => uring::run(worker),
         other => Err(EngineError::NotBuilt(other).into()),
     }
 }

@@ -306,6 +306,29 @@ impl<H: Handler> Conn<H> {
         }
     }
 
+    /// Whether there are unsent bytes a new send could take (none are
+    /// lent out to a send in flight, and the session may still send).
+    pub fn can_lend(&self) -> bool {
+        self.core.send.has_unlent() && self.core.send.lent() == 0 && self.has_unsent()
+    }
+
+    /// For a completion engine: moves the unsent buffers (at most `max`)
+    /// into `out` for one send; see [`SendQueue::lend`]. Returns the offset
+    /// into `out[0]`.
+    pub fn lend_unsent(&mut self, out: &mut Vec<bytes::Bytes>, max: usize) -> usize {
+        self.core.send.lend(out, max)
+    }
+
+    /// The send of lent buffers completed, taking `n` bytes (fewer than
+    /// lent is a partial send: the rest goes back to the front). When the
+    /// queue empties the handler hears [`Handler::on_sent`].
+    pub fn send_completed(&mut self, bufs: &mut Vec<bytes::Bytes>, offset: usize, n: usize, cx: Context<'_>) {
+        self.core.send.give_back(bufs, offset, n);
+        if self.core.send.is_empty() && self.is_open() {
+            self.handler.on_sent(&mut Self::session(&mut self.core, &cx));
+        }
+    }
+
     /// What the engine must do next; see [`Step`].
     pub fn step(&mut self, cx: Context<'_>) -> Step {
         match &self.core.phase {

@@ -23,6 +23,10 @@ pub struct SendQueue {
     offset: usize,
     /// Unsent bytes in the whole queue.
     queued: usize,
+    /// Bytes lent to a completion engine's send (see [`SendQueue::lend`]).
+    lent: usize,
+    /// The queue was cleared while bytes were lent.
+    lent_dropped: bool,
 }
 
 /// Queuing would exceed the session's send-queue limit.
@@ -37,6 +41,8 @@ impl SendQueue {
             rest: VecDeque::new(),
             offset: 0,
             queued: 0,
+            lent: 0,
+            lent_dropped: false,
         }
     }
 
@@ -110,9 +116,80 @@ impl SendQueue {
         }
     }
 
-    /// Drops everything unsent and releases the memory.
+    /// Moves the unsent buffers at the front (at most `max`) into `out`
+    /// for a completion engine's send, which owns them until it gives them
+    /// back with [`SendQueue::give_back`]. Returns how much of `out[0]` was
+    /// already sent. Lent bytes still count as queued. At most one lending
+    /// at a time, which keeps sends in order.
+    pub fn lend(&mut self, out: &mut Vec<Bytes>, max: usize) -> usize {
+        assert!(self.lent == 0, "a send is already in flight");
+        let offset = self.offset;
+        out.extend(self.head.take());
+        while out.len() < max {
+            match self.rest.pop_front() {
+                Some(b) => out.push(b),
+                None => break,
+            }
+        }
+        self.head = self.rest.pop_front();
+        self.offset = 0;
+        self.lent = out.iter().map(|b| b.len()).sum::<usize>() - offset;
+        offset
+    }
+
+    /// Bytes lent out and not yet given back.
+    pub fn lent(&self) -> usize {
+        self.lent
+    }
+
+    /// Unsent bytes not lent out: something a new send could take.
+    pub fn has_unlent(&self) -> bool {
+        self.head.is_some()
+    }
+
+    /// Takes back lent buffers after the send took `sent` of the lent
+    /// bytes: what it did not take goes back to the front, in order. If the
+    /// queue was cleared meanwhile they are dropped. Empties `bufs`.
+    pub fn give_back(&mut self, bufs: &mut Vec<Bytes>, offset: usize, sent: usize) {
+        let lent = std::mem::take(&mut self.lent);
+        if std::mem::take(&mut self.lent_dropped) {
+            bufs.clear();
+            return;
+        }
+        assert!(sent <= lent, "sent {sent} of {lent} lent bytes");
+        self.queued -= sent;
+        let mut skip = offset + sent;
+        let done = bufs.iter().take_while(|b| {
+            let whole = skip >= b.len();
+            if whole {
+                skip -= b.len();
+            }
+            whole
+        });
+        let done = done.count();
+        if done == bufs.len() {
+            bufs.clear();
+            return;
+        }
+        // The current head was never sent from (lend left offset 0).
+        if let Some(h) = self.head.take() {
+            self.rest.push_front(h);
+        }
+        for b in bufs.drain(done..).rev() {
+            self.rest.push_front(b);
+        }
+        bufs.clear();
+        self.head = self.rest.pop_front();
+        self.offset = skip;
+    }
+
+    /// Drops everything unsent and releases the memory. Lent buffers are
+    /// dropped when given back.
     pub fn clear(&mut self) {
+        let lent = self.lent;
         *self = SendQueue::new();
+        self.lent = lent;
+        self.lent_dropped = lent > 0;
     }
 }
 
@@ -163,6 +240,39 @@ mod tests {
         assert_eq!(q.len(), 60);
         q.push(Bytes::from(vec![0; 40]), 100).unwrap();
         assert_eq!(q.len(), 100);
+    }
+
+    #[test]
+    fn lent_buffers_come_back_in_order_after_a_partial_send() {
+        let mut q = SendQueue::new();
+        for i in 1..=3u8 {
+            q.push(Bytes::from(vec![i; 10]), 100).unwrap();
+        }
+        q.advance(4);
+        let mut out = Vec::new();
+        let offset = q.lend(&mut out, 2);
+        assert_eq!((offset, out.len(), q.lent()), (4, 2, 16));
+        assert_eq!(q.len(), 26, "lent bytes still count as queued");
+        q.push(Bytes::from(vec![4; 10]), 100).unwrap();
+        // The kernel took 9: 6 of the first buffer, 3 of the second.
+        q.give_back(&mut out, offset, 9);
+        assert!(out.is_empty());
+        let want = [&[2u8; 7][..], &[3; 10], &[4; 10]].concat();
+        assert_eq!(flatten(&q), want);
+        assert_eq!(q.len(), 27);
+    }
+
+    #[test]
+    fn clearing_while_lent_drops_buffers_when_given_back() {
+        let mut q = SendQueue::new();
+        q.push(Bytes::from(vec![1; 10]), 100).unwrap();
+        let mut out = Vec::new();
+        let offset = q.lend(&mut out, 64);
+        q.clear();
+        assert!(q.is_empty());
+        assert_eq!(out.len(), 1, "the kernel's buffers are untouched by clear");
+        q.give_back(&mut out, offset, 3);
+        assert!(out.is_empty() && q.is_empty() && !q.has_unlent());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! A slab of sessions addressed by 64-bit tokens.
 //!
 //! The token rides in the epoll event or io_uring `user_data`: the low 32
-//! bits are the slot, the next 31 bits count how often the slot was reused,
+//! bits are the slot, the next 28 bits count how often the slot was reused,
 //! so an event that arrives for a session already removed (or whose slot
 //! now holds a newer session) finds nothing instead of the wrong session.
 //! Tokens with the top bit set are never issued; engines use them for
@@ -11,7 +11,9 @@
 pub const RESERVED: u64 = 1 << 63;
 
 const NO_SLOT: u32 = u32::MAX;
-const GEN_MASK: u32 = 0x7FFF_FFFF;
+/// Generations use 28 bits, so tokens stay below 2^60 and an engine may
+/// keep 4 bits of `user_data` for the operation kind.
+const GEN_MASK: u32 = 0x0FFF_FFFF;
 
 enum Entry<T> {
     Occupied { generation: u32, value: T },

@@ -40,3 +40,5 @@ pub mod epoll;
 pub mod eventfd;
 #[cfg(unix)]
 pub mod socket;
+#[cfg(target_os = "linux")]
+pub mod uring;

@@ -177,6 +177,31 @@ pub fn accept(listener: &OwnedFd) -> io::Result<(OwnedFd, SocketAddr)> {
     Ok((fd, raw.to_addr()?))
 }
 
+/// Takes ownership of a descriptor a completion returned (an accepted
+/// socket). `fd` must be the non-negative result of such a completion.
+pub fn take_completed_fd(fd: i32) -> OwnedFd {
+    assert!(fd >= 0, "not a descriptor: {fd}");
+    // SAFETY: the kernel just created this descriptor for us in a
+    // completion; nothing else knows or owns it.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// The address of a connected socket's peer.
+pub fn peer_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
+    let mut raw = RawAddr::empty();
+    let (ptr, len) = raw.as_mut_ptr();
+    // SAFETY: ptr/len point into `raw`, whose length field says how much
+    // the kernel may write.
+    syscall!(getpeername(fd.as_raw_fd(), ptr, len))?;
+    raw.to_addr()
+}
+
+/// A new non-blocking TCP socket for connecting to `addr` with a
+/// completion engine (which posts the connect itself).
+pub fn stream_for(addr: &SocketAddr) -> io::Result<OwnedFd> {
+    tcp_socket(addr)
+}
+
 /// Starts a non-blocking connect. Returns the socket and whether the
 /// connection is still in progress (then wait for writability and call
 /// [`take_error`]).

@@ -17,6 +17,7 @@ use iocore::{CloseKind, CloseReason, EngineKind, Handler, ServerBuilder, Session
 macro_rules! engine_suite {
     ($($test:ident),* $(,)?) => {
         $crate::engine_suite!(@engine epoll, iocore::EngineKind::Epoll, $($test),*);
+        $crate::engine_suite!(@engine uring, iocore::EngineKind::Uring, $($test),*);
         // Each further engine is one line here.
     };
     (@engine $module:ident, $kind:expr, $($test:ident),*) => {
@@ -87,6 +88,7 @@ pub fn read_to_end(s: &mut TcpStream) -> (Vec<u8>, Option<std::io::Error>) {
         match s.read(&mut buf) {
             Ok(0) => return (out, None),
             Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return (out, Some(e)),
         }
     }

@@ -1,0 +1,467 @@
+//! The completion engine: io_uring — the seed's overlapped I/O (post an
+//! operation, learn of its completion later) and IOCP (one completion
+//! queue per worker thread) on Linux.
+//!
+//! Per session at most three operations are in the kernel: a multishot
+//! receive into the worker's provided-buffer ring (an idle session holds no
+//! receive buffer; bytes the handler leaves unconsumed are copied into the
+//! session's own buffer), one gather `sendmsg` over the queued buffers
+//! (order is kept by never posting a second before the first completes;
+//! a partial send posts the rest), and, when closing, a cancel. A session
+//! is freed only after its last completion. Where the kernel lacks
+//! multishot accept or receive (`EINVAL`), the worker falls back to
+//! single-shot operations posted again after each completion; the variable
+//! `IOCORE_URING_SINGLESHOT=1` forces that mode.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::Duration;
+
+use crate::session::{CloseReason, Conn, Handler, Step, Tick};
+use crate::sys::socket;
+use crate::sys::uring::{Completion, SendOp, Uring};
+
+use super::core::Core;
+use super::{Command, Worker};
+
+/// Submission queue size.
+const ENTRIES: u32 = 1024;
+/// Provided receive buffers per worker, and their size.
+const BUFFERS: u16 = 256;
+const BUFFER_SIZE: usize = 16 * 1024;
+/// How long to pause accepting when out of descriptors or memory.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// `user_data` = operation kind in the top 4 bits, session token below.
+const OP_SHIFT: u32 = 60;
+const TOKEN_MASK: u64 = (1 << OP_SHIFT) - 1;
+const OP_RECV: u64 = 1;
+const OP_SEND: u64 = 2;
+const OP_CONNECT: u64 = 3;
+const OP_CANCEL: u64 = 4;
+const OP_ACCEPT: u64 = 5;
+const OP_WAKER: u64 = 6;
+const OP_ENGINE_CANCEL: u64 = 7;
+
+fn user_data(op: u64, token: u64) -> u64 {
+    debug_assert!(token <= TOKEN_MASK);
+    (op << OP_SHIFT) | token
+}
+
+/// This engine's per-session state.
+struct Sock {
+    fd: OwnedFd,
+    /// Operations posted and not finally completed.
+    inflight: u8,
+    recv_posted: bool,
+    /// A send is in flight (the ring holds its buffers).
+    sending: bool,
+    /// The session ended; it is freed when `inflight` reaches 0.
+    closing: Option<Box<(CloseReason, bool)>>,
+    cancel_posted: bool,
+}
+
+struct Loop<H> {
+    core: Core<H, Sock>,
+    ring: Uring,
+    multishot: bool,
+    accept_posted: bool,
+    waker_posted: bool,
+    accept_paused_until: Option<Tick>,
+    /// Send operations to reuse.
+    spare_sends: Vec<Box<SendOp>>,
+}
+
+/// Runs the worker until it is stopped.
+pub(crate) fn run<H: Handler>(w: Worker<H>) -> io::Result<()> {
+    let ring = match Uring::new(ENTRIES, BUFFERS, BUFFER_SIZE) {
+        Ok(ring) => ring,
+        Err(e) => {
+            let _ = w
+                .ready
+                .send(Err(io::Error::new(e.kind(), format!("uring engine setup: {e}"))));
+            return Err(e);
+        }
+    };
+    let multishot = !std::env::var_os("IOCORE_URING_SINGLESHOT").is_some_and(|v| v != "0");
+    let mut lp = Loop {
+        core: Core::new(w),
+        ring,
+        multishot,
+        accept_posted: false,
+        waker_posted: false,
+        accept_paused_until: None,
+        spare_sends: Vec::new(),
+    };
+    let started = lp.post_waker().and_then(|()| lp.post_accept());
+    let _ = lp.core.w.ready.send(
+        started
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| io::Error::new(e.kind(), e.to_string())),
+    );
+    started?;
+    lp.run()
+}
+
+fn close_reason(e: io::Error) -> CloseReason {
+    if socket::is_reset(&e) {
+        CloseReason::PeerReset
+    } else {
+        CloseReason::Io(e)
+    }
+}
+
+impl<H: Handler> Loop<H> {
+    fn run(&mut self) -> io::Result<()> {
+        loop {
+            let timeout = self.core.timeout(self.accept_paused_until);
+            self.ring.submit_and_wait(timeout)?;
+            self.core.tick();
+            let completions = self.ring.completions();
+            for c in &completions {
+                self.complete(*c)?;
+            }
+            self.ring.reuse(completions);
+            self.expire()?;
+            if self.core.finished() {
+                if !self.accept_posted && !self.waker_posted {
+                    return Ok(());
+                }
+                if self.waker_posted {
+                    // Rule 4: nothing may be in the kernel when the ring goes.
+                    self.ring
+                        .cancel(user_data(OP_WAKER, 0), user_data(OP_ENGINE_CANCEL, 0))?;
+                }
+            }
+        }
+    }
+
+    fn post_waker(&mut self) -> io::Result<()> {
+        self.ring
+            .poll_readable(self.core.w.inbox.waker().as_raw_fd(), user_data(OP_WAKER, 0))?;
+        self.waker_posted = true;
+        Ok(())
+    }
+
+    fn post_accept(&mut self) -> io::Result<()> {
+        if let Some(l) = &self.core.w.listener {
+            if !self.accept_posted && self.accept_paused_until.is_none() && !self.core.stopping() {
+                self.ring
+                    .accept(l.as_raw_fd(), self.multishot, user_data(OP_ACCEPT, 0))?;
+                self.accept_posted = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn complete(&mut self, c: Completion) -> io::Result<()> {
+        let token = c.user_data & TOKEN_MASK;
+        match c.user_data >> OP_SHIFT {
+            OP_WAKER => {
+                self.waker_posted = c.more();
+                let _ = self.core.w.inbox.waker().drain();
+                self.commands()?;
+                if !self.waker_posted && !self.core.stopping() {
+                    self.post_waker()?;
+                }
+            }
+            OP_ACCEPT => self.accepted(c)?,
+            OP_ENGINE_CANCEL => {}
+            op => {
+                self.session_completion(op, token, c)?;
+                self.settle(token)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn commands(&mut self) -> io::Result<()> {
+        for cmd in self.core.w.inbox.take() {
+            match cmd {
+                Command::Connect { addr, make } => self.connect(addr, make())?,
+                Command::Stop { grace } => self.stop(grace)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn accepted(&mut self, c: Completion) -> io::Result<()> {
+        self.accept_posted = c.more();
+        match c.io_result() {
+            Ok(fd) => {
+                let fd = socket::take_completed_fd(fd as i32);
+                if self.core.stopping() {
+                    drop(fd);
+                } else if !self.core.admit() {
+                    let _ = socket::set_linger_zero(&fd);
+                } else {
+                    match socket::peer_addr(&fd) {
+                        Ok(peer) => {
+                            let _ = socket::set_nodelay(&fd);
+                            let factory = self
+                                .core
+                                .w
+                                .factory
+                                .as_ref()
+                                .expect("a listening worker has a factory");
+                            let conn = Conn::accepted(peer, factory(), self.core.now);
+                            self.core.w.stats.accepted();
+                            self.open(conn, fd)?;
+                        }
+                        // Reset before we looked: nothing to serve.
+                        Err(_) => self.core.w.gate.release(),
+                    }
+                }
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && self.multishot => {
+                tracing::info!("multishot accept unsupported: using single-shot operations");
+                self.multishot = false;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {}
+            Err(e) if socket::is_resource_exhausted(&e) => {
+                tracing::warn!(worker = self.core.w.index, error = %e, "accept paused");
+                self.accept_paused_until = Some(self.core.now.after(ACCEPT_BACKOFF));
+            }
+            Err(e) if socket::is_transient_accept_error(&e) => {}
+            Err(e) => tracing::error!(worker = self.core.w.index, error = %e, "accept failed"),
+        }
+        if !self.accept_posted {
+            self.post_accept()?;
+        }
+        Ok(())
+    }
+
+    fn connect(&mut self, addr: SocketAddr, handler: H) -> io::Result<()> {
+        let limits = self.core.w.limits.clone();
+        let conn = Conn::connecting(addr, handler, self.core.now, &limits);
+        if !self.core.admit() {
+            let err = io::Error::new(io::ErrorKind::OutOfMemory, "session limit reached");
+            conn.finish(CloseReason::ConnectFailed(err));
+            return Ok(());
+        }
+        self.core.w.stats.opened_outbound();
+        let fd = match socket::stream_for(&addr) {
+            Ok(fd) => fd,
+            Err(e) => {
+                self.core.finish(conn, CloseReason::ConnectFailed(e));
+                return Ok(());
+            }
+        };
+        let token = self.core.insert(conn, Sock::new(fd));
+        let (_, slot) = self.core.slot(token).expect("just inserted");
+        self.ring
+            .connect(slot.io.fd.as_raw_fd(), &addr, user_data(OP_CONNECT, token))?;
+        slot.io.inflight += 1;
+        self.settle(token)
+    }
+
+    /// Registers an established session and starts receiving.
+    fn open(&mut self, conn: Conn<H>, fd: OwnedFd) -> io::Result<()> {
+        let token = self.core.insert(conn, Sock::new(fd));
+        let (cx, slot) = self.core.slot(token).expect("just inserted");
+        slot.conn.start(cx);
+        self.post_recv(token)?;
+        self.settle(token)
+    }
+
+    fn post_recv(&mut self, token: u64) -> io::Result<()> {
+        let Some((_, slot)) = self.core.slot(token) else {
+            return Ok(());
+        };
+        if !slot.io.recv_posted && slot.io.closing.is_none() {
+            self.ring
+                .recv(slot.io.fd.as_raw_fd(), self.multishot, user_data(OP_RECV, token))?;
+            slot.io.recv_posted = true;
+            slot.io.inflight += 1;
+        }
+        Ok(())
+    }
+
+    fn session_completion(&mut self, op: u64, token: u64, c: Completion) -> io::Result<()> {
+        let Some((cx, slot, stats)) = self.core.slot_stats(token) else {
+            // Every operation is counted in its slot, which outlives it.
+            debug_assert!(false, "completion for a freed session: op {op}");
+            return Ok(());
+        };
+        if !c.more() {
+            slot.io.inflight -= 1;
+        }
+        match op {
+            OP_RECV => {
+                slot.io.recv_posted = c.more();
+                match c.io_result() {
+                    Ok(0) => {
+                        stats.read_attempt();
+                        slot.conn.eof();
+                        return Ok(());
+                    }
+                    Ok(n) => {
+                        stats.read(n);
+                        let bid = c.buffer_id().expect("receive completion names its buffer");
+                        slot.conn.received(self.ring.buffer(bid, n), cx);
+                        self.ring.recycle(bid);
+                    }
+                    Err(e) => match e.raw_os_error() {
+                        Some(libc::ECANCELED) => return Ok(()),
+                        // The buffer ring ran dry: post again below.
+                        Some(libc::ENOBUFS) => {}
+                        Some(libc::EINVAL) if self.multishot => {
+                            tracing::info!("multishot receive unsupported: using single-shot operations");
+                            self.multishot = false;
+                        }
+                        _ => {
+                            stats.read_attempt();
+                            slot.conn.failed(close_reason(e));
+                            return Ok(());
+                        }
+                    },
+                }
+                if !slot.io.recv_posted && !slot.conn.is_connecting() {
+                    self.post_recv(token)?;
+                }
+            }
+            OP_SEND => {
+                slot.io.sending = false;
+                let mut op = self
+                    .ring
+                    .take_send(c.user_data)
+                    .expect("a send completion has its operation");
+                let sent = match c.io_result() {
+                    Ok(n) => {
+                        stats.wrote(n);
+                        n
+                    }
+                    Err(e) => {
+                        stats.write_attempt();
+                        if e.raw_os_error() != Some(libc::ECANCELED) {
+                            slot.conn.failed(close_reason(e));
+                        }
+                        0
+                    }
+                };
+                slot.conn.send_completed(&mut op.bufs, op.offset, sent, cx);
+                self.spare_sends.push(op);
+            }
+            OP_CONNECT => match c.io_result() {
+                Ok(_) => {
+                    slot.conn.connected(cx);
+                    stats.connected();
+                    self.post_recv(token)?;
+                }
+                Err(e) => slot.conn.failed(CloseReason::ConnectFailed(e)),
+            },
+            OP_CANCEL => {}
+            _ => unreachable!("unknown operation {op}"),
+        }
+        Ok(())
+    }
+
+    /// Posts the queued buffers as one gather send, unless one is in flight.
+    fn flush(&mut self, token: u64) -> io::Result<()> {
+        let Some((_, slot)) = self.core.slot(token) else {
+            return Ok(());
+        };
+        if slot.io.sending || !slot.conn.can_lend() || slot.io.closing.is_some() {
+            return Ok(());
+        }
+        let mut op = self.spare_sends.pop().unwrap_or_else(SendOp::new);
+        op.offset = slot.conn.lend_unsent(&mut op.bufs, SendOp::MAX_IOV);
+        self.ring
+            .send(slot.io.fd.as_raw_fd(), op, user_data(OP_SEND, token))?;
+        slot.io.sending = true;
+        slot.io.inflight += 1;
+        Ok(())
+    }
+
+    /// Brings a session up to date: post its send, act on its next step,
+    /// and free it once it is closed and the kernel has let go of it.
+    fn settle(&mut self, token: u64) -> io::Result<()> {
+        loop {
+            self.flush(token)?;
+            let Some((cx, slot)) = self.core.slot(token) else {
+                return Ok(());
+            };
+            if slot.io.closing.is_some() {
+                break;
+            }
+            match slot.conn.step(cx) {
+                Step::Wait => break,
+                Step::Fin => {
+                    if let Err(e) = socket::shutdown_write(&slot.io.fd) {
+                        slot.conn.failed(close_reason(e));
+                    }
+                }
+                Step::Close { reason, rst } => slot.io.closing = Some(Box::new((reason, rst))),
+            }
+        }
+        let Some((_, slot)) = self.core.slot(token) else {
+            return Ok(());
+        };
+        if slot.io.closing.is_none() {
+            self.core.settled(token);
+        } else if slot.io.inflight == 0 {
+            let slot = self.core.remove(token).expect("present above");
+            let (reason, rst) = *slot.io.closing.expect("closing");
+            if rst {
+                let _ = socket::set_linger_zero(&slot.io.fd);
+            }
+            drop(slot.io.fd);
+            self.core.finish(slot.conn, reason);
+        } else if !slot.io.cancel_posted {
+            // Rule 3: cancel what is in flight; free after the last
+            // completion.
+            self.ring
+                .cancel_fd(slot.io.fd.as_raw_fd(), user_data(OP_CANCEL, token))?;
+            slot.io.cancel_posted = true;
+            slot.io.inflight += 1;
+        }
+        Ok(())
+    }
+
+    fn expire(&mut self) -> io::Result<()> {
+        if self.accept_paused_until.is_some_and(|t| t <= self.core.now) {
+            self.accept_paused_until = None;
+            self.post_accept()?;
+        }
+        for token in self.core.forced_now() {
+            self.settle(token)?;
+        }
+        for (at, token) in self.core.due() {
+            if let Some((cx, slot)) = self.core.slot(token) {
+                slot.conn.wake(at, cx);
+                self.settle(token)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn stop(&mut self, grace: Duration) -> io::Result<()> {
+        if let Some(l) = self.core.w.listener.take() {
+            if self.accept_posted {
+                self.ring
+                    .cancel(user_data(OP_ACCEPT, 0), user_data(OP_ENGINE_CANCEL, 0))?;
+            }
+            // The posted accept holds its own reference until cancelled.
+            drop(l);
+        }
+        for token in self.core.begin_stop(grace) {
+            self.settle(token)?;
+        }
+        Ok(())
+    }
+}
+
+impl Sock {
+    fn new(fd: OwnedFd) -> Sock {
+        Sock {
+            fd,
+            inflight: 0,
+            recv_posted: false,
+            sending: false,
+            closing: None,
+            cancel_posted: false,
+        }
+    }
+}
