@@ -69,7 +69,9 @@ struct Loop<H> {
     accept_posted: bool,
     waker_posted: bool,
     accept_paused_until: Option<Tick>,
-    /// Send operations to reuse.
+    /// Send operations to reuse. Boxed on purpose: the ring needs them at
+    /// a stable address, and moving the box in and out costs no copy.
+    #[allow(clippy::vec_box)]
     spare_sends: Vec<Box<SendOp>>,
 }
 
