@@ -13,7 +13,7 @@ use super::{Worker, WorkerStats};
 pub(crate) struct Slot<H, S> {
     pub conn: Conn<H>,
     pub io: S,
-    queued_seen: usize,
+    queued_seen: u32,
 }
 
 /// The engine-independent part of a worker loop.
@@ -87,15 +87,15 @@ impl<H: Handler, S> Core<H, S> {
             return;
         };
         let queued = slot.conn.queued();
-        self.w.stats.queued_changed(slot.queued_seen, queued);
-        slot.queued_seen = queued;
+        self.w.stats.queued_changed(slot.queued_seen as usize, queued);
+        slot.queued_seen = queued as u32;
         slot.conn.arm(token, &mut self.timers, &self.w.limits);
     }
 
     /// Removes a session whose socket the engine is done with, and ends it.
     pub fn remove(&mut self, token: u64) -> Option<Slot<H, S>> {
         let slot = self.sessions.remove(token)?;
-        self.w.stats.queued_changed(slot.queued_seen, 0);
+        self.w.stats.queued_changed(slot.queued_seen as usize, 0);
         Some(slot)
     }
 

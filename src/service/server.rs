@@ -109,8 +109,8 @@ impl ServerBuilder {
         if self.limits.max_recv_buffer == 0 || self.limits.max_recv_buffer > u32::MAX as usize / 2 {
             return bad("max_recv_buffer must be between 1 byte and 2 GiB");
         }
-        if self.limits.max_send_queue == 0 {
-            return bad("max_send_queue must be at least 1 byte");
+        if self.limits.max_send_queue == 0 || self.limits.max_send_queue > u32::MAX as usize {
+            return bad("max_send_queue must be between 1 byte and 4 GiB");
         }
         Ok(())
     }

@@ -43,12 +43,11 @@ pub struct Core {
     pub(crate) peer: SocketAddr,
     pub(crate) send: SendQueue,
     pub(crate) phase: Phase,
-    /// The handler's timer.
+    /// While open, the handler's timer; while connecting or lingering,
+    /// the connect or linger deadline (one field: they never coexist).
     pub(crate) timer_at: Tick,
     /// Last time bytes arrived (idle timeout).
     pub(crate) last_active: Tick,
-    /// Connect or linger deadline.
-    deadline: Tick,
     /// The deadline currently scheduled in the worker's [`Timers`].
     wake_at: Tick,
     /// No more input will come: the peer's FIN arrived or linger expired.
@@ -121,9 +120,8 @@ impl<H: Handler> Conn<H> {
                 peer,
                 send: SendQueue::new(),
                 phase,
-                timer_at: Tick::NEVER,
+                timer_at: deadline,
                 last_active: now,
-                deadline,
                 wake_at: Tick::NEVER,
                 input_done: false,
             },
@@ -174,7 +172,7 @@ impl<H: Handler> Conn<H> {
         if self.is_connecting() {
             self.core.phase = Phase::Open;
             self.core.last_active = cx.now;
-            self.core.deadline = Tick::NEVER;
+            self.core.timer_at = Tick::NEVER;
             self.start(cx);
         }
     }
@@ -342,7 +340,7 @@ impl<H: Handler> Conn<H> {
                     Step::Close { reason, rst: false }
                 } else {
                     self.core.phase = Phase::Lingering(reason);
-                    self.core.deadline = cx.now.after(cx.limits.linger);
+                    self.core.timer_at = cx.now.after(cx.limits.linger);
                     Step::Fin
                 }
             }
@@ -379,7 +377,7 @@ impl<H: Handler> Conn<H> {
                 };
                 idle.min(self.core.timer_at)
             }
-            Phase::Connecting | Phase::Lingering(_) => self.core.deadline,
+            Phase::Connecting | Phase::Lingering(_) => self.core.timer_at,
             _ => Tick::NEVER,
         }
     }
@@ -403,11 +401,11 @@ impl<H: Handler> Conn<H> {
         self.core.wake_at = Tick::NEVER;
         let now = cx.now;
         match self.core.phase {
-            Phase::Connecting if now >= self.core.deadline => {
+            Phase::Connecting if now >= self.core.timer_at => {
                 let err = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out");
                 self.core.abort_with(CloseReason::ConnectFailed(err), false);
             }
-            Phase::Lingering(_) if now >= self.core.deadline => self.core.input_done = true,
+            Phase::Lingering(_) if now >= self.core.timer_at => self.core.input_done = true,
             Phase::Open => {
                 if let Some(idle) = cx.limits.idle_timeout {
                     if now >= self.core.last_active.after(idle) {

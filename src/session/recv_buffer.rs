@@ -8,8 +8,14 @@
 //! buffer memory, and it is bounded by [`crate::Limits::max_recv_buffer`].
 
 /// Bytes received but not yet consumed, between a read and a write cursor.
+/// One pointer wide while empty.
 #[derive(Default, Debug)]
 pub struct RecvBuffer {
+    inner: Option<Box<Inner>>,
+}
+
+#[derive(Default, Debug)]
+struct Inner {
     buf: Vec<u8>,
     start: u32,
     end: u32,
@@ -22,42 +28,41 @@ pub struct RecvBufferFull;
 impl RecvBuffer {
     /// An empty buffer that owns no memory.
     pub const fn new() -> RecvBuffer {
-        RecvBuffer {
-            buf: Vec::new(),
-            start: 0,
-            end: 0,
-        }
+        RecvBuffer { inner: None }
     }
 
     /// Unconsumed bytes.
     pub fn len(&self) -> usize {
-        (self.end - self.start) as usize
+        self.inner.as_ref().map_or(0, |i| (i.end - i.start) as usize)
     }
 
     /// No unconsumed bytes.
     pub fn is_empty(&self) -> bool {
-        self.start == self.end
+        self.len() == 0
     }
 
-    /// Bytes of memory held (0 while empty).
+    /// Bytes of memory held for data (0 while empty).
     pub fn capacity(&self) -> usize {
-        self.buf.len()
+        self.inner.as_ref().map_or(0, |i| i.buf.len())
     }
 
     /// The unconsumed bytes, oldest first.
     pub fn data(&self) -> &[u8] {
-        &self.buf[self.start as usize..self.end as usize]
+        match &self.inner {
+            Some(i) => &i.buf[i.start as usize..i.end as usize],
+            None => &[],
+        }
     }
 
     /// Marks `n` bytes as consumed. When nothing is left the memory is
     /// released, so only sessions holding a partial message keep a buffer.
     pub fn consume(&mut self, n: usize) {
         assert!(n <= self.len(), "consumed {n} of {} buffered bytes", self.len());
-        self.start += n as u32;
-        if self.start == self.end {
-            self.buf = Vec::new();
-            self.start = 0;
-            self.end = 0;
+        if let Some(i) = &mut self.inner {
+            i.start += n as u32;
+            if i.start == i.end {
+                self.inner = None;
+            }
         }
     }
 
@@ -80,36 +85,41 @@ impl RecvBuffer {
     pub fn spare(&mut self, want: usize, max: usize) -> &mut [u8] {
         let len = self.len();
         let want = want.min(max.saturating_sub(len));
-        if self.buf.len() - (self.end as usize) < want {
-            if self.start > 0 {
-                self.buf.copy_within(self.start as usize..self.end as usize, 0);
-                self.start = 0;
-                self.end = len as u32;
+        let i = self.inner.get_or_insert_with(Box::default);
+        if i.buf.len() - (i.end as usize) < want {
+            if i.start > 0 {
+                i.buf.copy_within(i.start as usize..i.end as usize, 0);
+                i.start = 0;
+                i.end = len as u32;
             }
-            if self.buf.len() - len < want {
+            if i.buf.len() - len < want {
                 let new_cap = (len + want).next_power_of_two().max(64).min(max.max(len + want));
-                self.buf.resize(new_cap, 0);
+                i.buf.resize(new_cap, 0);
             }
         }
-        let room = (self.buf.len() - self.end as usize).min(max - len);
-        let end = self.end as usize;
-        &mut self.buf[end..end + room]
+        let room = (i.buf.len() - i.end as usize).min(max - len);
+        let end = i.end as usize;
+        &mut i.buf[end..end + room]
     }
 
     /// Records that `n` bytes were written into the slice [`spare`] gave.
     ///
     /// [`spare`]: RecvBuffer::spare
     pub fn commit(&mut self, n: usize) {
-        assert!(
-            self.end as usize + n <= self.buf.len(),
-            "commit past the spare space"
-        );
-        self.end += n as u32;
+        let Some(i) = &mut self.inner else {
+            assert_eq!(n, 0, "commit without spare space");
+            return;
+        };
+        assert!(i.end as usize + n <= i.buf.len(), "commit past the spare space");
+        i.end += n as u32;
+        if i.start == i.end {
+            self.inner = None;
+        }
     }
 
     /// Drops everything and releases the memory.
     pub fn clear(&mut self) {
-        *self = RecvBuffer::new();
+        self.inner = None;
     }
 }
 

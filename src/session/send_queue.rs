@@ -20,11 +20,11 @@ pub struct SendQueue {
     head: Option<Bytes>,
     rest: VecDeque<Bytes>,
     /// Bytes of `head` already sent (the seed's `sendBytes`).
-    offset: usize,
-    /// Unsent bytes in the whole queue.
-    queued: usize,
+    offset: u32,
+    /// Unsent bytes in the whole queue (the limit is below 4 GiB).
+    queued: u32,
     /// Bytes lent to a completion engine's send (see [`SendQueue::lend`]).
-    lent: usize,
+    lent: u32,
     /// The queue was cleared while bytes were lent.
     lent_dropped: bool,
 }
@@ -48,7 +48,7 @@ impl SendQueue {
 
     /// Unsent bytes.
     pub fn len(&self) -> usize {
-        self.queued
+        self.queued as usize
     }
 
     /// Nothing left to send.
@@ -59,13 +59,13 @@ impl SendQueue {
     /// Appends `buf` unless the unsent total would exceed `max`. Empty
     /// buffers are ignored.
     pub fn push(&mut self, buf: Bytes, max: usize) -> Result<(), QueueFull> {
-        if self.queued + buf.len() > max {
+        if self.queued as usize + buf.len() > max.min(u32::MAX as usize) {
             return Err(QueueFull);
         }
         if buf.is_empty() {
             return Ok(());
         }
-        self.queued += buf.len();
+        self.queued += buf.len() as u32;
         if self.head.is_none() {
             self.head = Some(buf);
         } else {
@@ -79,7 +79,7 @@ impl SendQueue {
     pub fn io_slices<'a>(&'a self, out: &mut [IoSlice<'a>]) -> usize {
         let Some(head) = &self.head else { return 0 };
         let mut n = 0;
-        for buf in std::iter::once(&head[self.offset..]).chain(self.rest.iter().map(|b| &b[..])) {
+        for buf in std::iter::once(&head[self.offset as usize..]).chain(self.rest.iter().map(|b| &b[..])) {
             if n == out.len() {
                 break;
             }
@@ -91,17 +91,22 @@ impl SendQueue {
 
     /// The unsent part of the oldest buffer, if any.
     pub fn front(&self) -> Option<&[u8]> {
-        self.head.as_ref().map(|b| &b[self.offset..])
+        self.head.as_ref().map(|b| &b[self.offset as usize..])
     }
 
     /// Records that the socket took `n` more bytes: fully sent buffers are
     /// released, a partly sent one keeps its offset.
-    pub fn advance(&mut self, mut n: usize) {
-        assert!(n <= self.queued, "advanced {n} past {} queued bytes", self.queued);
+    pub fn advance(&mut self, n: usize) {
+        assert!(
+            n <= self.queued as usize,
+            "advanced {n} past {} queued bytes",
+            self.queued
+        );
+        let mut n = n as u32;
         self.queued -= n;
         while n > 0 {
             let head = self.head.as_ref().expect("queued bytes without a buffer");
-            let left = head.len() - self.offset;
+            let left = head.len() as u32 - self.offset;
             if n < left {
                 self.offset += n;
                 return;
@@ -110,7 +115,11 @@ impl SendQueue {
             self.offset = 0;
             self.head = self.rest.pop_front();
         }
-        if self.head.as_ref().is_some_and(|h| h.len() == self.offset) {
+        if self
+            .head
+            .as_ref()
+            .is_some_and(|h| h.len() == self.offset as usize)
+        {
             self.offset = 0;
             self.head = self.rest.pop_front();
         }
@@ -123,7 +132,7 @@ impl SendQueue {
     /// at a time, which keeps sends in order.
     pub fn lend(&mut self, out: &mut Vec<Bytes>, max: usize) -> usize {
         assert!(self.lent == 0, "a send is already in flight");
-        let offset = self.offset;
+        let offset = self.offset as usize;
         out.extend(self.head.take());
         while out.len() < max {
             match self.rest.pop_front() {
@@ -133,13 +142,13 @@ impl SendQueue {
         }
         self.head = self.rest.pop_front();
         self.offset = 0;
-        self.lent = out.iter().map(|b| b.len()).sum::<usize>() - offset;
+        self.lent = (out.iter().map(|b| b.len()).sum::<usize>() - offset) as u32;
         offset
     }
 
     /// Bytes lent out and not yet given back.
     pub fn lent(&self) -> usize {
-        self.lent
+        self.lent as usize
     }
 
     /// Unsent bytes not lent out: something a new send could take.
@@ -151,13 +160,13 @@ impl SendQueue {
     /// bytes: what it did not take goes back to the front, in order. If the
     /// queue was cleared meanwhile they are dropped. Empties `bufs`.
     pub fn give_back(&mut self, bufs: &mut Vec<Bytes>, offset: usize, sent: usize) {
-        let lent = std::mem::take(&mut self.lent);
+        let lent = std::mem::take(&mut self.lent) as usize;
         if std::mem::take(&mut self.lent_dropped) {
             bufs.clear();
             return;
         }
         assert!(sent <= lent, "sent {sent} of {lent} lent bytes");
-        self.queued -= sent;
+        self.queued -= sent as u32;
         let mut skip = offset + sent;
         let done = bufs.iter().take_while(|b| {
             let whole = skip >= b.len();
@@ -180,7 +189,7 @@ impl SendQueue {
         }
         bufs.clear();
         self.head = self.rest.pop_front();
-        self.offset = skip;
+        self.offset = skip as u32;
     }
 
     /// Drops everything unsent and releases the memory. Lent buffers are
