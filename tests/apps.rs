@@ -4,8 +4,8 @@
 
 mod util;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::io::Write;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -167,40 +167,19 @@ fn cli_client_exit_code_reflects_verification(engine: EngineKind) {
 
 /// The binary serves echo until SIGTERM, then stops gracefully, exit 0.
 fn cli_serve_echoes_and_stops_on_sigterm(engine: EngineKind) {
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--engine",
-            engine.name(),
-            "--addr",
-            "127.0.0.1:0",
-            "--threads",
-            "1",
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("server exited before it was ready").unwrap();
-        if line.contains("ready") {
-            let at = line.find("addr=").expect("addr in ready line") + 5;
-            break line[at..].split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
-    let mut s = connect(addr);
+    let server = CliServer::start(&["--engine", engine.name(), "--threads", "1"], &[]);
+    assert!(
+        server.log.iter().any(|l| l.contains(&format!("engine={engine}"))),
+        "{:?}",
+        server.log
+    );
+    let mut s = connect(server.addr);
     s.write_all(b"typed line\n").unwrap();
     assert_eq!(read_exact(&mut s, 11), b"typed line\n");
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    let (status, log) = server.stop();
     let (rest, err) = read_to_end(&mut s);
     assert!(rest.is_empty() && err.is_none(), "clean FIN on stop");
-    let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
-    let log: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(log.iter().any(|l| l.contains("stopped")), "{log:?}");
 }
 
@@ -248,4 +227,71 @@ fn serve_on_a_busy_port_fails_clearly() {
         .unwrap();
     assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
     assert!(err.to_string().contains("cannot listen on"), "{err}");
+}
+
+/// When io_uring is unusable (forced here), `auto` says why and serves on
+/// epoll, and an explicit `--engine uring` fails with the reason.
+#[test]
+fn auto_falls_back_to_epoll_when_uring_is_unusable() {
+    let env = [("IOCORE_DISABLE_URING", "1")];
+    let server = CliServer::start(&["--engine", "auto", "--threads", "1"], &env);
+    let log = server.log.join("\n");
+    assert!(
+        log.contains("falling back to epoll") && log.contains("IOCORE_DISABLE_URING"),
+        "{log}"
+    );
+    assert!(log.contains("engine=epoll"), "{log}");
+    let mut s = connect(server.addr);
+    s.write_all(b"fallback").unwrap();
+    assert_eq!(read_exact(&mut s, 8), b"fallback");
+    drop(s);
+    assert!(server.stop().0.success());
+
+    let out = Command::new(BIN)
+        .args(["serve", "--engine", "uring", "--addr", "127.0.0.1:0"])
+        .envs(env)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("engine 'uring' cannot run on this system"),
+        "{stderr}"
+    );
+}
+
+/// Where io_uring is usable, `auto` picks it and says so.
+#[test]
+fn auto_prefers_uring_when_usable() {
+    if require(EngineKind::Uring).is_none() {
+        return;
+    }
+    let server = CliServer::start(&["--engine", "auto", "--threads", "1"], &[]);
+    let log = server.log.join("\n");
+    assert!(
+        log.contains("chose uring") && log.contains("engine=uring"),
+        "{log}"
+    );
+    assert!(server.stop().0.success());
+}
+
+/// The uring engine's single-shot fallback (for kernels without multishot
+/// accept/receive) passes the verified seed client.
+#[test]
+fn uring_single_shot_mode_passes_verification() {
+    if require(EngineKind::Uring).is_none() {
+        return;
+    }
+    let server = CliServer::start(
+        &["--engine", "uring", "--threads", "2"],
+        &[("IOCORE_URING_SINGLESHOT", "1")],
+    );
+    let summary = client::run(
+        &options(server.addr, EngineKind::Epoll),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap();
+    assert!(summary.ok(), "{summary}");
+    assert_eq!(summary.bytes_received, 20 * 50 * 100);
+    assert!(server.stop().0.success());
 }

@@ -90,14 +90,20 @@ impl EngineKind {
     /// here. `Auto` picks the best available and logs its choice.
     pub fn resolve(self) -> Result<EngineKind, EngineError> {
         match self {
-            EngineKind::Auto => {
-                let chosen = EngineKind::Epoll.resolve()?;
-                tracing::info!(
-                    engine = chosen.name(),
-                    "engine auto: chose epoll (io_uring engine not built yet)"
-                );
-                Ok(chosen)
-            }
+            EngineKind::Auto => match EngineKind::Uring.resolve() {
+                Ok(chosen) => {
+                    tracing::info!(
+                        engine = "uring",
+                        "engine auto: chose uring (io_uring probe passed)"
+                    );
+                    Ok(chosen)
+                }
+                Err(why) => {
+                    let chosen = EngineKind::Epoll.resolve()?;
+                    tracing::info!(engine = "epoll", %why, "engine auto: io_uring unusable, falling back to epoll");
+                    Ok(chosen)
+                }
+            },
             EngineKind::Epoll if cfg!(target_os = "linux") => Ok(EngineKind::Epoll),
             EngineKind::Epoll => Err(EngineError::Unsupported {
                 engine: self,

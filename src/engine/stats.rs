@@ -17,6 +17,7 @@ pub struct WorkerStats {
     bytes_sent: AtomicU64,
     reads: AtomicU64,
     writes: AtomicU64,
+    buffers_held: AtomicU64,
     closed: [AtomicU64; CloseKind::ALL.len()],
 }
 
@@ -62,6 +63,9 @@ impl WorkerStats {
     pub(crate) fn write_attempt(&self) {
         bump(&self.writes, 1);
     }
+    pub(crate) fn set_buffers_held(&self, n: usize) {
+        self.buffers_held.store(n as u64, Relaxed);
+    }
 
     /// A copy of the counters.
     pub fn snapshot(&self) -> Stats {
@@ -79,6 +83,7 @@ impl WorkerStats {
             bytes_sent: self.bytes_sent.load(Relaxed),
             reads: self.reads.load(Relaxed),
             writes: self.writes.load(Relaxed),
+            recv_buffers_held: self.buffers_held.load(Relaxed),
             closed,
         }
     }
@@ -107,6 +112,9 @@ pub struct Stats {
     /// Send system calls (or send submissions), including ones that found
     /// the socket full.
     pub writes: u64,
+    /// Provided receive buffers (uring) taken by completions and not yet
+    /// returned to the kernel at the end of a loop turn; always 0 on epoll.
+    pub recv_buffers_held: u64,
     /// Finished sessions by [`CloseKind`] (index with [`CloseKind::index`]).
     pub closed: [u64; CloseKind::ALL.len()],
 }
@@ -133,6 +141,7 @@ impl Stats {
         self.bytes_sent += o.bytes_sent;
         self.reads += o.reads;
         self.writes += o.writes;
+        self.recv_buffers_held += o.recv_buffers_held;
         for (a, b) in self.closed.iter_mut().zip(&o.closed) {
             *a += b;
         }

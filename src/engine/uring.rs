@@ -126,6 +126,7 @@ impl<H: Handler> Loop<H> {
                 self.complete(*c)?;
             }
             self.ring.reuse(completions);
+            self.core.w.stats.set_buffers_held(self.ring.buffers_held());
             self.expire()?;
             if self.core.finished() {
                 if !self.accept_posted && !self.waker_posted {
@@ -293,18 +294,27 @@ impl<H: Handler> Loop<H> {
         match op {
             OP_RECV => {
                 slot.io.recv_posted = c.more();
-                match c.io_result() {
+                let result = match (c.io_result(), c.buffer_id()) {
+                    (Ok(0), _) => Ok(0),
+                    (Ok(n), Some(bid)) => {
+                        stats.read(n);
+                        slot.conn.received(self.ring.buffer(bid, n), cx);
+                        Ok(n)
+                    }
+                    (Ok(_), None) => Err(io::Error::other("receive completion without a buffer")),
+                    (Err(e), _) => Err(e),
+                };
+                // Every buffer a completion names goes back to the ring.
+                if let Some(bid) = c.buffer_id() {
+                    self.ring.recycle(bid);
+                }
+                match result {
                     Ok(0) => {
                         stats.read_attempt();
                         slot.conn.eof();
                         return Ok(());
                     }
-                    Ok(n) => {
-                        stats.read(n);
-                        let bid = c.buffer_id().expect("receive completion names its buffer");
-                        slot.conn.received(self.ring.buffer(bid, n), cx);
-                        self.ring.recycle(bid);
-                    }
+                    Ok(_) => {}
                     Err(e) => match e.raw_os_error() {
                         Some(libc::ECANCELED) => return Ok(()),
                         // The buffer ring ran dry: post again below.

@@ -208,6 +208,8 @@ pub struct Uring {
     completions: Vec<Completion>,
     /// Posted operations whose final completion has not been taken.
     outstanding: usize,
+    /// Provided buffers named by completions and not yet recycled.
+    held: usize,
     /// Sends in flight, by `user_data` (rule 1).
     sends: HashMap<u64, Box<SendOp>>,
     /// Connect addresses in flight, by `user_data` (rule 1).
@@ -263,6 +265,7 @@ impl Uring {
             recycled: false,
             completions: Vec::with_capacity(1024),
             outstanding: 0,
+            held: 0,
             sends: HashMap::new(),
             connects: HashMap::new(),
         })
@@ -411,6 +414,9 @@ impl Uring {
                 flags: c.flags(),
             }));
         for c in &self.completions[start..] {
+            if c.buffer_id().is_some() {
+                self.held += 1;
+            }
             if !c.more() {
                 self.outstanding -= 1;
                 self.connects.remove(&c.user_data);
@@ -442,7 +448,15 @@ impl Uring {
     /// Returns buffer `bid` to the kernel (published at the next submit).
     pub fn recycle(&mut self, bid: u16) {
         self.bufs.push(bid);
+        self.held -= 1;
         self.recycled = true;
+    }
+
+    /// Provided buffers that completions handed out and that were not
+    /// recycled yet (0 whenever the caller is not in the middle of
+    /// handling completions).
+    pub fn buffers_held(&self) -> usize {
+        self.held
     }
 
     fn publish_buffers(&mut self) {

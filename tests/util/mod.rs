@@ -180,3 +180,66 @@ pub fn recorded<H: Handler>(
         events: e.clone(),
     })
 }
+
+/// `iocore serve` run as a user would, with its stderr log.
+pub struct CliServer {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    /// The log lines up to and including the "ready" line.
+    pub log: Vec<String>,
+    rest: Option<std::io::Lines<std::io::BufReader<std::process::ChildStderr>>>,
+}
+
+impl CliServer {
+    /// Starts the binary with `args` (after `serve --addr 127.0.0.1:0`)
+    /// and `env`, and waits for its ready line.
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> CliServer {
+        use std::io::BufRead;
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_iocore"))
+            .args(["serve", "--addr", "127.0.0.1:0"])
+            .args(args)
+            .envs(env.iter().copied())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Owned by the guard from here on, so a failure kills it (Drop).
+        let mut server = CliServer {
+            child,
+            addr: ([0, 0, 0, 0], 0).into(),
+            log: Vec::new(),
+            rest: None,
+        };
+        let mut lines = std::io::BufReader::new(server.child.stderr.take().unwrap()).lines();
+        loop {
+            let Some(Ok(line)) = lines.next() else {
+                panic!("server exited before ready: {:?}", server.log)
+            };
+            server.log.push(line.clone());
+            if line.contains("ready") {
+                let at = line.find("addr=").expect("addr in ready line") + 5;
+                server.addr = line[at..].split_whitespace().next().unwrap().parse().unwrap();
+                server.rest = Some(lines);
+                return server;
+            }
+        }
+    }
+
+    /// SIGTERM, then wait: returns the exit status and the remaining log.
+    pub fn stop(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let kill = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        assert!(kill.unwrap().success());
+        let status = self.child.wait().unwrap();
+        let rest = self.rest.take().into_iter().flatten();
+        (status, rest.map_while(Result::ok).collect())
+    }
+}
+
+impl Drop for CliServer {
+    /// A failed test must not leave its server running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
