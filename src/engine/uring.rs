@@ -68,6 +68,7 @@ struct Loop<H> {
     multishot: bool,
     accept_posted: bool,
     waker_posted: bool,
+    waker_cancelled: bool,
     accept_paused_until: Option<Tick>,
     /// Send operations to reuse. Boxed on purpose: the ring needs them at
     /// a stable address, and moving the box in and out costs no copy.
@@ -93,6 +94,7 @@ pub(crate) fn run<H: Handler>(w: Worker<H>) -> io::Result<()> {
         multishot,
         accept_posted: false,
         waker_posted: false,
+        waker_cancelled: false,
         accept_paused_until: None,
         spare_sends: Vec::new(),
     };
@@ -132,10 +134,11 @@ impl<H: Handler> Loop<H> {
                 if !self.accept_posted && !self.waker_posted {
                     return Ok(());
                 }
-                if self.waker_posted {
+                if self.waker_posted && !self.waker_cancelled {
                     // Rule 4: nothing may be in the kernel when the ring goes.
                     self.ring
                         .cancel(user_data(OP_WAKER, 0), user_data(OP_ENGINE_CANCEL, 0))?;
+                    self.waker_cancelled = true;
                 }
             }
         }
