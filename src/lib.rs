@@ -51,6 +51,10 @@ pub mod session;
 #[allow(unsafe_code)]
 mod sys;
 
+/// Resource usage of another process (for load reports).
+#[cfg(target_os = "linux")]
+pub use sys::procfs::{usage as process_usage, ProcessUsage};
+
 pub use bytes::Bytes;
 pub use engine::{EngineError, EngineKind, Stats};
 pub use service::{Client, ClientBuilder, ClientHandle, Server, ServerBuilder, ServerHandle};

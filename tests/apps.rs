@@ -55,7 +55,7 @@ fn options(addr: std::net::SocketAddr, engine: EngineKind) -> ClientOptions {
         addr,
         engine,
         connections: 20,
-        interval: Duration::from_millis(1),
+        mode: client::Mode::OpenLoop { rate: 1000.0 },
         count: Some(50),
         verify: true,
         drain_timeout: Duration::from_millis(500),

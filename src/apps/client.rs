@@ -1,20 +1,33 @@
-//! The client of the overlapped-event seed, grown up: it connects (without
-//! blocking) to `addr` and sends a `size`-byte message beginning with
-//! "Hello World" every `interval`, over `connections` sessions, for `count`
-//! messages each or for `duration`. With `verify` it checks that every
-//! byte echoed back is the byte it sent at that position, and reports
-//! mismatched and lost bytes.
+//! The client of the overlapped-event seed, grown into a load generator.
 //!
-//! Message `k` of connection `c` is "Hello World" followed by bytes that
-//! depend on `c`, `k` and the position, so a dropped, repeated, reordered
-//! or altered byte shows up as a mismatch, not just a wrong count.
+//! By default it is the seed: one connection sending a 100-byte message
+//! beginning with "Hello World" every second. Generalised:
+//!
+//! - **open loop** (`rate` messages per second per connection; the seed's
+//!   one a second is `rate` 1): messages are sent on a fixed schedule
+//!   whatever the server does, and latency is measured from the
+//!   *scheduled* send time to the arrival of the message's last echoed
+//!   byte, so a stalled server cannot hide its delay (no coordinated
+//!   omission);
+//! - **closed loop** (`pipeline` k): k messages in flight per connection,
+//!   the next sent when one comes back (k = 1 is ping-pong).
+//!
+//! With `verify` every echoed byte is checked against the byte sent at
+//! that position: message `k` of connection `c` is "Hello World" followed
+//! by bytes that depend on `c`, `k` and the position, so a dropped,
+//! repeated, reordered or altered byte shows up as a mismatch.
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
 
 use crate::engine::EngineKind;
 use crate::service::Client;
@@ -23,6 +36,24 @@ use crate::session::{CloseReason, Handler, Session};
 const HELLO: &[u8] = b"Hello World";
 /// Most error lines kept in a [`Summary`].
 const MAX_ERRORS: usize = 20;
+/// Latencies are recorded in microseconds up to this.
+const MAX_LATENCY_US: u64 = 60_000_000;
+
+/// How messages are paced.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// A fixed schedule of `rate` messages per second per connection.
+    OpenLoop {
+        /// Messages per second per connection.
+        rate: f64,
+    },
+    /// `pipeline` messages in flight per connection.
+    ClosedLoop {
+        /// Messages in flight per connection (1 = ping-pong).
+        pipeline: usize,
+    },
+}
 
 /// What the client does.
 #[derive(Clone, Debug)]
@@ -37,17 +68,24 @@ pub struct ClientOptions {
     pub connections: usize,
     /// Bytes per message (the seed's 100).
     pub size: usize,
-    /// Pause between messages on one session (the seed's 1 s).
-    pub interval: Duration,
+    /// Pacing (the seed: open loop, one message a second).
+    pub mode: Mode,
     /// Messages per session; `None`: until `duration` or a stop.
     pub count: Option<u64>,
-    /// Stop sending after this long; `None`: until `count` or a stop.
+    /// Stop sending after this long (warmup included); `None`: until
+    /// `count` or a stop.
     pub duration: Option<Duration>,
+    /// Round trips in this first stretch are not measured.
+    pub warmup: Duration,
     /// Check every echoed byte.
     pub verify: bool,
-    /// With `verify`: how long to wait for the last echoes after sending
-    /// stopped before counting the missing bytes as lost.
+    /// After sending stopped, how long to wait for the last echoes before
+    /// counting missing bytes as lost (with `verify`) or giving up.
     pub drain_timeout: Duration,
+    /// Measure this process's CPU time and memory (the server's).
+    pub server_pid: Option<u32>,
+    /// Print a progress line every second to stderr.
+    pub progress: bool,
 }
 
 impl Default for ClientOptions {
@@ -58,18 +96,74 @@ impl Default for ClientOptions {
             threads: 1,
             connections: 1,
             size: 100,
-            interval: Duration::from_secs(1),
+            mode: Mode::OpenLoop { rate: 1.0 },
             count: None,
             duration: None,
+            warmup: Duration::ZERO,
             verify: false,
             drain_timeout: Duration::from_secs(5),
+            server_pid: None,
+            progress: false,
         }
     }
 }
 
+/// Latency percentiles, in microseconds.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Latency {
+    /// Round trips measured.
+    pub samples: u64,
+    /// Mean.
+    pub mean_us: f64,
+    /// Median.
+    pub p50_us: u64,
+    /// 90th percentile.
+    pub p90_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+    /// 99.9th percentile.
+    pub p999_us: u64,
+    /// Maximum.
+    pub max_us: u64,
+}
+
+impl Latency {
+    fn from_histogram(h: &Histogram<u64>) -> Latency {
+        if h.is_empty() {
+            return Latency::default();
+        }
+        Latency {
+            samples: h.len(),
+            mean_us: h.mean(),
+            p50_us: h.value_at_quantile(0.50),
+            p90_us: h.value_at_quantile(0.90),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            max_us: h.max(),
+        }
+    }
+}
+
+/// The server's resource use over the measured window.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct ServerUsage {
+    /// Server CPU time (user + system) per measured round trip, µs.
+    pub cpu_us_per_round_trip: f64,
+    /// Server CPU time over wall time, percent of one core.
+    pub cpu_percent: f64,
+    /// Server resident memory at the end, KiB.
+    pub rss_kib: u64,
+}
+
 /// What a run did.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Summary {
+    /// Server address.
+    pub addr: String,
+    /// Pacing.
+    pub mode: Option<Mode>,
+    /// Bytes per message.
+    pub size: usize,
     /// Sessions asked for.
     pub connections: usize,
     /// Sessions that connected.
@@ -80,6 +174,18 @@ pub struct Summary {
     pub bytes_sent: u64,
     /// Bytes received.
     pub bytes_received: u64,
+    /// Round trips completed inside the measured window.
+    pub round_trips: u64,
+    /// Length of the measured window (after warmup), seconds.
+    pub window_secs: f64,
+    /// Measured round trips per second.
+    pub round_trips_per_sec: f64,
+    /// Payload megabytes per second echoed (one direction).
+    pub mb_per_sec: f64,
+    /// Latency of measured round trips.
+    pub latency: Latency,
+    /// Server usage, with `server_pid`.
+    pub server: Option<ServerUsage>,
     /// Whether echoes were checked.
     pub verify: bool,
     /// Received bytes that differed from what was sent at that position,
@@ -91,12 +197,13 @@ pub struct Summary {
     pub errors: u64,
     /// The first few error descriptions.
     pub error_lines: Vec<String>,
-    /// Wall time of the run.
-    pub elapsed: Duration,
+    /// Wall time of the run, seconds.
+    pub elapsed_secs: f64,
 }
 
 impl Summary {
-    /// No errors, and with `verify` no mismatched and no lost byte.
+    /// Every session connected, no errors, and with `verify` no mismatched
+    /// and no lost byte.
     pub fn ok(&self) -> bool {
         self.errors == 0
             && self.mismatches == 0
@@ -114,23 +221,35 @@ impl Summary {
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        let l = &self.latency;
         writeln!(
             f,
             "connections: {} requested, {} connected",
             self.connections, self.connected
         )?;
-        writeln!(
-            f,
-            "messages:    {} sent ({:.0}/s)",
-            self.messages,
-            self.messages as f64 / secs
-        )?;
+        writeln!(f, "messages:    {} sent, {} bytes each", self.messages, self.size)?;
         writeln!(
             f,
             "bytes:       {} sent, {} received",
             self.bytes_sent, self.bytes_received
         )?;
+        writeln!(
+            f,
+            "throughput:  {:.0} round trips/s, {:.2} MB/s over {:.2}s",
+            self.round_trips_per_sec, self.mb_per_sec, self.window_secs
+        )?;
+        writeln!(
+            f,
+            "latency us:  p50 {} p90 {} p99 {} p99.9 {} max {} ({} samples)",
+            l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, l.samples
+        )?;
+        if let Some(s) = &self.server {
+            writeln!(
+                f,
+                "server:      {:.2} us CPU per round trip, {:.1}% CPU, {} KiB RSS",
+                s.cpu_us_per_round_trip, s.cpu_percent, s.rss_kib
+            )?;
+        }
         if self.verify {
             writeln!(
                 f,
@@ -145,7 +264,7 @@ impl fmt::Display for Summary {
         write!(
             f,
             "elapsed:     {:.3}s — {}",
-            secs,
+            self.elapsed_secs,
             if self.ok() { "OK" } else { "FAILED" }
         )
     }
@@ -174,70 +293,170 @@ pub fn message(conn: usize, seq: u64, size: usize) -> Vec<u8> {
 struct Shared {
     opts: ClientOptions,
     stop: Arc<AtomicBool>,
+    start: Instant,
+    measure_from: Instant,
     deadline: Option<Instant>,
     summary: Mutex<(Summary, usize)>,
+    histogram: Mutex<Histogram<u64>>,
     done: Condvar,
+    round_trips: AtomicU64,
 }
 
 impl Shared {
-    fn should_stop(&self) -> bool {
-        self.stop.load(Ordering::Relaxed) || self.deadline.is_some_and(|d| Instant::now() >= d)
+    fn should_stop(&self, now: Instant) -> bool {
+        self.stop.load(Ordering::Relaxed) || self.deadline.is_some_and(|d| now >= d)
     }
 }
 
-/// One seed-client session.
-struct SeedClient {
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds")
+}
+
+thread_local! {
+    /// Latencies recorded by this worker's sessions, and how many of them
+    /// are alive: the last to end merges them into the shared histogram.
+    static LOCAL: RefCell<(Option<Histogram<u64>>, usize)> = const { RefCell::new((None, 0)) };
+}
+
+/// One client session.
+struct LoadConn {
     index: usize,
     shared: Arc<Shared>,
     connected: bool,
     sent_msgs: u64,
     sent: u64,
     received: u64,
+    completed: u64,
+    /// Scheduled send time of each message in flight, oldest first.
+    in_flight: VecDeque<Instant>,
+    /// Open loop: when the next message is due.
+    next_due: Instant,
+    period: Duration,
+    round_trips: u64,
     mismatches: u64,
     first_mismatch: Option<String>,
     sending_done: bool,
 }
 
-impl SeedClient {
-    fn send_next(&mut self, s: &mut Session<'_>) {
-        let opts = &self.shared.opts;
-        if self.shared.should_stop() || opts.count.is_some_and(|c| self.sent_msgs >= c) {
+impl LoadConn {
+    fn new(index: usize, shared: Arc<Shared>) -> LoadConn {
+        LOCAL.with(|l| {
+            let mut l = l.borrow_mut();
+            l.0.get_or_insert_with(new_histogram);
+            l.1 += 1;
+        });
+        let period = match shared.opts.mode {
+            Mode::OpenLoop { rate } => Duration::from_secs_f64(1.0 / rate),
+            Mode::ClosedLoop { .. } => Duration::ZERO,
+        };
+        LoadConn {
+            index,
+            shared,
+            connected: false,
+            sent_msgs: 0,
+            sent: 0,
+            received: 0,
+            completed: 0,
+            in_flight: VecDeque::new(),
+            next_due: Instant::now(),
+            period,
+            round_trips: 0,
+            mismatches: 0,
+            first_mismatch: None,
+            sending_done: false,
+        }
+    }
+
+    fn count_reached(&self) -> bool {
+        self.shared.opts.count.is_some_and(|c| self.sent_msgs >= c)
+    }
+
+    /// Sends one message scheduled at `at`; false when sending is over.
+    fn send_one(&mut self, s: &mut Session<'_>, at: Instant) -> bool {
+        if self.sending_done || self.count_reached() || self.shared.should_stop(at) {
+            self.finish_sending(s);
+            return false;
+        }
+        let size = self.shared.opts.size;
+        if s.send(message(self.index, self.sent_msgs, size)).is_err() {
+            return false;
+        }
+        self.in_flight.push_back(at);
+        self.sent_msgs += 1;
+        self.sent += size as u64;
+        true
+    }
+
+    /// Open loop: sends every message whose time has come, then sleeps
+    /// until the next.
+    fn send_due(&mut self, s: &mut Session<'_>) {
+        let now = Instant::now();
+        while self.next_due <= now {
+            let at = self.next_due;
+            if !self.send_one(s, at) {
+                return;
+            }
+            self.next_due += self.period;
+        }
+        if self.count_reached() {
             return self.finish_sending(s);
         }
-        if s.send(message(self.index, self.sent_msgs, opts.size)).is_err() {
-            return;
-        }
-        self.sent_msgs += 1;
-        self.sent += opts.size as u64;
-        if opts.count.is_some_and(|c| self.sent_msgs >= c) {
-            self.finish_sending(s);
-        } else {
-            s.set_timer(opts.interval);
-        }
+        s.set_timer(self.next_due - now);
     }
 
     fn finish_sending(&mut self, s: &mut Session<'_>) {
-        self.sending_done = true;
-        if !self.shared.opts.verify || self.received >= self.sent {
-            s.close();
-        } else {
+        if !self.sending_done {
+            self.sending_done = true;
             s.set_timer(self.shared.opts.drain_timeout);
         }
+        if self.received >= self.sent || !self.shared.opts.verify && self.in_flight.is_empty() {
+            s.close();
+        }
+    }
+
+    fn record(&mut self, sent_at: Instant, now: Instant) {
+        if sent_at < self.shared.measure_from {
+            return;
+        }
+        self.round_trips += 1;
+        self.shared.round_trips.fetch_add(1, Ordering::Relaxed);
+        let us = (now - sent_at).as_micros().clamp(1, MAX_LATENCY_US as u128) as u64;
+        LOCAL.with(|l| {
+            if let Some(h) = l.borrow_mut().0.as_mut() {
+                let _ = h.record(us);
+            }
+        });
     }
 }
 
-impl Handler for SeedClient {
+impl Handler for LoadConn {
     fn on_connected(&mut self, s: &mut Session<'_>) {
         self.connected = true;
-        self.send_next(s);
+        let now = Instant::now();
+        match self.shared.opts.mode {
+            Mode::ClosedLoop { pipeline } => {
+                for _ in 0..pipeline {
+                    if !self.send_one(s, now) {
+                        break;
+                    }
+                }
+            }
+            Mode::OpenLoop { .. } => {
+                // Spread the connections' schedules over one period so they
+                // do not all send at the same instant.
+                let n = self.shared.opts.connections.max(1) as u32;
+                self.next_due = now + self.period * (self.index as u32 % n) / n;
+                self.send_due(s);
+            }
+        }
     }
 
     fn on_recv(&mut self, s: &mut Session<'_>, data: &[u8]) -> usize {
-        if self.shared.opts.verify {
-            let size = self.shared.opts.size;
+        let opts = &self.shared.opts;
+        if opts.verify {
             for (i, &b) in data.iter().enumerate() {
                 let at = self.received + i as u64;
-                let want = (at < self.sent).then(|| expected_byte(self.index, at, size));
+                let want = (at < self.sent).then(|| expected_byte(self.index, at, opts.size));
                 if want != Some(b) {
                     self.mismatches += 1;
                     if self.first_mismatch.is_none() {
@@ -252,7 +471,20 @@ impl Handler for SeedClient {
             }
         }
         self.received += data.len() as u64;
-        if self.sending_done && self.received >= self.sent {
+        let size = opts.size as u64;
+        let closed_loop = matches!(opts.mode, Mode::ClosedLoop { .. });
+        let mut now = None;
+        while self.received >= (self.completed + 1) * size {
+            self.completed += 1;
+            let t = *now.get_or_insert_with(Instant::now);
+            if let Some(sent_at) = self.in_flight.pop_front() {
+                self.record(sent_at, t);
+            }
+            if closed_loop && !self.sending_done {
+                self.send_one(s, t);
+            }
+        }
+        if self.sending_done && (self.received >= self.sent || self.in_flight.is_empty()) {
             s.close();
         }
         data.len()
@@ -263,11 +495,25 @@ impl Handler for SeedClient {
             // The drain timeout: what has not come back is lost.
             s.close();
         } else {
-            self.send_next(s);
+            self.send_due(s);
         }
     }
 
     fn on_disconnected(&mut self, reason: CloseReason) {
+        LOCAL.with(|l| {
+            let mut l = l.borrow_mut();
+            l.1 -= 1;
+            if l.1 == 0 {
+                if let Some(h) = l.0.take() {
+                    let _ = self
+                        .shared
+                        .histogram
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .add(&h);
+                }
+            }
+        });
         let mut guard = self.shared.summary.lock().unwrap_or_else(|p| p.into_inner());
         let (sum, done) = &mut *guard;
         if self.connected {
@@ -276,6 +522,7 @@ impl Handler for SeedClient {
         sum.messages += self.sent_msgs;
         sum.bytes_sent += self.sent;
         sum.bytes_received += self.received;
+        sum.round_trips += self.round_trips;
         sum.mismatches += self.mismatches;
         if let Some(m) = self.first_mismatch.take() {
             sum.error_lines.truncate(MAX_ERRORS - 1);
@@ -292,69 +539,112 @@ impl Handler for SeedClient {
     }
 }
 
+fn invalid(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg.to_string())
+}
+
+fn server_usage(pid: Option<u32>) -> Option<crate::ProcessUsage> {
+    pid.and_then(|p| crate::process_usage(p).ok())
+}
+
 /// Runs the client until every session is done (count or duration reached
 /// and, with `verify`, all echoes back) or `stop` is set; returns what
 /// happened. Fails only if the client cannot start.
 pub fn run(opts: &ClientOptions, stop: Arc<AtomicBool>) -> io::Result<Summary> {
     if opts.size == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "message size must be at least 1 byte",
-        ));
+        return Err(invalid("message size must be at least 1 byte"));
     }
     if opts.connections == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "connections must be at least 1",
-        ));
+        return Err(invalid("connections must be at least 1"));
+    }
+    match opts.mode {
+        Mode::OpenLoop { rate } if !(rate > 0.0 && rate.is_finite()) => {
+            return Err(invalid("rate must be a positive number of messages per second"))
+        }
+        Mode::ClosedLoop { pipeline: 0 } => return Err(invalid("pipeline must be at least 1")),
+        _ => {}
     }
     let client = Client::builder()
         .engine(opts.engine)
         .threads(opts.threads)
-        .start::<Box<dyn Handler>>()?;
+        .max_sessions(opts.connections)
+        .start::<LoadConn>()?;
     let start = Instant::now();
     let shared = Arc::new(Shared {
         opts: opts.clone(),
         stop,
+        start,
+        measure_from: start + opts.warmup,
         deadline: opts.duration.map(|d| start + d),
-        summary: Mutex::new((
-            Summary {
-                connections: opts.connections,
-                verify: opts.verify,
-                ..Summary::default()
-            },
-            0,
-        )),
+        summary: Mutex::new((Summary::default(), 0)),
+        histogram: Mutex::new(new_histogram()),
         done: Condvar::new(),
+        round_trips: AtomicU64::new(0),
     });
     for index in 0..opts.connections {
         let shared = shared.clone();
-        client.connect(opts.addr, move || {
-            Box::new(SeedClient {
-                index,
-                shared,
-                connected: false,
-                sent_msgs: 0,
-                sent: 0,
-                received: 0,
-                mismatches: 0,
-                first_mismatch: None,
-                sending_done: false,
-            }) as Box<dyn Handler>
-        })?;
+        client.connect(opts.addr, move || LoadConn::new(index, shared))?;
     }
+    // Wait, sampling the server at the window's edges.
+    let mut usage_from = None;
+    let mut window = (None, None);
+    let mut last_progress = (Instant::now(), 0);
     let mut guard = shared.summary.lock().unwrap_or_else(|p| p.into_inner());
     while guard.1 < opts.connections {
         guard = shared
             .done
-            .wait_timeout(guard, Duration::from_millis(100))
+            .wait_timeout(guard, Duration::from_millis(20))
             .unwrap_or_else(|p| p.into_inner())
             .0;
+        let now = Instant::now();
+        if window.0.is_none() && now >= shared.measure_from {
+            window.0 = Some(now);
+            usage_from = server_usage(opts.server_pid);
+        }
+        if window.1.is_none() && shared.should_stop(now) {
+            window.1 = Some(now);
+        }
+        if opts.progress && now - last_progress.0 >= Duration::from_secs(1) {
+            let rt = shared.round_trips.load(Ordering::Relaxed);
+            let rate = (rt - last_progress.1) as f64 / (now - last_progress.0).as_secs_f64();
+            eprint!(
+                "\r{:>6.1}s  {:>10.0} round trips/s  {:>6}/{} sessions done ",
+                (now - start).as_secs_f64(),
+                rate,
+                guard.1,
+                opts.connections
+            );
+            last_progress = (now, rt);
+        }
     }
     let mut summary = guard.0.clone();
     drop(guard);
+    if opts.progress {
+        eprintln!();
+    }
+    let end = window.1.unwrap_or_else(Instant::now);
+    let usage_to = server_usage(opts.server_pid);
     client.shutdown(Duration::from_secs(1))?;
-    summary.elapsed = start.elapsed();
+    let from = window.0.unwrap_or(shared.measure_from).min(end);
+    summary.addr = opts.addr.to_string();
+    summary.mode = Some(opts.mode);
+    summary.size = opts.size;
+    summary.connections = opts.connections;
+    summary.verify = opts.verify;
+    summary.window_secs = (end - from).as_secs_f64();
+    let secs = summary.window_secs.max(1e-9);
+    summary.round_trips_per_sec = summary.round_trips as f64 / secs;
+    summary.mb_per_sec = summary.round_trips_per_sec * opts.size as f64 / 1e6;
+    summary.latency = Latency::from_histogram(&shared.histogram.lock().unwrap_or_else(|p| p.into_inner()));
+    if let (Some(a), Some(b)) = (usage_from, usage_to) {
+        let cpu = b.cpu_us.saturating_sub(a.cpu_us) as f64;
+        summary.server = Some(ServerUsage {
+            cpu_us_per_round_trip: cpu / summary.round_trips.max(1) as f64,
+            cpu_percent: cpu / 1e4 / secs,
+            rss_kib: b.rss_kib,
+        });
+    }
+    summary.elapsed_secs = shared.start.elapsed().as_secs_f64();
     Ok(summary)
 }
 

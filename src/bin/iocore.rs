@@ -7,7 +7,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use iocore::apps::client::{self, ClientOptions};
+use iocore::apps::client::{self, ClientOptions, Mode};
 use iocore::apps::{echo::Echo, sink::Sink, App};
 use iocore::{EngineKind, Server, ServerHandle};
 
@@ -75,21 +75,39 @@ struct ClientArgs {
     /// Bytes per message.
     #[arg(long, default_value_t = 100)]
     size: usize,
-    /// Pause between messages on a connection (e.g. 1s, 10ms).
+    /// Open loop: pause between messages on a connection (e.g. 1s, 10ms).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     interval: Duration,
+    /// Open loop: messages per second per connection (instead of --interval).
+    #[arg(long, conflicts_with = "pipeline")]
+    rate: Option<f64>,
+    /// Closed loop: messages in flight per connection (1 = ping-pong).
+    #[arg(long)]
+    pipeline: Option<usize>,
     /// Connections.
     #[arg(long, default_value_t = 1)]
     connections: usize,
     /// Messages per connection (default: until --duration or Ctrl-C).
     #[arg(long)]
     count: Option<u64>,
-    /// Stop sending after this long (e.g. 10s).
+    /// Stop sending after this long, warmup included (e.g. 10s).
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
+    /// Do not measure round trips in this first stretch (e.g. 1s).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    warmup: Duration,
     /// Check every echoed byte; exit non-zero on any mismatch or loss.
     #[arg(long)]
     verify: bool,
+    /// After sending stops, wait this long for the last echoes.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+    /// Report this process's (the server's) CPU per round trip and RSS.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
     /// Worker threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -177,17 +195,28 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn run_client(args: ClientArgs) -> Result<bool, Box<dyn std::error::Error>> {
+    let mode = match (args.pipeline, args.rate) {
+        (Some(pipeline), _) => Mode::ClosedLoop { pipeline },
+        (None, Some(rate)) => Mode::OpenLoop { rate },
+        (None, None) if args.interval.is_zero() => return Err("--interval must be above 0".into()),
+        (None, None) => Mode::OpenLoop {
+            rate: 1.0 / args.interval.as_secs_f64(),
+        },
+    };
     let opts = ClientOptions {
         addr: args.addr,
         engine: args.engine,
         threads: args.threads,
         connections: args.connections,
         size: args.size,
-        interval: args.interval,
+        mode,
         count: args.count,
         duration: args.duration,
+        warmup: args.warmup,
         verify: args.verify,
-        ..ClientOptions::default()
+        drain_timeout: args.drain_timeout,
+        server_pid: args.server_pid,
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     let stop = Arc::new(AtomicBool::new(false));
     let rx = signals()?;
@@ -198,7 +227,11 @@ fn run_client(args: ClientArgs) -> Result<bool, Box<dyn std::error::Error>> {
         }
     });
     let summary = client::run(&opts, stop)?;
-    println!("{summary}");
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!("{summary}");
+    }
     Ok(summary.ok())
 }
 

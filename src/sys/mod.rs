@@ -38,6 +38,8 @@ macro_rules! syscall {
 pub mod epoll;
 #[cfg(unix)]
 pub mod eventfd;
+#[cfg(target_os = "linux")]
+pub mod procfs;
 #[cfg(unix)]
 pub mod socket;
 #[cfg(target_os = "linux")]
