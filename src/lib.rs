@@ -53,7 +53,7 @@ mod sys;
 
 /// Resource usage of another process (for load reports).
 #[cfg(target_os = "linux")]
-pub use sys::procfs::{usage as process_usage, ProcessUsage};
+pub use sys::procfs::{raise_fd_limit, usage as process_usage, ProcessUsage};
 
 pub use bytes::Bytes;
 pub use engine::{EngineError, EngineKind, Stats};

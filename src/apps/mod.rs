@@ -3,9 +3,12 @@
 //!
 //! - [`echo`] — the WSAEventSelect seed: every byte comes back.
 //! - [`sink`] — the overlapped seed's server: reads and discards.
-//! - [`client`] — the overlapped seed's client, grown up: many
-//!   connections, a message every interval, optional byte-exact checking.
+//! - [`client`] — the overlapped seed's client, grown into a load
+//!   generator: open or closed loop, latency percentiles, byte-exact checks.
+//! - `bench` — iocore against tokio, monoio, compio and an epoll floor.
 
+#[cfg(target_os = "linux")]
+pub mod bench;
 pub mod client;
 pub mod echo;
 pub mod sink;

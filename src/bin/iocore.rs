@@ -29,8 +29,30 @@ struct Cli {
 enum Command {
     /// Run a server (echo by default) until Ctrl-C or SIGTERM.
     Serve(ServeArgs),
-    /// Run the seed client: a message every interval over N connections.
+    /// Run the seed client / load generator.
     Client(ClientArgs),
+    /// Measure iocore against tokio, monoio, compio and an epoll floor.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Interleaved, rotated rounds.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// One short round with fewer connections, to try it out.
+    #[arg(long)]
+    quick: bool,
+    /// Directory for the JSON, Markdown and SVG results.
+    #[arg(long, default_value = "bench/results")]
+    out: std::path::PathBuf,
+    /// Servers, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "iocore-epoll,iocore-uring,tokio,monoio,compio,epoll-floor"
+    )]
+    servers: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -249,6 +271,17 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args).map(|()| true),
         Command::Client(args) => run_client(args),
+        Command::Bench(args) => iocore::apps::bench::run(&iocore::apps::bench::BenchOptions {
+            rounds: args.rounds,
+            quick: args.quick,
+            out: args.out,
+            servers: args.servers,
+        })
+        .map(|report| {
+            println!("{}", iocore::apps::bench::markdown(&report));
+            true
+        })
+        .map_err(Into::into),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

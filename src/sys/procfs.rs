@@ -47,3 +47,22 @@ pub fn usage(pid: u32) -> io::Result<ProcessUsage> {
         rss_kib,
     })
 }
+
+/// Raises this process's open-file soft limit to its hard limit (for
+/// opening many connections) and returns the new limit.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: the pointer refers to `lim`, a live local the call fills.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: the pointer refers to `lim`, a live, initialised local.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(lim.rlim_cur)
+}

@@ -1,0 +1,643 @@
+//! `iocore bench`: iocore's engines against the servers a user would pick
+//! instead (tokio, monoio, compio, and a bare epoll loop as the floor), on
+//! the same machine in the same run.
+//!
+//! Every measurement starts one server pinned to CPU 0 and the load client
+//! (`iocore client --json`, epoll engine) pinned to CPU 1. Rounds are
+//! interleaved and rotated (round r starts with server r), because this
+//! machine's speed drifts between rounds. Per point and server it reports
+//! the median and min–max over rounds of round trips/s, p99 latency and
+//! server CPU µs per round trip (the figure that separates servers when
+//! loopback throughput is client-bound), plus the ratio to tokio; then
+//! idle memory per connection. Peer servers come from the `iocore-peers`
+//! crate; this command builds them with cargo if they are missing.
+
+mod svg;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// Interleaved rounds.
+    pub rounds: usize,
+    /// One round, short runs, fewer connections: for trying it out.
+    pub quick: bool,
+    /// Where results go.
+    pub out: PathBuf,
+    /// Servers to measure (names from [`SERVERS`]).
+    pub servers: Vec<String>,
+}
+
+/// The servers `iocore bench` knows.
+pub const SERVERS: [&str; 6] = [
+    "iocore-epoll",
+    "iocore-uring",
+    "tokio",
+    "monoio",
+    "compio",
+    "epoll-floor",
+];
+
+/// One load shape.
+#[derive(Clone, Debug, Serialize)]
+pub struct Point {
+    /// Short name.
+    pub name: String,
+    /// Connections.
+    pub connections: usize,
+    /// Bytes per message.
+    pub size: usize,
+    /// `None`: ping-pong; `Some(rate)`: open loop at `rate` per connection.
+    pub rate: Option<f64>,
+    /// Run length, warmup included, seconds.
+    pub duration_secs: f64,
+    /// Warmup, seconds.
+    pub warmup_secs: f64,
+}
+
+/// One measurement.
+#[derive(Clone, Debug, Serialize)]
+pub struct Run {
+    /// Round number.
+    pub round: usize,
+    /// Point name.
+    pub point: String,
+    /// Server name.
+    pub server: String,
+    /// Round trips per second.
+    pub round_trips_per_sec: f64,
+    /// p99 latency, µs.
+    pub p99_us: u64,
+    /// Server CPU µs per round trip.
+    pub cpu_us_per_round_trip: f64,
+    /// Server CPU percent of one core.
+    pub cpu_percent: f64,
+    /// The client's verdict (all connected, no errors).
+    pub ok: bool,
+}
+
+/// Median and range over rounds.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Spread {
+    /// Median.
+    pub median: f64,
+    /// Minimum.
+    pub min: f64,
+    /// Maximum.
+    pub max: f64,
+}
+
+impl Spread {
+    fn of(mut v: Vec<f64>) -> Option<Spread> {
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Some(Spread {
+            median,
+            min: v[0],
+            max: v[n - 1],
+        })
+    }
+}
+
+/// One server at one point, over all rounds.
+#[derive(Clone, Debug, Serialize)]
+pub struct Aggregate {
+    /// Point name.
+    pub point: String,
+    /// Server name.
+    pub server: String,
+    /// Rounds that completed without errors.
+    pub good_rounds: usize,
+    /// Round trips per second.
+    pub round_trips_per_sec: Spread,
+    /// p99 latency, µs.
+    pub p99_us: Spread,
+    /// Server CPU µs per round trip.
+    pub cpu_us_per_round_trip: Spread,
+    /// Server CPU percent of one core.
+    pub cpu_percent: Spread,
+    /// Median CPU µs per round trip over tokio's at the same point.
+    pub cpu_ratio_to_tokio: Option<f64>,
+}
+
+/// Idle memory of one server.
+#[derive(Clone, Debug, Serialize)]
+pub struct Memory {
+    /// Server name.
+    pub server: String,
+    /// Idle connections held.
+    pub connections: usize,
+    /// VmRSS before, KiB.
+    pub rss_before_kib: u64,
+    /// VmRSS with the connections open, KiB.
+    pub rss_after_kib: u64,
+    /// (after − before) / connections, bytes.
+    pub bytes_per_connection: f64,
+}
+
+/// Everything a bench run found.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// When (UTC), `YYYY-MM-DDTHH:MM`.
+    pub date: String,
+    /// CPUs and kernel.
+    pub machine: String,
+    /// The command line.
+    pub command: String,
+    /// Rounds run.
+    pub rounds: usize,
+    /// Quick mode.
+    pub quick: bool,
+    /// Load shapes.
+    pub points: Vec<Point>,
+    /// Every measurement.
+    pub runs: Vec<Run>,
+    /// Per point and server.
+    pub aggregates: Vec<Aggregate>,
+    /// Idle memory per connection.
+    pub memory: Vec<Memory>,
+}
+
+fn points(quick: bool) -> Vec<Point> {
+    let (d, w) = if quick { (1.5, 0.5) } else { (5.0, 1.0) };
+    let pp = |name: &str, connections, size| Point {
+        name: name.into(),
+        connections,
+        size,
+        rate: None,
+        duration_secs: d,
+        warmup_secs: w,
+    };
+    let seed = if quick { 2_000 } else { 10_000 };
+    vec![
+        pp("1c-100B", 1, 100),
+        pp("100c-100B", 100, 100),
+        pp("1000c-100B", 1000, 100),
+        pp("100c-1000B", 100, 1000),
+        Point {
+            name: format!("{}kc-1msg/s", seed / 1000),
+            connections: seed,
+            size: 100,
+            rate: Some(1.0),
+            duration_secs: if quick { 4.0 } else { 12.0 },
+            warmup_secs: if quick { 2.0 } else { 4.0 },
+        },
+    ]
+}
+
+/// Where the binaries are: next to this executable.
+fn bin_dir() -> io::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    Ok(exe.parent().unwrap_or(Path::new(".")).to_path_buf())
+}
+
+fn program(server: &str, dir: &Path) -> io::Result<(PathBuf, Vec<String>)> {
+    let iocore = std::env::current_exe()?;
+    let serve = |engine: &str| {
+        let args = [
+            "serve",
+            "--engine",
+            engine,
+            "--threads",
+            "1",
+            "--max-sessions",
+            "30000",
+            "--log-level",
+            "warn",
+        ];
+        (iocore.clone(), args.iter().map(|s| s.to_string()).collect())
+    };
+    Ok(match server {
+        "iocore-epoll" => serve("epoll"),
+        "iocore-uring" => serve("uring"),
+        "tokio" | "monoio" | "compio" => (dir.join(format!("peer-{server}")), vec![]),
+        "epoll-floor" => (dir.join("peer-epoll"), vec![]),
+        other => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("unknown server '{other}' (known: {})", SERVERS.join(", ")),
+            ))
+        }
+    })
+}
+
+/// Builds the peer servers if any is missing.
+fn ensure_peers(dir: &Path, servers: &[String]) -> io::Result<()> {
+    let needed = servers.iter().any(|s| !s.starts_with("iocore-"));
+    let missing = ["tokio", "monoio", "compio", "epoll"]
+        .iter()
+        .any(|p| !dir.join(format!("peer-{p}")).exists());
+    if !needed || !missing {
+        return Ok(());
+    }
+    eprintln!("building the peer servers: cargo build --release -p iocore-peers");
+    let status = Command::new("cargo")
+        .args(["build", "--release", "-p", "iocore-peers"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot run cargo to build the peer servers: {e}"),
+            )
+        })?;
+    if !status.success() {
+        return Err(io::Error::other(
+            "building the peer servers failed (cargo build --release -p iocore-peers)",
+        ));
+    }
+    Ok(())
+}
+
+fn free_port() -> io::Result<SocketAddr> {
+    TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
+
+/// A server under test, killed on drop.
+struct Running {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Running {
+    fn start(server: &str, dir: &Path) -> io::Result<Running> {
+        let (prog, mut args) = program(server, dir)?;
+        let addr = free_port()?;
+        if server.starts_with("iocore-") {
+            args.extend(["--addr".to_string(), addr.to_string()]);
+        } else {
+            args.push(addr.to_string());
+        }
+        let child = Command::new("taskset")
+            .args(["-c", "0"])
+            .arg(&prog)
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot start {}: {e}", prog.display())))?;
+        let mut running = Running { child, addr };
+        let start = Instant::now();
+        while TcpStream::connect(addr).is_err() {
+            if let Some(status) = running.child.try_wait()? {
+                return Err(io::Error::other(format!("{server} exited at start: {status}")));
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                return Err(io::Error::other(format!("{server} did not listen within 10 s")));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(running)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn measure(point: &Point, server: &str, dir: &Path) -> io::Result<serde_json::Value> {
+    let running = Running::start(server, dir)?;
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", "1"]).arg(std::env::current_exe()?).arg("client");
+    cmd.args([
+        "--engine",
+        "epoll",
+        "--log-level",
+        "error",
+        "--json",
+        "--drain-timeout",
+        "2s",
+    ]);
+    cmd.args(["--addr", &running.addr.to_string()]);
+    cmd.args([
+        "--connections",
+        &point.connections.to_string(),
+        "--size",
+        &point.size.to_string(),
+    ]);
+    match point.rate {
+        Some(rate) => cmd.args(["--rate", &rate.to_string()]),
+        None => cmd.args(["--pipeline", "1"]),
+    };
+    cmd.args([
+        "--duration",
+        &format!("{}s", point.duration_secs),
+        "--warmup",
+        &format!("{}s", point.warmup_secs),
+    ]);
+    cmd.args(["--server-pid", &running.child.id().to_string()]);
+    let out = cmd.stderr(Stdio::null()).output()?;
+    serde_json::from_slice(&out.stdout).map_err(|e| {
+        io::Error::other(format!(
+            "{server} at {}: client printed no report ({e})",
+            point.name
+        ))
+    })
+}
+
+fn idle_memory(server: &str, dir: &Path, connections: usize) -> io::Result<Memory> {
+    let running = Running::start(server, dir)?;
+    let pid = running.child.id();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = crate::process_usage(pid)?.rss_kib;
+    let mut conns = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        conns.push(TcpStream::connect(running.addr)?);
+    }
+    // Wait until the server has taken them all (RSS stops moving).
+    let mut last = 0;
+    let mut same = 0;
+    let start = Instant::now();
+    while same < 3 && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = crate::process_usage(pid)?.rss_kib;
+        same = if now == last { same + 1 } else { 0 };
+        last = now;
+    }
+    drop(conns);
+    Ok(Memory {
+        server: server.into(),
+        connections,
+        rss_before_kib: before,
+        rss_after_kib: last,
+        bytes_per_connection: (last as f64 - before as f64) * 1024.0 / connections as f64,
+    })
+}
+
+fn stamp() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}", rem / 3600, rem % 3600 / 60)
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cpus} CPUs, Linux {}", kernel.trim())
+}
+
+fn aggregate(points: &[Point], servers: &[String], runs: &[Run]) -> Vec<Aggregate> {
+    let mut out = Vec::new();
+    for p in points {
+        let mut medians = BTreeMap::new();
+        for s in servers {
+            let good: Vec<&Run> = runs
+                .iter()
+                .filter(|r| r.point == p.name && &r.server == s && r.ok)
+                .collect();
+            let spread = |f: &dyn Fn(&Run) -> f64| Spread::of(good.iter().map(|r| f(r)).collect());
+            let (Some(rt), Some(p99), Some(cpu), Some(pct)) = (
+                spread(&|r| r.round_trips_per_sec),
+                spread(&|r| r.p99_us as f64),
+                spread(&|r| r.cpu_us_per_round_trip),
+                spread(&|r| r.cpu_percent),
+            ) else {
+                continue;
+            };
+            medians.insert(s.clone(), cpu.median);
+            out.push(Aggregate {
+                point: p.name.clone(),
+                server: s.clone(),
+                good_rounds: good.len(),
+                round_trips_per_sec: rt,
+                p99_us: p99,
+                cpu_us_per_round_trip: cpu,
+                cpu_percent: pct,
+                cpu_ratio_to_tokio: None,
+            });
+        }
+        if let Some(tokio) = medians.get("tokio").copied() {
+            for a in out.iter_mut().filter(|a| a.point == p.name) {
+                a.cpu_ratio_to_tokio = Some(a.cpu_us_per_round_trip.median / tokio);
+            }
+        }
+    }
+    out
+}
+
+/// Runs the benchmark, writes `<out>/<date>.{json,md}` and SVG charts, and
+/// returns the report.
+pub fn run(opts: &BenchOptions) -> io::Result<Report> {
+    let dir = bin_dir()?;
+    ensure_peers(&dir, &opts.servers)?;
+    for s in &opts.servers {
+        program(s, &dir)?;
+    }
+    crate::raise_fd_limit()?;
+    let points = points(opts.quick);
+    let rounds = if opts.quick { 1 } else { opts.rounds.max(1) };
+    let mut runs = Vec::new();
+    for round in 0..rounds {
+        for point in &points {
+            let n = opts.servers.len();
+            for k in 0..n {
+                let server = &opts.servers[(k + round) % n];
+                eprint!("round {}/{rounds} {:<12} {:<13} ", round + 1, point.name, server);
+                let run = match measure(point, server, &dir) {
+                    Ok(v) => Run {
+                        round,
+                        point: point.name.clone(),
+                        server: server.clone(),
+                        round_trips_per_sec: v["round_trips_per_sec"].as_f64().unwrap_or(0.0),
+                        p99_us: v["latency"]["p99_us"].as_u64().unwrap_or(0),
+                        cpu_us_per_round_trip: v["server"]["cpu_us_per_round_trip"].as_f64().unwrap_or(0.0),
+                        cpu_percent: v["server"]["cpu_percent"].as_f64().unwrap_or(0.0),
+                        ok: v["errors"] == 0 && v["connected"] == point.connections,
+                    },
+                    Err(e) => {
+                        eprintln!("failed: {e}");
+                        continue;
+                    }
+                };
+                eprintln!(
+                    "{:>9.0} rt/s  p99 {:>6} us  {:>5.2} us CPU/rt{}",
+                    run.round_trips_per_sec,
+                    run.p99_us,
+                    run.cpu_us_per_round_trip,
+                    if run.ok { "" } else { "  (errors)" }
+                );
+                runs.push(run);
+            }
+        }
+    }
+    let idle = if opts.quick { 2_000 } else { 10_000 };
+    let mut memory = Vec::new();
+    for s in &opts.servers {
+        eprint!("idle memory {s:<13} ");
+        match idle_memory(s, &dir, idle) {
+            Ok(m) => {
+                eprintln!("{:.0} bytes per connection", m.bytes_per_connection);
+                memory.push(m);
+            }
+            Err(e) => eprintln!("failed: {e}"),
+        }
+    }
+    let report = Report {
+        date: stamp(),
+        machine: machine(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        rounds,
+        quick: opts.quick,
+        aggregates: aggregate(&points, &opts.servers, &runs),
+        points,
+        runs,
+        memory,
+    };
+    write(&report, &opts.out, &opts.servers)?;
+    Ok(report)
+}
+
+fn write(report: &Report, out: &Path, servers: &[String]) -> io::Result<()> {
+    std::fs::create_dir_all(out)?;
+    let base = out.join(report.date.replace(':', ""));
+    let name = |suffix: &str| PathBuf::from(format!("{}{suffix}", base.display()));
+    std::fs::write(
+        name(".json"),
+        serde_json::to_string_pretty(report).map_err(io::Error::other)?,
+    )?;
+    std::fs::write(name(".md"), markdown(report))?;
+    let groups: Vec<String> = report.points.iter().map(|p| p.name.clone()).collect();
+    let bars = |f: &dyn Fn(&Aggregate) -> Spread| -> Vec<Vec<Option<svg::Bar>>> {
+        report
+            .points
+            .iter()
+            .map(|p| {
+                servers
+                    .iter()
+                    .map(|s| {
+                        report
+                            .aggregates
+                            .iter()
+                            .find(|a| a.point == p.name && &a.server == s)
+                            .map(|a| {
+                                let v = f(a);
+                                svg::Bar {
+                                    value: v.median,
+                                    min: v.min,
+                                    max: v.max,
+                                }
+                            })
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let chart = svg::grouped_bars(
+        "Server CPU per round trip (lower is better)",
+        "µs",
+        &groups,
+        servers,
+        &bars(&|a| a.cpu_us_per_round_trip),
+    );
+    std::fs::write(name("-cpu.svg"), chart)?;
+    let chart = svg::grouped_bars(
+        "p99 latency (lower is better)",
+        "µs",
+        &groups,
+        servers,
+        &bars(&|a| a.p99_us),
+    );
+    std::fs::write(name("-p99.svg"), chart)?;
+    let mem: Vec<Vec<Option<svg::Bar>>> = vec![servers
+        .iter()
+        .map(|s| {
+            report.memory.iter().find(|m| &m.server == s).map(|m| svg::Bar {
+                value: m.bytes_per_connection,
+                min: m.bytes_per_connection,
+                max: m.bytes_per_connection,
+            })
+        })
+        .collect()];
+    let label = format!(
+        "{} idle connections",
+        report.memory.first().map_or(0, |m| m.connections)
+    );
+    let chart = svg::grouped_bars(
+        "Memory per idle connection (lower is better)",
+        "bytes",
+        &[label],
+        servers,
+        &mem,
+    );
+    std::fs::write(name("-memory.svg"), chart)?;
+    eprintln!("wrote {}.json, .md and -cpu/-p99/-memory.svg", base.display());
+    Ok(())
+}
+
+/// The report as Markdown tables.
+pub fn markdown(r: &Report) -> String {
+    let mut s = format!(
+        "Bench {} on {}: {} round(s){}; server on CPU 0, client on CPU 1.\n\nCommand: `{}`\n\n",
+        r.date,
+        r.machine,
+        r.rounds,
+        if r.quick { " (quick)" } else { "" },
+        r.command
+    );
+    for p in &r.points {
+        let shape = match p.rate {
+            Some(rate) => format!("open loop, {rate} msg/s per connection"),
+            None => "ping-pong".into(),
+        };
+        s += &format!(
+            "### {}: {} connections × {} B, {shape}, {}s (warmup {}s)\n\n",
+            p.name, p.connections, p.size, p.duration_secs, p.warmup_secs
+        );
+        s += "| server | round trips/s | p99 µs | server CPU µs/round trip | CPU % | CPU vs tokio |\n";
+        s += "|---|---|---|---|---|---|\n";
+        for a in r.aggregates.iter().filter(|a| a.point == p.name) {
+            let f = |x: Spread, d: usize| format!("{:.d$} ({:.d$}–{:.d$})", x.median, x.min, x.max);
+            s += &format!(
+                "| {} | {} | {} | {} | {:.0} | {} |\n",
+                a.server,
+                f(a.round_trips_per_sec, 0),
+                f(a.p99_us, 0),
+                f(a.cpu_us_per_round_trip, 2),
+                a.cpu_percent.median,
+                a.cpu_ratio_to_tokio.map_or("–".into(), |x| format!("{x:.2}")),
+            );
+        }
+        s += "\n";
+    }
+    if !r.memory.is_empty() {
+        s += "### Idle memory\n\n| server | connections | VmRSS before KiB | VmRSS after KiB | bytes per connection |\n|---|---|---|---|---|\n";
+        for m in &r.memory {
+            s += &format!(
+                "| {} | {} | {} | {} | {:.0} |\n",
+                m.server, m.connections, m.rss_before_kib, m.rss_after_kib, m.bytes_per_connection
+            );
+        }
+    }
+    s
+}
