@@ -2,11 +2,24 @@
 //! deadlines, the stop state, and the bookkeeping done when a session
 //! opens, settles or ends. Engines add only how bytes move.
 
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use crate::session::{CloseReason, Conn, Context, Handler, SessionId, Table, Tick, Timers};
 
 use super::{Worker, WorkerStats};
+use crate::sys::socket;
+
+/// The close reason for a failed socket call: a reset, or any other error.
+pub(crate) fn io_close_reason(e: io::Error) -> CloseReason {
+    if socket::is_reset(&e) {
+        CloseReason::PeerReset
+    } else {
+        CloseReason::Io(e)
+    }
+}
 
 /// A session on an engine: its state machine, the engine's per-socket
 /// state `S`, and the queued byte count last reported to the stats.
@@ -69,6 +82,34 @@ impl<H: Handler, S> Core<H, S> {
             self.w.stats.rejected();
         }
         ok
+    }
+
+    /// A connection was accepted: admits it under `max_sessions` (else
+    /// resets it, counted as rejected) and makes its session.
+    pub fn admit_accepted(&self, fd: &OwnedFd, peer: SocketAddr) -> Option<Conn<H>> {
+        if !self.admit() {
+            tracing::debug!(%peer, "session limit reached: connection reset");
+            let _ = socket::set_linger_zero(fd);
+            return None;
+        }
+        let _ = socket::set_nodelay(fd);
+        let factory = self.w.factory.as_ref().expect("a listening worker has a factory");
+        self.w.stats.accepted();
+        Some(Conn::accepted(peer, factory(), self.now))
+    }
+
+    /// An outbound connection was asked for: admits it under
+    /// `max_sessions` and makes its session, or tells the handler at once
+    /// that the connect failed.
+    pub fn admit_outbound(&self, addr: SocketAddr, handler: H) -> Option<Conn<H>> {
+        let conn = Conn::connecting(addr, handler, self.now, &self.w.limits);
+        if !self.admit() {
+            let err = io::Error::new(io::ErrorKind::OutOfMemory, "session limit reached");
+            conn.finish(CloseReason::ConnectFailed(err));
+            return None;
+        }
+        self.w.stats.opened_outbound();
+        Some(conn)
     }
 
     /// Stores a new session (its place already admitted).

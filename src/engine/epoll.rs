@@ -18,7 +18,7 @@ use crate::session::{CloseReason, Conn, Handler, Step, Tick, RESERVED};
 use crate::sys::epoll::{Epoll, Event, Interest};
 use crate::sys::socket;
 
-use super::core::Core;
+use super::core::{io_close_reason, Core};
 use super::{Command, Worker};
 
 const WAKER: u64 = RESERVED;
@@ -81,14 +81,6 @@ pub(crate) fn run<H: Handler>(w: Worker<H>) -> io::Result<()> {
     lp.run()
 }
 
-fn close_reason(e: io::Error) -> CloseReason {
-    if socket::is_reset(&e) {
-        CloseReason::PeerReset
-    } else {
-        CloseReason::Io(e)
-    }
-}
-
 impl<H: Handler> Loop<H> {
     fn run(&mut self) -> io::Result<()> {
         loop {
@@ -148,32 +140,16 @@ impl<H: Handler> Loop<H> {
                     return;
                 }
             };
-            if !self.core.admit() {
-                tracing::debug!(%peer, "session limit reached: connection reset");
-                let _ = socket::set_linger_zero(&fd);
-                continue;
+            if let Some(conn) = self.core.admit_accepted(&fd, peer) {
+                self.open(conn, fd);
             }
-            let _ = socket::set_nodelay(&fd);
-            let factory = self
-                .core
-                .w
-                .factory
-                .as_ref()
-                .expect("a listening worker has a factory");
-            let conn = Conn::accepted(peer, factory(), self.core.now);
-            self.core.w.stats.accepted();
-            self.open(conn, fd);
         }
     }
 
     fn connect(&mut self, addr: SocketAddr, handler: H) {
-        let cx = self.core.w.limits.clone();
-        let conn = Conn::connecting(addr, handler, self.core.now, &cx);
-        if !self.core.admit() {
-            let err = io::Error::new(io::ErrorKind::OutOfMemory, "session limit reached");
-            return conn.finish(CloseReason::ConnectFailed(err));
-        }
-        self.core.w.stats.opened_outbound();
+        let Some(conn) = self.core.admit_outbound(addr, handler) else {
+            return;
+        };
         match socket::connect(&addr) {
             Ok((fd, _in_progress)) => self.open(conn, fd),
             Err(e) => self.core.finish(conn, CloseReason::ConnectFailed(e)),
@@ -271,7 +247,7 @@ impl<H: Handler> Loop<H> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     stats.read_attempt();
-                    return conn.failed(close_reason(e));
+                    return conn.failed(io_close_reason(e));
                 }
             }
         }
@@ -298,7 +274,7 @@ impl<H: Handler> Loop<H> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     stats.write_attempt();
-                    slot.conn.failed(close_reason(e));
+                    slot.conn.failed(io_close_reason(e));
                 }
             }
         }
@@ -316,7 +292,7 @@ impl<H: Handler> Loop<H> {
                 Step::Wait => break,
                 Step::Fin => {
                     if let Err(e) = socket::shutdown_write(&slot.io.fd) {
-                        slot.conn.failed(close_reason(e));
+                        slot.conn.failed(io_close_reason(e));
                     }
                 }
                 Step::Close { reason, rst } => {

@@ -22,7 +22,7 @@ use crate::session::{CloseReason, Conn, Handler, Step, Tick};
 use crate::sys::socket;
 use crate::sys::uring::{Completion, SendOp, Uring};
 
-use super::core::Core;
+use super::core::{io_close_reason, Core};
 use super::{Command, Worker};
 
 /// Submission queue size.
@@ -109,14 +109,6 @@ pub(crate) fn run<H: Handler>(w: Worker<H>) -> io::Result<()> {
     lp.run()
 }
 
-fn close_reason(e: io::Error) -> CloseReason {
-    if socket::is_reset(&e) {
-        CloseReason::PeerReset
-    } else {
-        CloseReason::Io(e)
-    }
-}
-
 impl<H: Handler> Loop<H> {
     fn run(&mut self) -> io::Result<()> {
         loop {
@@ -198,26 +190,13 @@ impl<H: Handler> Loop<H> {
         match c.io_result() {
             Ok(fd) => {
                 let fd = socket::take_completed_fd(fd as i32);
-                if self.core.stopping() {
-                    drop(fd);
-                } else if !self.core.admit() {
-                    let _ = socket::set_linger_zero(&fd);
-                } else {
-                    match socket::peer_addr(&fd) {
-                        Ok(peer) => {
-                            let _ = socket::set_nodelay(&fd);
-                            let factory = self
-                                .core
-                                .w
-                                .factory
-                                .as_ref()
-                                .expect("a listening worker has a factory");
-                            let conn = Conn::accepted(peer, factory(), self.core.now);
-                            self.core.w.stats.accepted();
-                            self.open(conn, fd)?;
-                        }
-                        // Reset before we looked: nothing to serve.
-                        Err(_) => self.core.w.gate.release(),
+                // Multishot accept returns no address. A connection reset
+                // before we ask has none either; it still gets its session
+                // (which ends at once with PeerReset), as on epoll.
+                let peer = socket::peer_addr(&fd).unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+                if !self.core.stopping() {
+                    if let Some(conn) = self.core.admit_accepted(&fd, peer) {
+                        self.open(conn, fd)?;
                     }
                 }
             }
@@ -240,14 +219,9 @@ impl<H: Handler> Loop<H> {
     }
 
     fn connect(&mut self, addr: SocketAddr, handler: H) -> io::Result<()> {
-        let limits = self.core.w.limits.clone();
-        let conn = Conn::connecting(addr, handler, self.core.now, &limits);
-        if !self.core.admit() {
-            let err = io::Error::new(io::ErrorKind::OutOfMemory, "session limit reached");
-            conn.finish(CloseReason::ConnectFailed(err));
+        let Some(conn) = self.core.admit_outbound(addr, handler) else {
             return Ok(());
-        }
-        self.core.w.stats.opened_outbound();
+        };
         let fd = match socket::stream_for(&addr) {
             Ok(fd) => fd,
             Err(e) => {
@@ -328,7 +302,7 @@ impl<H: Handler> Loop<H> {
                         }
                         _ => {
                             stats.read_attempt();
-                            slot.conn.failed(close_reason(e));
+                            slot.conn.failed(io_close_reason(e));
                             return Ok(());
                         }
                     },
@@ -351,7 +325,7 @@ impl<H: Handler> Loop<H> {
                     Err(e) => {
                         stats.write_attempt();
                         if e.raw_os_error() != Some(libc::ECANCELED) {
-                            slot.conn.failed(close_reason(e));
+                            slot.conn.failed(io_close_reason(e));
                         }
                         0
                     }
@@ -405,7 +379,7 @@ impl<H: Handler> Loop<H> {
                 Step::Wait => break,
                 Step::Fin => {
                     if let Err(e) = socket::shutdown_write(&slot.io.fd) {
-                        slot.conn.failed(close_reason(e));
+                        slot.conn.failed(io_close_reason(e));
                     }
                 }
                 Step::Close { reason, rst } => slot.io.closing = Some(Box::new((reason, rst))),
