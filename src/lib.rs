@@ -52,7 +52,6 @@ pub mod session;
 mod sys;
 
 /// Resource usage of another process (for load reports).
-#[cfg(target_os = "linux")]
 pub use sys::procfs::{raise_fd_limit, usage as process_usage, ProcessUsage};
 
 pub use bytes::Bytes;

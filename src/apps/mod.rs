@@ -7,7 +7,6 @@
 //!   generator: open or closed loop, latency percentiles, byte-exact checks.
 //! - `bench` — iocore against tokio, monoio, compio and an epoll floor.
 
-#[cfg(target_os = "linux")]
 pub mod bench;
 pub mod client;
 pub mod echo;

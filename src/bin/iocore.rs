@@ -154,22 +154,19 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration '{s}': {e}"))
 }
 
-/// Delivers SIGINT/SIGTERM as messages; a second signal exits at once.
-fn signals() -> std::io::Result<mpsc::Receiver<()>> {
-    let mut signals =
-        signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+/// Delivers Ctrl-C and SIGTERM (Ctrl-C / close on Windows) as messages; a
+/// second one exits at once.
+fn signals() -> Result<mpsc::Receiver<()>, ctrlc::Error> {
     let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut seen = false;
-        for sig in signals.forever() {
-            if seen {
-                eprintln!("second signal: exiting now");
-                std::process::exit(128 + sig);
-            }
-            seen = true;
-            let _ = tx.send(());
+    let mut seen = false;
+    ctrlc::set_handler(move || {
+        if seen {
+            eprintln!("second signal: exiting now");
+            std::process::exit(130);
         }
-    });
+        seen = true;
+        let _ = tx.send(());
+    })?;
     Ok(rx)
 }
 

@@ -4,13 +4,12 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use crate::session::{CloseReason, Conn, Context, Handler, SessionId, Table, Tick, Timers};
 
 use super::{Worker, WorkerStats};
-use crate::sys::socket;
+use crate::sys::{socket, OwnedSocket};
 
 /// The close reason for a failed socket call: a reset, or any other error.
 pub(crate) fn io_close_reason(e: io::Error) -> CloseReason {
@@ -86,7 +85,7 @@ impl<H: Handler, S> Core<H, S> {
 
     /// A connection was accepted: admits it under `max_sessions` (else
     /// resets it, counted as rejected) and makes its session.
-    pub fn admit_accepted(&self, fd: &OwnedFd, peer: SocketAddr) -> Option<Conn<H>> {
+    pub fn admit_accepted(&self, fd: &OwnedSocket, peer: SocketAddr) -> Option<Conn<H>> {
         if !self.admit() {
             tracing::debug!(%peer, "session limit reached: connection reset");
             let _ = socket::set_linger_zero(fd);

@@ -37,10 +37,13 @@
 //! | Overlapped I/O with events      | `uring`     | io_uring, provided buffers   |
 //! | IOCP + worker threads           | `uring`     | one ring per worker thread   |
 
+// Until the Windows engines land, the worker plumbing has no engine to
+// run on targets other than Linux.
+#![cfg_attr(not(target_os = "linux"), allow(dead_code, unused_variables))]
+
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -49,7 +52,7 @@ use std::time::{Duration, Instant};
 #[allow(unused_imports)] // named in the contract above
 use crate::session::{Conn, Table, Timers};
 use crate::session::{Handler, Limits, Tick};
-use crate::sys::eventfd::EventFd;
+use crate::sys::{OwnedSocket, Waker};
 
 mod core;
 #[cfg(target_os = "linux")]
@@ -71,6 +74,14 @@ pub enum EngineKind {
     Epoll,
     /// Completion: io_uring (the overlapped / IOCP model).
     Uring,
+    /// Windows: `WSAEventSelect` + `WSAWaitForMultipleEvents`, the first
+    /// seed literally.
+    WsaEvent,
+    /// Windows: overlapped `WSARecv`/`WSASend` with event objects, the
+    /// second seed literally.
+    Overlapped,
+    /// Windows: an I/O completion port per worker thread.
+    Iocp,
 }
 
 impl EngineKind {
@@ -80,16 +91,29 @@ impl EngineKind {
             EngineKind::Auto => "auto",
             EngineKind::Epoll => "epoll",
             EngineKind::Uring => "uring",
+            EngineKind::WsaEvent => "wsa-event",
+            EngineKind::Overlapped => "overlapped",
+            EngineKind::Iocp => "iocp",
         }
     }
 
     /// Every engine that can be named.
-    pub const ALL: [EngineKind; 3] = [EngineKind::Auto, EngineKind::Epoll, EngineKind::Uring];
+    pub const ALL: [EngineKind; 6] = [
+        EngineKind::Auto,
+        EngineKind::Epoll,
+        EngineKind::Uring,
+        EngineKind::WsaEvent,
+        EngineKind::Overlapped,
+        EngineKind::Iocp,
+    ];
 
     /// The concrete engine to run for this request, or why it cannot run
     /// here. `Auto` picks the best available and logs its choice.
     pub fn resolve(self) -> Result<EngineKind, EngineError> {
         match self {
+            #[cfg(windows)]
+            EngineKind::Auto => EngineKind::Iocp.resolve(),
+            #[cfg(not(windows))]
             EngineKind::Auto => match EngineKind::Uring.resolve() {
                 Ok(chosen) => {
                     tracing::info!(
@@ -122,6 +146,15 @@ impl EngineKind {
                 engine: self,
                 why: "io_uring exists only on Linux".into(),
             }),
+            EngineKind::WsaEvent | EngineKind::Overlapped | EngineKind::Iocp if cfg!(windows) => {
+                Err(EngineError::NotBuilt(self))
+            }
+            EngineKind::WsaEvent | EngineKind::Overlapped | EngineKind::Iocp => {
+                Err(EngineError::Unsupported {
+                    engine: self,
+                    why: "Winsock engines exist only on Windows".into(),
+                })
+            }
         }
     }
 }
@@ -161,7 +194,10 @@ pub enum EngineError {
 impl fmt::Display for EngineError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            EngineError::Unknown(s) => write!(f, "unknown engine '{s}' (expected auto, epoll or uring)"),
+            EngineError::Unknown(s) => {
+                let names: Vec<&str> = EngineKind::ALL.iter().map(|e| e.name()).collect();
+                write!(f, "unknown engine '{s}' (expected one of: {})", names.join(", "))
+            }
             EngineError::NotBuilt(e) => write!(f, "engine '{e}' is not available in this build of iocore"),
             EngineError::Unsupported { engine, why } => {
                 write!(f, "engine '{engine}' cannot run on this system: {why}")
@@ -193,14 +229,14 @@ pub(crate) enum Command<H> {
 /// A worker's mailbox: commands plus a descriptor that wakes its loop.
 pub(crate) struct Inbox<H> {
     queue: Mutex<Vec<Command<H>>>,
-    waker: EventFd,
+    waker: Waker,
 }
 
 impl<H> Inbox<H> {
     pub(crate) fn new() -> io::Result<Inbox<H>> {
         Ok(Inbox {
             queue: Mutex::new(Vec::new()),
-            waker: EventFd::new()?,
+            waker: Waker::new()?,
         })
     }
 
@@ -216,7 +252,7 @@ impl<H> Inbox<H> {
         std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    pub(crate) fn waker(&self) -> &EventFd {
+    pub(crate) fn waker(&self) -> &Waker {
         &self.waker
     }
 }
@@ -258,7 +294,7 @@ pub(crate) type Factory<H> = Arc<dyn Fn() -> H + Send + Sync>;
 /// Everything one worker thread needs; the engine takes it over.
 pub(crate) struct Worker<H> {
     pub index: usize,
-    pub listener: Option<OwnedFd>,
+    pub listener: Option<OwnedSocket>,
     pub factory: Option<Factory<H>>,
     pub inbox: Arc<Inbox<H>>,
     pub limits: Limits,

@@ -32,7 +32,7 @@ pub(crate) struct Runtime {
 
 /// What each worker is started with, besides its index.
 pub(crate) struct WorkerSpec<H> {
-    pub listener: Option<std::os::fd::OwnedFd>,
+    pub listener: Option<crate::sys::OwnedSocket>,
     pub factory: Option<engine::Factory<H>>,
 }
 

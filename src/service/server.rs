@@ -21,12 +21,17 @@ pub struct Server;
 
 impl Server {
     /// A builder with the defaults: 127.0.0.1:7777, engine `auto`, one
-    /// worker per CPU, 10,000 sessions, default [`Limits`].
+    /// worker per CPU (one on systems without `SO_REUSEPORT`), 10,000
+    /// sessions, default [`Limits`].
     pub fn builder() -> ServerBuilder {
         ServerBuilder {
             addr: SocketAddr::from(([127, 0, 0, 1], 7777)),
             engine: EngineKind::Auto,
-            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            // One listener per worker needs SO_REUSEPORT; without it, one.
+            threads: match socket::REUSE_PORT {
+                true => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                false => 1,
+            },
             max_sessions: 10_000,
             backlog: 1024,
             limits: Limits::default(),
@@ -103,6 +108,11 @@ impl ServerBuilder {
         if self.threads == 0 || self.threads > 255 {
             return bad("threads must be between 1 and 255");
         }
+        if self.threads > 1 && !socket::REUSE_PORT {
+            return bad(
+                "several worker threads need a listener each (SO_REUSEPORT), which this OS lacks: use 1",
+            );
+        }
         if self.max_sessions == 0 {
             return bad("max_sessions must be at least 1");
         }
@@ -135,7 +145,7 @@ impl ServerBuilder {
         let factory: crate::engine::Factory<H> = Arc::new(factory);
         let mut specs = Vec::with_capacity(self.threads);
         for _ in 0..self.threads {
-            let listener = socket::listen(&local_addr, self.backlog, true)
+            let listener = socket::listen(&local_addr, self.backlog, self.threads > 1)
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {local_addr}: {e}")))?;
             specs.push(WorkerSpec {
                 listener: Some(listener),

@@ -19,6 +19,7 @@
 
 /// Calls a libc function and turns a `-1` result into the thread's `errno`
 /// as an [`std::io::Error`].
+#[allow(unused_macros)]
 macro_rules! syscall {
     ($fn:ident ( $($arg:expr),* $(,)? )) => {{
         // SAFETY: every use passes arguments that satisfy the named libc
@@ -44,3 +45,26 @@ pub mod procfs;
 pub mod socket;
 #[cfg(target_os = "linux")]
 pub mod uring;
+
+#[cfg(windows)]
+pub mod event;
+#[cfg(windows)]
+#[path = "procfs_windows.rs"]
+pub mod procfs;
+#[cfg(windows)]
+#[path = "winsock.rs"]
+pub mod socket;
+
+/// An owned socket of this OS: closed on drop.
+#[cfg(unix)]
+pub type OwnedSocket = std::os::fd::OwnedFd;
+/// An owned socket of this OS: closed on drop.
+#[cfg(windows)]
+pub type OwnedSocket = std::os::windows::io::OwnedSocket;
+
+/// What wakes a worker's loop from another thread.
+#[cfg(windows)]
+pub use event::Event as Waker;
+/// What wakes a worker's loop from another thread.
+#[cfg(unix)]
+pub use eventfd::EventFd as Waker;

@@ -6,6 +6,9 @@ use std::mem;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+/// Several listening sockets can share one address (`SO_REUSEPORT`).
+pub const REUSE_PORT: bool = true;
+
 /// A `sockaddr_storage` big enough for IPv4 and IPv6 plus its used length.
 pub struct RawAddr {
     storage: libc::sockaddr_storage,

@@ -449,6 +449,9 @@ fn aggregate(points: &[Point], servers: &[String], runs: &[Run]) -> Vec<Aggregat
 /// Runs the benchmark, writes `<out>/<date>.{json,md}` and SVG charts, and
 /// returns the report.
 pub fn run(opts: &BenchOptions) -> io::Result<Report> {
+    // Server CPU and memory come from the OS (/proc on Linux).
+    crate::process_usage(std::process::id())
+        .map_err(|e| io::Error::new(e.kind(), format!("iocore bench cannot measure servers here: {e}")))?;
     let dir = bin_dir()?;
     ensure_peers(&dir, &opts.servers)?;
     for s in &opts.servers {

@@ -1,0 +1,52 @@
+//! A Win32 event object: wakes a worker's loop from another thread (the
+//! Windows counterpart of eventfd).
+
+use std::io;
+use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle, RawHandle};
+
+use windows_sys::Win32::System::Threading::{CreateEventW, ResetEvent, SetEvent};
+
+/// A manual-reset event, closed on drop.
+pub struct Event {
+    handle: OwnedHandle,
+}
+
+impl Event {
+    /// A new event in the non-signaled state.
+    pub fn new() -> io::Result<Event> {
+        // SAFETY: null security attributes and name are allowed; the
+        // flags ask for a manual-reset event, initially non-signaled.
+        let h = unsafe { CreateEventW(std::ptr::null(), 1, 0, std::ptr::null()) };
+        if h.is_null() {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: CreateEventW just returned this handle; we own it.
+        Ok(Event {
+            handle: unsafe { OwnedHandle::from_raw_handle(h as RawHandle) },
+        })
+    }
+
+    /// Signals the event.
+    pub fn wake(&self) -> io::Result<()> {
+        // SAFETY: the handle is a live event owned by self.
+        if unsafe { SetEvent(self.handle.as_raw_handle() as _) } == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Returns the event to non-signaled.
+    pub fn drain(&self) -> io::Result<()> {
+        // SAFETY: the handle is a live event owned by self.
+        if unsafe { ResetEvent(self.handle.as_raw_handle() as _) } == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+impl AsRawHandle for Event {
+    fn as_raw_handle(&self) -> RawHandle {
+        self.handle.as_raw_handle()
+    }
+}
