@@ -219,6 +219,9 @@ fn cli_rejects_unknown_and_unavailable_engines() {
 /// Listening on an address in use is a clear error, not a silent share.
 #[test]
 fn serve_on_a_busy_port_fails_clearly() {
+    if require(EngineKind::Auto).is_none() {
+        return;
+    }
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let err = iocore::Server::builder()
         .addr(taken.local_addr().unwrap())
@@ -233,6 +236,9 @@ fn serve_on_a_busy_port_fails_clearly() {
 /// epoll, and an explicit `--engine uring` fails with the reason.
 #[test]
 fn auto_falls_back_to_epoll_when_uring_is_unusable() {
+    if require(EngineKind::Epoll).is_none() {
+        return;
+    }
     let env = [("IOCORE_DISABLE_URING", "1")];
     let server = CliServer::start(&["--engine", "auto", "--threads", "1"], &env);
     let log = server.log.join("\n");
