@@ -7,11 +7,11 @@
 //! completion engine**; the same [`Handler`] runs on each, and the model is
 //! picked with [`EngineKind`].
 //!
-//! | seed model (Windows)              | iocore engine on Linux           | status   |
-//! |-----------------------------------|----------------------------------|----------|
-//! | WSAEventSelect: readiness per socket | `epoll` (no 64-socket limit)  | built    |
-//! | Overlapped I/O + events           | `uring` (io_uring completions)   | planned  |
-//! | IOCP: completion port + workers   | `uring`, one ring per worker     | planned  |
+//! | seed model (Windows)              | engine on Linux                  | engine on Windows |
+//! |-----------------------------------|----------------------------------|-------------------|
+//! | WSAEventSelect: readiness per socket | `epoll` (no 64-socket limit)  | `wsa-event` (planned) |
+//! | Overlapped I/O + events           | `uring` (io_uring completions)   | `overlapped` (planned) |
+//! | IOCP: completion port + workers   | `uring`, one ring per worker     | `iocp`            |
 //!
 //! ## Layers
 //!
@@ -22,7 +22,8 @@
 //! 3. [`session`] — engine-independent connection logic: [`RecvBuffer`],
 //!    [`SendQueue`], lifecycle and [`CloseReason`], calls into [`Handler`].
 //! 4. `engine` — one event loop per worker thread; moves bytes.
-//! 5. `sys` — the only module with `unsafe`: epoll, eventfd, sockets.
+//! 5. `sys` — the only module with `unsafe`: epoll, io_uring, eventfd,
+//!    sockets; IOCP and Winsock on Windows.
 //!
 //! ## Example: an echo server
 //!

@@ -171,8 +171,11 @@ fn json_report_carries_every_field(engine: EngineKind) {
     ] {
         assert!(v["latency"].get(key).is_some(), "missing latency.{key}");
     }
-    for key in ["cpu_us_per_round_trip", "cpu_percent", "rss_kib"] {
-        assert!(v["server"].get(key).is_some(), "missing server.{key}");
+    // Server CPU and memory readings exist where the OS gives them.
+    if iocore::process_usage(std::process::id()).is_ok() {
+        for key in ["cpu_us_per_round_trip", "cpu_percent", "rss_kib"] {
+            assert!(v["server"].get(key).is_some(), "missing server.{key}");
+        }
     }
     assert_eq!(v["messages"], 150);
     assert_eq!(v["round_trips"], 150);

@@ -14,8 +14,10 @@ use util::*;
 /// Tests here count the process's descriptors: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// Open descriptors of this process (Linux; 0 elsewhere, where the
+/// descriptor checks are skipped).
 fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
 }
 
 /// 10,000 connections send data and reset at once, in waves, while the
@@ -40,18 +42,42 @@ fn ten_thousand_resets_while_receiving(engine: EngineKind) {
                 .unwrap();
         } // each dropped with RST right after its write
     }
-    wait_until("every connection accepted and finished", || {
-        let st = server.stats();
-        st.accepted == TOTAL as u64 && st.live_sessions == 0
-    });
+    // Every connection either became a session that has ended, or was
+    // lost in the backlog before it could be accepted (Windows drops reset
+    // connections there; Linux hands them to accept, which then fails).
+    wait_until(
+        "every connection accepted or lost, every session finished",
+        || {
+            let st = server.stats();
+            st.accepted + st.accept_failed == TOTAL as u64 && st.live_sessions == 0
+        },
+    );
     let stats = server.stats();
-    assert_eq!(stats.closed_total(), TOTAL as u64);
-    assert_eq!(events.closed_count(), TOTAL, "on_disconnected once per session");
+    assert_eq!(stats.closed_total(), stats.accepted);
+    assert_eq!(
+        events.closed_count() as u64,
+        stats.accepted,
+        "on_disconnected once per session"
+    );
+    if cfg!(unix) {
+        assert_eq!(stats.accepted, TOTAL as u64, "accept sees reset connections here");
+    }
     assert_eq!(stats.recv_buffers_held, 0, "every provided buffer returned");
     assert_eq!(stats.queued_bytes, 0);
-    assert_eq!(open_fds(), fds_serving, "no session descriptor leaked");
+    // At most as many as before: other tests' engine probes may briefly hold
+    // a descriptor while a baseline is taken; a leak here would be
+    // thousands more.
+    let now = open_fds();
+    assert!(
+        now <= fds_serving,
+        "session descriptors leaked: {now} open, {fds_serving} before"
+    );
     server.shutdown(Duration::from_secs(5)).unwrap();
-    assert_eq!(open_fds(), fds_before, "the server's own descriptors closed");
+    let now = open_fds();
+    assert!(
+        now <= fds_before,
+        "server descriptors leaked: {now} open, {fds_before} before"
+    );
 }
 
 /// On a command byte, queues 256 KiB (in 8 shared buffers) and at once

@@ -36,10 +36,7 @@
 //! | WSAEventSelect                  | `epoll`     | epoll, edge-triggered        |
 //! | Overlapped I/O with events      | `uring`     | io_uring, provided buffers   |
 //! | IOCP + worker threads           | `uring`     | one ring per worker thread   |
-
-// Until the Windows engines land, the worker plumbing has no engine to
-// run on targets other than Linux.
-#![cfg_attr(not(target_os = "linux"), allow(dead_code, unused_variables))]
+//! | IOCP (on Windows)               | `iocp`      | a completion port per worker |
 
 use std::fmt;
 use std::io;
@@ -57,6 +54,8 @@ use crate::sys::{OwnedSocket, Waker};
 mod core;
 #[cfg(target_os = "linux")]
 mod epoll;
+#[cfg(windows)]
+mod iocp;
 mod stats;
 #[cfg(target_os = "linux")]
 mod uring;
@@ -146,7 +145,8 @@ impl EngineKind {
                 engine: self,
                 why: "io_uring exists only on Linux".into(),
             }),
-            EngineKind::WsaEvent | EngineKind::Overlapped | EngineKind::Iocp if cfg!(windows) => {
+            EngineKind::Iocp if cfg!(windows) => Ok(EngineKind::Iocp),
+            EngineKind::WsaEvent | EngineKind::Overlapped if cfg!(windows) => {
                 Err(EngineError::NotBuilt(self))
             }
             EngineKind::WsaEvent | EngineKind::Overlapped | EngineKind::Iocp => {
@@ -320,6 +320,8 @@ pub(crate) fn run<H: Handler>(engine: EngineKind, worker: Worker<H>) -> io::Resu
         EngineKind::Epoll => epoll::run(worker),
         #[cfg(target_os = "linux")]
         EngineKind::Uring => uring::run(worker),
+        #[cfg(windows)]
+        EngineKind::Iocp => iocp::run(worker),
         other => Err(EngineError::NotBuilt(other).into()),
     }
 }

@@ -11,6 +11,7 @@ pub struct WorkerStats {
     accepted: AtomicU64,
     connected: AtomicU64,
     rejected: AtomicU64,
+    accept_failed: AtomicU64,
     live: AtomicU64,
     queued_bytes: AtomicU64,
     bytes_received: AtomicU64,
@@ -39,6 +40,10 @@ impl WorkerStats {
     pub(crate) fn rejected(&self) {
         bump(&self.rejected, 1);
     }
+    #[cfg_attr(not(windows), allow(dead_code))] // iocp only
+    pub(crate) fn accept_failed(&self) {
+        bump(&self.accept_failed, 1);
+    }
     pub(crate) fn closed(&self, kind: CloseKind) {
         bump(&self.closed[kind.index()], 1);
         bump(&self.live, u64::MAX); // -1
@@ -63,6 +68,7 @@ impl WorkerStats {
     pub(crate) fn write_attempt(&self) {
         bump(&self.writes, 1);
     }
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))] // uring only
     pub(crate) fn set_buffers_held(&self, n: usize) {
         self.buffers_held.store(n as u64, Relaxed);
     }
@@ -77,6 +83,7 @@ impl WorkerStats {
             accepted: self.accepted.load(Relaxed),
             connected: self.connected.load(Relaxed),
             rejected: self.rejected.load(Relaxed),
+            accept_failed: self.accept_failed.load(Relaxed),
             live_sessions: self.live.load(Relaxed),
             queued_bytes: self.queued_bytes.load(Relaxed),
             bytes_received: self.bytes_received.load(Relaxed),
@@ -98,6 +105,9 @@ pub struct Stats {
     pub connected: u64,
     /// Connections refused because `max_sessions` were live.
     pub rejected: u64,
+    /// Connections lost before they could be accepted (reset while in the
+    /// listen backlog; Windows drops these, so AcceptEx fails).
+    pub accept_failed: u64,
     /// Sessions not yet finished (including those still connecting or
     /// closing).
     pub live_sessions: u64,
@@ -135,6 +145,7 @@ impl Stats {
         self.accepted += o.accepted;
         self.connected += o.connected;
         self.rejected += o.rejected;
+        self.accept_failed += o.accept_failed;
         self.live_sessions = self.live_sessions.wrapping_add(o.live_sessions);
         self.queued_bytes = self.queued_bytes.wrapping_add(o.queued_bytes);
         self.bytes_received += o.bytes_received;

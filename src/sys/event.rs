@@ -6,9 +6,11 @@ use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle, RawHandle};
 
 use windows_sys::Win32::System::Threading::{CreateEventW, ResetEvent, SetEvent};
 
-/// A manual-reset event, closed on drop.
+/// A manual-reset event, closed on drop. An IOCP loop, which cannot wait
+/// on events, attaches its port so wake-ups also reach it.
 pub struct Event {
     handle: OwnedHandle,
+    port: std::sync::Mutex<Option<super::iocp::PortWaker>>,
 }
 
 impl Event {
@@ -21,13 +23,23 @@ impl Event {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: CreateEventW just returned this handle; we own it.
+        let handle = unsafe { OwnedHandle::from_raw_handle(h as RawHandle) };
         Ok(Event {
-            handle: unsafe { OwnedHandle::from_raw_handle(h as RawHandle) },
+            handle,
+            port: Default::default(),
         })
     }
 
-    /// Signals the event.
+    /// Also wakes `port`'s loop from now on (`None`: stop).
+    pub fn attach_port(&self, port: Option<super::iocp::PortWaker>) {
+        *self.port.lock().unwrap_or_else(|p| p.into_inner()) = port;
+    }
+
+    /// Signals the event (and the attached port).
     pub fn wake(&self) -> io::Result<()> {
+        if let Some(port) = &*self.port.lock().unwrap_or_else(|p| p.into_inner()) {
+            port.wake()?;
+        }
         // SAFETY: the handle is a live event owned by self.
         if unsafe { SetEvent(self.handle.as_raw_handle() as _) } == 0 {
             return Err(io::Error::last_os_error());

@@ -49,6 +49,8 @@ pub mod uring;
 #[cfg(windows)]
 pub mod event;
 #[cfg(windows)]
+pub mod iocp;
+#[cfg(windows)]
 #[path = "procfs_windows.rs"]
 pub mod procfs;
 #[cfg(windows)]

@@ -18,6 +18,7 @@ macro_rules! engine_suite {
     ($($test:ident),* $(,)?) => {
         $crate::engine_suite!(@engine epoll, iocore::EngineKind::Epoll, $($test),*);
         $crate::engine_suite!(@engine uring, iocore::EngineKind::Uring, $($test),*);
+        $crate::engine_suite!(@engine iocp, iocore::EngineKind::Iocp, $($test),*);
         // Each further engine is one line here.
     };
     (@engine $module:ident, $kind:expr, $($test:ident),*) => {
@@ -48,12 +49,13 @@ pub fn require(engine: EngineKind) -> Option<EngineKind> {
 /// Longest any wait in a test may take before it fails.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
-/// A server builder on 127.0.0.1 with a free port, two workers.
+/// A server builder on 127.0.0.1 with a free port, two workers (one on
+/// Windows, which has no SO_REUSEPORT to give each its own listener).
 pub fn server(engine: EngineKind) -> ServerBuilder {
     iocore::Server::builder()
         .addr("127.0.0.1:0".parse().unwrap())
         .engine(engine)
-        .threads(2)
+        .threads(if cfg!(windows) { 1 } else { 2 })
 }
 
 /// Polls `cond` until it holds or [`PATIENCE`] runs out.

@@ -1,0 +1,396 @@
+//! The IOCP engine: a completion port per worker thread — the model the
+//! seeds' series ends at. Accepts are `AcceptEx` (several posted ahead);
+//! a session posts a zero-byte overlapped `WSARecv` that completes when
+//! data is there (so an idle session holds no receive buffer), then reads
+//! without blocking into the worker's scratch buffer; sends are one gather
+//! `WSASend` at a time over buffers lent by the session's queue; outbound
+//! connects are `ConnectEx`. A closing session cancels what it has posted
+//! and is freed after the last completion.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::session::{CloseReason, Conn, Handler, Step};
+use crate::sys::iocp::{self, Done, Port, SendOp};
+use crate::sys::{socket, OwnedSocket};
+
+use super::core::{io_close_reason, Core};
+use super::{Command, Worker};
+
+/// Accepts kept posted on the listener.
+const ACCEPTS: usize = 16;
+/// The shared receive buffer.
+const SCRATCH: usize = 64 * 1024;
+/// Reads per readiness before the session is put back in line.
+const READ_BUDGET: usize = 16;
+
+struct Sock {
+    socket: OwnedSocket,
+    inflight: u8,
+    recv_posted: bool,
+    sending: bool,
+    closing: Option<Box<(CloseReason, bool)>>,
+    cancelled: bool,
+}
+
+struct Loop<H> {
+    core: Core<H, Sock>,
+    port: Port,
+    listen_addr: Option<SocketAddr>,
+    accepts_posted: usize,
+    scratch: Box<[u8]>,
+    /// Boxed on purpose: the port takes and returns them by box.
+    #[allow(clippy::vec_box)]
+    spare_sends: Vec<Box<SendOp>>,
+    done: Vec<Done>,
+}
+
+/// Runs the worker until it is stopped.
+pub(crate) fn run<H: Handler>(w: Worker<H>) -> io::Result<()> {
+    let setup = || -> io::Result<(Port, Option<SocketAddr>)> {
+        let port = Port::new()?;
+        let addr = match &w.listener {
+            Some(l) => {
+                port.associate(l)?;
+                Some(socket::local_addr(l)?)
+            }
+            None => None,
+        };
+        w.inbox.waker().attach_port(Some(port.waker()));
+        Ok((port, addr))
+    };
+    let (port, listen_addr) = match setup() {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = w
+                .ready
+                .send(Err(io::Error::new(e.kind(), format!("iocp engine setup: {e}"))));
+            return Err(e);
+        }
+    };
+    let mut lp = Loop {
+        core: Core::new(w),
+        port,
+        listen_addr,
+        accepts_posted: 0,
+        scratch: vec![0; SCRATCH].into_boxed_slice(),
+        spare_sends: Vec::new(),
+        done: Vec::new(),
+    };
+    let started = lp.post_accepts();
+    let _ = lp.core.w.ready.send(
+        started
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| io::Error::new(e.kind(), e.to_string())),
+    );
+    started?;
+    let result = lp.run();
+    lp.core.w.inbox.waker().attach_port(None);
+    result
+}
+
+impl<H: Handler> Loop<H> {
+    fn run(&mut self) -> io::Result<()> {
+        loop {
+            let timeout = self.core.timeout(None);
+            let mut done = std::mem::take(&mut self.done);
+            self.port.wait(timeout, &mut done)?;
+            self.core.tick();
+            for d in done.drain(..) {
+                self.complete(d)?;
+            }
+            self.done = done;
+            self.expire()?;
+            if self.core.finished() && self.port.outstanding() == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    fn post_accepts(&mut self) -> io::Result<()> {
+        let (Some(l), Some(addr)) = (&self.core.w.listener, self.listen_addr) else {
+            return Ok(());
+        };
+        while self.accepts_posted < ACCEPTS && !self.core.stopping() {
+            self.port.accept(l, &addr)?;
+            self.accepts_posted += 1;
+        }
+        Ok(())
+    }
+
+    fn complete(&mut self, d: Done) -> io::Result<()> {
+        match d {
+            Done::Wake => self.commands(),
+            Done::Accepted(result) => {
+                self.accepts_posted -= 1;
+                match result {
+                    Ok((s, peer)) if !self.core.stopping() => {
+                        if let Some(conn) = self.core.admit_accepted(&s, peer) {
+                            self.open(conn, s)?;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) if self.core.stopping() => {}
+                    Err(e) => {
+                        self.core.w.stats.accept_failed();
+                        tracing::debug!(error = %e, "accept failed");
+                    }
+                }
+                self.post_accepts()
+            }
+            Done::Readable { token, result } => {
+                self.finished_op(token);
+                match result {
+                    Ok(()) => self.readable(token),
+                    Err(e) => self.fail(token, e),
+                }
+                self.settle(token)
+            }
+            Done::Sent {
+                token,
+                result,
+                mut op,
+            } => {
+                self.finished_op(token);
+                if let Some((cx, slot, stats)) = self.core.slot_stats(token) {
+                    slot.io.sending = false;
+                    let sent = match result {
+                        Ok(n) => {
+                            stats.wrote(n);
+                            n
+                        }
+                        Err(e) => {
+                            stats.write_attempt();
+                            if slot.io.closing.is_none() {
+                                slot.conn.failed(io_close_reason(e));
+                            }
+                            0
+                        }
+                    };
+                    slot.conn.send_completed(&mut op.bufs, op.offset, sent, cx);
+                }
+                op.bufs.clear();
+                self.spare_sends.push(op);
+                self.settle(token)
+            }
+            Done::Connected { token, result } => {
+                self.finished_op(token);
+                if let Some((cx, slot, stats)) = self.core.slot_stats(token) {
+                    match result {
+                        Ok(()) => {
+                            slot.conn.connected(cx);
+                            stats.connected();
+                        }
+                        Err(e) => slot.conn.failed(CloseReason::ConnectFailed(e)),
+                    }
+                }
+                self.post_recv(token)?;
+                self.settle(token)
+            }
+        }
+    }
+
+    fn finished_op(&mut self, token: u64) {
+        if let Some((_, slot)) = self.core.slot(token) {
+            slot.io.inflight -= 1;
+        }
+    }
+
+    fn fail(&mut self, token: u64, e: io::Error) {
+        if let Some((_, slot)) = self.core.slot(token) {
+            slot.io.recv_posted = false;
+            if slot.io.closing.is_none() {
+                slot.conn.failed(io_close_reason(e));
+            }
+        }
+    }
+
+    fn commands(&mut self) -> io::Result<()> {
+        let _ = self.core.w.inbox.waker().drain();
+        for cmd in self.core.w.inbox.take() {
+            match cmd {
+                Command::Connect { addr, make } => self.connect(addr, make())?,
+                Command::Stop { grace } => self.stop(grace)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn connect(&mut self, addr: SocketAddr, handler: H) -> io::Result<()> {
+        let Some(conn) = self.core.admit_outbound(addr, handler) else {
+            return Ok(());
+        };
+        let s = match iocp::stream_for(&addr).and_then(|s| self.port.associate(&s).map(|()| s)) {
+            Ok(s) => s,
+            Err(e) => {
+                self.core.finish(conn, CloseReason::ConnectFailed(e));
+                return Ok(());
+            }
+        };
+        let token = self.core.insert(conn, Sock::new(s));
+        let (_, slot) = self.core.slot(token).expect("just inserted");
+        match self.port.connect(&slot.io.socket, &addr, token) {
+            Ok(()) => slot.io.inflight += 1,
+            Err(e) => slot.conn.failed(CloseReason::ConnectFailed(e)),
+        }
+        self.settle(token)
+    }
+
+    fn open(&mut self, conn: Conn<H>, s: OwnedSocket) -> io::Result<()> {
+        if let Err(e) = self.port.associate(&s) {
+            self.core.finish(conn, CloseReason::Io(e));
+            return Ok(());
+        }
+        let token = self.core.insert(conn, Sock::new(s));
+        let (cx, slot) = self.core.slot(token).expect("just inserted");
+        slot.conn.start(cx);
+        self.post_recv(token)?;
+        self.settle(token)
+    }
+
+    fn post_recv(&mut self, token: u64) -> io::Result<()> {
+        let Some((_, slot)) = self.core.slot(token) else {
+            return Ok(());
+        };
+        if slot.io.recv_posted || slot.io.closing.is_some() || slot.conn.is_connecting() {
+            return Ok(());
+        }
+        match self.port.recv(&slot.io.socket, token) {
+            Ok(()) => {
+                slot.io.recv_posted = true;
+                slot.io.inflight += 1;
+            }
+            Err(e) => slot.conn.failed(io_close_reason(e)),
+        }
+        Ok(())
+    }
+
+    /// Data (or FIN, or an error) is there: read it without blocking.
+    fn readable(&mut self, token: u64) {
+        let Some((cx, slot, stats)) = self.core.slot_stats(token) else {
+            return;
+        };
+        slot.io.recv_posted = false;
+        for _ in 0..READ_BUDGET {
+            match iocp::read(&slot.io.socket, &mut self.scratch) {
+                Ok(0) => {
+                    stats.read_attempt();
+                    return slot.conn.eof();
+                }
+                Ok(n) => {
+                    stats.read(n);
+                    slot.conn.received(&self.scratch[..n], cx);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return stats.read_attempt(),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    stats.read_attempt();
+                    return slot.conn.failed(io_close_reason(e));
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self, token: u64) -> io::Result<()> {
+        let Some((_, slot)) = self.core.slot(token) else {
+            return Ok(());
+        };
+        if slot.io.sending || slot.io.closing.is_some() || !slot.conn.can_lend() {
+            return Ok(());
+        }
+        let mut op = self.spare_sends.pop().unwrap_or_default();
+        op.offset = slot.conn.lend_unsent(&mut op.bufs, iocp::MAX_BUFS);
+        match self.port.send(&slot.io.socket, op, token) {
+            Ok(()) => {
+                slot.io.sending = true;
+                slot.io.inflight += 1;
+            }
+            Err(e) => slot.conn.failed(io_close_reason(e)),
+        }
+        Ok(())
+    }
+
+    fn settle(&mut self, token: u64) -> io::Result<()> {
+        loop {
+            self.flush(token)?;
+            let Some((cx, slot)) = self.core.slot(token) else {
+                return Ok(());
+            };
+            if slot.io.closing.is_some() {
+                break;
+            }
+            match slot.conn.step(cx) {
+                Step::Wait => break,
+                Step::Fin => {
+                    if let Err(e) =
+                        socket2::SockRef::from(&slot.io.socket).shutdown(std::net::Shutdown::Write)
+                    {
+                        slot.conn.failed(io_close_reason(e));
+                    }
+                }
+                Step::Close { reason, rst } => slot.io.closing = Some(Box::new((reason, rst))),
+            }
+        }
+        let Some((_, slot)) = self.core.slot(token) else {
+            return Ok(());
+        };
+        if slot.io.closing.is_none() {
+            // Input may already be waiting (read budget spent): post again.
+            if !slot.io.recv_posted && slot.conn.is_open() {
+                self.post_recv(token)?;
+            }
+            self.core.settled(token);
+        } else if slot.io.inflight == 0 {
+            let slot = self.core.remove(token).expect("present above");
+            let (reason, rst) = *slot.io.closing.expect("closing");
+            if rst {
+                let _ = socket::set_linger_zero(&slot.io.socket);
+            }
+            drop(slot.io.socket);
+            self.core.finish(slot.conn, reason);
+        } else if !slot.io.cancelled {
+            slot.io.cancelled = true;
+            self.port.cancel(&slot.io.socket);
+        }
+        Ok(())
+    }
+
+    fn expire(&mut self) -> io::Result<()> {
+        for token in self.core.forced_now() {
+            self.settle(token)?;
+        }
+        for (at, token) in self.core.due() {
+            if let Some((cx, slot)) = self.core.slot(token) {
+                slot.conn.wake(at, cx);
+                self.settle(token)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn stop(&mut self, grace: Duration) -> io::Result<()> {
+        if let Some(l) = self.core.w.listener.take() {
+            // Closing the listener completes its posted accepts, aborted.
+            drop(l);
+        }
+        for token in self.core.begin_stop(grace) {
+            self.settle(token)?;
+        }
+        Ok(())
+    }
+}
+
+impl Sock {
+    fn new(socket: OwnedSocket) -> Sock {
+        Sock {
+            socket,
+            inflight: 0,
+            recv_posted: false,
+            sending: false,
+            closing: None,
+            cancelled: false,
+        }
+    }
+}
