@@ -14,10 +14,10 @@ use util::*;
 
 const DELAY: Duration = Duration::from_millis(40);
 
-/// Echoes each batch of bytes only after `DELAY`.
+/// Echoes every chunk of bytes `DELAY` after it arrived.
 #[derive(Default)]
 struct Delayed {
-    held: Vec<u8>,
+    held: std::collections::VecDeque<(std::time::Instant, Vec<u8>)>,
 }
 
 impl Handler for Delayed {
@@ -25,11 +25,20 @@ impl Handler for Delayed {
         if self.held.is_empty() {
             s.set_timer(DELAY);
         }
-        self.held.extend_from_slice(data);
+        self.held
+            .push_back((std::time::Instant::now() + DELAY, data.to_vec()));
         data.len()
     }
     fn on_timer(&mut self, s: &mut Session<'_>) {
-        let _ = s.send(std::mem::take(&mut self.held));
+        let now = std::time::Instant::now();
+        while self.held.front().is_some_and(|(due, _)| *due <= now) {
+            let (_, data) = self.held.pop_front().unwrap();
+            let _ = s.send(data);
+        }
+        if let Some((due, _)) = self.held.front() {
+            // Round up: the timer has millisecond resolution.
+            s.set_timer(*due - now + Duration::from_millis(1));
+        }
     }
 }
 

@@ -37,6 +37,7 @@
 //! | Overlapped I/O with events      | `uring`     | io_uring, provided buffers   |
 //! | IOCP + worker threads           | `uring`     | one ring per worker thread   |
 //! | IOCP (on Windows)               | `iocp`      | a completion port per worker |
+//! | WSAEventSelect (on Windows)     | `wsa-event` | event objects, 63 per waiter |
 
 use std::fmt;
 use std::io;
@@ -59,6 +60,8 @@ mod iocp;
 mod stats;
 #[cfg(target_os = "linux")]
 mod uring;
+#[cfg(windows)]
+mod wsa_event;
 
 pub use stats::{Stats, WorkerStats};
 
@@ -145,10 +148,8 @@ impl EngineKind {
                 engine: self,
                 why: "io_uring exists only on Linux".into(),
             }),
-            EngineKind::Iocp if cfg!(windows) => Ok(EngineKind::Iocp),
-            EngineKind::WsaEvent | EngineKind::Overlapped if cfg!(windows) => {
-                Err(EngineError::NotBuilt(self))
-            }
+            EngineKind::Iocp | EngineKind::WsaEvent if cfg!(windows) => Ok(self),
+            EngineKind::Overlapped if cfg!(windows) => Err(EngineError::NotBuilt(self)),
             EngineKind::WsaEvent | EngineKind::Overlapped | EngineKind::Iocp => {
                 Err(EngineError::Unsupported {
                     engine: self,
@@ -322,6 +323,8 @@ pub(crate) fn run<H: Handler>(engine: EngineKind, worker: Worker<H>) -> io::Resu
         EngineKind::Uring => uring::run(worker),
         #[cfg(windows)]
         EngineKind::Iocp => iocp::run(worker),
+        #[cfg(windows)]
+        EngineKind::WsaEvent => wsa_event::run(worker),
         other => Err(EngineError::NotBuilt(other).into()),
     }
 }

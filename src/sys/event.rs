@@ -47,6 +47,15 @@ impl Event {
         Ok(())
     }
 
+    /// Whether the event is signaled now.
+    pub fn handle_is_set(&self) -> bool {
+        // SAFETY: the handle is a live event; a zero timeout only tests it.
+        unsafe {
+            windows_sys::Win32::System::Threading::WaitForSingleObject(self.handle.as_raw_handle() as _, 0)
+                == windows_sys::Win32::Foundation::WAIT_OBJECT_0
+        }
+    }
+
     /// Returns the event to non-signaled.
     pub fn drain(&self) -> io::Result<()> {
         // SAFETY: the handle is a live event owned by self.

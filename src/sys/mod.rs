@@ -56,6 +56,8 @@ pub mod procfs;
 #[cfg(windows)]
 #[path = "winsock.rs"]
 pub mod socket;
+#[cfg(windows)]
+pub mod wsaevent;
 
 /// An owned socket of this OS: closed on drop.
 #[cfg(unix)]

@@ -19,6 +19,7 @@ macro_rules! engine_suite {
         $crate::engine_suite!(@engine epoll, iocore::EngineKind::Epoll, $($test),*);
         $crate::engine_suite!(@engine uring, iocore::EngineKind::Uring, $($test),*);
         $crate::engine_suite!(@engine iocp, iocore::EngineKind::Iocp, $($test),*);
+        $crate::engine_suite!(@engine wsa_event, iocore::EngineKind::WsaEvent, $($test),*);
         // Each further engine is one line here.
     };
     (@engine $module:ident, $kind:expr, $($test:ident),*) => {
@@ -65,6 +66,18 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
         assert!(start.elapsed() < PATIENCE, "timed out waiting for: {what}");
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Polls `cond` until it holds (true) or [`PATIENCE`] runs out (false).
+pub fn try_wait(mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while !cond() {
+        if start.elapsed() >= PATIENCE {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
 }
 
 /// A connected client socket with generous timeouts.

@@ -1,0 +1,514 @@
+//! The WSAEventSelect engine — the first seed, literally: each socket is
+//! tied to an event object (`WSAEventSelect` with FD_READ | FD_WRITE |
+//! FD_CLOSE, FD_ACCEPT | FD_CLOSE for the listener), a wait returns the
+//! signaled event, `WSAEnumNetworkEvents` tells which network events (with
+//! their error codes), and the matching socket call follows — after
+//! FD_READ a `recv`, or FD_READ would not come again; WOULDBLOCK is no
+//! error. Removing sessions on error and on FD_CLOSE (the seed's TODOs) is
+//! the session layer's lifecycle.
+//!
+//! One wait takes at most 64 events, so sessions live in **groups** of 63
+//! event objects, each watched by a waiter thread, as production
+//! WSAEventSelect servers do. A waiter only waits: it reports the signaled
+//! slots of its group to the worker and parks until the worker has run
+//! `WSAEnumNetworkEvents` on them (which resets the events). The worker
+//! owns every socket and session and waits on three events of its own:
+//! its inbox, "a group reported", and the listener. Event objects are
+//! reused by the slot and never closed while a waiter may wait on them.
+
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::session::{CloseReason, Conn, Handler, Step};
+use crate::sys::wsaevent::{self as wsa, Interest, NetEvent, Waitable};
+use crate::sys::OwnedSocket;
+
+use super::core::{io_close_reason, Core};
+use super::{Command, Worker};
+
+/// Session slots per group: one wait's 64 events, less the group's own.
+const GROUP: usize = wsa::MAX_WAIT - 1;
+const SCRATCH: usize = 64 * 1024;
+const MAX_IOV: usize = 64;
+const READ_BUDGET: usize = 16;
+/// How often a listening worker also tries to accept (see `run`).
+const ACCEPT_POLL: Duration = Duration::from_millis(50);
+
+/// What a group's waiter and the worker share.
+struct GroupShared {
+    events: Vec<NetEvent>,
+    /// Signaled by the worker: "handled; wait again" (or stop).
+    resume: NetEvent,
+    stop: AtomicBool,
+    /// Slots the waiter found signaled, for the worker.
+    ready: Mutex<Vec<usize>>,
+}
+
+struct Group {
+    shared: Arc<GroupShared>,
+    slots: Vec<Option<u64>>,
+    free: Vec<usize>,
+    waiter: Option<JoinHandle<()>>,
+}
+
+/// What the worker and every waiter share: groups that reported.
+struct Reports {
+    event: NetEvent,
+    groups: Mutex<Vec<usize>>,
+}
+
+struct Sock {
+    socket: OwnedSocket,
+    group: usize,
+    slot: usize,
+    write_blocked: bool,
+}
+
+struct Loop<H> {
+    core: Core<H, Sock>,
+    groups: Vec<Group>,
+    reports: Arc<Reports>,
+    listen_event: NetEvent,
+    scratch: Box<[u8]>,
+}
+
+/// Runs the worker until it is stopped.
+pub(crate) fn run<H: Handler>(w: Worker<H>) -> io::Result<()> {
+    let setup = || -> io::Result<(NetEvent, NetEvent)> {
+        let listen_event = NetEvent::new()?;
+        if let Some(l) = &w.listener {
+            wsa::select(l, &listen_event, Interest::LISTENER)?;
+        }
+        Ok((listen_event, NetEvent::new()?))
+    };
+    let (listen_event, report_event) = match setup() {
+        Ok(e) => e,
+        Err(e) => {
+            let _ = w.ready.send(Err(io::Error::new(
+                e.kind(),
+                format!("wsa-event engine setup: {e}"),
+            )));
+            return Err(e);
+        }
+    };
+    let _ = w.ready.send(Ok(()));
+    let mut lp = Loop {
+        core: Core::new(w),
+        groups: Vec::new(),
+        reports: Arc::new(Reports {
+            event: report_event,
+            groups: Mutex::new(Vec::new()),
+        }),
+        listen_event,
+        scratch: vec![0; SCRATCH].into_boxed_slice(),
+    };
+    let result = lp.run();
+    lp.stop_waiters();
+    result
+}
+
+/// A group's waiter: waits on its events, reports, parks until resumed.
+fn waiter(index: usize, shared: Arc<GroupShared>, reports: Arc<Reports>) {
+    let mut set: Vec<&dyn Waitable> = vec![&shared.resume];
+    set.extend(shared.events.iter().map(|e| e as &dyn Waitable));
+    loop {
+        let hit = match wsa::wait_any(&set, None) {
+            Ok(Some(i)) => i,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "wsa-event waiter failed");
+                return;
+            }
+        };
+        if shared.stop.load(Ordering::Acquire) {
+            return;
+        }
+        if hit == 0 {
+            shared.resume.reset();
+            continue;
+        }
+        // Report every slot signaled now, not only the first.
+        let signaled: Vec<usize> = (0..GROUP).filter(|&k| shared.events[k].is_set()).collect();
+        if signaled.is_empty() {
+            continue;
+        }
+        shared
+            .ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(signaled);
+        reports
+            .groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(index);
+        reports.event.set();
+        // Park: the events stay signaled until the worker enumerates them.
+        let _ = wsa::wait_any(&[&shared.resume], None);
+        shared.resume.reset();
+        if shared.stop.load(Ordering::Acquire) {
+            return;
+        }
+    }
+}
+
+impl<H: Handler> Loop<H> {
+    fn run(&mut self) -> io::Result<()> {
+        loop {
+            // Under Wine a listener's FD_ACCEPT can be lost (its event is
+            // shared with freshly accepted sockets until they are
+            // re-selected): while listening, also look every 50 ms.
+            let poll = self
+                .core
+                .w
+                .listener
+                .as_ref()
+                .map(|_| self.core.now.after(ACCEPT_POLL));
+            let timeout = self.core.timeout(poll);
+            let inbox = self.core.w.inbox.clone();
+            let set: [&dyn Waitable; 3] = [inbox.waker(), &self.reports.event, &self.listen_event];
+            let hit = wsa::wait_any(&set, timeout)?;
+            self.core.tick();
+            // Check all three, whichever woke the wait.
+            if hit == Some(0) || inbox.waker().handle_is_set() {
+                self.commands()?;
+            }
+            if self.listen_event.is_set() || hit.is_none() {
+                self.accept()?;
+            }
+            if self.reports.event.is_set() {
+                self.reports.event.reset();
+                self.handle_reports()?;
+            }
+            self.expire()?;
+            if self.core.finished() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn commands(&mut self) -> io::Result<()> {
+        let _ = self.core.w.inbox.waker().drain();
+        for cmd in self.core.w.inbox.take() {
+            match cmd {
+                Command::Connect { addr, make } => self.connect(addr, make())?,
+                Command::Stop { grace } => self.stop(grace)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn accept(&mut self) -> io::Result<()> {
+        let Some(l) = &self.core.w.listener else {
+            self.listen_event.reset();
+            return Ok(());
+        };
+        // Resets the listener's event; accept until WOULDBLOCK, after
+        // which FD_ACCEPT is raised again. A failed accept concerns one
+        // connection; keep going.
+        let _ = wsa::enumerate(l, &self.listen_event);
+        let mut errors = 0;
+        loop {
+            let Some(l) = &self.core.w.listener else {
+                return Ok(());
+            };
+            match wsa::accept(l) {
+                Ok((s, peer)) => {
+                    if let Some(conn) = self.core.admit_accepted(&s, peer) {
+                        self.open(conn, s, Interest::SESSION)?;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if errors < 64 => {
+                    errors += 1;
+                    self.core.w.stats.accept_failed();
+                    tracing::debug!(error = %e, "accept failed");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept keeps failing");
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn connect(&mut self, addr: SocketAddr, handler: H) -> io::Result<()> {
+        let Some(conn) = self.core.admit_outbound(addr, handler) else {
+            return Ok(());
+        };
+        match wsa::connect(&addr) {
+            Ok(s) => self.open(conn, s, Interest::CONNECTING),
+            Err(e) => {
+                self.core.finish(conn, CloseReason::ConnectFailed(e));
+                Ok(())
+            }
+        }
+    }
+
+    /// A free slot, adding a group (and its waiter) when all are full.
+    fn free_slot(&mut self) -> io::Result<(usize, usize)> {
+        if let Some(g) = self.groups.iter().position(|g| !g.free.is_empty()) {
+            let slot = self.groups[g].free.pop().expect("has a free slot");
+            return Ok((g, slot));
+        }
+        let shared = Arc::new(GroupShared {
+            events: (0..GROUP).map(|_| NetEvent::new()).collect::<io::Result<_>>()?,
+            resume: NetEvent::new()?,
+            stop: AtomicBool::new(false),
+            ready: Mutex::new(Vec::new()),
+        });
+        let index = self.groups.len();
+        let (s, r) = (shared.clone(), self.reports.clone());
+        let waiter = std::thread::Builder::new()
+            .name(format!("iocore-wsa-wait-{}-{index}", self.core.w.index))
+            .spawn(move || waiter(index, s, r))?;
+        self.groups.push(Group {
+            shared,
+            slots: vec![None; GROUP],
+            free: (0..GROUP).rev().collect(),
+            waiter: Some(waiter),
+        });
+        let slot = self.groups[index].free.pop().expect("new group");
+        Ok((index, slot))
+    }
+
+    fn open(&mut self, conn: Conn<H>, s: OwnedSocket, interest: Interest) -> io::Result<()> {
+        let (g, slot) = self.free_slot()?;
+        if let Err(e) = wsa::select(&s, &self.groups[g].shared.events[slot], interest) {
+            self.groups[g].free.push(slot);
+            let reason = match conn.is_connecting() {
+                true => CloseReason::ConnectFailed(e),
+                false => CloseReason::Io(e),
+            };
+            self.core.finish(conn, reason);
+            return Ok(());
+        }
+        let token = self.core.insert(
+            conn,
+            Sock {
+                socket: s,
+                group: g,
+                slot,
+                write_blocked: false,
+            },
+        );
+        self.groups[g].slots[slot] = Some(token);
+        let (cx, slot) = self.core.slot(token).expect("just inserted");
+        if !slot.conn.is_connecting() {
+            slot.conn.start(cx);
+            self.read_now(token);
+        }
+        self.settle(token);
+        Ok(())
+    }
+
+    fn handle_reports(&mut self) -> io::Result<()> {
+        let groups = std::mem::take(&mut *self.reports.groups.lock().unwrap_or_else(|p| p.into_inner()));
+        for g in groups {
+            let ready = std::mem::take(
+                &mut *self.groups[g]
+                    .shared
+                    .ready
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
+            for k in ready {
+                if let Some(token) = self.groups[g].slots[k] {
+                    self.session_event(token);
+                }
+            }
+            self.groups[g].shared.resume.set();
+        }
+        Ok(())
+    }
+
+    fn session_event(&mut self, token: u64) {
+        let Some((cx, slot, stats)) = self.core.slot_stats(token) else {
+            return;
+        };
+        let event = &self.groups[slot.io.group].shared.events[slot.io.slot];
+        let ne = match wsa::enumerate(&slot.io.socket, event) {
+            Ok(ne) => ne,
+            Err(e) => {
+                slot.conn.failed(io_close_reason(e));
+                return self.settle(token);
+            }
+        };
+        if let Some(result) = ne.connect {
+            match result {
+                Ok(()) if slot.conn.is_connecting() => {
+                    slot.conn.connected(cx);
+                    stats.connected();
+                    read_all(slot, &mut self.scratch, stats, cx);
+                }
+                Ok(()) => {}
+                Err(e) => slot.conn.failed(CloseReason::ConnectFailed(e)),
+            }
+        }
+        if ne.write {
+            slot.io.write_blocked = false;
+        }
+        if (ne.read || ne.close) && !slot.conn.is_connecting() {
+            let drained = read_all(slot, &mut self.scratch, stats, cx);
+            if ne.close && drained && slot.conn.is_open() {
+                // FD_CLOSE with nothing left to read (Wine: also a reset).
+                match ne.close_error {
+                    Some(e) => slot.conn.failed(io_close_reason(e)),
+                    None => slot.conn.eof(),
+                }
+            }
+        }
+        self.settle(token);
+    }
+
+    /// Reads whatever is already there. Called when a session opens:
+    /// bytes that arrived before its socket was tied to its event may not
+    /// raise FD_READ (Wine does not), and a recv re-enables it anyway.
+    fn read_now(&mut self, token: u64) {
+        let Some((cx, slot, stats)) = self.core.slot_stats(token) else {
+            return;
+        };
+        if slot.conn.is_open() {
+            read_all(slot, &mut self.scratch, stats, cx);
+        }
+    }
+
+    fn flush(&mut self, token: u64) {
+        let Some((cx, slot, stats)) = self.core.slot_stats(token) else {
+            return;
+        };
+        while slot.conn.has_unsent() && !slot.io.write_blocked {
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let count = slot.conn.send_slices(&mut iov);
+            match wsa::send_vectored(&slot.io.socket, &iov[..count]) {
+                Ok(n) => {
+                    stats.wrote(n);
+                    slot.conn.sent(n, cx);
+                }
+                // FD_WRITE comes when there is room again.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    stats.write_attempt();
+                    slot.io.write_blocked = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    stats.write_attempt();
+                    slot.conn.failed(io_close_reason(e));
+                }
+            }
+        }
+    }
+
+    fn settle(&mut self, token: u64) {
+        loop {
+            self.flush(token);
+            let Some((cx, slot)) = self.core.slot(token) else {
+                return;
+            };
+            match slot.conn.step(cx) {
+                Step::Wait => break,
+                Step::Fin => {
+                    if let Err(e) = wsa::shutdown_write(&slot.io.socket) {
+                        slot.conn.failed(io_close_reason(e));
+                    }
+                }
+                Step::Close { reason, rst } => {
+                    let slot = self.core.remove(token).expect("present above");
+                    let Sock {
+                        socket,
+                        group,
+                        slot: k,
+                        ..
+                    } = slot.io;
+                    wsa::deselect(&socket);
+                    if rst {
+                        let _ = crate::sys::socket::set_linger_zero(&socket);
+                    }
+                    drop(socket);
+                    let g = &mut self.groups[group];
+                    g.shared.events[k].reset();
+                    g.slots[k] = None;
+                    g.free.push(k);
+                    return self.core.finish(slot.conn, reason);
+                }
+            }
+        }
+        self.core.settled(token);
+    }
+
+    fn expire(&mut self) -> io::Result<()> {
+        for token in self.core.forced_now() {
+            self.settle(token);
+        }
+        for (at, token) in self.core.due() {
+            if let Some((cx, slot)) = self.core.slot(token) {
+                slot.conn.wake(at, cx);
+                self.settle(token);
+            }
+        }
+        Ok(())
+    }
+
+    fn stop(&mut self, grace: Duration) -> io::Result<()> {
+        if let Some(l) = self.core.w.listener.take() {
+            wsa::deselect(&l);
+            drop(l);
+            self.listen_event.reset();
+        }
+        for token in self.core.begin_stop(grace) {
+            self.settle(token);
+        }
+        Ok(())
+    }
+
+    fn stop_waiters(&mut self) {
+        for g in &self.groups {
+            g.shared.stop.store(true, Ordering::Release);
+            g.shared.resume.set();
+        }
+        for g in &mut self.groups {
+            if let Some(t) = g.waiter.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// After FD_READ, recv — or FD_READ will not come again: reads until
+/// WOULDBLOCK (or the budget; FD_READ is raised again while data remains).
+/// Returns whether the socket was drained (nothing left to read now).
+fn read_all<H: Handler>(
+    slot: &mut super::core::Slot<H, Sock>,
+    scratch: &mut [u8],
+    stats: &super::WorkerStats,
+    cx: crate::session::Context<'_>,
+) -> bool {
+    for _ in 0..READ_BUDGET {
+        match wsa::read(&slot.io.socket, scratch) {
+            Ok(0) => {
+                stats.read_attempt();
+                slot.conn.eof();
+                return true;
+            }
+            Ok(n) => {
+                stats.read(n);
+                slot.conn.received(&scratch[..n], cx);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                stats.read_attempt();
+                return true;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                stats.read_attempt();
+                slot.conn.failed(io_close_reason(e));
+                return true;
+            }
+        }
+    }
+    false
+}
