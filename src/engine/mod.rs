@@ -56,6 +56,8 @@ mod core;
 #[cfg(target_os = "linux")]
 mod epoll;
 #[cfg(windows)]
+mod groups;
+#[cfg(windows)]
 mod iocp;
 mod stats;
 #[cfg(target_os = "linux")]

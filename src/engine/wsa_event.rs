@@ -18,9 +18,6 @@
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::session::{CloseReason, Conn, Handler, Step};
@@ -28,38 +25,14 @@ use crate::sys::wsaevent::{self as wsa, Interest, NetEvent, Waitable};
 use crate::sys::OwnedSocket;
 
 use super::core::{io_close_reason, Core};
+use super::groups::Groups;
 use super::{Command, Worker};
 
-/// Session slots per group: one wait's 64 events, less the group's own.
-const GROUP: usize = wsa::MAX_WAIT - 1;
 const SCRATCH: usize = 64 * 1024;
 const MAX_IOV: usize = 64;
 const READ_BUDGET: usize = 16;
 /// How often a listening worker also tries to accept (see `run`).
 const ACCEPT_POLL: Duration = Duration::from_millis(50);
-
-/// What a group's waiter and the worker share.
-struct GroupShared {
-    events: Vec<NetEvent>,
-    /// Signaled by the worker: "handled; wait again" (or stop).
-    resume: NetEvent,
-    stop: AtomicBool,
-    /// Slots the waiter found signaled, for the worker.
-    ready: Mutex<Vec<usize>>,
-}
-
-struct Group {
-    shared: Arc<GroupShared>,
-    slots: Vec<Option<u64>>,
-    free: Vec<usize>,
-    waiter: Option<JoinHandle<()>>,
-}
-
-/// What the worker and every waiter share: groups that reported.
-struct Reports {
-    event: NetEvent,
-    groups: Mutex<Vec<usize>>,
-}
 
 struct Sock {
     socket: OwnedSocket,
@@ -70,22 +43,21 @@ struct Sock {
 
 struct Loop<H> {
     core: Core<H, Sock>,
-    groups: Vec<Group>,
-    reports: Arc<Reports>,
+    groups: Groups,
     listen_event: NetEvent,
     scratch: Box<[u8]>,
 }
 
 /// Runs the worker until it is stopped.
 pub(crate) fn run<H: Handler>(w: Worker<H>) -> io::Result<()> {
-    let setup = || -> io::Result<(NetEvent, NetEvent)> {
+    let setup = || -> io::Result<(NetEvent, Groups)> {
         let listen_event = NetEvent::new()?;
         if let Some(l) = &w.listener {
             wsa::select(l, &listen_event, Interest::LISTENER)?;
         }
-        Ok((listen_event, NetEvent::new()?))
+        Ok((listen_event, Groups::new(format!("iocore-wsa-wait-{}", w.index))?))
     };
-    let (listen_event, report_event) = match setup() {
+    let (listen_event, groups) = match setup() {
         Ok(e) => e,
         Err(e) => {
             let _ = w.ready.send(Err(io::Error::new(
@@ -98,62 +70,11 @@ pub(crate) fn run<H: Handler>(w: Worker<H>) -> io::Result<()> {
     let _ = w.ready.send(Ok(()));
     let mut lp = Loop {
         core: Core::new(w),
-        groups: Vec::new(),
-        reports: Arc::new(Reports {
-            event: report_event,
-            groups: Mutex::new(Vec::new()),
-        }),
+        groups,
         listen_event,
         scratch: vec![0; SCRATCH].into_boxed_slice(),
     };
-    let result = lp.run();
-    lp.stop_waiters();
-    result
-}
-
-/// A group's waiter: waits on its events, reports, parks until resumed.
-fn waiter(index: usize, shared: Arc<GroupShared>, reports: Arc<Reports>) {
-    let mut set: Vec<&dyn Waitable> = vec![&shared.resume];
-    set.extend(shared.events.iter().map(|e| e as &dyn Waitable));
-    loop {
-        let hit = match wsa::wait_any(&set, None) {
-            Ok(Some(i)) => i,
-            Ok(None) => continue,
-            Err(e) => {
-                tracing::error!(error = %e, "wsa-event waiter failed");
-                return;
-            }
-        };
-        if shared.stop.load(Ordering::Acquire) {
-            return;
-        }
-        if hit == 0 {
-            shared.resume.reset();
-            continue;
-        }
-        // Report every slot signaled now, not only the first.
-        let signaled: Vec<usize> = (0..GROUP).filter(|&k| shared.events[k].is_set()).collect();
-        if signaled.is_empty() {
-            continue;
-        }
-        shared
-            .ready
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(signaled);
-        reports
-            .groups
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(index);
-        reports.event.set();
-        // Park: the events stay signaled until the worker enumerates them.
-        let _ = wsa::wait_any(&[&shared.resume], None);
-        shared.resume.reset();
-        if shared.stop.load(Ordering::Acquire) {
-            return;
-        }
-    }
+    lp.run()
 }
 
 impl<H: Handler> Loop<H> {
@@ -170,7 +91,7 @@ impl<H: Handler> Loop<H> {
                 .map(|_| self.core.now.after(ACCEPT_POLL));
             let timeout = self.core.timeout(poll);
             let inbox = self.core.w.inbox.clone();
-            let set: [&dyn Waitable; 3] = [inbox.waker(), &self.reports.event, &self.listen_event];
+            let set: [&dyn Waitable; 3] = [inbox.waker(), self.groups.report_event(), &self.listen_event];
             let hit = wsa::wait_any(&set, timeout)?;
             self.core.tick();
             // Check all three, whichever woke the wait.
@@ -180,8 +101,7 @@ impl<H: Handler> Loop<H> {
             if self.listen_event.is_set() || hit.is_none() {
                 self.accept()?;
             }
-            if self.reports.event.is_set() {
-                self.reports.event.reset();
+            if self.groups.report_event().is_set() {
                 self.handle_reports()?;
             }
             self.expire()?;
@@ -249,37 +169,10 @@ impl<H: Handler> Loop<H> {
         }
     }
 
-    /// A free slot, adding a group (and its waiter) when all are full.
-    fn free_slot(&mut self) -> io::Result<(usize, usize)> {
-        if let Some(g) = self.groups.iter().position(|g| !g.free.is_empty()) {
-            let slot = self.groups[g].free.pop().expect("has a free slot");
-            return Ok((g, slot));
-        }
-        let shared = Arc::new(GroupShared {
-            events: (0..GROUP).map(|_| NetEvent::new()).collect::<io::Result<_>>()?,
-            resume: NetEvent::new()?,
-            stop: AtomicBool::new(false),
-            ready: Mutex::new(Vec::new()),
-        });
-        let index = self.groups.len();
-        let (s, r) = (shared.clone(), self.reports.clone());
-        let waiter = std::thread::Builder::new()
-            .name(format!("iocore-wsa-wait-{}-{index}", self.core.w.index))
-            .spawn(move || waiter(index, s, r))?;
-        self.groups.push(Group {
-            shared,
-            slots: vec![None; GROUP],
-            free: (0..GROUP).rev().collect(),
-            waiter: Some(waiter),
-        });
-        let slot = self.groups[index].free.pop().expect("new group");
-        Ok((index, slot))
-    }
-
     fn open(&mut self, conn: Conn<H>, s: OwnedSocket, interest: Interest) -> io::Result<()> {
-        let (g, slot) = self.free_slot()?;
-        if let Err(e) = wsa::select(&s, &self.groups[g].shared.events[slot], interest) {
-            self.groups[g].free.push(slot);
+        let (g, slot) = self.groups.acquire()?;
+        if let Err(e) = wsa::select(&s, self.groups.event(g, slot), interest) {
+            self.groups.release(g, slot);
             let reason = match conn.is_connecting() {
                 true => CloseReason::ConnectFailed(e),
                 false => CloseReason::Io(e),
@@ -296,7 +189,7 @@ impl<H: Handler> Loop<H> {
                 write_blocked: false,
             },
         );
-        self.groups[g].slots[slot] = Some(token);
+        self.groups.assign(g, slot, token);
         let (cx, slot) = self.core.slot(token).expect("just inserted");
         if !slot.conn.is_connecting() {
             slot.conn.start(cx);
@@ -307,21 +200,11 @@ impl<H: Handler> Loop<H> {
     }
 
     fn handle_reports(&mut self) -> io::Result<()> {
-        let groups = std::mem::take(&mut *self.reports.groups.lock().unwrap_or_else(|p| p.into_inner()));
-        for g in groups {
-            let ready = std::mem::take(
-                &mut *self.groups[g]
-                    .shared
-                    .ready
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()),
-            );
-            for k in ready {
-                if let Some(token) = self.groups[g].slots[k] {
-                    self.session_event(token);
-                }
+        for (g, tokens) in self.groups.take_reports() {
+            for token in tokens {
+                self.session_event(token);
             }
-            self.groups[g].shared.resume.set();
+            self.groups.resume(g);
         }
         Ok(())
     }
@@ -330,7 +213,7 @@ impl<H: Handler> Loop<H> {
         let Some((cx, slot, stats)) = self.core.slot_stats(token) else {
             return;
         };
-        let event = &self.groups[slot.io.group].shared.events[slot.io.slot];
+        let event = self.groups.event(slot.io.group, slot.io.slot);
         let ne = match wsa::enumerate(&slot.io.socket, event) {
             Ok(ne) => ne,
             Err(e) => {
@@ -429,10 +312,7 @@ impl<H: Handler> Loop<H> {
                         let _ = crate::sys::socket::set_linger_zero(&socket);
                     }
                     drop(socket);
-                    let g = &mut self.groups[group];
-                    g.shared.events[k].reset();
-                    g.slots[k] = None;
-                    g.free.push(k);
+                    self.groups.release(group, k);
                     return self.core.finish(slot.conn, reason);
                 }
             }
@@ -463,18 +343,6 @@ impl<H: Handler> Loop<H> {
             self.settle(token);
         }
         Ok(())
-    }
-
-    fn stop_waiters(&mut self) {
-        for g in &self.groups {
-            g.shared.stop.store(true, Ordering::Release);
-            g.shared.resume.set();
-        }
-        for g in &mut self.groups {
-            if let Some(t) = g.waiter.take() {
-                let _ = t.join();
-            }
-        }
     }
 }
 
