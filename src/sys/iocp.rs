@@ -48,11 +48,11 @@ const ADDR_LEN: u32 = (std::mem::size_of::<SOCKADDR_STORAGE>() + 16) as u32;
 /// Most buffers gathered into one send.
 pub const MAX_BUFS: usize = 64;
 
-fn raw(s: &OwnedSocket) -> SOCKET {
+pub(crate) fn raw(s: &OwnedSocket) -> SOCKET {
     s.as_raw_socket() as SOCKET
 }
 
-fn last_error() -> io::Error {
+pub(crate) fn last_error() -> io::Error {
     // SAFETY: reads the calling thread's last Winsock error.
     io::Error::from_raw_os_error(unsafe { WSAGetLastError() })
 }
@@ -136,7 +136,53 @@ pub struct Port {
     shared: Arc<AtomicUsize>,
     outstanding: usize,
     entries: Vec<OVERLAPPED_ENTRY>,
-    connect_ex: LPFN_CONNECTEX,
+    connect_ex: Option<ConnectExFn>,
+}
+
+/// The ConnectEx function.
+pub(crate) type ConnectExFn = unsafe extern "system" fn(
+    SOCKET,
+    *const SOCKADDR,
+    i32,
+    *const core::ffi::c_void,
+    u32,
+    *mut u32,
+    *mut OVERLAPPED,
+) -> windows_sys::core::BOOL;
+
+/// Looks up ConnectEx (an extension function) through `s`.
+pub(crate) fn connect_ex_fn(s: &OwnedSocket) -> io::Result<ConnectExFn> {
+    let mut f: LPFN_CONNECTEX = None;
+    let mut bytes = 0;
+    // SAFETY: asks for the ConnectEx pointer: the in buffer is the GUID,
+    // the out buffer the function pointer slot.
+    let rc = unsafe {
+        WSAIoctl(
+            raw(s),
+            SIO_GET_EXTENSION_FUNCTION_POINTER,
+            &WSAID_CONNECTEX as *const _ as *const _,
+            std::mem::size_of_val(&WSAID_CONNECTEX) as u32,
+            &mut f as *mut _ as *mut _,
+            std::mem::size_of::<LPFN_CONNECTEX>() as u32,
+            &mut bytes,
+            std::ptr::null_mut(),
+            None,
+        )
+    };
+    if rc != 0 {
+        return Err(last_error());
+    }
+    f.ok_or_else(|| io::Error::other("ConnectEx unavailable"))
+}
+
+/// Binds `s` to the unspecified address of `addr`'s family (ConnectEx
+/// needs a bound socket).
+pub(crate) fn bind_any(s: &OwnedSocket, addr: &SocketAddr) -> io::Result<()> {
+    let any: SocketAddr = match addr {
+        SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    SockRef::from(s).bind(&any.into())
 }
 
 impl Port {
@@ -298,36 +344,13 @@ impl Port {
     /// Binds `s` (associated with this port) and posts a ConnectEx to
     /// `addr` for session `token`.
     pub fn connect(&mut self, s: &OwnedSocket, addr: &SocketAddr, token: u64) -> io::Result<()> {
-        let any: SocketAddr = match addr {
-            SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
-            SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
-        };
-        SockRef::from(s).bind(&any.into())?;
+        bind_any(s, addr)?;
         let connect_ex = match self.connect_ex {
             Some(f) => f,
             None => {
-                let mut f: LPFN_CONNECTEX = None;
-                let mut bytes = 0;
-                // SAFETY: asks for the ConnectEx pointer: the in buffer is
-                // the GUID, the out buffer the function pointer slot.
-                let rc = unsafe {
-                    WSAIoctl(
-                        raw(s),
-                        SIO_GET_EXTENSION_FUNCTION_POINTER,
-                        &WSAID_CONNECTEX as *const _ as *const _,
-                        std::mem::size_of_val(&WSAID_CONNECTEX) as u32,
-                        &mut f as *mut _ as *mut _,
-                        std::mem::size_of::<LPFN_CONNECTEX>() as u32,
-                        &mut bytes,
-                        std::ptr::null_mut(),
-                        None,
-                    )
-                };
-                if rc != 0 {
-                    return Err(last_error());
-                }
-                self.connect_ex = f;
-                f.ok_or_else(|| io::Error::other("ConnectEx unavailable"))?
+                let f = connect_ex_fn(s)?;
+                self.connect_ex = Some(f);
+                f
             }
         };
         let target = SockAddr::from(*addr);
@@ -424,18 +447,24 @@ impl Port {
 }
 
 fn overlapped_result(op: &Op) -> io::Result<usize> {
+    overlapped_result_of(op.socket, &op.ov)
+}
+
+/// The result of a completed overlapped operation on `socket`.
+pub(crate) fn overlapped_result_of(socket: SOCKET, ov: &OVERLAPPED) -> io::Result<usize> {
     let mut bytes = 0;
     let mut flags = 0;
-    // SAFETY: the operation completed; WSAGetOverlappedResult only reads
-    // its OVERLAPPED and writes the two outputs.
-    let ok = unsafe { WSAGetOverlappedResult(op.socket, &op.ov, &mut bytes, 0, &mut flags) };
+    // SAFETY: `ov` is the live OVERLAPPED of an operation on `socket`
+    // (completed, or pending: then the call reports WSA_IO_INCOMPLETE);
+    // with fWait false it only reads it and writes the two outputs.
+    let ok = unsafe { WSAGetOverlappedResult(socket, ov, &mut bytes, 0, &mut flags) };
     if ok == 0 {
         return Err(last_error());
     }
     Ok(bytes as usize)
 }
 
-fn set_socket_opt(s: SOCKET, name: i32, value: Option<SOCKET>) -> io::Result<()> {
+pub(crate) fn set_socket_opt(s: SOCKET, name: i32, value: Option<SOCKET>) -> io::Result<()> {
     let (ptr, len) = match &value {
         Some(v) => (
             v as *const SOCKET as *const u8,

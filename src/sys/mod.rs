@@ -51,6 +51,8 @@ pub mod event;
 #[cfg(windows)]
 pub mod iocp;
 #[cfg(windows)]
+pub mod overlapped;
+#[cfg(windows)]
 #[path = "procfs_windows.rs"]
 pub mod procfs;
 #[cfg(windows)]

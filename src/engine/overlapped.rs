@@ -1,0 +1,360 @@
+//! **Not enabled yet** (selection reports it as not built): under Wine,
+//! while a large `WSASend` is pending a session stops being read, so the
+//! partial-send and graceful-stop tests time out; the rest of the shared
+//! suite passes. Kept here to be finished.
+//!
+//! The overlapped engine — the second seed, literally: each session posts
+//! overlapped `WSARecv`/`WSASend` whose `WSAOVERLAPPED.hEvent` is the
+//! session's event object; `WSA_IO_PENDING` means the result comes later;
+//! when the event is signaled, `WSAGetOverlappedResult` gives it. Sends are
+//! one gather `WSASend` (a `WSABUF` array) at a time over the session's
+//! queued buffers; receives are zero-byte (they complete when data is
+//! there, holding no buffer), after which the data is read without
+//! blocking into the worker's scratch buffer. Outbound connects are
+//! `ConnectEx` with the same event. The listener is watched with
+//! `WSAEventSelect(FD_ACCEPT)` (the seed's server busy-loops on accept).
+//!
+//! More than 63 sessions: the event objects live in the same groups of 63
+//! per waiter thread as the `wsa-event` engine's (see `groups.rs`).
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::session::{CloseReason, Conn, Handler, Step};
+use crate::sys::iocp::SendOp;
+use crate::sys::overlapped::OvSocket;
+use crate::sys::wsaevent::{self as wsa, Interest, NetEvent, Waitable};
+use crate::sys::OwnedSocket;
+
+use super::core::{io_close_reason, Core};
+use super::groups::Groups;
+use super::{Command, Worker};
+
+const SCRATCH: usize = 64 * 1024;
+const READ_BUDGET: usize = 16;
+/// How often a listening worker also tries to accept (FD_ACCEPT can be
+/// lost under Wine; see the wsa-event engine).
+const ACCEPT_POLL: Duration = Duration::from_millis(50);
+
+struct Sock {
+    ov: OvSocket,
+    group: usize,
+    slot: usize,
+}
+
+struct Loop<H> {
+    // Sessions (with their posted operations) go before the groups whose
+    // event objects those operations signal.
+    core: Core<H, Sock>,
+    groups: Groups,
+    listen_event: NetEvent,
+    scratch: Box<[u8]>,
+    /// Boxed on purpose: the socket takes and returns them by box.
+    #[allow(clippy::vec_box)]
+    spare_sends: Vec<Box<SendOp>>,
+}
+
+/// Runs the worker until it is stopped.
+pub(crate) fn run<H: Handler>(w: Worker<H>) -> io::Result<()> {
+    let setup = || -> io::Result<(NetEvent, Groups)> {
+        let listen_event = NetEvent::new()?;
+        if let Some(l) = &w.listener {
+            wsa::select(l, &listen_event, Interest::LISTENER)?;
+        }
+        Ok((listen_event, Groups::new(format!("iocore-ov-wait-{}", w.index))?))
+    };
+    let (listen_event, groups) = match setup() {
+        Ok(e) => e,
+        Err(e) => {
+            let _ = w.ready.send(Err(io::Error::new(
+                e.kind(),
+                format!("overlapped engine setup: {e}"),
+            )));
+            return Err(e);
+        }
+    };
+    let _ = w.ready.send(Ok(()));
+    let mut lp = Loop {
+        core: Core::new(w),
+        groups,
+        listen_event,
+        scratch: vec![0; SCRATCH].into_boxed_slice(),
+        spare_sends: Vec::new(),
+    };
+    lp.run()
+}
+
+impl<H: Handler> Loop<H> {
+    fn run(&mut self) -> io::Result<()> {
+        loop {
+            let poll = self
+                .core
+                .w
+                .listener
+                .as_ref()
+                .map(|_| self.core.now.after(ACCEPT_POLL));
+            let timeout = self.core.timeout(poll);
+            let inbox = self.core.w.inbox.clone();
+            let set: [&dyn Waitable; 3] = [inbox.waker(), self.groups.report_event(), &self.listen_event];
+            let hit = wsa::wait_any(&set, timeout)?;
+            self.core.tick();
+            if hit == Some(0) || inbox.waker().handle_is_set() {
+                self.commands()?;
+            }
+            if self.listen_event.is_set() || hit.is_none() {
+                self.accept()?;
+            }
+            if self.groups.report_event().is_set() {
+                for (g, tokens) in self.groups.take_reports() {
+                    for token in tokens {
+                        self.completed(token)?;
+                    }
+                    self.groups.resume(g);
+                }
+            }
+            self.expire()?;
+            if self.core.finished() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn commands(&mut self) -> io::Result<()> {
+        let _ = self.core.w.inbox.waker().drain();
+        for cmd in self.core.w.inbox.take() {
+            match cmd {
+                Command::Connect { addr, make } => self.connect(addr, make())?,
+                Command::Stop { grace } => self.stop(grace),
+            }
+        }
+        Ok(())
+    }
+
+    fn accept(&mut self) -> io::Result<()> {
+        let Some(l) = &self.core.w.listener else {
+            self.listen_event.reset();
+            return Ok(());
+        };
+        let _ = wsa::enumerate(l, &self.listen_event);
+        let mut errors = 0;
+        loop {
+            let Some(l) = &self.core.w.listener else {
+                return Ok(());
+            };
+            match wsa::accept(l) {
+                Ok((s, peer)) => {
+                    // The accepted socket inherits the listener's event
+                    // selection: undo it, this one does overlapped I/O.
+                    wsa::deselect(&s);
+                    if let Some(conn) = self.core.admit_accepted(&s, peer) {
+                        self.open(conn, s, None)?;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if errors < 64 => {
+                    errors += 1;
+                    self.core.w.stats.accept_failed();
+                    tracing::debug!(error = %e, "accept failed");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept keeps failing");
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn connect(&mut self, addr: SocketAddr, handler: H) -> io::Result<()> {
+        let Some(conn) = self.core.admit_outbound(addr, handler) else {
+            return Ok(());
+        };
+        match crate::sys::iocp::stream_for(&addr) {
+            Ok(s) => self.open(conn, s, Some(addr)),
+            Err(e) => {
+                self.core.finish(conn, CloseReason::ConnectFailed(e));
+                Ok(())
+            }
+        }
+    }
+
+    /// Registers a session in a slot and posts its first operation: a
+    /// connect to `connect_to`, or a receive.
+    fn open(&mut self, conn: Conn<H>, s: OwnedSocket, connect_to: Option<SocketAddr>) -> io::Result<()> {
+        let (g, slot) = self.groups.acquire()?;
+        let ov = OvSocket::new(s, self.groups.event(g, slot));
+        let token = self.core.insert(conn, Sock { ov, group: g, slot });
+        self.groups.assign(g, slot, token);
+        let (cx, slot) = self.core.slot(token).expect("just inserted");
+        match connect_to {
+            Some(addr) => {
+                if let Err(e) = slot.io.ov.post_connect(&addr) {
+                    slot.conn.failed(CloseReason::ConnectFailed(e));
+                }
+            }
+            None => {
+                slot.conn.start(cx);
+                // Bytes may already wait: read them now, then post.
+                self.readable(token);
+            }
+        }
+        self.settle(token);
+        Ok(())
+    }
+
+    /// The session's event was signaled: see which operations finished.
+    fn completed(&mut self, token: u64) -> io::Result<()> {
+        let Some((cx, slot, stats)) = self.core.slot_stats(token) else {
+            return Ok(());
+        };
+        // Reset first: an operation finishing after the polls below
+        // signals again.
+        self.groups.event(slot.io.group, slot.io.slot).reset();
+        let mut just_connected = false;
+        if let Some(result) = slot.io.ov.poll_connect() {
+            match result {
+                Ok(()) => {
+                    slot.conn.connected(cx);
+                    stats.connected();
+                    just_connected = true;
+                }
+                Err(e) => slot.conn.failed(CloseReason::ConnectFailed(e)),
+            }
+        }
+        if let Some((result, mut op)) = slot.io.ov.poll_send() {
+            let sent = match result {
+                Ok(n) => {
+                    stats.wrote(n);
+                    n
+                }
+                Err(e) => {
+                    stats.write_attempt();
+                    slot.conn.failed(io_close_reason(e));
+                    0
+                }
+            };
+            slot.conn.send_completed(&mut op.bufs, op.offset, sent, cx);
+            op.bufs.clear();
+            self.spare_sends.push(op);
+        }
+        if just_connected {
+            // Start receiving (and read what may already be there).
+            self.readable(token);
+        }
+        let Some((_, slot)) = self.core.slot(token) else {
+            return Ok(());
+        };
+        match slot.io.ov.poll_recv() {
+            Some(Ok(())) => self.readable(token),
+            Some(Err(e)) => slot.conn.failed(io_close_reason(e)),
+            None => {}
+        }
+        self.settle(token);
+        Ok(())
+    }
+
+    /// Reads what is there without blocking, then posts the next receive.
+    fn readable(&mut self, token: u64) {
+        let Some((cx, slot, stats)) = self.core.slot_stats(token) else {
+            return;
+        };
+        for _ in 0..READ_BUDGET {
+            match wsa::read(slot.io.ov.socket(), &mut self.scratch) {
+                Ok(0) => {
+                    stats.read_attempt();
+                    return slot.conn.eof();
+                }
+                Ok(n) => {
+                    stats.read(n);
+                    slot.conn.received(&self.scratch[..n], cx);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    stats.read_attempt();
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    stats.read_attempt();
+                    return slot.conn.failed(io_close_reason(e));
+                }
+            }
+        }
+        // Drained or budget spent: the zero-byte receive completes at once
+        // if data remains.
+        if slot.conn.is_open() && !slot.io.ov.recv_posted() {
+            if let Err(e) = slot.io.ov.post_recv() {
+                slot.conn.failed(io_close_reason(e));
+            }
+        }
+    }
+
+    fn flush(&mut self, token: u64) {
+        let Some((cx, slot)) = self.core.slot(token) else {
+            return;
+        };
+        if slot.io.ov.send_posted() || !slot.conn.can_lend() {
+            return;
+        }
+        let mut op = self.spare_sends.pop().unwrap_or_default();
+        op.offset = slot.conn.lend_unsent(&mut op.bufs, crate::sys::iocp::MAX_BUFS);
+        if let Err((e, mut op)) = slot.io.ov.post_send(op) {
+            slot.conn.send_completed(&mut op.bufs, op.offset, 0, cx);
+            slot.conn.failed(io_close_reason(e));
+            op.bufs.clear();
+            self.spare_sends.push(op);
+        }
+    }
+
+    fn settle(&mut self, token: u64) {
+        loop {
+            self.flush(token);
+            let Some((cx, slot)) = self.core.slot(token) else {
+                return;
+            };
+            match slot.conn.step(cx) {
+                Step::Wait => break,
+                Step::Fin => {
+                    if let Err(e) = wsa::shutdown_write(slot.io.ov.socket()) {
+                        slot.conn.failed(io_close_reason(e));
+                    }
+                }
+                Step::Close { reason, rst } => {
+                    let slot = self.core.remove(token).expect("present above");
+                    if rst {
+                        let _ = crate::sys::socket::set_linger_zero(slot.io.ov.socket());
+                    }
+                    let Sock { ov, group, slot: k } = slot.io;
+                    // Dropping cancels posted operations and waits for them.
+                    drop(ov);
+                    self.groups.release(group, k);
+                    return self.core.finish(slot.conn, reason);
+                }
+            }
+        }
+        self.core.settled(token);
+    }
+
+    fn expire(&mut self) -> io::Result<()> {
+        for token in self.core.forced_now() {
+            self.settle(token);
+        }
+        for (at, token) in self.core.due() {
+            if let Some((cx, slot)) = self.core.slot(token) {
+                slot.conn.wake(at, cx);
+                self.settle(token);
+            }
+        }
+        Ok(())
+    }
+
+    fn stop(&mut self, grace: Duration) {
+        if let Some(l) = self.core.w.listener.take() {
+            wsa::deselect(&l);
+            drop(l);
+            self.listen_event.reset();
+        }
+        for token in self.core.begin_stop(grace) {
+            self.settle(token);
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! Overlapped I/O with event objects — the second seed: `WSARecv` and
+//! `WSASend` take a `WSAOVERLAPPED` whose `hEvent` the system signals when
+//! the operation completes; `WSA_IO_PENDING` means "later"; then
+//! `WSAGetOverlappedResult` gives the byte count. Sends pass `WSABUF`
+//! arrays (scatter-gather).
+//!
+//! # Ownership rules
+//!
+//! An [`OvSocket`] owns its socket and every operation posted on it, each
+//! boxed (its OVERLAPPED at a stable address) with the memory it uses (the
+//! buffers of a send). A finished operation is taken back by polling it;
+//! dropping an [`OvSocket`] cancels what is still posted and waits
+//! (bounded) for the cancellations, leaking an operation rather than free
+//! it while the kernel may still use it. The event object belongs to the
+//! caller's slot and must outlive the socket.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::windows::io::OwnedSocket;
+use std::time::{Duration, Instant};
+
+use windows_sys::Win32::Foundation::HANDLE;
+use windows_sys::Win32::Networking::WinSock::{
+    WSARecv, WSASend, SO_UPDATE_CONNECT_CONTEXT, WSABUF, WSA_IO_INCOMPLETE, WSA_IO_PENDING,
+};
+use windows_sys::Win32::System::IO::{CancelIoEx, OVERLAPPED};
+
+use super::iocp::{self, last_error, raw, SendOp, MAX_BUFS};
+use super::wsaevent::{NetEvent, Waitable};
+
+/// One posted operation: its OVERLAPPED and, for a send, its buffers.
+struct Op {
+    ov: OVERLAPPED,
+    _wsabufs: Vec<WSABUF>,
+    send: Option<Box<SendOp>>,
+}
+
+impl Op {
+    fn new(event: HANDLE) -> Box<Op> {
+        // SAFETY: OVERLAPPED is plain old data; zero is its initial state.
+        let mut ov: OVERLAPPED = unsafe { std::mem::zeroed() };
+        ov.hEvent = event;
+        Box::new(Op {
+            ov,
+            _wsabufs: Vec::new(),
+            send: None,
+        })
+    }
+}
+
+/// A socket doing overlapped I/O signaled through one event object.
+pub struct OvSocket {
+    socket: OwnedSocket,
+    event: HANDLE,
+    recv: Option<Box<Op>>,
+    send: Option<Box<Op>>,
+    connect: Option<Box<Op>>,
+}
+
+/// Whether a post call started the operation (completed now or pending).
+fn started(rc_ok: bool) -> io::Result<()> {
+    if rc_ok {
+        return Ok(());
+    }
+    let err = last_error();
+    if err.raw_os_error() == Some(WSA_IO_PENDING) {
+        Ok(())
+    } else {
+        Err(err)
+    }
+}
+
+impl OvSocket {
+    /// Takes `socket`; completions will signal `event` (which must outlive
+    /// this socket).
+    pub fn new(socket: OwnedSocket, event: &NetEvent) -> OvSocket {
+        OvSocket {
+            socket,
+            event: event.handle(),
+            recv: None,
+            send: None,
+            connect: None,
+        }
+    }
+
+    /// The socket.
+    pub fn socket(&self) -> &OwnedSocket {
+        &self.socket
+    }
+
+    /// A receive or send or connect is posted.
+    pub fn recv_posted(&self) -> bool {
+        self.recv.is_some()
+    }
+
+    /// A send is posted.
+    pub fn send_posted(&self) -> bool {
+        self.send.is_some()
+    }
+
+    /// Posts a zero-byte WSARecv: it completes when data is there, holding
+    /// no buffer meanwhile.
+    pub fn post_recv(&mut self) -> io::Result<()> {
+        let mut op = Op::new(self.event);
+        let buf = WSABUF {
+            len: 0,
+            buf: std::ptr::null_mut(),
+        };
+        let mut flags = 0;
+        // SAFETY: the boxed OVERLAPPED is kept in self until the operation
+        // is polled complete or cancelled (see Drop); the one empty WSABUF
+        // is read during the call only.
+        let rc = unsafe {
+            WSARecv(
+                raw(&self.socket),
+                &buf,
+                1,
+                std::ptr::null_mut(),
+                &mut flags,
+                &mut op.ov,
+                None,
+            )
+        };
+        started(rc == 0)?;
+        self.recv = Some(op);
+        Ok(())
+    }
+
+    /// Posts one gather WSASend of `send`'s buffers; if it cannot start,
+    /// the buffers come back with the error.
+    #[allow(clippy::result_large_err)]
+    pub fn post_send(&mut self, send: Box<SendOp>) -> Result<(), (io::Error, Box<SendOp>)> {
+        let mut op = Op::new(self.event);
+        let mut wsabufs = Vec::with_capacity(send.bufs.len().min(MAX_BUFS));
+        for (i, b) in send.bufs.iter().take(MAX_BUFS).enumerate() {
+            let skip = if i == 0 { send.offset } else { 0 };
+            wsabufs.push(WSABUF {
+                len: (b.len() - skip) as u32,
+                buf: b[skip..].as_ptr() as *mut u8,
+            });
+        }
+        // SAFETY: the WSABUF array and the buffers it points to are moved
+        // into the boxed op, kept in self until the send is polled complete
+        // or cancelled (see Drop); moving the Vec and Box keeps their heap
+        // memory in place.
+        let rc = unsafe {
+            WSASend(
+                raw(&self.socket),
+                wsabufs.as_ptr(),
+                wsabufs.len() as u32,
+                std::ptr::null_mut(),
+                0,
+                &mut op.ov,
+                None,
+            )
+        };
+        op._wsabufs = wsabufs;
+        op.send = Some(send);
+        if let Err(e) = started(rc == 0) {
+            // Not started: nothing refers to the op; give the buffers back.
+            return Err((e, op.send.take().expect("set above")));
+        }
+        self.send = Some(op);
+        Ok(())
+    }
+
+    /// Binds and posts a ConnectEx to `addr`.
+    pub fn post_connect(&mut self, addr: &SocketAddr) -> io::Result<()> {
+        iocp::bind_any(&self.socket, addr)?;
+        let connect_ex = iocp::connect_ex_fn(&self.socket)?;
+        let target = socket2::SockAddr::from(*addr);
+        let mut op = Op::new(self.event);
+        // SAFETY: the address is read during the call; the boxed
+        // OVERLAPPED is kept in self until polled complete or cancelled.
+        let ok = unsafe {
+            connect_ex(
+                raw(&self.socket),
+                target.as_ptr() as *const _,
+                target.len(),
+                std::ptr::null(),
+                0,
+                std::ptr::null_mut(),
+                &mut op.ov,
+            )
+        };
+        started(ok != 0)?;
+        self.connect = Some(op);
+        Ok(())
+    }
+
+    fn poll(&self, op: &Op) -> Option<io::Result<usize>> {
+        match iocp::overlapped_result_of(raw(&self.socket), &op.ov) {
+            Err(e) if e.raw_os_error() == Some(WSA_IO_INCOMPLETE) => None,
+            r => Some(r),
+        }
+    }
+
+    /// The posted receive's result, once it finished.
+    pub fn poll_recv(&mut self) -> Option<io::Result<()>> {
+        let r = self.poll(self.recv.as_ref()?)?;
+        self.recv = None;
+        Some(r.map(drop))
+    }
+
+    /// The posted send's result and its buffers, once it finished.
+    pub fn poll_send(&mut self) -> Option<(io::Result<usize>, Box<SendOp>)> {
+        let r = self.poll(self.send.as_ref()?)?;
+        let mut op = self.send.take().expect("polled above");
+        Some((r, op.send.take().expect("a send op has buffers")))
+    }
+
+    /// The posted connect's result, once it finished.
+    pub fn poll_connect(&mut self) -> Option<io::Result<()>> {
+        let r = self.poll(self.connect.as_ref()?)?;
+        self.connect = None;
+        Some(r.and_then(|_| iocp::set_socket_opt(raw(&self.socket), SO_UPDATE_CONNECT_CONTEXT, None)))
+    }
+}
+
+impl Drop for OvSocket {
+    fn drop(&mut self) {
+        if self.recv.is_none() && self.send.is_none() && self.connect.is_none() {
+            return;
+        }
+        // SAFETY: live socket; a null OVERLAPPED cancels all its operations.
+        unsafe { CancelIoEx(raw(&self.socket) as HANDLE, std::ptr::null()) };
+        let start = Instant::now();
+        for slot in [&mut self.recv, &mut self.send, &mut self.connect] {
+            let Some(op) = slot.take() else { continue };
+            loop {
+                match iocp::overlapped_result_of(raw(&self.socket), &op.ov) {
+                    Err(e) if e.raw_os_error() == Some(WSA_IO_INCOMPLETE) => {
+                        if start.elapsed() > Duration::from_secs(1) {
+                            // The kernel still owns it: never free it.
+                            std::mem::forget(op);
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    _ => break,
+                }
+            }
+        }
+    }
+}
