@@ -57,6 +57,23 @@ pub(crate) fn last_error() -> io::Error {
     io::Error::from_raw_os_error(unsafe { WSAGetLastError() })
 }
 
+/// The WSABUF array for a gather send of `send`'s buffers (at most
+/// [`MAX_BUFS`]); it points into them, so it must not outlive them.
+pub(crate) fn wsabufs(send: &SendOp) -> Vec<WSABUF> {
+    send.bufs
+        .iter()
+        .take(MAX_BUFS)
+        .enumerate()
+        .map(|(i, b)| {
+            let skip = if i == 0 { send.offset } else { 0 };
+            WSABUF {
+                len: (b.len() - skip) as u32,
+                buf: b[skip..].as_ptr() as *mut u8,
+            }
+        })
+        .collect()
+}
+
 /// Buffers for one gather send; see [`Port::send`].
 #[derive(Default)]
 pub struct SendOp {
@@ -306,14 +323,7 @@ impl Port {
 
     /// Posts a gather send of `send`'s buffers on session `token`'s socket.
     pub fn send(&mut self, s: &OwnedSocket, send: Box<SendOp>, token: u64) -> io::Result<()> {
-        let mut wsabufs = Vec::with_capacity(send.bufs.len().min(MAX_BUFS));
-        for (i, b) in send.bufs.iter().take(MAX_BUFS).enumerate() {
-            let skip = if i == 0 { send.offset } else { 0 };
-            wsabufs.push(WSABUF {
-                len: (b.len() - skip) as u32,
-                buf: b[skip..].as_ptr() as *mut u8,
-            });
-        }
+        let wsabufs = wsabufs(&send);
         let op = self.post(raw(s), token, Kind::Send { op: send, wsabufs });
         // SAFETY: `op` owns the buffers and the WSABUF array that points
         // into them, and is handed to the kernel until its completion.

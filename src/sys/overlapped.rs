@@ -25,7 +25,7 @@ use windows_sys::Win32::Networking::WinSock::{
 };
 use windows_sys::Win32::System::IO::{CancelIoEx, OVERLAPPED};
 
-use super::iocp::{self, last_error, raw, SendOp, MAX_BUFS};
+use super::iocp::{self, last_error, raw, SendOp};
 use super::wsaevent::{NetEvent, Waitable};
 
 /// One posted operation: its OVERLAPPED and, for a send, its buffers.
@@ -131,14 +131,7 @@ impl OvSocket {
     #[allow(clippy::result_large_err)]
     pub fn post_send(&mut self, send: Box<SendOp>) -> Result<(), (io::Error, Box<SendOp>)> {
         let mut op = Op::new(self.event);
-        let mut wsabufs = Vec::with_capacity(send.bufs.len().min(MAX_BUFS));
-        for (i, b) in send.bufs.iter().take(MAX_BUFS).enumerate() {
-            let skip = if i == 0 { send.offset } else { 0 };
-            wsabufs.push(WSABUF {
-                len: (b.len() - skip) as u32,
-                buf: b[skip..].as_ptr() as *mut u8,
-            });
-        }
+        let wsabufs = iocp::wsabufs(&send);
         // SAFETY: the WSABUF array and the buffers it points to are moved
         // into the boxed op, kept in self until the send is polled complete
         // or cancelled (see Drop); moving the Vec and Box keeps their heap
