@@ -62,6 +62,7 @@ pub struct Epoll {
 impl Epoll {
     /// A new epoll instance whose waits return up to `capacity` events.
     pub fn new(capacity: usize) -> io::Result<Epoll> {
+        // SAFETY (syscall): a plain flag argument only.
         let fd = syscall!(epoll_create1(libc::EPOLL_CLOEXEC))?;
         // SAFETY: epoll_create1() just returned this descriptor; we own it.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };

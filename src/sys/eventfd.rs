@@ -13,6 +13,7 @@ pub struct EventFd {
 impl EventFd {
     /// A new eventfd with counter 0.
     pub fn new() -> io::Result<EventFd> {
+        // SAFETY (syscall): plain integer arguments only.
         let fd = syscall!(eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC))?;
         // SAFETY: eventfd() just returned this descriptor; we own it.
         Ok(EventFd {

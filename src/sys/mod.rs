@@ -1,5 +1,5 @@
-//! The system-call layer: the only place in iocore with `unsafe` and with
-//! `cfg(target_os)`.
+//! The system-call layer: the only place in iocore with `unsafe` and, with
+//! engine selection, with `cfg(target_os)`.
 //!
 //! # Contract
 //!
@@ -7,8 +7,10 @@
 //! kernel resource it creates ([`std::os::fd::OwnedFd`] closes on drop) and
 //! turns the C convention "-1 and errno" into [`std::io::Error`] through one
 //! helper, [`syscall!`]. No wrapper keeps a pointer into a caller's buffer
-//! past the call that received it; wrappers whose kernel operation outlives
-//! the call (io_uring) say so in a `# Safety` section and are `unsafe fn`.
+//! past the call that received it: where a kernel operation outlives the
+//! call (io_uring, IOCP, overlapped I/O), the wrapper takes ownership of
+//! the memory the operation uses and gives it back with the completion
+//! (rules written at the top of `uring.rs`, `iocp.rs`, `overlapped.rs`).
 //!
 //! Readiness (epoll) and completion (io_uring) differ in who owns the buffer
 //! while an operation is pending: with readiness the kernel only says "try

@@ -113,6 +113,7 @@ fn domain(addr: &SocketAddr) -> libc::c_int {
 
 /// A new non-blocking, close-on-exec TCP socket for `addr`'s family.
 fn tcp_socket(addr: &SocketAddr) -> io::Result<OwnedFd> {
+    // SAFETY: plain integer arguments only.
     let fd = syscall!(socket(
         domain(addr),
         libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
@@ -266,6 +267,7 @@ pub fn send_vectored(fd: &OwnedFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
 
 /// Sends FIN: no more data from this side; reading still works.
 pub fn shutdown_write(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: plain integer arguments only; `fd` is live.
     syscall!(shutdown(fd.as_raw_fd(), libc::SHUT_WR))?;
     Ok(())
 }
