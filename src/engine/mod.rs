@@ -18,7 +18,7 @@
 //!   (send FIN, or close and call [`Conn::finish`] exactly once), and
 //!   re-arms its deadline with [`Conn::arm`];
 //! - runs [`Timers`] with the time it reads once per loop turn, and serves
-//!   its [`Inbox`] (connect requests, stop).
+//!   its inbox (connect requests, stop).
 //!
 //! How the models differ:
 //!

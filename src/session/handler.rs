@@ -14,7 +14,7 @@ use super::conn::{Core, Phase};
 /// Per-session application logic, in the spirit of the seeds' `Session`.
 ///
 /// A server makes one handler per accepted connection with its factory; a
-/// client makes one per [`crate::Client::connect`]. All calls for one
+/// client makes one per [`crate::ClientHandle::connect`]. All calls for one
 /// session happen on the worker thread that owns it, one at a time, so a
 /// handler needs no locks. Callbacks never block: anything slow belongs on
 /// another thread that reports back.
