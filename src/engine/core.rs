@@ -20,6 +20,46 @@ pub(crate) fn io_close_reason(e: io::Error) -> CloseReason {
     }
 }
 
+/// Reads with `read` into `scratch` until the socket has nothing more
+/// (WOULDBLOCK), the peer's FIN, an error, or `budget` reads, handing the
+/// bytes to `conn` — the loop the engines that are told "data is there"
+/// (completion of a zero-byte receive, FD_READ) run. Returns false when
+/// the budget ran out and data may remain.
+#[cfg_attr(not(windows), allow(dead_code))] // the Windows engines' loop
+pub(crate) fn read_into_scratch<H: Handler>(
+    conn: &mut Conn<H>,
+    scratch: &mut [u8],
+    stats: &WorkerStats,
+    cx: Context<'_>,
+    budget: usize,
+    mut read: impl FnMut(&mut [u8]) -> io::Result<usize>,
+) -> bool {
+    for _ in 0..budget {
+        match read(scratch) {
+            Ok(0) => {
+                stats.read_attempt();
+                conn.eof();
+                return true;
+            }
+            Ok(n) => {
+                stats.read(n);
+                conn.received(&scratch[..n], cx);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                stats.read_attempt();
+                return true;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                stats.read_attempt();
+                conn.failed(io_close_reason(e));
+                return true;
+            }
+        }
+    }
+    false
+}
+
 /// A session on an engine: its state machine, the engine's per-socket
 /// state `S`, and the queued byte count last reported to the stats.
 pub(crate) struct Slot<H, S> {

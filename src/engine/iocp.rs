@@ -15,7 +15,7 @@ use crate::session::{CloseReason, Conn, Handler, Step};
 use crate::sys::iocp::{self, Done, Port, SendOp};
 use crate::sys::{socket, OwnedSocket};
 
-use super::core::{io_close_reason, Core};
+use super::core::{io_close_reason, read_into_scratch, Core};
 use super::{Command, Worker};
 
 /// Accepts kept posted on the listener.
@@ -273,24 +273,10 @@ impl<H: Handler> Loop<H> {
             return;
         };
         slot.io.recv_posted = false;
-        for _ in 0..READ_BUDGET {
-            match iocp::read(&slot.io.socket, &mut self.scratch) {
-                Ok(0) => {
-                    stats.read_attempt();
-                    return slot.conn.eof();
-                }
-                Ok(n) => {
-                    stats.read(n);
-                    slot.conn.received(&self.scratch[..n], cx);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return stats.read_attempt(),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    stats.read_attempt();
-                    return slot.conn.failed(io_close_reason(e));
-                }
-            }
-        }
+        let socket = &slot.io.socket;
+        read_into_scratch(&mut slot.conn, &mut self.scratch, stats, cx, READ_BUDGET, |buf| {
+            iocp::read(socket, buf)
+        });
     }
 
     fn flush(&mut self, token: u64) -> io::Result<()> {

@@ -27,7 +27,7 @@ use crate::sys::overlapped::OvSocket;
 use crate::sys::wsaevent::{self as wsa, Interest, NetEvent, Waitable};
 use crate::sys::OwnedSocket;
 
-use super::core::{io_close_reason, Core};
+use super::core::{io_close_reason, read_into_scratch, Core};
 use super::groups::Groups;
 use super::{Command, Worker};
 
@@ -258,27 +258,10 @@ impl<H: Handler> Loop<H> {
         let Some((cx, slot, stats)) = self.core.slot_stats(token) else {
             return;
         };
-        for _ in 0..READ_BUDGET {
-            match wsa::read(slot.io.ov.socket(), &mut self.scratch) {
-                Ok(0) => {
-                    stats.read_attempt();
-                    return slot.conn.eof();
-                }
-                Ok(n) => {
-                    stats.read(n);
-                    slot.conn.received(&self.scratch[..n], cx);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    stats.read_attempt();
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    stats.read_attempt();
-                    return slot.conn.failed(io_close_reason(e));
-                }
-            }
-        }
+        let ov = &slot.io.ov;
+        read_into_scratch(&mut slot.conn, &mut self.scratch, stats, cx, READ_BUDGET, |buf| {
+            wsa::read(ov.socket(), buf)
+        });
         // Drained or budget spent: the zero-byte receive completes at once
         // if data remains.
         if slot.conn.is_open() && !slot.io.ov.recv_posted() {

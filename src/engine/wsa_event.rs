@@ -24,7 +24,7 @@ use crate::session::{CloseReason, Conn, Handler, Step};
 use crate::sys::wsaevent::{self as wsa, Interest, NetEvent, Waitable};
 use crate::sys::OwnedSocket;
 
-use super::core::{io_close_reason, Core};
+use super::core::{io_close_reason, read_into_scratch, Core};
 use super::groups::Groups;
 use super::{Command, Worker};
 
@@ -226,7 +226,7 @@ impl<H: Handler> Loop<H> {
                 Ok(()) if slot.conn.is_connecting() => {
                     slot.conn.connected(cx);
                     stats.connected();
-                    read_all(slot, &mut self.scratch, stats, cx);
+                    read_after_fd_read(slot, &mut self.scratch, stats, cx);
                 }
                 Ok(()) => {}
                 Err(e) => slot.conn.failed(CloseReason::ConnectFailed(e)),
@@ -236,7 +236,7 @@ impl<H: Handler> Loop<H> {
             slot.io.write_blocked = false;
         }
         if (ne.read || ne.close) && !slot.conn.is_connecting() {
-            let drained = read_all(slot, &mut self.scratch, stats, cx);
+            let drained = read_after_fd_read(slot, &mut self.scratch, stats, cx);
             if ne.close && drained && slot.conn.is_open() {
                 // FD_CLOSE with nothing left to read (Wine: also a reset).
                 match ne.close_error {
@@ -256,7 +256,7 @@ impl<H: Handler> Loop<H> {
             return;
         };
         if slot.conn.is_open() {
-            read_all(slot, &mut self.scratch, stats, cx);
+            read_after_fd_read(slot, &mut self.scratch, stats, cx);
         }
     }
 
@@ -346,37 +346,16 @@ impl<H: Handler> Loop<H> {
     }
 }
 
-/// After FD_READ, recv — or FD_READ will not come again: reads until
-/// WOULDBLOCK (or the budget; FD_READ is raised again while data remains).
-/// Returns whether the socket was drained (nothing left to read now).
-fn read_all<H: Handler>(
+/// After FD_READ, recv — or FD_READ will not come again. Returns whether
+/// the socket was drained (FD_READ is raised again while data remains).
+fn read_after_fd_read<H: Handler>(
     slot: &mut super::core::Slot<H, Sock>,
     scratch: &mut [u8],
     stats: &super::WorkerStats,
     cx: crate::session::Context<'_>,
 ) -> bool {
-    for _ in 0..READ_BUDGET {
-        match wsa::read(&slot.io.socket, scratch) {
-            Ok(0) => {
-                stats.read_attempt();
-                slot.conn.eof();
-                return true;
-            }
-            Ok(n) => {
-                stats.read(n);
-                slot.conn.received(&scratch[..n], cx);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                stats.read_attempt();
-                return true;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                stats.read_attempt();
-                slot.conn.failed(io_close_reason(e));
-                return true;
-            }
-        }
-    }
-    false
+    let socket = &slot.io.socket;
+    read_into_scratch(&mut slot.conn, scratch, stats, cx, READ_BUDGET, |buf| {
+        wsa::read(socket, buf)
+    })
 }

@@ -57,6 +57,20 @@ pub(crate) fn last_error() -> io::Error {
     io::Error::from_raw_os_error(unsafe { WSAGetLastError() })
 }
 
+/// Whether a post call started its overlapped operation: it returned
+/// success (completed at once; the completion is still delivered) or
+/// failed with WSA_IO_PENDING (completes later).
+pub(crate) fn started(ok: bool) -> io::Result<()> {
+    if ok {
+        return Ok(());
+    }
+    let err = last_error();
+    match err.raw_os_error() {
+        Some(WSA_IO_PENDING) => Ok(()),
+        _ => Err(err),
+    }
+}
+
 /// The WSABUF array for a gather send of `send`'s buffers (at most
 /// [`MAX_BUFS`]); it points into them, so it must not outlive them.
 pub(crate) fn wsabufs(send: &SendOp) -> Vec<WSABUF> {
@@ -280,12 +294,9 @@ impl Port {
                 &mut (*op).ov,
             )
         };
-        if ok == 0 {
-            let err = last_error();
-            if err.raw_os_error() != Some(WSA_IO_PENDING) {
-                self.reclaim(op);
-                return Err(err);
-            }
+        if let Err(e) = started(ok != 0) {
+            self.reclaim(op);
+            return Err(e);
         }
         Ok(())
     }
@@ -311,12 +322,9 @@ impl Port {
                 None,
             )
         };
-        if rc != 0 {
-            let err = last_error();
-            if err.raw_os_error() != Some(WSA_IO_PENDING) {
-                self.reclaim(op);
-                return Err(err);
-            }
+        if let Err(e) = started(rc == 0) {
+            self.reclaim(op);
+            return Err(e);
         }
         Ok(())
     }
@@ -341,12 +349,9 @@ impl Port {
                 None,
             )
         };
-        if rc != 0 {
-            let err = last_error();
-            if err.raw_os_error() != Some(WSA_IO_PENDING) {
-                self.reclaim(op);
-                return Err(err);
-            }
+        if let Err(e) = started(rc == 0) {
+            self.reclaim(op);
+            return Err(e);
         }
         Ok(())
     }
@@ -378,12 +383,9 @@ impl Port {
                 &mut (*op).ov,
             )
         };
-        if ok == 0 {
-            let err = last_error();
-            if err.raw_os_error() != Some(WSA_IO_PENDING) {
-                self.reclaim(op);
-                return Err(err);
-            }
+        if let Err(e) = started(ok != 0) {
+            self.reclaim(op);
+            return Err(e);
         }
         Ok(())
     }

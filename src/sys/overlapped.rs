@@ -21,11 +21,11 @@ use std::time::{Duration, Instant};
 
 use windows_sys::Win32::Foundation::HANDLE;
 use windows_sys::Win32::Networking::WinSock::{
-    WSARecv, WSASend, SO_UPDATE_CONNECT_CONTEXT, WSABUF, WSA_IO_INCOMPLETE, WSA_IO_PENDING,
+    WSARecv, WSASend, SO_UPDATE_CONNECT_CONTEXT, WSABUF, WSA_IO_INCOMPLETE,
 };
 use windows_sys::Win32::System::IO::{CancelIoEx, OVERLAPPED};
 
-use super::iocp::{self, last_error, raw, SendOp};
+use super::iocp::{self, raw, started, SendOp};
 use super::wsaevent::{NetEvent, Waitable};
 
 /// One posted operation: its OVERLAPPED and, for a send, its buffers.
@@ -55,19 +55,6 @@ pub struct OvSocket {
     recv: Option<Box<Op>>,
     send: Option<Box<Op>>,
     connect: Option<Box<Op>>,
-}
-
-/// Whether a post call started the operation (completed now or pending).
-fn started(rc_ok: bool) -> io::Result<()> {
-    if rc_ok {
-        return Ok(());
-    }
-    let err = last_error();
-    if err.raw_os_error() == Some(WSA_IO_PENDING) {
-        Ok(())
-    } else {
-        Err(err)
-    }
 }
 
 impl OvSocket {
