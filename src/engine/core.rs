@@ -60,6 +60,41 @@ pub(crate) fn read_into_scratch<H: Handler>(
     false
 }
 
+/// Most buffers gathered into one readiness-engine send.
+const MAX_IOV: usize = 64;
+
+/// The readiness engines' send: gathers the queued buffers into one
+/// `send` call after another until the queue is empty or the socket is
+/// full (then `write_blocked` is set: wait for writability — EPOLLOUT,
+/// FD_WRITE — instead of retrying).
+pub(crate) fn flush_gather<H: Handler>(
+    conn: &mut Conn<H>,
+    write_blocked: &mut bool,
+    stats: &WorkerStats,
+    cx: Context<'_>,
+    mut send: impl FnMut(&[std::io::IoSlice<'_>]) -> io::Result<usize>,
+) {
+    while conn.has_unsent() && !*write_blocked {
+        let mut iov = [std::io::IoSlice::new(&[]); MAX_IOV];
+        let count = conn.send_slices(&mut iov);
+        match send(&iov[..count]) {
+            Ok(n) => {
+                stats.wrote(n);
+                conn.sent(n, cx);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                stats.write_attempt();
+                *write_blocked = true;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                stats.write_attempt();
+                conn.failed(io_close_reason(e));
+            }
+        }
+    }
+}
+
 /// A session on an engine: its state machine, the engine's per-socket
 /// state `S`, and the queued byte count last reported to the stats.
 pub(crate) struct Slot<H, S> {

@@ -9,7 +9,7 @@
 //! gather `sendmsg` until the queue is empty or the socket is full, then
 //! waits for the next write report (the seed's FD_WRITE) — never spinning.
 
-use std::io::{self, IoSlice};
+use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::time::Duration;
@@ -18,15 +18,13 @@ use crate::session::{CloseReason, Conn, Handler, Step, Tick, RESERVED};
 use crate::sys::epoll::{Epoll, Event, Interest};
 use crate::sys::socket;
 
-use super::core::{io_close_reason, Core};
+use super::core::{flush_gather, io_close_reason, Core};
 use super::{Command, Worker};
 
 const WAKER: u64 = RESERVED;
 const LISTENER: u64 = RESERVED + 1;
 /// The shared receive buffer: the most one read takes.
 const SCRATCH: usize = 64 * 1024;
-/// Most buffers gathered into one `sendmsg`.
-const MAX_IOV: usize = 64;
 /// Most reads for one session per loop turn before others get a turn.
 const READ_BUDGET: usize = 16;
 /// Events taken per wait.
@@ -259,25 +257,12 @@ impl<H: Handler> Loop<H> {
         let Some((cx, slot, stats)) = self.core.slot_stats(token) else {
             return;
         };
-        while slot.conn.has_unsent() && !slot.io.write_blocked {
-            let mut iov = [IoSlice::new(&[]); MAX_IOV];
-            let count = slot.conn.send_slices(&mut iov);
-            match socket::send_vectored(&slot.io.fd, &iov[..count]) {
-                Ok(n) => {
-                    stats.wrote(n);
-                    slot.conn.sent(n, cx);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    stats.write_attempt();
-                    slot.io.write_blocked = true;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    stats.write_attempt();
-                    slot.conn.failed(io_close_reason(e));
-                }
-            }
-        }
+        let Sock {
+            fd, write_blocked, ..
+        } = &mut slot.io;
+        flush_gather(&mut slot.conn, write_blocked, stats, cx, |iov| {
+            socket::send_vectored(fd, iov)
+        });
     }
 
     /// Brings a session up to date after anything touched it: flush, act

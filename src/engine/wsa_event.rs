@@ -16,7 +16,7 @@
 //! its inbox, "a group reported", and the listener. Event objects are
 //! reused by the slot and never closed while a waiter may wait on them.
 
-use std::io::{self, IoSlice};
+use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -24,12 +24,11 @@ use crate::session::{CloseReason, Conn, Handler, Step};
 use crate::sys::wsaevent::{self as wsa, Interest, NetEvent, Waitable};
 use crate::sys::OwnedSocket;
 
-use super::core::{io_close_reason, read_into_scratch, Core};
+use super::core::{flush_gather, io_close_reason, read_into_scratch, Core};
 use super::groups::Groups;
 use super::{Command, Worker};
 
 const SCRATCH: usize = 64 * 1024;
-const MAX_IOV: usize = 64;
 const READ_BUDGET: usize = 16;
 /// How often a listening worker also tries to accept (see `run`).
 const ACCEPT_POLL: Duration = Duration::from_millis(50);
@@ -264,26 +263,14 @@ impl<H: Handler> Loop<H> {
         let Some((cx, slot, stats)) = self.core.slot_stats(token) else {
             return;
         };
-        while slot.conn.has_unsent() && !slot.io.write_blocked {
-            let mut iov = [IoSlice::new(&[]); MAX_IOV];
-            let count = slot.conn.send_slices(&mut iov);
-            match wsa::send_vectored(&slot.io.socket, &iov[..count]) {
-                Ok(n) => {
-                    stats.wrote(n);
-                    slot.conn.sent(n, cx);
-                }
-                // FD_WRITE comes when there is room again.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    stats.write_attempt();
-                    slot.io.write_blocked = true;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    stats.write_attempt();
-                    slot.conn.failed(io_close_reason(e));
-                }
-            }
-        }
+        let Sock {
+            socket,
+            write_blocked,
+            ..
+        } = &mut slot.io;
+        flush_gather(&mut slot.conn, write_blocked, stats, cx, |iov| {
+            wsa::send_vectored(socket, iov)
+        });
     }
 
     fn settle(&mut self, token: u64) {
