@@ -10,7 +10,7 @@
 //! | seed model (Windows)              | engine on Linux                  | engine on Windows |
 //! |-----------------------------------|----------------------------------|-------------------|
 //! | WSAEventSelect: readiness per socket | `epoll` (no 64-socket limit)  | `wsa-event`       |
-//! | Overlapped I/O + events           | `uring` (io_uring completions)   | `overlapped` (not enabled yet) |
+//! | Overlapped I/O + events           | `uring` (io_uring completions)   | `overlapped`      |
 //! | IOCP: completion port + workers   | `uring`, one ring per worker     | `iocp`            |
 //!
 //! ## Layers

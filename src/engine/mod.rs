@@ -38,6 +38,7 @@
 //! | IOCP + worker threads           | `uring`     | one ring per worker thread   |
 //! | IOCP (on Windows)               | `iocp`      | a completion port per worker |
 //! | WSAEventSelect (on Windows)     | `wsa-event` | event objects, 63 per waiter |
+//! | Overlapped + events (Windows)   | `overlapped`| `hEvent` per session, 63 per waiter |
 
 use std::fmt;
 use std::io;
@@ -152,10 +153,7 @@ impl EngineKind {
                 engine: self,
                 why: "io_uring exists only on Linux".into(),
             }),
-            EngineKind::Iocp | EngineKind::WsaEvent if cfg!(windows) => Ok(self),
-            // Not enabled yet: under Wine a session with a large WSASend
-            // pending stops reading (engine/overlapped.rs; see issue 4).
-            EngineKind::Overlapped if cfg!(windows) => Err(EngineError::NotBuilt(self)),
+            EngineKind::Iocp | EngineKind::WsaEvent | EngineKind::Overlapped if cfg!(windows) => Ok(self),
             EngineKind::WsaEvent | EngineKind::Overlapped | EngineKind::Iocp => {
                 Err(EngineError::Unsupported {
                     engine: self,

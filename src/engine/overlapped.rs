@@ -1,8 +1,3 @@
-//! **Not enabled yet** (selection reports it as not built): under Wine,
-//! while a large `WSASend` is pending a session stops being read, so the
-//! partial-send and graceful-stop tests time out; the rest of the shared
-//! suite passes. Kept here to be finished.
-//!
 //! The overlapped engine — the second seed, literally: each session posts
 //! overlapped `WSARecv`/`WSASend` whose `WSAOVERLAPPED.hEvent` is the
 //! session's event object; `WSA_IO_PENDING` means the result comes later;

@@ -13,6 +13,16 @@
 //! (bounded) for the cancellations, leaking an operation rather than free
 //! it while the kernel may still use it. The event object belongs to the
 //! caller's slot and must outlive the socket.
+//!
+//! # One event, several operations
+//!
+//! Every operation of a socket signals the same event, and *starting* an
+//! overlapped operation resets its event (Windows does this for every
+//! `WSARecv`/`WSASend`/`ConnectEx` given an `hEvent`). So posting a send
+//! right after a receive finished would erase the receive's signal and the
+//! receive would never be looked at. After each post the socket therefore
+//! checks its other operations and signals the event again if one of them
+//! has finished; an operation finishing later signals by itself.
 
 use std::io;
 use std::net::SocketAddr;
@@ -23,6 +33,7 @@ use windows_sys::Win32::Foundation::HANDLE;
 use windows_sys::Win32::Networking::WinSock::{
     WSARecv, WSASend, SO_UPDATE_CONNECT_CONTEXT, WSABUF, WSA_IO_INCOMPLETE,
 };
+use windows_sys::Win32::System::Threading::SetEvent;
 use windows_sys::Win32::System::IO::{CancelIoEx, OVERLAPPED};
 
 use super::iocp::{self, raw, started, SendOp};
@@ -110,6 +121,7 @@ impl OvSocket {
         };
         started(rc == 0)?;
         self.recv = Some(op);
+        self.resignal_if_finished();
         Ok(())
     }
 
@@ -141,6 +153,7 @@ impl OvSocket {
             return Err((e, op.send.take().expect("set above")));
         }
         self.send = Some(op);
+        self.resignal_if_finished();
         Ok(())
     }
 
@@ -165,7 +178,21 @@ impl OvSocket {
         };
         started(ok != 0)?;
         self.connect = Some(op);
+        self.resignal_if_finished();
         Ok(())
+    }
+
+    /// Posting reset the shared event: signal it again if an operation has
+    /// already finished (see the module notes), so its completion is seen.
+    fn resignal_if_finished(&self) {
+        let finished = [&self.recv, &self.send, &self.connect]
+            .into_iter()
+            .flatten()
+            .any(|op| self.poll(op).is_some());
+        if finished {
+            // SAFETY: the event handle outlives this socket (see `new`).
+            unsafe { SetEvent(self.event) };
+        }
     }
 
     fn poll(&self, op: &Op) -> Option<io::Result<usize>> {

@@ -20,6 +20,7 @@ macro_rules! engine_suite {
         $crate::engine_suite!(@engine uring, iocore::EngineKind::Uring, $($test),*);
         $crate::engine_suite!(@engine iocp, iocore::EngineKind::Iocp, $($test),*);
         $crate::engine_suite!(@engine wsa_event, iocore::EngineKind::WsaEvent, $($test),*);
+        $crate::engine_suite!(@engine overlapped, iocore::EngineKind::Overlapped, $($test),*);
         // Each further engine is one line here.
     };
     (@engine $module:ident, $kind:expr, $($test:ident),*) => {
