@@ -57,7 +57,7 @@ pub use sys::procfs::{raise_fd_limit, usage as process_usage, ProcessUsage};
 
 pub use bytes::Bytes;
 pub use engine::{EngineError, EngineKind, Stats};
-pub use service::{Client, ClientBuilder, ClientHandle, Server, ServerBuilder, ServerHandle};
+pub use service::{Accept, Client, ClientBuilder, ClientHandle, Server, ServerBuilder, ServerHandle};
 pub use session::{
     CloseKind, CloseReason, Handler, Limits, RecvBuffer, SendError, SendQueue, Session, SessionId,
 };

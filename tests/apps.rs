@@ -167,23 +167,38 @@ fn cli_client_exit_code_reflects_verification(engine: EngineKind) {
 
 /// The binary serves echo until SIGTERM, then stops gracefully, exit 0.
 fn cli_serve_echoes_and_stops_on_sigterm(engine: EngineKind) {
-    let server = CliServer::start(&["--engine", engine.name(), "--threads", "1"], &[]);
-    assert!(
-        server.log.iter().any(|l| l.contains(&format!("engine={engine}"))),
-        "{:?}",
-        server.log
-    );
-    let mut s = connect(server.addr);
-    s.write_all(b"typed line\n").unwrap();
-    assert_eq!(read_exact(&mut s, 11), b"typed line\n");
+    let args = [
+        "--engine",
+        engine.name(),
+        "--threads",
+        "2",
+        "--accept",
+        "hand-off",
+    ];
+    let server = CliServer::start(&args, &[]);
+    for want in [format!("engine={engine}"), "accept=hand-off".to_string()] {
+        assert!(
+            server.log.iter().any(|l| l.contains(&want)),
+            "{want}: {:?}",
+            server.log
+        );
+    }
+    // Three sessions: dealt to both workers in turn.
+    let mut streams: Vec<_> = (0..3).map(|_| connect(server.addr)).collect();
+    for s in &mut streams {
+        s.write_all(b"typed line\n").unwrap();
+        assert_eq!(read_exact(s, 11), b"typed line\n");
+    }
     if cfg!(windows) {
         // No SIGTERM on Windows; the graceful stop itself is covered by the
         // library tests (graceful_stop_delivers_queued_data).
         return;
     }
     let (status, log) = server.stop();
-    let (rest, err) = read_to_end(&mut s);
-    assert!(rest.is_empty() && err.is_none(), "clean FIN on stop");
+    for s in &mut streams {
+        let (rest, err) = read_to_end(s);
+        assert!(rest.is_empty() && err.is_none(), "clean FIN on stop");
+    }
     assert!(status.success(), "{status:?}");
     assert!(log.iter().any(|l| l.contains("stopped")), "{log:?}");
 }

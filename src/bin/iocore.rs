@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use iocore::apps::client::{self, ClientOptions, Mode};
 use iocore::apps::{echo::Echo, sink::Sink, App};
-use iocore::{EngineKind, Server, ServerHandle};
+use iocore::{Accept, EngineKind, Server, ServerHandle};
 
 #[derive(Parser)]
 #[command(
@@ -57,7 +57,7 @@ struct BenchArgs {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// I/O model: auto, epoll or uring.
+    /// I/O model: auto, epoll or uring (Windows: iocp, wsa-event, overlapped).
     #[arg(long, default_value = "auto")]
     engine: EngineKind,
     /// Application: echo or sink.
@@ -69,6 +69,11 @@ struct ServeArgs {
     /// Worker threads (default: one per CPU).
     #[arg(long)]
     threads: Option<usize>,
+    /// How connections are spread over the workers: reuse-port (a
+    /// listener per worker, the kernel picks; Linux default) or hand-off
+    /// (one listener deals them out in turn; Windows default).
+    #[arg(long)]
+    accept: Option<Accept>,
     /// Most sessions at once; more connections are reset.
     #[arg(long, default_value_t = 10_000)]
     max_sessions: usize,
@@ -88,7 +93,7 @@ struct ServeArgs {
 
 #[derive(clap::Args)]
 struct ClientArgs {
-    /// I/O model: auto, epoll or uring.
+    /// I/O model: auto, epoll or uring (Windows: iocp, wsa-event, overlapped).
     #[arg(long, default_value = "auto")]
     engine: EngineKind,
     /// Server address.
@@ -180,6 +185,9 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         .idle_timeout(args.idle_timeout);
     if let Some(t) = args.threads {
         builder = builder.threads(t);
+    }
+    if let Some(a) = args.accept {
+        builder = builder.accept(a);
     }
     let stop = signals()?;
     let server: ServerHandle = match args.app {

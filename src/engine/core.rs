@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::session::{CloseReason, Conn, Context, Handler, SessionId, Table, Tick, Timers};
 
-use super::{Worker, WorkerStats};
+use super::{Command, Worker, WorkerStats};
 use crate::sys::{socket, OwnedSocket};
 
 /// The close reason for a failed socket call: a reset, or any other error.
@@ -113,6 +113,8 @@ pub(crate) struct Core<H, S> {
     /// Stopping: every session must be gone by this time.
     stop_deadline: Option<Tick>,
     forced: bool,
+    /// Hand-off accept: the worker the next connection goes to.
+    next_worker: usize,
 }
 
 impl<H: Handler, S> Core<H, S> {
@@ -125,6 +127,7 @@ impl<H: Handler, S> Core<H, S> {
             now,
             stop_deadline: None,
             forced: false,
+            next_worker: 0,
         }
     }
 
@@ -158,9 +161,41 @@ impl<H: Handler, S> Core<H, S> {
         ok
     }
 
-    /// A connection was accepted: admits it under `max_sessions` (else
-    /// resets it, counted as rejected) and makes its session.
-    pub fn admit_accepted(&self, fd: &OwnedSocket, peer: SocketAddr) -> Option<Conn<H>> {
+    /// A connection was accepted here. With the hand-off strategy it goes
+    /// to the workers in turn — to another one through its inbox (it is
+    /// admitted and gets its handler there, see [`Core::adopted`]) — else
+    /// it is admitted here. Returns the session if it lives here.
+    pub fn accepted(&mut self, s: OwnedSocket, peer: SocketAddr) -> Option<(Conn<H>, OwnedSocket)> {
+        if let Some(workers) = &self.w.hand_off {
+            let to = self.next_worker;
+            self.next_worker = (to + 1) % workers.len();
+            if to != self.w.index {
+                // Queued even if the wake-up fails; a worker that already
+                // ended closes it when its inbox is dropped.
+                let _ = workers[to].push(Command::Adopt { socket: s, peer });
+                return None;
+            }
+        }
+        let conn = self.admit_accepted(&s, peer)?;
+        Some((conn, s))
+    }
+
+    /// A connection another worker accepted was handed here: admitted like
+    /// one accepted here, unless this worker is stopping (then reset and
+    /// counted as rejected).
+    pub fn adopted(&self, s: OwnedSocket, peer: SocketAddr) -> Option<(Conn<H>, OwnedSocket)> {
+        if self.stopping() {
+            self.w.stats.rejected();
+            let _ = socket::set_linger_zero(&s);
+            return None;
+        }
+        let conn = self.admit_accepted(&s, peer)?;
+        Some((conn, s))
+    }
+
+    /// Admits an accepted connection under `max_sessions` (else resets it,
+    /// counted as rejected) and makes its session.
+    fn admit_accepted(&self, fd: &OwnedSocket, peer: SocketAddr) -> Option<Conn<H>> {
         if !self.admit() {
             tracing::debug!(%peer, "session limit reached: connection reset");
             let _ = socket::set_linger_zero(fd);

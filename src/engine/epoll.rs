@@ -111,6 +111,11 @@ impl<H: Handler> Loop<H> {
         for cmd in self.core.w.inbox.take() {
             match cmd {
                 Command::Connect { addr, make } => self.connect(addr, make()),
+                Command::Adopt { socket, peer } => {
+                    if let Some((conn, fd)) = self.core.adopted(socket, peer) {
+                        self.open(conn, fd);
+                    }
+                }
                 Command::Stop { grace } => self.stop(grace),
             }
         }
@@ -138,7 +143,7 @@ impl<H: Handler> Loop<H> {
                     return;
                 }
             };
-            if let Some(conn) = self.core.admit_accepted(&fd, peer) {
+            if let Some((conn, fd)) = self.core.accepted(fd, peer) {
                 self.open(conn, fd);
             }
         }

@@ -127,7 +127,7 @@ impl<H: Handler> Loop<H> {
                 self.accepts_posted -= 1;
                 match result {
                     Ok((s, peer)) if !self.core.stopping() => {
-                        if let Some(conn) = self.core.admit_accepted(&s, peer) {
+                        if let Some((conn, s)) = self.core.accepted(s, peer) {
                             self.open(conn, s)?;
                         }
                     }
@@ -212,6 +212,11 @@ impl<H: Handler> Loop<H> {
         for cmd in self.core.w.inbox.take() {
             match cmd {
                 Command::Connect { addr, make } => self.connect(addr, make())?,
+                Command::Adopt { socket, peer } => {
+                    if let Some((conn, s)) = self.core.adopted(socket, peer) {
+                        self.open(conn, s)?;
+                    }
+                }
                 Command::Stop { grace } => self.stop(grace)?,
             }
         }

@@ -226,6 +226,9 @@ pub(crate) enum Command<H> {
         addr: SocketAddr,
         make: Box<dyn FnOnce() -> H + Send>,
     },
+    /// Serve a connection another worker accepted (the hand-off accept
+    /// strategy): admit it here, make its handler here, own it here.
+    Adopt { socket: OwnedSocket, peer: SocketAddr },
     /// Stop accepting, flush and close every session within `grace`, then
     /// end the loop.
     Stop { grace: Duration },
@@ -300,6 +303,10 @@ pub(crate) type Factory<H> = Arc<dyn Fn() -> H + Send + Sync>;
 pub(crate) struct Worker<H> {
     pub index: usize,
     pub listener: Option<OwnedSocket>,
+    /// Hand-off accept: every worker's inbox (this one's included, by
+    /// index); the worker with the listener deals accepted connections
+    /// out to them in turn. `None`: sessions stay where they are accepted.
+    pub hand_off: Option<Arc<[Arc<Inbox<H>>]>>,
     pub factory: Option<Factory<H>>,
     pub inbox: Arc<Inbox<H>>,
     pub limits: Limits,

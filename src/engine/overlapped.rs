@@ -120,6 +120,11 @@ impl<H: Handler> Loop<H> {
         for cmd in self.core.w.inbox.take() {
             match cmd {
                 Command::Connect { addr, make } => self.connect(addr, make())?,
+                Command::Adopt { socket, peer } => {
+                    if let Some((conn, s)) = self.core.adopted(socket, peer) {
+                        self.open(conn, s, None)?;
+                    }
+                }
                 Command::Stop { grace } => self.stop(grace),
             }
         }
@@ -142,7 +147,7 @@ impl<H: Handler> Loop<H> {
                     // The accepted socket inherits the listener's event
                     // selection: undo it, this one does overlapped I/O.
                     wsa::deselect(&s);
-                    if let Some(conn) = self.core.admit_accepted(&s, peer) {
+                    if let Some((conn, s)) = self.core.accepted(s, peer) {
                         self.open(conn, s, None)?;
                     }
                 }

@@ -179,6 +179,11 @@ impl<H: Handler> Loop<H> {
         for cmd in self.core.w.inbox.take() {
             match cmd {
                 Command::Connect { addr, make } => self.connect(addr, make())?,
+                Command::Adopt { socket, peer } => {
+                    if let Some((conn, fd)) = self.core.adopted(socket, peer) {
+                        self.open(conn, fd)?;
+                    }
+                }
                 Command::Stop { grace } => self.stop(grace)?,
             }
         }
@@ -195,7 +200,7 @@ impl<H: Handler> Loop<H> {
                 // (which ends at once with PeerReset), as on epoll.
                 let peer = socket::peer_addr(&fd).unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
                 if !self.core.stopping() {
-                    if let Some(conn) = self.core.admit_accepted(&fd, peer) {
+                    if let Some((conn, fd)) = self.core.accepted(fd, peer) {
                         self.open(conn, fd)?;
                     }
                 }

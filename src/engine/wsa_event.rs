@@ -115,6 +115,11 @@ impl<H: Handler> Loop<H> {
         for cmd in self.core.w.inbox.take() {
             match cmd {
                 Command::Connect { addr, make } => self.connect(addr, make())?,
+                Command::Adopt { socket, peer } => {
+                    if let Some((conn, s)) = self.core.adopted(socket, peer) {
+                        self.open(conn, s, Interest::SESSION)?;
+                    }
+                }
                 Command::Stop { grace } => self.stop(grace)?,
             }
         }
@@ -137,7 +142,7 @@ impl<H: Handler> Loop<H> {
             };
             match wsa::accept(l) {
                 Ok((s, peer)) => {
-                    if let Some(conn) = self.core.admit_accepted(&s, peer) {
+                    if let Some((conn, s)) = self.core.accepted(s, peer) {
                         self.open(conn, s, Interest::SESSION)?;
                     }
                 }

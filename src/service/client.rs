@@ -75,8 +75,14 @@ impl ClientBuilder {
                 factory: None,
             })
             .collect();
-        let (runtime, inboxes) =
-            Runtime::start("iocore-client", engine, specs, self.limits, self.max_sessions)?;
+        let (runtime, inboxes) = Runtime::start(
+            "iocore-client",
+            engine,
+            specs,
+            self.limits,
+            self.max_sessions,
+            false,
+        )?;
         Ok(ClientHandle {
             runtime,
             inboxes,

@@ -7,4 +7,4 @@ mod runtime;
 mod server;
 
 pub use client::{Client, ClientBuilder, ClientHandle};
-pub use server::{Server, ServerBuilder, ServerHandle};
+pub use server::{Accept, Server, ServerBuilder, ServerHandle};

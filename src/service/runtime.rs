@@ -14,11 +14,18 @@ use crate::session::Handler;
 /// handler type).
 trait Stop: Send + Sync {
     fn stop(&self, grace: Duration) -> io::Result<()>;
+    /// After the worker ended: drops what is still queued (a connection
+    /// handed to it while it stopped is closed here).
+    fn discard(&self);
 }
 
 impl<H> Stop for Inbox<H> {
     fn stop(&self, grace: Duration) -> io::Result<()> {
         self.push(Command::Stop { grace })
+    }
+
+    fn discard(&self) {
+        drop(self.take());
     }
 }
 
@@ -39,12 +46,15 @@ pub(crate) struct WorkerSpec<H> {
 impl Runtime {
     /// Starts one worker thread per spec with the resolved `engine`, and
     /// returns once every worker's loop is set up (or the first failure).
+    /// With `hand_off`, the worker that accepts deals connections out to
+    /// all workers in turn.
     pub(crate) fn start<H: Handler>(
         name: &str,
         engine: EngineKind,
         specs: Vec<WorkerSpec<H>>,
         limits: crate::Limits,
         max_sessions: usize,
+        hand_off: bool,
     ) -> io::Result<(Runtime, Vec<Arc<Inbox<H>>>)> {
         let gate = Arc::new(SessionGate::new(max_sessions));
         let epoch = Instant::now();
@@ -54,15 +64,20 @@ impl Runtime {
             stoppers: Vec::new(),
             stats: Vec::new(),
         };
-        let mut inboxes = Vec::new();
+        let inboxes = specs
+            .iter()
+            .map(|_| Inbox::new().map(Arc::new))
+            .collect::<io::Result<Vec<_>>>()?;
+        let shared: Option<Arc<[Arc<Inbox<H>>]>> = hand_off.then(|| inboxes.clone().into());
         let (ready_tx, ready_rx) = mpsc::channel();
         let count = specs.len();
         for (index, spec) in specs.into_iter().enumerate() {
-            let inbox = Arc::new(Inbox::new()?);
+            let inbox = inboxes[index].clone();
             let stats = Arc::new(WorkerStats::default());
             let worker = Worker {
                 index,
                 listener: spec.listener,
+                hand_off: shared.clone(),
                 factory: spec.factory,
                 inbox: inbox.clone(),
                 limits: limits.clone(),
@@ -75,9 +90,8 @@ impl Runtime {
                 .name(format!("{name}-{index}"))
                 .spawn(move || engine::run(engine, worker))?;
             rt.threads.push(thread);
-            rt.stoppers.push(inbox.clone());
+            rt.stoppers.push(inbox);
             rt.stats.push(stats);
-            inboxes.push(inbox);
         }
         drop(ready_tx);
         for _ in 0..count {
@@ -134,6 +148,9 @@ impl Runtime {
             if result.is_ok() {
                 result = r;
             }
+        }
+        for s in &self.stoppers {
+            s.discard();
         }
         result
     }

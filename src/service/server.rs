@@ -1,10 +1,18 @@
 //! [`Server`]: listen, accept, and run a handler per session on worker
 //! threads.
 //!
-//! Accept strategy: every worker has its own listening socket on the same
-//! address (`SO_REUSEPORT`), and the kernel spreads new connections across
-//! them. A session is accepted, served and closed on one thread: no
-//! hand-off, no locks, no acceptor thread to become a bottleneck.
+//! Accept strategies ([`Accept`]):
+//!
+//! - [`Accept::ReusePort`] (the default where the OS has it, Linux): every
+//!   worker has its own listening socket on the same address
+//!   (`SO_REUSEPORT`), and the kernel spreads new connections across them.
+//!   A session is accepted, served and closed on one thread: no hand-off,
+//!   no locks, no acceptor to become a bottleneck.
+//! - [`Accept::HandOff`] (the default elsewhere, Windows): one listener,
+//!   on the first worker, which deals accepted connections out to every
+//!   worker in turn (itself included) through their inboxes; each
+//!   session then lives on the worker it was dealt to. The spread is
+//!   exact (round-robin) rather than by the kernel's hash of addresses.
 
 use std::io;
 use std::net::SocketAddr;
@@ -19,19 +27,60 @@ use crate::sys::socket;
 /// Entry point: `Server::builder()`.
 pub struct Server;
 
+/// How a multi-worker server spreads connections over its workers (see the
+/// module notes). With one worker both are the same.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accept {
+    /// A listener per worker on one address (`SO_REUSEPORT`); the kernel
+    /// picks the worker. Only where the OS has `SO_REUSEPORT`.
+    ReusePort,
+    /// One listener; its worker hands connections to all workers in turn.
+    HandOff,
+}
+
+impl Accept {
+    /// `ReusePort` where the OS has it, else `HandOff`.
+    pub fn default_here() -> Accept {
+        match socket::REUSE_PORT {
+            true => Accept::ReusePort,
+            false => Accept::HandOff,
+        }
+    }
+}
+
+impl std::fmt::Display for Accept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Accept::ReusePort => "reuse-port",
+            Accept::HandOff => "hand-off",
+        })
+    }
+}
+
+impl std::str::FromStr for Accept {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Accept, String> {
+        match s {
+            "reuse-port" => Ok(Accept::ReusePort),
+            "hand-off" => Ok(Accept::HandOff),
+            other => Err(format!(
+                "unknown accept strategy '{other}' (reuse-port, hand-off)"
+            )),
+        }
+    }
+}
+
 impl Server {
     /// A builder with the defaults: 127.0.0.1:7777, engine `auto`, one
-    /// worker per CPU (one on systems without `SO_REUSEPORT`), 10,000
-    /// sessions, default [`Limits`].
+    /// worker per CPU, [`Accept::default_here`], 10,000 sessions, default
+    /// [`Limits`].
     pub fn builder() -> ServerBuilder {
         ServerBuilder {
             addr: SocketAddr::from(([127, 0, 0, 1], 7777)),
             engine: EngineKind::Auto,
-            // One listener per worker needs SO_REUSEPORT; without it, one.
-            threads: match socket::REUSE_PORT {
-                true => std::thread::available_parallelism().map_or(1, |n| n.get()),
-                false => 1,
-            },
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            accept: Accept::default_here(),
             max_sessions: 10_000,
             backlog: 1024,
             limits: Limits::default(),
@@ -45,6 +94,7 @@ pub struct ServerBuilder {
     addr: SocketAddr,
     engine: EngineKind,
     threads: usize,
+    accept: Accept,
     max_sessions: usize,
     backlog: i32,
     limits: Limits,
@@ -62,9 +112,14 @@ impl ServerBuilder {
         self.engine = engine;
         self
     }
-    /// Worker threads, each with its own event loop and listener (≥ 1).
+    /// Worker threads, each with its own event loop and sessions (≥ 1).
     pub fn threads(mut self, threads: usize) -> Self {
         self.threads = threads;
+        self
+    }
+    /// How connections are spread over the workers (see [`Accept`]).
+    pub fn accept(mut self, accept: Accept) -> Self {
+        self.accept = accept;
         self
     }
     /// Most sessions live at once; further connections are reset.
@@ -108,10 +163,8 @@ impl ServerBuilder {
         if self.threads == 0 || self.threads > 255 {
             return bad("threads must be between 1 and 255");
         }
-        if self.threads > 1 && !socket::REUSE_PORT {
-            return bad(
-                "several worker threads need a listener each (SO_REUSEPORT), which this OS lacks: use 1",
-            );
+        if self.threads > 1 && self.accept == Accept::ReusePort && !socket::REUSE_PORT {
+            return bad("accept strategy reuse-port needs SO_REUSEPORT, which this OS lacks: use hand-off");
         }
         if self.max_sessions == 0 {
             return bad("max_sessions must be at least 1");
@@ -143,17 +196,32 @@ impl ServerBuilder {
         let local_addr = socket::local_addr(&probe)?;
         drop(probe);
         let factory: crate::engine::Factory<H> = Arc::new(factory);
+        let hand_off = self.threads > 1 && self.accept == Accept::HandOff;
+        let reuse_port = self.threads > 1 && !hand_off;
         let mut specs = Vec::with_capacity(self.threads);
-        for _ in 0..self.threads {
-            let listener = socket::listen(&local_addr, self.backlog, self.threads > 1)
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {local_addr}: {e}")))?;
+        for index in 0..self.threads {
+            let listener = match index == 0 || reuse_port {
+                true => Some(
+                    socket::listen(&local_addr, self.backlog, reuse_port).map_err(|e| {
+                        io::Error::new(e.kind(), format!("cannot listen on {local_addr}: {e}"))
+                    })?,
+                ),
+                false => None,
+            };
             specs.push(WorkerSpec {
-                listener: Some(listener),
+                listener,
                 factory: Some(factory.clone()),
             });
         }
-        let (runtime, _) = Runtime::start("iocore-server", engine, specs, self.limits, self.max_sessions)?;
-        tracing::info!(addr = %local_addr, engine = %engine, threads = self.threads, "serving");
+        let (runtime, _) = Runtime::start(
+            "iocore-server",
+            engine,
+            specs,
+            self.limits,
+            self.max_sessions,
+            hand_off,
+        )?;
+        tracing::info!(addr = %local_addr, engine = %engine, threads = self.threads, accept = %self.accept, "serving");
         Ok(ServerHandle { runtime, local_addr })
     }
 }

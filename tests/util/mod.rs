@@ -51,13 +51,14 @@ pub fn require(engine: EngineKind) -> Option<EngineKind> {
 /// Longest any wait in a test may take before it fails.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
-/// A server builder on 127.0.0.1 with a free port, two workers (one on
-/// Windows, which has no SO_REUSEPORT to give each its own listener).
+/// A server builder on 127.0.0.1 with a free port and two workers, with
+/// the OS's default accept strategy (Linux: a listener per worker;
+/// Windows: one listener handing connections to both).
 pub fn server(engine: EngineKind) -> ServerBuilder {
     iocore::Server::builder()
         .addr("127.0.0.1:0".parse().unwrap())
         .engine(engine)
-        .threads(if cfg!(windows) { 1 } else { 2 })
+        .threads(2)
 }
 
 /// Polls `cond` until it holds or [`PATIENCE`] runs out.
@@ -141,6 +142,8 @@ impl Rng {
 #[derive(Default)]
 pub struct Events {
     pub connected: AtomicUsize,
+    /// The worker of each session, in the order they connected.
+    pub workers: Mutex<Vec<usize>>,
     pub closed: Mutex<Vec<CloseKind>>,
     pub reasons: Mutex<Vec<String>>,
 }
@@ -166,6 +169,7 @@ pub struct Recorded<H> {
 
 impl<H: Handler> Handler for Recorded<H> {
     fn on_connected(&mut self, s: &mut Session<'_>) {
+        self.events.workers.lock().unwrap().push(s.id().worker());
         self.events.connected.fetch_add(1, Ordering::SeqCst);
         self.inner.on_connected(s)
     }
