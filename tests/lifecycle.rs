@@ -211,7 +211,15 @@ fn client_service_connects_and_reports_failures(engine: EngineKind) {
     assert_eq!(*bad.lock().unwrap(), ["ConnectFailed"]);
     let stats = client.stats();
     assert_eq!((stats.connected, stats.closed(CloseKind::ConnectFailed)), (1, 1));
-    client.shutdown(Duration::from_secs(1)).unwrap();
+    // Once stopped, a connect is refused with an error, not lost.
+    client.stop(Duration::from_secs(1));
+    wait_until("client stopped", || client.is_finished());
+    let o = ok.clone();
+    let err = client
+        .connect(echo.local_addr(), move || Ping { log: o })
+        .expect_err("a stopped client cannot connect");
+    assert!(err.to_string().contains("stopped"), "{err}");
+    client.join().unwrap();
 }
 
 /// A client-side echo: bytes read by a `Client` session equal bytes sent,

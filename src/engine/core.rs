@@ -170,10 +170,12 @@ impl<H: Handler, S> Core<H, S> {
             let to = self.next_worker;
             self.next_worker = (to + 1) % workers.len();
             if to != self.w.index {
-                // Queued even if the wake-up fails; a worker that already
-                // ended closes it when its inbox is dropped.
-                let _ = workers[to].push(Command::Adopt { socket: s, peer });
-                return None;
+                match workers[to].push(Command::Adopt { socket: s, peer }) {
+                    Ok(()) => return None,
+                    // That worker has ended: serve it here.
+                    Err(Command::Adopt { socket, peer }) => return self.adopted(socket, peer),
+                    Err(_) => unreachable!("push gives back what it was given"),
+                }
             }
         }
         let conn = self.admit_accepted(&s, peer)?;

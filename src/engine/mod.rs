@@ -235,29 +235,64 @@ pub(crate) enum Command<H> {
 }
 
 /// A worker's mailbox: commands plus a descriptor that wakes its loop.
+/// Closed when the worker's loop has ended: then it takes nothing more.
 pub(crate) struct Inbox<H> {
-    queue: Mutex<Vec<Command<H>>>,
+    queue: Mutex<Queue<H>>,
     waker: Waker,
+}
+
+struct Queue<H> {
+    commands: Vec<Command<H>>,
+    closed: bool,
 }
 
 impl<H> Inbox<H> {
     pub(crate) fn new() -> io::Result<Inbox<H>> {
         Ok(Inbox {
-            queue: Mutex::new(Vec::new()),
+            queue: Mutex::new(Queue {
+                commands: Vec::new(),
+                closed: false,
+            }),
             waker: Waker::new()?,
         })
     }
 
-    /// Queues `cmd` and wakes the worker.
-    pub(crate) fn push(&self, cmd: Command<H>) -> io::Result<()> {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner()).push(cmd);
-        self.waker.wake()
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue<H>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `cmd` and wakes the worker; if the worker's loop has ended,
+    /// gives `cmd` back.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn push(&self, cmd: Command<H>) -> Result<(), Command<H>> {
+        let mut queue = self.queue();
+        if queue.closed {
+            return Err(cmd);
+        }
+        queue.commands.push(cmd);
+        drop(queue);
+        if let Err(e) = self.waker.wake() {
+            // Only a full wake counter fails, and then a wake is pending.
+            tracing::debug!(error = %e, "waking a worker failed");
+        }
+        Ok(())
     }
 
     /// Takes every queued command (after the wake-up was drained).
     pub(crate) fn take(&self) -> Vec<Command<H>> {
         let _ = self.waker.drain();
-        std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(&mut self.queue().commands)
+    }
+
+    /// The worker's loop has ended: refuse further commands and drop the
+    /// queued ones (a connection handed over meanwhile is closed).
+    pub(crate) fn close(&self) {
+        let left = {
+            let mut queue = self.queue();
+            queue.closed = true;
+            std::mem::take(&mut queue.commands)
+        };
+        drop(left);
     }
 
     pub(crate) fn waker(&self) -> &Waker {

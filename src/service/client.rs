@@ -106,10 +106,13 @@ impl<H: Handler> ClientHandle<H> {
     /// [`crate::CloseReason::ConnectFailed`] if the connection fails.
     pub fn connect(&self, addr: SocketAddr, make: impl FnOnce() -> H + Send + 'static) -> io::Result<()> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.inboxes.len();
-        self.inboxes[i].push(Command::Connect {
+        let connect = Command::Connect {
             addr,
             make: Box::new(make),
-        })
+        };
+        self.inboxes[i]
+            .push(connect)
+            .map_err(|_| io::Error::other("the client has stopped: its worker has ended"))
     }
 
     /// The engine serving.
@@ -125,6 +128,11 @@ impl<H: Handler> ClientHandle<H> {
     /// Starts a graceful stop; see [`crate::ServerHandle::stop`].
     pub fn stop(&self, grace: Duration) {
         self.runtime.stop(grace)
+    }
+
+    /// Whether every worker has finished (after a stop).
+    pub fn is_finished(&self) -> bool {
+        self.runtime.is_finished()
     }
 
     /// Waits until every worker has finished (after a stop).

@@ -13,19 +13,22 @@ use crate::session::Handler;
 /// Something that can be told to stop (a worker's inbox, whatever its
 /// handler type).
 trait Stop: Send + Sync {
-    fn stop(&self, grace: Duration) -> io::Result<()>;
-    /// After the worker ended: drops what is still queued (a connection
-    /// handed to it while it stopped is closed here).
-    fn discard(&self);
+    fn stop(&self, grace: Duration);
 }
 
 impl<H> Stop for Inbox<H> {
-    fn stop(&self, grace: Duration) -> io::Result<()> {
-        self.push(Command::Stop { grace })
+    fn stop(&self, grace: Duration) {
+        // A worker that already ended has nothing left to stop.
+        let _ = self.push(Command::Stop { grace });
     }
+}
 
-    fn discard(&self) {
-        drop(self.take());
+/// Closes a worker's inbox when its thread ends, however it ends.
+struct CloseOnExit<H>(Arc<Inbox<H>>);
+
+impl<H> Drop for CloseOnExit<H> {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 
@@ -88,7 +91,13 @@ impl Runtime {
             };
             let thread = std::thread::Builder::new()
                 .name(format!("{name}-{index}"))
-                .spawn(move || engine::run(engine, worker))?;
+                .spawn({
+                    let _close = CloseOnExit(inbox.clone());
+                    move || {
+                        let _close = _close;
+                        engine::run(engine, worker)
+                    }
+                })?;
             rt.threads.push(thread);
             rt.stoppers.push(inbox);
             rt.stats.push(stats);
@@ -133,8 +142,7 @@ impl Runtime {
     /// for up to `grace`, then everything left is reset.
     pub(crate) fn stop(&self, grace: Duration) {
         for s in &self.stoppers {
-            // A worker that already exited has nothing left to stop.
-            let _ = s.stop(grace);
+            s.stop(grace);
         }
     }
 
@@ -148,9 +156,6 @@ impl Runtime {
             if result.is_ok() {
                 result = r;
             }
-        }
-        for s in &self.stoppers {
-            s.discard();
         }
         result
     }
