@@ -95,6 +95,83 @@ pub(crate) fn flush_gather<H: Handler>(
     }
 }
 
+/// The control side of every engine's loop, the same on each: commands
+/// from other threads, accepted connections (served here or handed to
+/// another worker), deadlines, and stop. An engine supplies how a socket
+/// becomes a session, how a session is settled, and how its listener stops
+/// being watched.
+pub(crate) trait Driver<H: Handler> {
+    /// The engine's per-socket state.
+    type Io;
+
+    fn core(&mut self) -> &mut Core<H, Self::Io>;
+
+    /// Registers an accepted (or handed-over) connection's session and
+    /// starts it.
+    fn open_accepted(&mut self, conn: Conn<H>, socket: OwnedSocket) -> io::Result<()>;
+
+    /// Opens an outbound connection whose session `handler` serves.
+    fn connect(&mut self, addr: SocketAddr, handler: H) -> io::Result<()>;
+
+    /// Does what session `token` needs now: flush, FIN, close, re-arm.
+    fn settle(&mut self, token: u64) -> io::Result<()>;
+
+    /// Stops watching the listener, which the worker no longer holds.
+    fn close_listener(&mut self, listener: OwnedSocket) -> io::Result<()>;
+
+    /// Runs what other threads asked for.
+    fn commands(&mut self) -> io::Result<()> {
+        for cmd in self.core().w.inbox.take() {
+            match cmd {
+                Command::Connect { addr, make } => self.connect(addr, make())?,
+                Command::Adopt { socket, peer } => {
+                    if let Some((conn, socket)) = self.core().adopted(socket, peer) {
+                        self.open_accepted(conn, socket)?;
+                    }
+                }
+                Command::Stop { grace } => self.stop(grace)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// A connection was accepted: serves it here or hands it to another
+    /// worker (see [`Core::accepted`]).
+    fn serve_accepted(&mut self, socket: OwnedSocket, peer: SocketAddr) -> io::Result<()> {
+        match self.core().accepted(socket, peer) {
+            Some((conn, socket)) => self.open_accepted(conn, socket),
+            None => Ok(()),
+        }
+    }
+
+    /// Settles the sessions whose deadline has come: a stop's deadline
+    /// (forced close), then each session's own (timer, idle, linger).
+    fn expire(&mut self) -> io::Result<()> {
+        for token in self.core().forced_now() {
+            self.settle(token)?;
+        }
+        for (at, token) in self.core().due() {
+            if let Some((cx, slot)) = self.core().slot(token) {
+                slot.conn.wake(at, cx);
+                self.settle(token)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts stopping: no new connections; every session flushes and
+    /// closes within `grace`.
+    fn stop(&mut self, grace: Duration) -> io::Result<()> {
+        if let Some(listener) = self.core().w.listener.take() {
+            self.close_listener(listener)?;
+        }
+        for token in self.core().begin_stop(grace) {
+            self.settle(token)?;
+        }
+        Ok(())
+    }
+}
+
 /// A session on an engine: its state machine, the engine's per-socket
 /// state `S`, and the queued byte count last reported to the stats.
 pub(crate) struct Slot<H, S> {

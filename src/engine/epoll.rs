@@ -18,8 +18,8 @@ use crate::session::{CloseReason, Conn, Handler, Step, Tick, RESERVED};
 use crate::sys::epoll::{Epoll, Event, Interest};
 use crate::sys::socket;
 
-use super::core::{flush_gather, io_close_reason, Core};
-use super::{Command, Worker};
+use super::core::{flush_gather, io_close_reason, Core, Driver};
+use super::Worker;
 
 const WAKER: u64 = RESERVED;
 const LISTENER: u64 = RESERVED + 1;
@@ -90,78 +90,56 @@ impl<H: Handler> Loop<H> {
             self.core.tick();
             for token in std::mem::take(&mut self.unfinished) {
                 self.readable(token, false);
-                self.settle(token);
+                self.settle(token)?;
             }
             for i in 0..n {
                 let ev = self.epoll.event(i);
                 match ev.token {
-                    WAKER => self.commands(),
-                    LISTENER => self.accept(),
-                    token => self.session_event(token, ev),
+                    WAKER => self.commands()?,
+                    LISTENER => self.accept()?,
+                    token => self.session_event(token, ev)?,
                 }
             }
-            self.expire();
+            if self.accept_paused_until.is_some_and(|t| t <= self.core.now) {
+                self.accept_paused_until = None;
+                self.accept()?;
+            }
+            self.expire()?;
             if self.core.finished() {
                 return Ok(());
             }
         }
     }
 
-    fn commands(&mut self) {
-        for cmd in self.core.w.inbox.take() {
-            match cmd {
-                Command::Connect { addr, make } => self.connect(addr, make()),
-                Command::Adopt { socket, peer } => {
-                    if let Some((conn, fd)) = self.core.adopted(socket, peer) {
-                        self.open(conn, fd);
-                    }
-                }
-                Command::Stop { grace } => self.stop(grace),
-            }
-        }
-    }
-
-    fn accept(&mut self) {
+    fn accept(&mut self) -> io::Result<()> {
         if self.accept_paused_until.is_some() {
-            return;
+            return Ok(());
         }
         loop {
             let Some(listener) = &self.core.w.listener else {
-                return;
+                return Ok(());
             };
             let (fd, peer) = match socket::accept(listener) {
                 Ok(pair) => pair,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if socket::is_transient_accept_error(&e) => continue,
                 Err(e) if socket::is_resource_exhausted(&e) => {
                     tracing::warn!(worker = self.core.w.index, error = %e, "accept paused");
                     self.accept_paused_until = Some(self.core.now.after(ACCEPT_BACKOFF));
-                    return;
+                    return Ok(());
                 }
                 Err(e) => {
                     tracing::error!(worker = self.core.w.index, error = %e, "accept failed");
-                    return;
+                    return Ok(());
                 }
             };
-            if let Some((conn, fd)) = self.core.accepted(fd, peer) {
-                self.open(conn, fd);
-            }
-        }
-    }
-
-    fn connect(&mut self, addr: SocketAddr, handler: H) {
-        let Some(conn) = self.core.admit_outbound(addr, handler) else {
-            return;
-        };
-        match socket::connect(&addr) {
-            Ok((fd, _in_progress)) => self.open(conn, fd),
-            Err(e) => self.core.finish(conn, CloseReason::ConnectFailed(e)),
+            self.serve_accepted(fd, peer)?;
         }
     }
 
     /// Registers a new session. An accepted one starts now; an outbound
     /// one starts on its first write report (connect completed).
-    fn open(&mut self, conn: Conn<H>, fd: OwnedFd) {
+    fn open(&mut self, conn: Conn<H>, fd: OwnedFd) -> io::Result<()> {
         let token = self.core.insert(
             conn,
             Sock {
@@ -176,21 +154,22 @@ impl<H: Handler> Loop<H> {
                 true => CloseReason::ConnectFailed(e),
                 false => CloseReason::Io(e),
             };
-            return self.core.finish(slot.conn, reason);
+            self.core.finish(slot.conn, reason);
+            return Ok(());
         }
         if !slot.conn.is_connecting() {
             slot.conn.start(cx);
         }
-        self.settle(token);
+        self.settle(token)
     }
 
-    fn session_event(&mut self, token: u64, ev: Event) {
+    fn session_event(&mut self, token: u64, ev: Event) -> io::Result<()> {
         let Some((cx, slot, stats)) = self.core.slot_stats(token) else {
-            return;
+            return Ok(());
         };
         if slot.conn.is_connecting() {
             if !(ev.is_writable() || ev.is_error()) {
-                return;
+                return Ok(());
             }
             match socket::take_error(&slot.io.fd) {
                 Ok(None) if !ev.is_error() => {
@@ -209,7 +188,7 @@ impl<H: Handler> Loop<H> {
         if ev.is_readable() {
             self.readable(token, ev.is_read_closed());
         }
-        self.settle(token);
+        self.settle(token)
     }
 
     /// Reads until the socket is drained (or the budget is spent), handing
@@ -269,14 +248,39 @@ impl<H: Handler> Loop<H> {
             socket::send_vectored(fd, iov)
         });
     }
+}
+
+impl<H: Handler> Driver<H> for Loop<H> {
+    type Io = Sock;
+
+    fn core(&mut self) -> &mut Core<H, Sock> {
+        &mut self.core
+    }
+
+    fn open_accepted(&mut self, conn: Conn<H>, fd: OwnedFd) -> io::Result<()> {
+        self.open(conn, fd)
+    }
+
+    fn connect(&mut self, addr: SocketAddr, handler: H) -> io::Result<()> {
+        let Some(conn) = self.core.admit_outbound(addr, handler) else {
+            return Ok(());
+        };
+        match socket::connect(&addr) {
+            Ok((fd, _in_progress)) => self.open(conn, fd),
+            Err(e) => {
+                self.core.finish(conn, CloseReason::ConnectFailed(e));
+                Ok(())
+            }
+        }
+    }
 
     /// Brings a session up to date after anything touched it: flush, act
     /// on its next step, account its queue, re-arm its deadline.
-    fn settle(&mut self, token: u64) {
+    fn settle(&mut self, token: u64) -> io::Result<()> {
         loop {
             self.flush(token);
             let Some((cx, slot)) = self.core.slot(token) else {
-                return;
+                return Ok(());
             };
             match slot.conn.step(cx) {
                 Step::Wait => break,
@@ -291,38 +295,18 @@ impl<H: Handler> Loop<H> {
                         let _ = socket::set_linger_zero(&slot.io.fd);
                     }
                     drop(slot.io); // closing also removes it from epoll
-                    return self.core.finish(slot.conn, reason);
+                    self.core.finish(slot.conn, reason);
+                    return Ok(());
                 }
             }
         }
         self.core.settled(token);
+        Ok(())
     }
 
-    /// Runs what is due: the accept pause, the stop deadline, session
-    /// deadlines.
-    fn expire(&mut self) {
-        if self.accept_paused_until.is_some_and(|t| t <= self.core.now) {
-            self.accept_paused_until = None;
-            self.accept();
-        }
-        for token in self.core.forced_now() {
-            self.settle(token);
-        }
-        for (at, token) in self.core.due() {
-            if let Some((cx, slot)) = self.core.slot(token) {
-                slot.conn.wake(at, cx);
-                self.settle(token);
-            }
-        }
-    }
-
-    /// Stops accepting and starts closing every session gracefully.
-    fn stop(&mut self, grace: Duration) {
-        if let Some(l) = self.core.w.listener.take() {
-            let _ = self.epoll.delete(&l);
-        }
-        for token in self.core.begin_stop(grace) {
-            self.settle(token);
-        }
+    fn close_listener(&mut self, listener: OwnedFd) -> io::Result<()> {
+        // Closing it would remove it from epoll too; say so explicitly.
+        let _ = self.epoll.delete(&listener);
+        Ok(())
     }
 }

@@ -22,8 +22,8 @@ use crate::session::{CloseReason, Conn, Handler, Step, Tick};
 use crate::sys::socket;
 use crate::sys::uring::{Completion, SendOp, Uring};
 
-use super::core::{io_close_reason, Core};
-use super::{Command, Worker};
+use super::core::{io_close_reason, Core, Driver};
+use super::Worker;
 
 /// Submission queue size.
 const ENTRIES: u32 = 1024;
@@ -121,6 +121,10 @@ impl<H: Handler> Loop<H> {
             }
             self.ring.reuse(completions);
             self.core.w.stats.set_buffers_held(self.ring.buffers_held());
+            if self.accept_paused_until.is_some_and(|t| t <= self.core.now) {
+                self.accept_paused_until = None;
+                self.post_accept()?;
+            }
             self.expire()?;
             if self.core.finished() {
                 if !self.accept_posted && !self.waker_posted {
@@ -175,21 +179,6 @@ impl<H: Handler> Loop<H> {
         Ok(())
     }
 
-    fn commands(&mut self) -> io::Result<()> {
-        for cmd in self.core.w.inbox.take() {
-            match cmd {
-                Command::Connect { addr, make } => self.connect(addr, make())?,
-                Command::Adopt { socket, peer } => {
-                    if let Some((conn, fd)) = self.core.adopted(socket, peer) {
-                        self.open(conn, fd)?;
-                    }
-                }
-                Command::Stop { grace } => self.stop(grace)?,
-            }
-        }
-        Ok(())
-    }
-
     fn accepted(&mut self, c: Completion) -> io::Result<()> {
         self.accept_posted = c.more();
         match c.io_result() {
@@ -200,9 +189,7 @@ impl<H: Handler> Loop<H> {
                 // (which ends at once with PeerReset), as on epoll.
                 let peer = socket::peer_addr(&fd).unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
                 if !self.core.stopping() {
-                    if let Some((conn, fd)) = self.core.accepted(fd, peer) {
-                        self.open(conn, fd)?;
-                    }
+                    self.serve_accepted(fd, peer)?;
                 }
             }
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) && self.multishot => {
@@ -221,34 +208,6 @@ impl<H: Handler> Loop<H> {
             self.post_accept()?;
         }
         Ok(())
-    }
-
-    fn connect(&mut self, addr: SocketAddr, handler: H) -> io::Result<()> {
-        let Some(conn) = self.core.admit_outbound(addr, handler) else {
-            return Ok(());
-        };
-        let fd = match socket::stream_for(&addr) {
-            Ok(fd) => fd,
-            Err(e) => {
-                self.core.finish(conn, CloseReason::ConnectFailed(e));
-                return Ok(());
-            }
-        };
-        let token = self.core.insert(conn, Sock::new(fd));
-        let (_, slot) = self.core.slot(token).expect("just inserted");
-        self.ring
-            .connect(slot.io.fd.as_raw_fd(), &addr, user_data(OP_CONNECT, token))?;
-        slot.io.inflight += 1;
-        self.settle(token)
-    }
-
-    /// Registers an established session and starts receiving.
-    fn open(&mut self, conn: Conn<H>, fd: OwnedFd) -> io::Result<()> {
-        let token = self.core.insert(conn, Sock::new(fd));
-        let (cx, slot) = self.core.slot(token).expect("just inserted");
-        slot.conn.start(cx);
-        self.post_recv(token)?;
-        self.settle(token)
     }
 
     fn post_recv(&mut self, token: u64) -> io::Result<()> {
@@ -368,6 +327,42 @@ impl<H: Handler> Loop<H> {
         slot.io.inflight += 1;
         Ok(())
     }
+}
+
+impl<H: Handler> Driver<H> for Loop<H> {
+    type Io = Sock;
+
+    fn core(&mut self) -> &mut Core<H, Sock> {
+        &mut self.core
+    }
+
+    /// Registers an established session and starts receiving.
+    fn open_accepted(&mut self, conn: Conn<H>, fd: OwnedFd) -> io::Result<()> {
+        let token = self.core.insert(conn, Sock::new(fd));
+        let (cx, slot) = self.core.slot(token).expect("just inserted");
+        slot.conn.start(cx);
+        self.post_recv(token)?;
+        self.settle(token)
+    }
+
+    fn connect(&mut self, addr: SocketAddr, handler: H) -> io::Result<()> {
+        let Some(conn) = self.core.admit_outbound(addr, handler) else {
+            return Ok(());
+        };
+        let fd = match socket::stream_for(&addr) {
+            Ok(fd) => fd,
+            Err(e) => {
+                self.core.finish(conn, CloseReason::ConnectFailed(e));
+                return Ok(());
+            }
+        };
+        let token = self.core.insert(conn, Sock::new(fd));
+        let (_, slot) = self.core.slot(token).expect("just inserted");
+        self.ring
+            .connect(slot.io.fd.as_raw_fd(), &addr, user_data(OP_CONNECT, token))?;
+        slot.io.inflight += 1;
+        self.settle(token)
+    }
 
     /// Brings a session up to date: post its send, act on its next step,
     /// and free it once it is closed and the kernel has let go of it.
@@ -414,35 +409,13 @@ impl<H: Handler> Loop<H> {
         Ok(())
     }
 
-    fn expire(&mut self) -> io::Result<()> {
-        if self.accept_paused_until.is_some_and(|t| t <= self.core.now) {
-            self.accept_paused_until = None;
-            self.post_accept()?;
+    fn close_listener(&mut self, listener: OwnedFd) -> io::Result<()> {
+        if self.accept_posted {
+            self.ring
+                .cancel(user_data(OP_ACCEPT, 0), user_data(OP_ENGINE_CANCEL, 0))?;
         }
-        for token in self.core.forced_now() {
-            self.settle(token)?;
-        }
-        for (at, token) in self.core.due() {
-            if let Some((cx, slot)) = self.core.slot(token) {
-                slot.conn.wake(at, cx);
-                self.settle(token)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn stop(&mut self, grace: Duration) -> io::Result<()> {
-        if let Some(l) = self.core.w.listener.take() {
-            if self.accept_posted {
-                self.ring
-                    .cancel(user_data(OP_ACCEPT, 0), user_data(OP_ENGINE_CANCEL, 0))?;
-            }
-            // The posted accept holds its own reference until cancelled.
-            drop(l);
-        }
-        for token in self.core.begin_stop(grace) {
-            self.settle(token)?;
-        }
+        // The posted accept holds its own reference until cancelled.
+        drop(listener);
         Ok(())
     }
 }
