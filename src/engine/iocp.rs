@@ -9,14 +9,13 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use crate::session::{CloseReason, Conn, Handler, Step};
 use crate::sys::iocp::{self, Done, Port, SendOp};
 use crate::sys::{socket, OwnedSocket};
 
-use super::core::{io_close_reason, read_into_scratch, Core};
-use super::{Command, Worker};
+use super::core::{io_close_reason, read_into_scratch, Core, Driver};
+use super::Worker;
 
 /// Accepts kept posted on the listener.
 const ACCEPTS: usize = 16;
@@ -126,11 +125,7 @@ impl<H: Handler> Loop<H> {
             Done::Accepted(result) => {
                 self.accepts_posted -= 1;
                 match result {
-                    Ok((s, peer)) if !self.core.stopping() => {
-                        if let Some((conn, s)) = self.core.accepted(s, peer) {
-                            self.open(conn, s)?;
-                        }
-                    }
+                    Ok((s, peer)) if !self.core.stopping() => self.serve_accepted(s, peer)?,
                     Ok(_) => {}
                     Err(_) if self.core.stopping() => {}
                     Err(e) => {
@@ -207,54 +202,6 @@ impl<H: Handler> Loop<H> {
         }
     }
 
-    fn commands(&mut self) -> io::Result<()> {
-        let _ = self.core.w.inbox.waker().drain();
-        for cmd in self.core.w.inbox.take() {
-            match cmd {
-                Command::Connect { addr, make } => self.connect(addr, make())?,
-                Command::Adopt { socket, peer } => {
-                    if let Some((conn, s)) = self.core.adopted(socket, peer) {
-                        self.open(conn, s)?;
-                    }
-                }
-                Command::Stop { grace } => self.stop(grace)?,
-            }
-        }
-        Ok(())
-    }
-
-    fn connect(&mut self, addr: SocketAddr, handler: H) -> io::Result<()> {
-        let Some(conn) = self.core.admit_outbound(addr, handler) else {
-            return Ok(());
-        };
-        let s = match iocp::stream_for(&addr).and_then(|s| self.port.associate(&s).map(|()| s)) {
-            Ok(s) => s,
-            Err(e) => {
-                self.core.finish(conn, CloseReason::ConnectFailed(e));
-                return Ok(());
-            }
-        };
-        let token = self.core.insert(conn, Sock::new(s));
-        let (_, slot) = self.core.slot(token).expect("just inserted");
-        match self.port.connect(&slot.io.socket, &addr, token) {
-            Ok(()) => slot.io.inflight += 1,
-            Err(e) => slot.conn.failed(CloseReason::ConnectFailed(e)),
-        }
-        self.settle(token)
-    }
-
-    fn open(&mut self, conn: Conn<H>, s: OwnedSocket) -> io::Result<()> {
-        if let Err(e) = self.port.associate(&s) {
-            self.core.finish(conn, CloseReason::Io(e));
-            return Ok(());
-        }
-        let token = self.core.insert(conn, Sock::new(s));
-        let (cx, slot) = self.core.slot(token).expect("just inserted");
-        slot.conn.start(cx);
-        self.post_recv(token)?;
-        self.settle(token)
-    }
-
     fn post_recv(&mut self, token: u64) -> io::Result<()> {
         let Some((_, slot)) = self.core.slot(token) else {
             return Ok(());
@@ -302,6 +249,46 @@ impl<H: Handler> Loop<H> {
         }
         Ok(())
     }
+}
+
+impl<H: Handler> Driver<H> for Loop<H> {
+    type Io = Sock;
+
+    fn core(&mut self) -> &mut Core<H, Sock> {
+        &mut self.core
+    }
+
+    fn open_accepted(&mut self, conn: Conn<H>, s: OwnedSocket) -> io::Result<()> {
+        if let Err(e) = self.port.associate(&s) {
+            self.core.finish(conn, CloseReason::Io(e));
+            return Ok(());
+        }
+        let token = self.core.insert(conn, Sock::new(s));
+        let (cx, slot) = self.core.slot(token).expect("just inserted");
+        slot.conn.start(cx);
+        self.post_recv(token)?;
+        self.settle(token)
+    }
+
+    fn connect(&mut self, addr: SocketAddr, handler: H) -> io::Result<()> {
+        let Some(conn) = self.core.admit_outbound(addr, handler) else {
+            return Ok(());
+        };
+        let s = match iocp::stream_for(&addr).and_then(|s| self.port.associate(&s).map(|()| s)) {
+            Ok(s) => s,
+            Err(e) => {
+                self.core.finish(conn, CloseReason::ConnectFailed(e));
+                return Ok(());
+            }
+        };
+        let token = self.core.insert(conn, Sock::new(s));
+        let (_, slot) = self.core.slot(token).expect("just inserted");
+        match self.port.connect(&slot.io.socket, &addr, token) {
+            Ok(()) => slot.io.inflight += 1,
+            Err(e) => slot.conn.failed(CloseReason::ConnectFailed(e)),
+        }
+        self.settle(token)
+    }
 
     fn settle(&mut self, token: u64) -> io::Result<()> {
         loop {
@@ -348,27 +335,9 @@ impl<H: Handler> Loop<H> {
         Ok(())
     }
 
-    fn expire(&mut self) -> io::Result<()> {
-        for token in self.core.forced_now() {
-            self.settle(token)?;
-        }
-        for (at, token) in self.core.due() {
-            if let Some((cx, slot)) = self.core.slot(token) {
-                slot.conn.wake(at, cx);
-                self.settle(token)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn stop(&mut self, grace: Duration) -> io::Result<()> {
-        if let Some(l) = self.core.w.listener.take() {
-            // Closing the listener completes its posted accepts, aborted.
-            drop(l);
-        }
-        for token in self.core.begin_stop(grace) {
-            self.settle(token)?;
-        }
+    fn close_listener(&mut self, listener: OwnedSocket) -> io::Result<()> {
+        // Closing the listener completes its posted accepts, aborted.
+        drop(listener);
         Ok(())
     }
 }

@@ -22,9 +22,9 @@ use crate::sys::overlapped::OvSocket;
 use crate::sys::wsaevent::{self as wsa, Interest, NetEvent, Waitable};
 use crate::sys::OwnedSocket;
 
-use super::core::{io_close_reason, read_into_scratch, Core};
+use super::core::{io_close_reason, read_into_scratch, Core, Driver};
 use super::groups::Groups;
-use super::{Command, Worker};
+use super::Worker;
 
 const SCRATCH: usize = 64 * 1024;
 const READ_BUDGET: usize = 16;
@@ -115,22 +115,6 @@ impl<H: Handler> Loop<H> {
         }
     }
 
-    fn commands(&mut self) -> io::Result<()> {
-        let _ = self.core.w.inbox.waker().drain();
-        for cmd in self.core.w.inbox.take() {
-            match cmd {
-                Command::Connect { addr, make } => self.connect(addr, make())?,
-                Command::Adopt { socket, peer } => {
-                    if let Some((conn, s)) = self.core.adopted(socket, peer) {
-                        self.open(conn, s, None)?;
-                    }
-                }
-                Command::Stop { grace } => self.stop(grace),
-            }
-        }
-        Ok(())
-    }
-
     fn accept(&mut self) -> io::Result<()> {
         let Some(l) = &self.core.w.listener else {
             self.listen_event.reset();
@@ -147,9 +131,7 @@ impl<H: Handler> Loop<H> {
                     // The accepted socket inherits the listener's event
                     // selection: undo it, this one does overlapped I/O.
                     wsa::deselect(&s);
-                    if let Some((conn, s)) = self.core.accepted(s, peer) {
-                        self.open(conn, s, None)?;
-                    }
+                    self.serve_accepted(s, peer)?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if errors < 64 => {
@@ -161,19 +143,6 @@ impl<H: Handler> Loop<H> {
                     tracing::warn!(error = %e, "accept keeps failing");
                     return Ok(());
                 }
-            }
-        }
-    }
-
-    fn connect(&mut self, addr: SocketAddr, handler: H) -> io::Result<()> {
-        let Some(conn) = self.core.admit_outbound(addr, handler) else {
-            return Ok(());
-        };
-        match crate::sys::iocp::stream_for(&addr) {
-            Ok(s) => self.open(conn, s, Some(addr)),
-            Err(e) => {
-                self.core.finish(conn, CloseReason::ConnectFailed(e));
-                Ok(())
             }
         }
     }
@@ -198,8 +167,7 @@ impl<H: Handler> Loop<H> {
                 self.readable(token);
             }
         }
-        self.settle(token);
-        Ok(())
+        self.settle(token)
     }
 
     /// The session's event was signaled: see which operations finished.
@@ -249,8 +217,7 @@ impl<H: Handler> Loop<H> {
             Some(Err(e)) => slot.conn.failed(io_close_reason(e)),
             None => {}
         }
-        self.settle(token);
-        Ok(())
+        self.settle(token)
     }
 
     /// Reads what is there without blocking, then posts the next receive.
@@ -287,12 +254,37 @@ impl<H: Handler> Loop<H> {
             self.spare_sends.push(op);
         }
     }
+}
 
-    fn settle(&mut self, token: u64) {
+impl<H: Handler> Driver<H> for Loop<H> {
+    type Io = Sock;
+
+    fn core(&mut self) -> &mut Core<H, Sock> {
+        &mut self.core
+    }
+
+    fn open_accepted(&mut self, conn: Conn<H>, s: OwnedSocket) -> io::Result<()> {
+        self.open(conn, s, None)
+    }
+
+    fn connect(&mut self, addr: SocketAddr, handler: H) -> io::Result<()> {
+        let Some(conn) = self.core.admit_outbound(addr, handler) else {
+            return Ok(());
+        };
+        match crate::sys::iocp::stream_for(&addr) {
+            Ok(s) => self.open(conn, s, Some(addr)),
+            Err(e) => {
+                self.core.finish(conn, CloseReason::ConnectFailed(e));
+                Ok(())
+            }
+        }
+    }
+
+    fn settle(&mut self, token: u64) -> io::Result<()> {
         loop {
             self.flush(token);
             let Some((cx, slot)) = self.core.slot(token) else {
-                return;
+                return Ok(());
             };
             match slot.conn.step(cx) {
                 Step::Wait => break,
@@ -310,34 +302,19 @@ impl<H: Handler> Loop<H> {
                     // Dropping cancels posted operations and waits for them.
                     drop(ov);
                     self.groups.release(group, k);
-                    return self.core.finish(slot.conn, reason);
+                    self.core.finish(slot.conn, reason);
+                    return Ok(());
                 }
             }
         }
         self.core.settled(token);
-    }
-
-    fn expire(&mut self) -> io::Result<()> {
-        for token in self.core.forced_now() {
-            self.settle(token);
-        }
-        for (at, token) in self.core.due() {
-            if let Some((cx, slot)) = self.core.slot(token) {
-                slot.conn.wake(at, cx);
-                self.settle(token);
-            }
-        }
         Ok(())
     }
 
-    fn stop(&mut self, grace: Duration) {
-        if let Some(l) = self.core.w.listener.take() {
-            wsa::deselect(&l);
-            drop(l);
-            self.listen_event.reset();
-        }
-        for token in self.core.begin_stop(grace) {
-            self.settle(token);
-        }
+    fn close_listener(&mut self, listener: OwnedSocket) -> io::Result<()> {
+        wsa::deselect(&listener);
+        drop(listener);
+        self.listen_event.reset();
+        Ok(())
     }
 }

@@ -24,9 +24,9 @@ use crate::session::{CloseReason, Conn, Handler, Step};
 use crate::sys::wsaevent::{self as wsa, Interest, NetEvent, Waitable};
 use crate::sys::OwnedSocket;
 
-use super::core::{flush_gather, io_close_reason, read_into_scratch, Core};
+use super::core::{flush_gather, io_close_reason, read_into_scratch, Core, Driver};
 use super::groups::Groups;
-use super::{Command, Worker};
+use super::Worker;
 
 const SCRATCH: usize = 64 * 1024;
 const READ_BUDGET: usize = 16;
@@ -110,22 +110,6 @@ impl<H: Handler> Loop<H> {
         }
     }
 
-    fn commands(&mut self) -> io::Result<()> {
-        let _ = self.core.w.inbox.waker().drain();
-        for cmd in self.core.w.inbox.take() {
-            match cmd {
-                Command::Connect { addr, make } => self.connect(addr, make())?,
-                Command::Adopt { socket, peer } => {
-                    if let Some((conn, s)) = self.core.adopted(socket, peer) {
-                        self.open(conn, s, Interest::SESSION)?;
-                    }
-                }
-                Command::Stop { grace } => self.stop(grace)?,
-            }
-        }
-        Ok(())
-    }
-
     fn accept(&mut self) -> io::Result<()> {
         let Some(l) = &self.core.w.listener else {
             self.listen_event.reset();
@@ -141,11 +125,7 @@ impl<H: Handler> Loop<H> {
                 return Ok(());
             };
             match wsa::accept(l) {
-                Ok((s, peer)) => {
-                    if let Some((conn, s)) = self.core.accepted(s, peer) {
-                        self.open(conn, s, Interest::SESSION)?;
-                    }
-                }
+                Ok((s, peer)) => self.serve_accepted(s, peer)?,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if errors < 64 => {
                     errors += 1;
@@ -156,19 +136,6 @@ impl<H: Handler> Loop<H> {
                     tracing::warn!(error = %e, "accept keeps failing");
                     return Ok(());
                 }
-            }
-        }
-    }
-
-    fn connect(&mut self, addr: SocketAddr, handler: H) -> io::Result<()> {
-        let Some(conn) = self.core.admit_outbound(addr, handler) else {
-            return Ok(());
-        };
-        match wsa::connect(&addr) {
-            Ok(s) => self.open(conn, s, Interest::CONNECTING),
-            Err(e) => {
-                self.core.finish(conn, CloseReason::ConnectFailed(e));
-                Ok(())
             }
         }
     }
@@ -199,23 +166,22 @@ impl<H: Handler> Loop<H> {
             slot.conn.start(cx);
             self.read_now(token);
         }
-        self.settle(token);
-        Ok(())
+        self.settle(token)
     }
 
     fn handle_reports(&mut self) -> io::Result<()> {
         for (g, tokens) in self.groups.take_reports() {
             for token in tokens {
-                self.session_event(token);
+                self.session_event(token)?;
             }
             self.groups.resume(g);
         }
         Ok(())
     }
 
-    fn session_event(&mut self, token: u64) {
+    fn session_event(&mut self, token: u64) -> io::Result<()> {
         let Some((cx, slot, stats)) = self.core.slot_stats(token) else {
-            return;
+            return Ok(());
         };
         let event = self.groups.event(slot.io.group, slot.io.slot);
         let ne = match wsa::enumerate(&slot.io.socket, event) {
@@ -249,7 +215,7 @@ impl<H: Handler> Loop<H> {
                 }
             }
         }
-        self.settle(token);
+        self.settle(token)
     }
 
     /// Reads whatever is already there. Called when a session opens:
@@ -277,12 +243,37 @@ impl<H: Handler> Loop<H> {
             wsa::send_vectored(socket, iov)
         });
     }
+}
 
-    fn settle(&mut self, token: u64) {
+impl<H: Handler> Driver<H> for Loop<H> {
+    type Io = Sock;
+
+    fn core(&mut self) -> &mut Core<H, Sock> {
+        &mut self.core
+    }
+
+    fn open_accepted(&mut self, conn: Conn<H>, s: OwnedSocket) -> io::Result<()> {
+        self.open(conn, s, Interest::SESSION)
+    }
+
+    fn connect(&mut self, addr: SocketAddr, handler: H) -> io::Result<()> {
+        let Some(conn) = self.core.admit_outbound(addr, handler) else {
+            return Ok(());
+        };
+        match wsa::connect(&addr) {
+            Ok(s) => self.open(conn, s, Interest::CONNECTING),
+            Err(e) => {
+                self.core.finish(conn, CloseReason::ConnectFailed(e));
+                Ok(())
+            }
+        }
+    }
+
+    fn settle(&mut self, token: u64) -> io::Result<()> {
         loop {
             self.flush(token);
             let Some((cx, slot)) = self.core.slot(token) else {
-                return;
+                return Ok(());
             };
             match slot.conn.step(cx) {
                 Step::Wait => break,
@@ -305,35 +296,19 @@ impl<H: Handler> Loop<H> {
                     }
                     drop(socket);
                     self.groups.release(group, k);
-                    return self.core.finish(slot.conn, reason);
+                    self.core.finish(slot.conn, reason);
+                    return Ok(());
                 }
             }
         }
         self.core.settled(token);
-    }
-
-    fn expire(&mut self) -> io::Result<()> {
-        for token in self.core.forced_now() {
-            self.settle(token);
-        }
-        for (at, token) in self.core.due() {
-            if let Some((cx, slot)) = self.core.slot(token) {
-                slot.conn.wake(at, cx);
-                self.settle(token);
-            }
-        }
         Ok(())
     }
 
-    fn stop(&mut self, grace: Duration) -> io::Result<()> {
-        if let Some(l) = self.core.w.listener.take() {
-            wsa::deselect(&l);
-            drop(l);
-            self.listen_event.reset();
-        }
-        for token in self.core.begin_stop(grace) {
-            self.settle(token);
-        }
+    fn close_listener(&mut self, listener: OwnedSocket) -> io::Result<()> {
+        wsa::deselect(&listener);
+        drop(listener);
+        self.listen_event.reset();
         Ok(())
     }
 }
