@@ -19,7 +19,7 @@ use crate::sys::epoll::{Epoll, Event, Interest};
 use crate::sys::socket;
 
 use super::core::{flush_gather, io_close_reason, Core, Driver};
-use super::Worker;
+use super::{EngineKind, Worker};
 
 const WAKER: u64 = RESERVED;
 const LISTENER: u64 = RESERVED + 1;
@@ -59,16 +59,7 @@ pub(crate) fn run<H: Handler>(w: Worker<H>) -> io::Result<()> {
         }
         Ok(epoll)
     };
-    let epoll = match setup() {
-        Ok(epoll) => epoll,
-        Err(e) => {
-            let _ = w
-                .ready
-                .send(Err(io::Error::new(e.kind(), format!("epoll engine setup: {e}"))));
-            return Err(e);
-        }
-    };
-    let _ = w.ready.send(Ok(()));
+    let epoll = w.report_setup(EngineKind::Epoll, setup())?;
     let mut lp = Loop {
         core: Core::new(w),
         epoll,

@@ -1,7 +1,11 @@
-//! Event-object groups for the Windows event engines (`wsa-event`,
-//! `overlapped`): one wait takes at most 64 events, so sessions live in
-//! groups of 63 reusable event objects, each watched by a waiter thread,
-//! as production WSAEventSelect servers do.
+//! What the two Windows event-object engines (`wsa-event`, `overlapped`)
+//! share around their sessions' I/O: the event-object groups, the
+//! listener's event, and the loop that waits on the inbox, the groups'
+//! reports and the listener ([`EventEngine`]).
+//!
+//! One wait takes at most 64 events, so sessions live in groups of 63
+//! reusable event objects, each watched by a waiter thread, as production
+//! WSAEventSelect servers do.
 //!
 //! A waiter only waits: it reports the signaled slots of its group to the
 //! worker and parks until the worker has handled them (which resets their
@@ -10,11 +14,138 @@
 //! may wait on them; a slot is reused by the next session.
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-use crate::sys::wsaevent::{self as wsa, NetEvent, Waitable};
+use crate::session::Handler;
+use crate::sys::wsaevent::{self as wsa, Interest, NetEvent, Waitable};
+use crate::sys::OwnedSocket;
+
+use super::core::{Core, Driver};
+
+/// How often a listening worker also tries to accept: under Wine a
+/// listener's FD_ACCEPT can be lost (its event is shared with freshly
+/// accepted sockets until they are re-selected).
+const ACCEPT_POLL: Duration = Duration::from_millis(50);
+/// Failed accepts in a row before the worker stops trying until the next
+/// FD_ACCEPT (each failure concerns one connection).
+const ACCEPT_ERRORS: usize = 64;
+
+/// The groups and the listener's event of one worker.
+pub(crate) struct Shell {
+    pub groups: Groups,
+    listen_event: NetEvent,
+}
+
+impl Shell {
+    /// Ties `listener` (if any) to its event for FD_ACCEPT; waiter threads
+    /// are named `name-<group>`.
+    pub fn new(listener: Option<&OwnedSocket>, name: String) -> io::Result<Shell> {
+        let listen_event = NetEvent::new()?;
+        if let Some(l) = listener {
+            wsa::select(l, &listen_event, Interest::LISTENER)?;
+        }
+        Ok(Shell {
+            groups: Groups::new(name)?,
+            listen_event,
+        })
+    }
+
+    /// Stops watching the listener and closes it.
+    pub fn close_listener(&self, listener: OwnedSocket) {
+        wsa::deselect(&listener);
+        drop(listener);
+        self.listen_event.reset();
+    }
+}
+
+/// An engine whose sessions signal event objects in a [`Shell`]'s groups:
+/// it supplies what a signaled session means; the loop around it is here.
+pub(crate) trait EventEngine<H: Handler>: Driver<H> {
+    /// The loop's core and shell, borrowed together.
+    fn parts(&mut self) -> (&mut Core<H, Self::Io>, &mut Shell);
+
+    /// Session `token`'s event object was signaled.
+    fn session_event(&mut self, token: u64) -> io::Result<()>;
+
+    /// Readies a freshly accepted socket, which inherits the listener's
+    /// event selection.
+    fn prepare_accepted(&self, _socket: &OwnedSocket) {}
+
+    /// Waits on the inbox, the groups' reports and the listener, and
+    /// handles whichever are signaled, until the worker has stopped and
+    /// its sessions are gone.
+    fn run_loop(&mut self) -> io::Result<()> {
+        loop {
+            let (core, shell) = self.parts();
+            let poll = core.w.listener.as_ref().map(|_| core.now.after(ACCEPT_POLL));
+            let timeout = core.timeout(poll);
+            let inbox = core.w.inbox.clone();
+            let set: [&dyn Waitable; 3] = [inbox.waker(), shell.groups.report_event(), &shell.listen_event];
+            let hit = wsa::wait_any(&set, timeout)?;
+            core.tick();
+            // Check all three, whichever woke the wait.
+            let listener_set = shell.listen_event.is_set();
+            if hit == Some(0) || inbox.waker().handle_is_set() {
+                self.commands()?;
+            }
+            if listener_set || hit.is_none() {
+                self.accept()?;
+            }
+            if self.parts().1.groups.report_event().is_set() {
+                let reports = self.parts().1.groups.take_reports();
+                for (g, tokens) in reports {
+                    for token in tokens {
+                        self.session_event(token)?;
+                    }
+                    self.parts().1.groups.resume(g);
+                }
+            }
+            self.expire()?;
+            if self.parts().0.finished() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Accepts what the listener has (resetting its event: FD_ACCEPT is
+    /// raised again after WOULDBLOCK), then serves each connection.
+    fn accept(&mut self) -> io::Result<()> {
+        let mut accepted: Vec<(OwnedSocket, SocketAddr)> = Vec::new();
+        {
+            let (core, shell) = self.parts();
+            let Some(l) = &core.w.listener else {
+                shell.listen_event.reset();
+                return Ok(());
+            };
+            let _ = wsa::enumerate(l, &shell.listen_event);
+            let mut errors = 0;
+            loop {
+                match wsa::accept(l) {
+                    Ok(pair) => accepted.push(pair),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if errors < ACCEPT_ERRORS => {
+                        errors += 1;
+                        core.w.stats.accept_failed();
+                        tracing::debug!(error = %e, "accept failed");
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept keeps failing");
+                        break;
+                    }
+                }
+            }
+        }
+        for (socket, peer) in accepted {
+            self.prepare_accepted(&socket);
+            self.serve_accepted(socket, peer)?;
+        }
+        Ok(())
+    }
+}
 
 /// Session slots per group: one wait's 64 events, less the group's own.
 pub(crate) const GROUP: usize = wsa::MAX_WAIT - 1;

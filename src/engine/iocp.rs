@@ -15,7 +15,7 @@ use crate::sys::iocp::{self, Done, Port, SendOp};
 use crate::sys::{socket, OwnedSocket};
 
 use super::core::{io_close_reason, read_into_scratch, Core, Driver};
-use super::Worker;
+use super::{EngineKind, Worker};
 
 /// Accepts kept posted on the listener.
 const ACCEPTS: usize = 16;
@@ -61,12 +61,7 @@ pub(crate) fn run<H: Handler>(w: Worker<H>) -> io::Result<()> {
     };
     let (port, listen_addr) = match setup() {
         Ok(p) => p,
-        Err(e) => {
-            let _ = w
-                .ready
-                .send(Err(io::Error::new(e.kind(), format!("iocp engine setup: {e}"))));
-            return Err(e);
-        }
+        Err(e) => return w.report_setup(EngineKind::Iocp, Err(e)),
     };
     let mut lp = Loop {
         core: Core::new(w),
@@ -78,13 +73,7 @@ pub(crate) fn run<H: Handler>(w: Worker<H>) -> io::Result<()> {
         done: Vec::new(),
     };
     let started = lp.post_accepts();
-    let _ = lp.core.w.ready.send(
-        started
-            .as_ref()
-            .map(|_| ())
-            .map_err(|e| io::Error::new(e.kind(), e.to_string())),
-    );
-    started?;
+    lp.core.w.report_setup(EngineKind::Iocp, started)?;
     let result = lp.run();
     lp.core.w.inbox.waker().attach_port(None);
     result

@@ -353,6 +353,18 @@ pub(crate) struct Worker<H> {
 }
 
 impl<H> Worker<H> {
+    /// Tells the service whether the loop is set up (once per worker:
+    /// call it with the final outcome), naming the engine in an error, and
+    /// passes `result` on.
+    pub(crate) fn report_setup<T>(&self, engine: EngineKind, result: io::Result<T>) -> io::Result<T> {
+        let report = match &result {
+            Ok(_) => Ok(()),
+            Err(e) => Err(io::Error::new(e.kind(), format!("{engine} engine setup: {e}"))),
+        };
+        let _ = self.ready.send(report);
+        result
+    }
+
     /// The current time as the session layer sees it.
     pub(crate) fn now(&self) -> Tick {
         Tick(self.epoch.elapsed().as_millis() as u64)

@@ -14,23 +14,19 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use crate::session::{CloseReason, Conn, Handler, Step};
 use crate::sys::iocp::SendOp;
 use crate::sys::overlapped::OvSocket;
-use crate::sys::wsaevent::{self as wsa, Interest, NetEvent, Waitable};
+use crate::sys::wsaevent as wsa;
 use crate::sys::OwnedSocket;
 
 use super::core::{io_close_reason, read_into_scratch, Core, Driver};
-use super::groups::Groups;
-use super::Worker;
+use super::groups::{EventEngine, Shell};
+use super::{EngineKind, Worker};
 
 const SCRATCH: usize = 64 * 1024;
 const READ_BUDGET: usize = 16;
-/// How often a listening worker also tries to accept (FD_ACCEPT can be
-/// lost under Wine; see the wsa-event engine).
-const ACCEPT_POLL: Duration = Duration::from_millis(50);
 
 struct Sock {
     ov: OvSocket,
@@ -42,8 +38,7 @@ struct Loop<H> {
     // Sessions (with their posted operations) go before the groups whose
     // event objects those operations signal.
     core: Core<H, Sock>,
-    groups: Groups,
-    listen_event: NetEvent,
+    shell: Shell,
     scratch: Box<[u8]>,
     /// Boxed on purpose: the socket takes and returns them by box.
     #[allow(clippy::vec_box)]
@@ -52,108 +47,25 @@ struct Loop<H> {
 
 /// Runs the worker until it is stopped.
 pub(crate) fn run<H: Handler>(w: Worker<H>) -> io::Result<()> {
-    let setup = || -> io::Result<(NetEvent, Groups)> {
-        let listen_event = NetEvent::new()?;
-        if let Some(l) = &w.listener {
-            wsa::select(l, &listen_event, Interest::LISTENER)?;
-        }
-        Ok((listen_event, Groups::new(format!("iocore-ov-wait-{}", w.index))?))
-    };
-    let (listen_event, groups) = match setup() {
-        Ok(e) => e,
-        Err(e) => {
-            let _ = w.ready.send(Err(io::Error::new(
-                e.kind(),
-                format!("overlapped engine setup: {e}"),
-            )));
-            return Err(e);
-        }
-    };
-    let _ = w.ready.send(Ok(()));
+    let shell = Shell::new(w.listener.as_ref(), format!("iocore-ov-wait-{}", w.index));
+    let shell = w.report_setup(EngineKind::Overlapped, shell)?;
     let mut lp = Loop {
         core: Core::new(w),
-        groups,
-        listen_event,
+        shell,
         scratch: vec![0; SCRATCH].into_boxed_slice(),
         spare_sends: Vec::new(),
     };
-    lp.run()
+    lp.run_loop()
 }
 
 impl<H: Handler> Loop<H> {
-    fn run(&mut self) -> io::Result<()> {
-        loop {
-            let poll = self
-                .core
-                .w
-                .listener
-                .as_ref()
-                .map(|_| self.core.now.after(ACCEPT_POLL));
-            let timeout = self.core.timeout(poll);
-            let inbox = self.core.w.inbox.clone();
-            let set: [&dyn Waitable; 3] = [inbox.waker(), self.groups.report_event(), &self.listen_event];
-            let hit = wsa::wait_any(&set, timeout)?;
-            self.core.tick();
-            if hit == Some(0) || inbox.waker().handle_is_set() {
-                self.commands()?;
-            }
-            if self.listen_event.is_set() || hit.is_none() {
-                self.accept()?;
-            }
-            if self.groups.report_event().is_set() {
-                for (g, tokens) in self.groups.take_reports() {
-                    for token in tokens {
-                        self.completed(token)?;
-                    }
-                    self.groups.resume(g);
-                }
-            }
-            self.expire()?;
-            if self.core.finished() {
-                return Ok(());
-            }
-        }
-    }
-
-    fn accept(&mut self) -> io::Result<()> {
-        let Some(l) = &self.core.w.listener else {
-            self.listen_event.reset();
-            return Ok(());
-        };
-        let _ = wsa::enumerate(l, &self.listen_event);
-        let mut errors = 0;
-        loop {
-            let Some(l) = &self.core.w.listener else {
-                return Ok(());
-            };
-            match wsa::accept(l) {
-                Ok((s, peer)) => {
-                    // The accepted socket inherits the listener's event
-                    // selection: undo it, this one does overlapped I/O.
-                    wsa::deselect(&s);
-                    self.serve_accepted(s, peer)?;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if errors < 64 => {
-                    errors += 1;
-                    self.core.w.stats.accept_failed();
-                    tracing::debug!(error = %e, "accept failed");
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept keeps failing");
-                    return Ok(());
-                }
-            }
-        }
-    }
-
     /// Registers a session in a slot and posts its first operation: a
     /// connect to `connect_to`, or a receive.
     fn open(&mut self, conn: Conn<H>, s: OwnedSocket, connect_to: Option<SocketAddr>) -> io::Result<()> {
-        let (g, slot) = self.groups.acquire()?;
-        let ov = OvSocket::new(s, self.groups.event(g, slot));
+        let (g, slot) = self.shell.groups.acquire()?;
+        let ov = OvSocket::new(s, self.shell.groups.event(g, slot));
         let token = self.core.insert(conn, Sock { ov, group: g, slot });
-        self.groups.assign(g, slot, token);
+        self.shell.groups.assign(g, slot, token);
         let (cx, slot) = self.core.slot(token).expect("just inserted");
         match connect_to {
             Some(addr) => {
@@ -166,56 +78,6 @@ impl<H: Handler> Loop<H> {
                 // Bytes may already wait: read them now, then post.
                 self.readable(token);
             }
-        }
-        self.settle(token)
-    }
-
-    /// The session's event was signaled: see which operations finished.
-    fn completed(&mut self, token: u64) -> io::Result<()> {
-        let Some((cx, slot, stats)) = self.core.slot_stats(token) else {
-            return Ok(());
-        };
-        // Reset first: an operation finishing after the polls below
-        // signals again.
-        self.groups.event(slot.io.group, slot.io.slot).reset();
-        let mut just_connected = false;
-        if let Some(result) = slot.io.ov.poll_connect() {
-            match result {
-                Ok(()) => {
-                    slot.conn.connected(cx);
-                    stats.connected();
-                    just_connected = true;
-                }
-                Err(e) => slot.conn.failed(CloseReason::ConnectFailed(e)),
-            }
-        }
-        if let Some((result, mut op)) = slot.io.ov.poll_send() {
-            let sent = match result {
-                Ok(n) => {
-                    stats.wrote(n);
-                    n
-                }
-                Err(e) => {
-                    stats.write_attempt();
-                    slot.conn.failed(io_close_reason(e));
-                    0
-                }
-            };
-            slot.conn.send_completed(&mut op.bufs, op.offset, sent, cx);
-            op.bufs.clear();
-            self.spare_sends.push(op);
-        }
-        if just_connected {
-            // Start receiving (and read what may already be there).
-            self.readable(token);
-        }
-        let Some((_, slot)) = self.core.slot(token) else {
-            return Ok(());
-        };
-        match slot.io.ov.poll_recv() {
-            Some(Ok(())) => self.readable(token),
-            Some(Err(e)) => slot.conn.failed(io_close_reason(e)),
-            None => {}
         }
         self.settle(token)
     }
@@ -301,7 +163,7 @@ impl<H: Handler> Driver<H> for Loop<H> {
                     let Sock { ov, group, slot: k } = slot.io;
                     // Dropping cancels posted operations and waits for them.
                     drop(ov);
-                    self.groups.release(group, k);
+                    self.shell.groups.release(group, k);
                     self.core.finish(slot.conn, reason);
                     return Ok(());
                 }
@@ -312,9 +174,69 @@ impl<H: Handler> Driver<H> for Loop<H> {
     }
 
     fn close_listener(&mut self, listener: OwnedSocket) -> io::Result<()> {
-        wsa::deselect(&listener);
-        drop(listener);
-        self.listen_event.reset();
+        self.shell.close_listener(listener);
         Ok(())
+    }
+}
+
+impl<H: Handler> EventEngine<H> for Loop<H> {
+    fn parts(&mut self) -> (&mut Core<H, Sock>, &mut Shell) {
+        (&mut self.core, &mut self.shell)
+    }
+
+    /// The session's event was signaled: see which operations finished.
+    fn session_event(&mut self, token: u64) -> io::Result<()> {
+        let Some((cx, slot, stats)) = self.core.slot_stats(token) else {
+            return Ok(());
+        };
+        // Reset first: an operation finishing after the polls below
+        // signals again.
+        self.shell.groups.event(slot.io.group, slot.io.slot).reset();
+        let mut just_connected = false;
+        if let Some(result) = slot.io.ov.poll_connect() {
+            match result {
+                Ok(()) => {
+                    slot.conn.connected(cx);
+                    stats.connected();
+                    just_connected = true;
+                }
+                Err(e) => slot.conn.failed(CloseReason::ConnectFailed(e)),
+            }
+        }
+        if let Some((result, mut op)) = slot.io.ov.poll_send() {
+            let sent = match result {
+                Ok(n) => {
+                    stats.wrote(n);
+                    n
+                }
+                Err(e) => {
+                    stats.write_attempt();
+                    slot.conn.failed(io_close_reason(e));
+                    0
+                }
+            };
+            slot.conn.send_completed(&mut op.bufs, op.offset, sent, cx);
+            op.bufs.clear();
+            self.spare_sends.push(op);
+        }
+        if just_connected {
+            // Start receiving (and read what may already be there).
+            self.readable(token);
+        }
+        let Some((_, slot)) = self.core.slot(token) else {
+            return Ok(());
+        };
+        match slot.io.ov.poll_recv() {
+            Some(Ok(())) => self.readable(token),
+            Some(Err(e)) => slot.conn.failed(io_close_reason(e)),
+            None => {}
+        }
+        self.settle(token)
+    }
+
+    /// The accepted socket inherits the listener's event selection: undo
+    /// it, this one does overlapped I/O.
+    fn prepare_accepted(&self, socket: &OwnedSocket) {
+        wsa::deselect(socket);
     }
 }

@@ -23,7 +23,7 @@ use crate::sys::socket;
 use crate::sys::uring::{Completion, SendOp, Uring};
 
 use super::core::{io_close_reason, Core, Driver};
-use super::Worker;
+use super::{EngineKind, Worker};
 
 /// Submission queue size.
 const ENTRIES: u32 = 1024;
@@ -80,12 +80,7 @@ struct Loop<H> {
 pub(crate) fn run<H: Handler>(w: Worker<H>) -> io::Result<()> {
     let ring = match Uring::new(ENTRIES, BUFFERS, BUFFER_SIZE) {
         Ok(ring) => ring,
-        Err(e) => {
-            let _ = w
-                .ready
-                .send(Err(io::Error::new(e.kind(), format!("uring engine setup: {e}"))));
-            return Err(e);
-        }
+        Err(e) => return w.report_setup(EngineKind::Uring, Err(e)),
     };
     let multishot = !std::env::var_os("IOCORE_URING_SINGLESHOT").is_some_and(|v| v != "0");
     let mut lp = Loop {
@@ -99,13 +94,7 @@ pub(crate) fn run<H: Handler>(w: Worker<H>) -> io::Result<()> {
         spare_sends: Vec::new(),
     };
     let started = lp.post_waker().and_then(|()| lp.post_accept());
-    let _ = lp.core.w.ready.send(
-        started
-            .as_ref()
-            .map(|_| ())
-            .map_err(|e| io::Error::new(e.kind(), e.to_string())),
-    );
-    started?;
+    lp.core.w.report_setup(EngineKind::Uring, started)?;
     lp.run()
 }
 

@@ -18,20 +18,17 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use crate::session::{CloseReason, Conn, Handler, Step};
-use crate::sys::wsaevent::{self as wsa, Interest, NetEvent, Waitable};
+use crate::sys::wsaevent::{self as wsa, Interest};
 use crate::sys::OwnedSocket;
 
 use super::core::{flush_gather, io_close_reason, read_into_scratch, Core, Driver};
-use super::groups::Groups;
-use super::Worker;
+use super::groups::{EventEngine, Shell};
+use super::{EngineKind, Worker};
 
 const SCRATCH: usize = 64 * 1024;
 const READ_BUDGET: usize = 16;
-/// How often a listening worker also tries to accept (see `run`).
-const ACCEPT_POLL: Duration = Duration::from_millis(50);
 
 struct Sock {
     socket: OwnedSocket,
@@ -42,108 +39,27 @@ struct Sock {
 
 struct Loop<H> {
     core: Core<H, Sock>,
-    groups: Groups,
-    listen_event: NetEvent,
+    shell: Shell,
     scratch: Box<[u8]>,
 }
 
 /// Runs the worker until it is stopped.
 pub(crate) fn run<H: Handler>(w: Worker<H>) -> io::Result<()> {
-    let setup = || -> io::Result<(NetEvent, Groups)> {
-        let listen_event = NetEvent::new()?;
-        if let Some(l) = &w.listener {
-            wsa::select(l, &listen_event, Interest::LISTENER)?;
-        }
-        Ok((listen_event, Groups::new(format!("iocore-wsa-wait-{}", w.index))?))
-    };
-    let (listen_event, groups) = match setup() {
-        Ok(e) => e,
-        Err(e) => {
-            let _ = w.ready.send(Err(io::Error::new(
-                e.kind(),
-                format!("wsa-event engine setup: {e}"),
-            )));
-            return Err(e);
-        }
-    };
-    let _ = w.ready.send(Ok(()));
+    let shell = Shell::new(w.listener.as_ref(), format!("iocore-wsa-wait-{}", w.index));
+    let shell = w.report_setup(EngineKind::WsaEvent, shell)?;
     let mut lp = Loop {
         core: Core::new(w),
-        groups,
-        listen_event,
+        shell,
         scratch: vec![0; SCRATCH].into_boxed_slice(),
     };
-    lp.run()
+    lp.run_loop()
 }
 
 impl<H: Handler> Loop<H> {
-    fn run(&mut self) -> io::Result<()> {
-        loop {
-            // Under Wine a listener's FD_ACCEPT can be lost (its event is
-            // shared with freshly accepted sockets until they are
-            // re-selected): while listening, also look every 50 ms.
-            let poll = self
-                .core
-                .w
-                .listener
-                .as_ref()
-                .map(|_| self.core.now.after(ACCEPT_POLL));
-            let timeout = self.core.timeout(poll);
-            let inbox = self.core.w.inbox.clone();
-            let set: [&dyn Waitable; 3] = [inbox.waker(), self.groups.report_event(), &self.listen_event];
-            let hit = wsa::wait_any(&set, timeout)?;
-            self.core.tick();
-            // Check all three, whichever woke the wait.
-            if hit == Some(0) || inbox.waker().handle_is_set() {
-                self.commands()?;
-            }
-            if self.listen_event.is_set() || hit.is_none() {
-                self.accept()?;
-            }
-            if self.groups.report_event().is_set() {
-                self.handle_reports()?;
-            }
-            self.expire()?;
-            if self.core.finished() {
-                return Ok(());
-            }
-        }
-    }
-
-    fn accept(&mut self) -> io::Result<()> {
-        let Some(l) = &self.core.w.listener else {
-            self.listen_event.reset();
-            return Ok(());
-        };
-        // Resets the listener's event; accept until WOULDBLOCK, after
-        // which FD_ACCEPT is raised again. A failed accept concerns one
-        // connection; keep going.
-        let _ = wsa::enumerate(l, &self.listen_event);
-        let mut errors = 0;
-        loop {
-            let Some(l) = &self.core.w.listener else {
-                return Ok(());
-            };
-            match wsa::accept(l) {
-                Ok((s, peer)) => self.serve_accepted(s, peer)?,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if errors < 64 => {
-                    errors += 1;
-                    self.core.w.stats.accept_failed();
-                    tracing::debug!(error = %e, "accept failed");
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept keeps failing");
-                    return Ok(());
-                }
-            }
-        }
-    }
-
     fn open(&mut self, conn: Conn<H>, s: OwnedSocket, interest: Interest) -> io::Result<()> {
-        let (g, slot) = self.groups.acquire()?;
-        if let Err(e) = wsa::select(&s, self.groups.event(g, slot), interest) {
-            self.groups.release(g, slot);
+        let (g, slot) = self.shell.groups.acquire()?;
+        if let Err(e) = wsa::select(&s, self.shell.groups.event(g, slot), interest) {
+            self.shell.groups.release(g, slot);
             let reason = match conn.is_connecting() {
                 true => CloseReason::ConnectFailed(e),
                 false => CloseReason::Io(e),
@@ -160,60 +76,11 @@ impl<H: Handler> Loop<H> {
                 write_blocked: false,
             },
         );
-        self.groups.assign(g, slot, token);
+        self.shell.groups.assign(g, slot, token);
         let (cx, slot) = self.core.slot(token).expect("just inserted");
         if !slot.conn.is_connecting() {
             slot.conn.start(cx);
             self.read_now(token);
-        }
-        self.settle(token)
-    }
-
-    fn handle_reports(&mut self) -> io::Result<()> {
-        for (g, tokens) in self.groups.take_reports() {
-            for token in tokens {
-                self.session_event(token)?;
-            }
-            self.groups.resume(g);
-        }
-        Ok(())
-    }
-
-    fn session_event(&mut self, token: u64) -> io::Result<()> {
-        let Some((cx, slot, stats)) = self.core.slot_stats(token) else {
-            return Ok(());
-        };
-        let event = self.groups.event(slot.io.group, slot.io.slot);
-        let ne = match wsa::enumerate(&slot.io.socket, event) {
-            Ok(ne) => ne,
-            Err(e) => {
-                slot.conn.failed(io_close_reason(e));
-                return self.settle(token);
-            }
-        };
-        if let Some(result) = ne.connect {
-            match result {
-                Ok(()) if slot.conn.is_connecting() => {
-                    slot.conn.connected(cx);
-                    stats.connected();
-                    read_after_fd_read(slot, &mut self.scratch, stats, cx);
-                }
-                Ok(()) => {}
-                Err(e) => slot.conn.failed(CloseReason::ConnectFailed(e)),
-            }
-        }
-        if ne.write {
-            slot.io.write_blocked = false;
-        }
-        if (ne.read || ne.close) && !slot.conn.is_connecting() {
-            let drained = read_after_fd_read(slot, &mut self.scratch, stats, cx);
-            if ne.close && drained && slot.conn.is_open() {
-                // FD_CLOSE with nothing left to read (Wine: also a reset).
-                match ne.close_error {
-                    Some(e) => slot.conn.failed(io_close_reason(e)),
-                    None => slot.conn.eof(),
-                }
-            }
         }
         self.settle(token)
     }
@@ -295,7 +162,7 @@ impl<H: Handler> Driver<H> for Loop<H> {
                         let _ = crate::sys::socket::set_linger_zero(&socket);
                     }
                     drop(socket);
-                    self.groups.release(group, k);
+                    self.shell.groups.release(group, k);
                     self.core.finish(slot.conn, reason);
                     return Ok(());
                 }
@@ -306,10 +173,53 @@ impl<H: Handler> Driver<H> for Loop<H> {
     }
 
     fn close_listener(&mut self, listener: OwnedSocket) -> io::Result<()> {
-        wsa::deselect(&listener);
-        drop(listener);
-        self.listen_event.reset();
+        self.shell.close_listener(listener);
         Ok(())
+    }
+}
+
+impl<H: Handler> EventEngine<H> for Loop<H> {
+    fn parts(&mut self) -> (&mut Core<H, Sock>, &mut Shell) {
+        (&mut self.core, &mut self.shell)
+    }
+
+    fn session_event(&mut self, token: u64) -> io::Result<()> {
+        let Some((cx, slot, stats)) = self.core.slot_stats(token) else {
+            return Ok(());
+        };
+        let event = self.shell.groups.event(slot.io.group, slot.io.slot);
+        let ne = match wsa::enumerate(&slot.io.socket, event) {
+            Ok(ne) => ne,
+            Err(e) => {
+                slot.conn.failed(io_close_reason(e));
+                return self.settle(token);
+            }
+        };
+        if let Some(result) = ne.connect {
+            match result {
+                Ok(()) if slot.conn.is_connecting() => {
+                    slot.conn.connected(cx);
+                    stats.connected();
+                    read_after_fd_read(slot, &mut self.scratch, stats, cx);
+                }
+                Ok(()) => {}
+                Err(e) => slot.conn.failed(CloseReason::ConnectFailed(e)),
+            }
+        }
+        if ne.write {
+            slot.io.write_blocked = false;
+        }
+        if (ne.read || ne.close) && !slot.conn.is_connecting() {
+            let drained = read_after_fd_read(slot, &mut self.scratch, stats, cx);
+            if ne.close && drained && slot.conn.is_open() {
+                // FD_CLOSE with nothing left to read (Wine: also a reset).
+                match ne.close_error {
+                    Some(e) => slot.conn.failed(io_close_reason(e)),
+                    None => slot.conn.eof(),
+                }
+            }
+        }
+        self.settle(token)
     }
 }
 
