@@ -75,9 +75,16 @@ pub(crate) fn flush_gather<H: Handler>(
     mut send: impl FnMut(&[std::io::IoSlice<'_>]) -> io::Result<usize>,
 ) {
     while conn.has_unsent() && !*write_blocked {
-        let mut iov = [std::io::IoSlice::new(&[]); MAX_IOV];
-        let count = conn.send_slices(&mut iov);
-        match send(&iov[..count]) {
+        let sent = match conn.sole_unsent() {
+            // One buffer (the common case): no gather array to fill.
+            Some(buf) => send(&[std::io::IoSlice::new(buf)]),
+            None => {
+                let mut iov = [std::io::IoSlice::new(&[]); MAX_IOV];
+                let count = conn.send_slices(&mut iov);
+                send(&iov[..count])
+            }
+        };
+        match sent {
             Ok(n) => {
                 stats.wrote(n);
                 conn.sent(n, cx);

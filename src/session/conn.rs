@@ -295,6 +295,11 @@ impl<H: Handler> Conn<H> {
         self.core.send.io_slices(out)
     }
 
+    /// The unsent bytes when one buffer holds them all.
+    pub fn sole_unsent(&self) -> Option<&[u8]> {
+        self.core.send.sole()
+    }
+
     /// The kernel took `n` more bytes. When the queue empties the handler
     /// hears [`Handler::on_sent`].
     pub fn sent(&mut self, n: usize, cx: Context<'_>) {

@@ -89,6 +89,15 @@ impl SendQueue {
         n
     }
 
+    /// The unsent bytes when they are all in one buffer (the common case:
+    /// a send needs no gather array).
+    pub fn sole(&self) -> Option<&[u8]> {
+        match self.rest.is_empty() {
+            true => self.front(),
+            false => None,
+        }
+    }
+
     /// The unsent part of the oldest buffer, if any.
     pub fn front(&self) -> Option<&[u8]> {
         self.head.as_ref().map(|b| &b[self.offset as usize..])
@@ -228,6 +237,22 @@ mod tests {
         assert!(q.is_empty());
         assert_eq!(q.front(), None);
         assert_eq!(flatten(&q), b"");
+    }
+
+    #[test]
+    fn sole_is_the_unsent_part_of_a_lone_buffer() {
+        let mut q = SendQueue::new();
+        assert_eq!(q.sole(), None);
+        q.push(Bytes::from_static(b"hello"), 100).unwrap();
+        assert_eq!(q.sole(), Some(&b"hello"[..]));
+        q.advance(2);
+        assert_eq!(q.sole(), Some(&b"llo"[..]));
+        q.push(Bytes::from_static(b"!"), 100).unwrap();
+        assert_eq!(q.sole(), None, "two buffers need a gather");
+        q.advance(3);
+        assert_eq!(q.sole(), Some(&b"!"[..]));
+        q.advance(1);
+        assert_eq!(q.sole(), None);
     }
 
     #[test]
