@@ -100,12 +100,15 @@ impl Epoll {
             Some(t) => t.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as libc::c_int,
         };
         // SAFETY: the pointer and length describe `self.buf`, writable for
-        // the call; the kernel writes at most `len` entries.
-        match syscall!(epoll_wait(
+        // the call; the kernel writes at most `len` entries. No signal mask
+        // (null), so this is epoll_wait; 8 is the kernel's sigset size.
+        match raw_syscall!(SYS_epoll_pwait(
             self.fd.as_raw_fd(),
             self.buf.as_mut_ptr(),
-            self.buf.len() as libc::c_int,
-            ms
+            self.buf.len(),
+            ms,
+            std::ptr::null::<libc::sigset_t>(),
+            8
         )) {
             Ok(n) => Ok(n as usize),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),

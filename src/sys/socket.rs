@@ -244,11 +244,7 @@ pub fn set_nodelay(fd: &OwnedFd) -> io::Result<()> {
 /// Reads into `buf`. `Ok(0)` is the peer's FIN (or an empty `buf`).
 pub fn read(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: the pointer and length describe `buf`, writable for the call.
-    let n = syscall!(read(
-        fd.as_raw_fd(),
-        buf.as_mut_ptr() as *mut libc::c_void,
-        buf.len()
-    ))?;
+    let n = raw_syscall!(SYS_read(fd.as_raw_fd(), buf.as_mut_ptr(), buf.len()))?;
     Ok(n as usize)
 }
 
@@ -261,7 +257,11 @@ pub fn send_vectored(fd: &OwnedFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
     msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
     msg.msg_iovlen = bufs.len() as _;
     // SAFETY: msg points at `bufs`, which are readable for the whole call.
-    let n = syscall!(sendmsg(fd.as_raw_fd(), &msg, libc::MSG_NOSIGNAL))?;
+    let n = raw_syscall!(SYS_sendmsg(
+        fd.as_raw_fd(),
+        &msg as *const libc::msghdr,
+        libc::MSG_NOSIGNAL
+    ))?;
     Ok(n as usize)
 }
 
