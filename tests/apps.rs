@@ -250,6 +250,27 @@ fn serve_on_a_busy_port_fails_clearly() {
         .unwrap();
     assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
     assert!(err.to_string().contains("cannot listen on"), "{err}");
+
+    // A port held by listeners that share it (SO_REUSEPORT) is refused
+    // too, rather than joined: a second server would silently take half
+    // of the first one's connections.
+    if cfg!(target_os = "linux") {
+        let first = iocore::Server::builder()
+            .addr("127.0.0.1:0".parse().unwrap())
+            .threads(2)
+            .accept(iocore::Accept::ReusePort)
+            .start(|| Echo)
+            .unwrap();
+        let err = iocore::Server::builder()
+            .addr(first.local_addr())
+            .threads(2)
+            .accept(iocore::Accept::ReusePort)
+            .start(|| Echo)
+            .err()
+            .expect("the port is taken");
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{err}");
+        first.shutdown(std::time::Duration::from_secs(1)).unwrap();
+    }
 }
 
 /// When io_uring is unusable (forced here), `auto` says why and serves on

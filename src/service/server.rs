@@ -188,25 +188,31 @@ impl ServerBuilder {
     {
         self.validate()?;
         let engine = self.engine.resolve()?;
-        // A plain bind first: if another process (even one using
-        // SO_REUSEPORT) holds the address, say so instead of silently
-        // sharing its port. It also resolves port 0.
-        let probe = socket::listen(&self.addr, 1, false)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", self.addr)))?;
-        let local_addr = socket::local_addr(&probe)?;
-        drop(probe);
-        let factory: crate::engine::Factory<H> = Arc::new(factory);
         let hand_off = self.threads > 1 && self.accept == Accept::HandOff;
         let reuse_port = self.threads > 1 && !hand_off;
+        let listen = |addr: &SocketAddr, reuse_port: bool| {
+            socket::listen(addr, self.backlog, reuse_port)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+        };
+        // Listeners sharing a chosen port: a plain bind first, so that if
+        // another process (even one using SO_REUSEPORT) holds the address
+        // we say so instead of silently sharing its port. Port 0 needs no
+        // check (the kernel never hands out a port in use, SO_REUSEPORT or
+        // not), and is bound once and kept: no window in which another
+        // socket could take the port between two binds.
+        if reuse_port && self.addr.port() != 0 {
+            drop(listen(&self.addr, false)?);
+        }
+        let first = listen(&self.addr, reuse_port)?;
+        let local_addr = socket::local_addr(&first)?;
+        let factory: crate::engine::Factory<H> = Arc::new(factory);
+        let mut first = Some(first);
         let mut specs = Vec::with_capacity(self.threads);
-        for index in 0..self.threads {
-            let listener = match index == 0 || reuse_port {
-                true => Some(
-                    socket::listen(&local_addr, self.backlog, reuse_port).map_err(|e| {
-                        io::Error::new(e.kind(), format!("cannot listen on {local_addr}: {e}"))
-                    })?,
-                ),
-                false => None,
+        for _ in 0..self.threads {
+            let listener = match first.take() {
+                Some(l) => Some(l),
+                None if reuse_port => Some(listen(&local_addr, true)?),
+                None => None,
             };
             specs.push(WorkerSpec {
                 listener,
