@@ -5,7 +5,7 @@
 mod util;
 
 use std::io::Write;
-use std::net::{Shutdown, TcpListener};
+use std::net::Shutdown;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -192,10 +192,13 @@ fn client_service_connects_and_reports_failures(engine: EngineKind) {
         }
     }
     let echo = server(engine).start(|| Echo).unwrap();
-    let closed_port = {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    // Bound but not listening, and kept: connections are refused, and no
+    // other socket can take the port meanwhile.
+    let unlistened = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    unlistened
+        .bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into())
+        .unwrap();
+    let closed_port = unlistened.local_addr().unwrap().as_socket().unwrap();
     let client = Client::builder().engine(engine).start::<Ping>().unwrap();
     let ok = Arc::new(Mutex::new(Vec::new()));
     let bad = Arc::new(Mutex::new(Vec::new()));
