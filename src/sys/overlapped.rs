@@ -250,3 +250,47 @@ impl Drop for OvSocket {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn wait_set(event: &NetEvent) -> bool {
+        let start = Instant::now();
+        while !event.is_set() {
+            if start.elapsed() > Duration::from_secs(10) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
+    /// Regression: posting a send reset the event that a finished receive
+    /// had signaled, so the receive was never looked at and the overlapped
+    /// engine stopped reading while a large send was pending.
+    #[test]
+    fn posting_a_send_keeps_a_finished_receive_signaled() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (ours, _) = listener.accept().unwrap();
+        peer.write_all(b"x").unwrap(); // the receive will find data
+        let event = NetEvent::new().unwrap();
+        let mut socket = OvSocket::new(OwnedSocket::from(ours), &event);
+        socket.post_recv().unwrap();
+        assert!(wait_set(&event), "the zero-byte receive finished");
+        // The peer never reads: a send this large stays pending.
+        let mut send = Box::<SendOp>::default();
+        send.bufs.push(Bytes::from(vec![7u8; 64 * 1024 * 1024]));
+        socket.post_send(send).map_err(|(e, _)| e).unwrap();
+        assert!(socket.poll_send().is_none(), "the send is still pending");
+        assert!(event.is_set(), "the receive's signal survived the send's post");
+        assert!(matches!(socket.poll_recv(), Some(Ok(()))));
+    }
+}
