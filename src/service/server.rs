@@ -38,9 +38,9 @@ pub enum Accept {
     HandOff,
 }
 
-impl Accept {
-    /// `ReusePort` where the OS has it, else `HandOff`.
-    pub fn default_here() -> Accept {
+/// `ReusePort` where the OS has it (Linux), else `HandOff` (Windows).
+impl Default for Accept {
+    fn default() -> Accept {
         match socket::REUSE_PORT {
             true => Accept::ReusePort,
             false => Accept::HandOff,
@@ -73,14 +73,14 @@ impl std::str::FromStr for Accept {
 
 impl Server {
     /// A builder with the defaults: 127.0.0.1:7777, engine `auto`, one
-    /// worker per CPU, [`Accept::default_here`], 10,000 sessions, default
+    /// worker per CPU, the OS's default [`Accept`], 10,000 sessions, default
     /// [`Limits`].
     pub fn builder() -> ServerBuilder {
         ServerBuilder {
             addr: SocketAddr::from(([127, 0, 0, 1], 7777)),
             engine: EngineKind::Auto,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            accept: Accept::default_here(),
+            accept: Accept::default(),
             max_sessions: 10_000,
             backlog: 1024,
             limits: Limits::default(),
