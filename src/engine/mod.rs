@@ -18,7 +18,11 @@
 //!   (send FIN, or close and call [`Conn::finish`] exactly once), and
 //!   re-arms its deadline with [`Conn::arm`];
 //! - runs [`Timers`] with the time it reads once per loop turn, and serves
-//!   its inbox (connect requests, stop).
+//!   its inbox (connect requests, connections handed over by the worker
+//!   that accepted them, stop);
+//! - implements `core::Driver`, which does the parts that are the same for
+//!   every engine: commands, accepted connections (served here or handed
+//!   to another worker), deadlines and stop.
 //!
 //! How the models differ:
 //!
