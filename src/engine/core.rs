@@ -6,7 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::session::{CloseReason, Conn, Context, Handler, SessionId, Table, Tick, Timers};
+use crate::session::{CloseReason, Conn, Context, Handler, SessionId, Step, Table, Tick, Timers};
 
 use super::{Command, Worker, WorkerStats};
 use crate::sys::{socket, OwnedSocket};
@@ -179,6 +179,50 @@ pub(crate) trait Driver<H: Handler> {
     }
 }
 
+/// The settle of the engines that close a session's socket as soon as the
+/// session is done (epoll and wsa-event, and overlapped, whose socket waits
+/// for its own cancellations when dropped): flush, then act on the
+/// session's next steps. The completion engines (uring, iocp) close only
+/// after the kernel's last completion and settle in their own way.
+pub(crate) trait CloseAtOnce<H: Handler>: Driver<H> {
+    /// Sends what is queued, as far as the socket takes it now.
+    fn flush(&mut self, token: u64);
+
+    /// Sends FIN.
+    fn shutdown_write(io: &Self::Io) -> io::Result<()>;
+
+    /// The session is over: stops watching its socket and closes it, with
+    /// RST if `rst`.
+    fn release(&mut self, io: Self::Io, rst: bool);
+
+    /// Brings session `token` up to date after anything touched it:
+    /// flush, act on its next step, account its queue, re-arm its deadline.
+    fn settle_at_once(&mut self, token: u64) -> io::Result<()> {
+        loop {
+            self.flush(token);
+            let Some((cx, slot)) = self.core().slot(token) else {
+                return Ok(());
+            };
+            match slot.conn.step(cx) {
+                Step::Wait => break,
+                Step::Fin => {
+                    if let Err(e) = Self::shutdown_write(&slot.io) {
+                        slot.conn.failed(io_close_reason(e));
+                    }
+                }
+                Step::Close { reason, rst } => {
+                    let slot = self.core().remove(token).expect("present above");
+                    self.release(slot.io, rst);
+                    self.core().finish(slot.conn, reason);
+                    return Ok(());
+                }
+            }
+        }
+        self.core().settled(token);
+        Ok(())
+    }
+}
+
 /// A session on an engine: its state machine, the engine's per-socket
 /// state `S`, and the queued byte count last reported to the stats.
 pub(crate) struct Slot<H, S> {
@@ -296,7 +340,7 @@ impl<H: Handler, S> Core<H, S> {
     /// An outbound connection was asked for: admits it under
     /// `max_sessions` and makes its session, or tells the handler at once
     /// that the connect failed.
-    pub fn admit_outbound(&self, addr: SocketAddr, handler: H) -> Option<Conn<H>> {
+    fn admit_outbound(&self, addr: SocketAddr, handler: H) -> Option<Conn<H>> {
         let conn = Conn::connecting(addr, handler, self.now, &self.w.limits);
         if !self.admit() {
             let err = io::Error::new(io::ErrorKind::OutOfMemory, "session limit reached");
@@ -305,6 +349,24 @@ impl<H: Handler, S> Core<H, S> {
         }
         self.w.stats.opened_outbound();
         Some(conn)
+    }
+
+    /// An outbound connection was asked for: admits it and makes its socket
+    /// with `socket`, or tells the handler at once that the connect failed.
+    pub fn outbound<T>(
+        &self,
+        addr: SocketAddr,
+        handler: H,
+        socket: impl FnOnce(&SocketAddr) -> io::Result<T>,
+    ) -> Option<(Conn<H>, T)> {
+        let conn = self.admit_outbound(addr, handler)?;
+        match socket(&addr) {
+            Ok(s) => Some((conn, s)),
+            Err(e) => {
+                self.finish(conn, CloseReason::ConnectFailed(e));
+                None
+            }
+        }
     }
 
     /// Stores a new session (its place already admitted).

@@ -14,11 +14,11 @@ use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
-use crate::session::{CloseReason, Conn, Handler, Step, Tick, RESERVED};
+use crate::session::{CloseReason, Conn, Handler, Tick, RESERVED};
 use crate::sys::epoll::{Epoll, Event, Interest};
 use crate::sys::socket;
 
-use super::core::{flush_gather, io_close_reason, Core, Driver};
+use super::core::{flush_gather, io_close_reason, CloseAtOnce, Core, Driver};
 use super::{EngineKind, Worker};
 
 const WAKER: u64 = RESERVED;
@@ -226,19 +226,6 @@ impl<H: Handler> Loop<H> {
         }
         self.unfinished.push(token);
     }
-
-    /// Writes queued bytes until the queue is empty or the socket is full.
-    fn flush(&mut self, token: u64) {
-        let Some((cx, slot, stats)) = self.core.slot_stats(token) else {
-            return;
-        };
-        let Sock {
-            fd, write_blocked, ..
-        } = &mut slot.io;
-        flush_gather(&mut slot.conn, write_blocked, stats, cx, |iov| {
-            socket::send_vectored(fd, iov)
-        });
-    }
 }
 
 impl<H: Handler> Driver<H> for Loop<H> {
@@ -253,51 +240,45 @@ impl<H: Handler> Driver<H> for Loop<H> {
     }
 
     fn connect(&mut self, addr: SocketAddr, handler: H) -> io::Result<()> {
-        let Some(conn) = self.core.admit_outbound(addr, handler) else {
-            return Ok(());
-        };
-        match socket::connect(&addr) {
-            Ok((fd, _in_progress)) => self.open(conn, fd),
-            Err(e) => {
-                self.core.finish(conn, CloseReason::ConnectFailed(e));
-                Ok(())
-            }
+        match self.core.outbound(addr, handler, socket::connect) {
+            Some((conn, (fd, _in_progress))) => self.open(conn, fd),
+            None => Ok(()),
         }
     }
 
-    /// Brings a session up to date after anything touched it: flush, act
-    /// on its next step, account its queue, re-arm its deadline.
     fn settle(&mut self, token: u64) -> io::Result<()> {
-        loop {
-            self.flush(token);
-            let Some((cx, slot)) = self.core.slot(token) else {
-                return Ok(());
-            };
-            match slot.conn.step(cx) {
-                Step::Wait => break,
-                Step::Fin => {
-                    if let Err(e) = socket::shutdown_write(&slot.io.fd) {
-                        slot.conn.failed(io_close_reason(e));
-                    }
-                }
-                Step::Close { reason, rst } => {
-                    let slot = self.core.remove(token).expect("present above");
-                    if rst {
-                        let _ = socket::set_linger_zero(&slot.io.fd);
-                    }
-                    drop(slot.io); // closing also removes it from epoll
-                    self.core.finish(slot.conn, reason);
-                    return Ok(());
-                }
-            }
-        }
-        self.core.settled(token);
-        Ok(())
+        self.settle_at_once(token)
     }
 
     fn close_listener(&mut self, listener: OwnedFd) -> io::Result<()> {
         // Closing it would remove it from epoll too; say so explicitly.
         let _ = self.epoll.delete(&listener);
         Ok(())
+    }
+}
+
+impl<H: Handler> CloseAtOnce<H> for Loop<H> {
+    /// Writes queued bytes until the queue is empty or the socket is full.
+    fn flush(&mut self, token: u64) {
+        let Some((cx, slot, stats)) = self.core.slot_stats(token) else {
+            return;
+        };
+        let Sock {
+            fd, write_blocked, ..
+        } = &mut slot.io;
+        flush_gather(&mut slot.conn, write_blocked, stats, cx, |iov| {
+            socket::send_vectored(fd, iov)
+        });
+    }
+
+    fn shutdown_write(io: &Sock) -> io::Result<()> {
+        socket::shutdown_write(&io.fd)
+    }
+
+    fn release(&mut self, io: Sock, rst: bool) {
+        if rst {
+            let _ = socket::set_linger_zero(&io.fd);
+        }
+        drop(io); // closing also removes it from epoll
     }
 }

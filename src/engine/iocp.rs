@@ -260,15 +260,10 @@ impl<H: Handler> Driver<H> for Loop<H> {
     }
 
     fn connect(&mut self, addr: SocketAddr, handler: H) -> io::Result<()> {
-        let Some(conn) = self.core.admit_outbound(addr, handler) else {
+        let port = &self.port;
+        let stream = |addr: &SocketAddr| iocp::stream_for(addr).and_then(|s| port.associate(&s).map(|()| s));
+        let Some((conn, s)) = self.core.outbound(addr, handler, stream) else {
             return Ok(());
-        };
-        let s = match iocp::stream_for(&addr).and_then(|s| self.port.associate(&s).map(|()| s)) {
-            Ok(s) => s,
-            Err(e) => {
-                self.core.finish(conn, CloseReason::ConnectFailed(e));
-                return Ok(());
-            }
         };
         let token = self.core.insert(conn, Sock::new(s));
         let (_, slot) = self.core.slot(token).expect("just inserted");

@@ -15,13 +15,13 @@
 use std::io;
 use std::net::SocketAddr;
 
-use crate::session::{CloseReason, Conn, Handler, Step};
+use crate::session::{CloseReason, Conn, Handler};
 use crate::sys::iocp::SendOp;
 use crate::sys::overlapped::OvSocket;
 use crate::sys::wsaevent as wsa;
 use crate::sys::OwnedSocket;
 
-use super::core::{io_close_reason, read_into_scratch, Core, Driver};
+use super::core::{io_close_reason, read_into_scratch, CloseAtOnce, Core, Driver};
 use super::groups::{EventEngine, Shell};
 use super::{EngineKind, Worker};
 
@@ -99,23 +99,6 @@ impl<H: Handler> Loop<H> {
             }
         }
     }
-
-    fn flush(&mut self, token: u64) {
-        let Some((cx, slot)) = self.core.slot(token) else {
-            return;
-        };
-        if slot.io.ov.send_posted() || !slot.conn.can_lend() {
-            return;
-        }
-        let mut op = self.spare_sends.pop().unwrap_or_default();
-        op.offset = slot.conn.lend_unsent(&mut op.bufs, crate::sys::iocp::MAX_BUFS);
-        if let Err((e, mut op)) = slot.io.ov.post_send(op) {
-            slot.conn.send_completed(&mut op.bufs, op.offset, 0, cx);
-            slot.conn.failed(io_close_reason(e));
-            op.bufs.clear();
-            self.spare_sends.push(op);
-        }
-    }
 }
 
 impl<H: Handler> Driver<H> for Loop<H> {
@@ -130,47 +113,14 @@ impl<H: Handler> Driver<H> for Loop<H> {
     }
 
     fn connect(&mut self, addr: SocketAddr, handler: H) -> io::Result<()> {
-        let Some(conn) = self.core.admit_outbound(addr, handler) else {
-            return Ok(());
-        };
-        match crate::sys::iocp::stream_for(&addr) {
-            Ok(s) => self.open(conn, s, Some(addr)),
-            Err(e) => {
-                self.core.finish(conn, CloseReason::ConnectFailed(e));
-                Ok(())
-            }
+        match self.core.outbound(addr, handler, crate::sys::iocp::stream_for) {
+            Some((conn, s)) => self.open(conn, s, Some(addr)),
+            None => Ok(()),
         }
     }
 
     fn settle(&mut self, token: u64) -> io::Result<()> {
-        loop {
-            self.flush(token);
-            let Some((cx, slot)) = self.core.slot(token) else {
-                return Ok(());
-            };
-            match slot.conn.step(cx) {
-                Step::Wait => break,
-                Step::Fin => {
-                    if let Err(e) = wsa::shutdown_write(slot.io.ov.socket()) {
-                        slot.conn.failed(io_close_reason(e));
-                    }
-                }
-                Step::Close { reason, rst } => {
-                    let slot = self.core.remove(token).expect("present above");
-                    if rst {
-                        let _ = crate::sys::socket::set_linger_zero(slot.io.ov.socket());
-                    }
-                    let Sock { ov, group, slot: k } = slot.io;
-                    // Dropping cancels posted operations and waits for them.
-                    drop(ov);
-                    self.shell.groups.release(group, k);
-                    self.core.finish(slot.conn, reason);
-                    return Ok(());
-                }
-            }
-        }
-        self.core.settled(token);
-        Ok(())
+        self.settle_at_once(token)
     }
 
     fn close_listener(&mut self, listener: OwnedSocket) -> io::Result<()> {
@@ -238,5 +188,38 @@ impl<H: Handler> EventEngine<H> for Loop<H> {
     /// it, this one does overlapped I/O.
     fn prepare_accepted(&self, socket: &OwnedSocket) {
         wsa::deselect(socket);
+    }
+}
+
+impl<H: Handler> CloseAtOnce<H> for Loop<H> {
+    fn flush(&mut self, token: u64) {
+        let Some((cx, slot)) = self.core.slot(token) else {
+            return;
+        };
+        if slot.io.ov.send_posted() || !slot.conn.can_lend() {
+            return;
+        }
+        let mut op = self.spare_sends.pop().unwrap_or_default();
+        op.offset = slot.conn.lend_unsent(&mut op.bufs, crate::sys::iocp::MAX_BUFS);
+        if let Err((e, mut op)) = slot.io.ov.post_send(op) {
+            slot.conn.send_completed(&mut op.bufs, op.offset, 0, cx);
+            slot.conn.failed(io_close_reason(e));
+            op.bufs.clear();
+            self.spare_sends.push(op);
+        }
+    }
+
+    fn shutdown_write(io: &Sock) -> io::Result<()> {
+        wsa::shutdown_write(io.ov.socket())
+    }
+
+    fn release(&mut self, io: Sock, rst: bool) {
+        if rst {
+            let _ = crate::sys::socket::set_linger_zero(io.ov.socket());
+        }
+        let Sock { ov, group, slot } = io;
+        // Dropping cancels posted operations and waits for them.
+        drop(ov);
+        self.shell.groups.release(group, slot);
     }
 }

@@ -335,15 +335,8 @@ impl<H: Handler> Driver<H> for Loop<H> {
     }
 
     fn connect(&mut self, addr: SocketAddr, handler: H) -> io::Result<()> {
-        let Some(conn) = self.core.admit_outbound(addr, handler) else {
+        let Some((conn, fd)) = self.core.outbound(addr, handler, socket::stream_for) else {
             return Ok(());
-        };
-        let fd = match socket::stream_for(&addr) {
-            Ok(fd) => fd,
-            Err(e) => {
-                self.core.finish(conn, CloseReason::ConnectFailed(e));
-                return Ok(());
-            }
         };
         let token = self.core.insert(conn, Sock::new(fd));
         let (_, slot) = self.core.slot(token).expect("just inserted");

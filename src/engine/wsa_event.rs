@@ -19,11 +19,11 @@
 use std::io;
 use std::net::SocketAddr;
 
-use crate::session::{CloseReason, Conn, Handler, Step};
+use crate::session::{CloseReason, Conn, Handler};
 use crate::sys::wsaevent::{self as wsa, Interest};
 use crate::sys::OwnedSocket;
 
-use super::core::{flush_gather, io_close_reason, read_into_scratch, Core, Driver};
+use super::core::{flush_gather, io_close_reason, read_into_scratch, CloseAtOnce, Core, Driver};
 use super::groups::{EventEngine, Shell};
 use super::{EngineKind, Worker};
 
@@ -96,20 +96,6 @@ impl<H: Handler> Loop<H> {
             read_after_fd_read(slot, &mut self.scratch, stats, cx);
         }
     }
-
-    fn flush(&mut self, token: u64) {
-        let Some((cx, slot, stats)) = self.core.slot_stats(token) else {
-            return;
-        };
-        let Sock {
-            socket,
-            write_blocked,
-            ..
-        } = &mut slot.io;
-        flush_gather(&mut slot.conn, write_blocked, stats, cx, |iov| {
-            wsa::send_vectored(socket, iov)
-        });
-    }
 }
 
 impl<H: Handler> Driver<H> for Loop<H> {
@@ -124,52 +110,14 @@ impl<H: Handler> Driver<H> for Loop<H> {
     }
 
     fn connect(&mut self, addr: SocketAddr, handler: H) -> io::Result<()> {
-        let Some(conn) = self.core.admit_outbound(addr, handler) else {
-            return Ok(());
-        };
-        match wsa::connect(&addr) {
-            Ok(s) => self.open(conn, s, Interest::CONNECTING),
-            Err(e) => {
-                self.core.finish(conn, CloseReason::ConnectFailed(e));
-                Ok(())
-            }
+        match self.core.outbound(addr, handler, wsa::connect) {
+            Some((conn, s)) => self.open(conn, s, Interest::CONNECTING),
+            None => Ok(()),
         }
     }
 
     fn settle(&mut self, token: u64) -> io::Result<()> {
-        loop {
-            self.flush(token);
-            let Some((cx, slot)) = self.core.slot(token) else {
-                return Ok(());
-            };
-            match slot.conn.step(cx) {
-                Step::Wait => break,
-                Step::Fin => {
-                    if let Err(e) = wsa::shutdown_write(&slot.io.socket) {
-                        slot.conn.failed(io_close_reason(e));
-                    }
-                }
-                Step::Close { reason, rst } => {
-                    let slot = self.core.remove(token).expect("present above");
-                    let Sock {
-                        socket,
-                        group,
-                        slot: k,
-                        ..
-                    } = slot.io;
-                    wsa::deselect(&socket);
-                    if rst {
-                        let _ = crate::sys::socket::set_linger_zero(&socket);
-                    }
-                    drop(socket);
-                    self.shell.groups.release(group, k);
-                    self.core.finish(slot.conn, reason);
-                    return Ok(());
-                }
-            }
-        }
-        self.core.settled(token);
-        Ok(())
+        self.settle_at_once(token)
     }
 
     fn close_listener(&mut self, listener: OwnedSocket) -> io::Result<()> {
@@ -220,6 +168,38 @@ impl<H: Handler> EventEngine<H> for Loop<H> {
             }
         }
         self.settle(token)
+    }
+}
+
+impl<H: Handler> CloseAtOnce<H> for Loop<H> {
+    fn flush(&mut self, token: u64) {
+        let Some((cx, slot, stats)) = self.core.slot_stats(token) else {
+            return;
+        };
+        let Sock {
+            socket,
+            write_blocked,
+            ..
+        } = &mut slot.io;
+        flush_gather(&mut slot.conn, write_blocked, stats, cx, |iov| {
+            wsa::send_vectored(socket, iov)
+        });
+    }
+
+    fn shutdown_write(io: &Sock) -> io::Result<()> {
+        wsa::shutdown_write(&io.socket)
+    }
+
+    fn release(&mut self, io: Sock, rst: bool) {
+        let Sock {
+            socket, group, slot, ..
+        } = io;
+        wsa::deselect(&socket);
+        if rst {
+            let _ = crate::sys::socket::set_linger_zero(&socket);
+        }
+        drop(socket);
+        self.shell.groups.release(group, slot);
     }
 }
 

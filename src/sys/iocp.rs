@@ -71,6 +71,46 @@ pub(crate) fn started(ok: bool) -> io::Result<()> {
     }
 }
 
+/// Starts a zero-byte overlapped `WSARecv` on `s`: it completes when data
+/// is there, holding no buffer meanwhile.
+///
+/// # Safety
+/// `ov` points at an OVERLAPPED that stays valid and untouched until the
+/// operation's completion is taken (also after a cancel).
+pub(crate) unsafe fn start_zero_byte_recv(s: SOCKET, ov: *mut OVERLAPPED) -> io::Result<()> {
+    let buf = WSABUF {
+        len: 0,
+        buf: std::ptr::null_mut(),
+    };
+    let mut flags = 0;
+    // SAFETY: `ov` as the contract says; the one empty WSABUF is read
+    // during the call only.
+    let rc = unsafe { WSARecv(s, &buf, 1, std::ptr::null_mut(), &mut flags, ov, None) };
+    started(rc == 0)
+}
+
+/// Starts an overlapped gather `WSASend` of `bufs` on `s`.
+///
+/// # Safety
+/// `ov`, the `bufs` array and the memory it points into stay valid and
+/// untouched until the operation's completion is taken (also after a
+/// cancel).
+pub(crate) unsafe fn start_send(s: SOCKET, bufs: &[WSABUF], ov: *mut OVERLAPPED) -> io::Result<()> {
+    // SAFETY: as the contract says.
+    let rc = unsafe {
+        WSASend(
+            s,
+            bufs.as_ptr(),
+            bufs.len() as u32,
+            std::ptr::null_mut(),
+            0,
+            ov,
+            None,
+        )
+    };
+    started(rc == 0)
+}
+
 /// The WSABUF array for a gather send of `send`'s buffers (at most
 /// [`MAX_BUFS`]); it points into them, so it must not outlive them.
 pub(crate) fn wsabufs(send: &SendOp) -> Vec<WSABUF> {
@@ -304,25 +344,8 @@ impl Port {
     /// Posts a zero-byte receive on session `token`'s socket (rule 2).
     pub fn recv(&mut self, s: &OwnedSocket, token: u64) -> io::Result<()> {
         let op = self.post(raw(s), token, Kind::Recv);
-        let buf = WSABUF {
-            len: 0,
-            buf: std::ptr::null_mut(),
-        };
-        let mut flags = 0;
-        // SAFETY: `op` is handed to the kernel until its completion; the
-        // WSABUF array (one empty buffer) is read during the call only.
-        let rc = unsafe {
-            WSARecv(
-                raw(s),
-                &buf,
-                1,
-                std::ptr::null_mut(),
-                &mut flags,
-                &mut (*op).ov,
-                None,
-            )
-        };
-        if let Err(e) = started(rc == 0) {
+        // SAFETY: `op` is handed to the kernel until its completion.
+        if let Err(e) = unsafe { start_zero_byte_recv(raw(s), &mut (*op).ov) } {
             self.reclaim(op);
             return Err(e);
         }
@@ -335,21 +358,13 @@ impl Port {
         let op = self.post(raw(s), token, Kind::Send { op: send, wsabufs });
         // SAFETY: `op` owns the buffers and the WSABUF array that points
         // into them, and is handed to the kernel until its completion.
-        let rc = unsafe {
-            let Kind::Send { wsabufs, .. } = &mut (*op).kind else {
+        let sent = unsafe {
+            let Kind::Send { wsabufs, .. } = &(*op).kind else {
                 unreachable!()
             };
-            WSASend(
-                raw(s),
-                wsabufs.as_mut_ptr(),
-                wsabufs.len() as u32,
-                std::ptr::null_mut(),
-                0,
-                &mut (*op).ov,
-                None,
-            )
+            start_send(raw(s), wsabufs, &mut (*op).ov)
         };
-        if let Err(e) = started(rc == 0) {
+        if let Err(e) = sent {
             self.reclaim(op);
             return Err(e);
         }

@@ -30,9 +30,7 @@ use std::os::windows::io::OwnedSocket;
 use std::time::{Duration, Instant};
 
 use windows_sys::Win32::Foundation::HANDLE;
-use windows_sys::Win32::Networking::WinSock::{
-    WSARecv, WSASend, SO_UPDATE_CONNECT_CONTEXT, WSABUF, WSA_IO_INCOMPLETE,
-};
+use windows_sys::Win32::Networking::WinSock::{SO_UPDATE_CONNECT_CONTEXT, WSABUF, WSA_IO_INCOMPLETE};
 use windows_sys::Win32::System::Threading::SetEvent;
 use windows_sys::Win32::System::IO::{CancelIoEx, OVERLAPPED};
 
@@ -100,26 +98,9 @@ impl OvSocket {
     /// no buffer meanwhile.
     pub fn post_recv(&mut self) -> io::Result<()> {
         let mut op = Op::new(self.event);
-        let buf = WSABUF {
-            len: 0,
-            buf: std::ptr::null_mut(),
-        };
-        let mut flags = 0;
         // SAFETY: the boxed OVERLAPPED is kept in self until the operation
-        // is polled complete or cancelled (see Drop); the one empty WSABUF
-        // is read during the call only.
-        let rc = unsafe {
-            WSARecv(
-                raw(&self.socket),
-                &buf,
-                1,
-                std::ptr::null_mut(),
-                &mut flags,
-                &mut op.ov,
-                None,
-            )
-        };
-        started(rc == 0)?;
+        // is polled complete or cancelled (see Drop).
+        unsafe { iocp::start_zero_byte_recv(raw(&self.socket), &mut op.ov) }?;
         self.recv = Some(op);
         self.resignal_if_finished();
         Ok(())
@@ -135,20 +116,10 @@ impl OvSocket {
         // into the boxed op, kept in self until the send is polled complete
         // or cancelled (see Drop); moving the Vec and Box keeps their heap
         // memory in place.
-        let rc = unsafe {
-            WSASend(
-                raw(&self.socket),
-                wsabufs.as_ptr(),
-                wsabufs.len() as u32,
-                std::ptr::null_mut(),
-                0,
-                &mut op.ov,
-                None,
-            )
-        };
+        let sent = unsafe { iocp::start_send(raw(&self.socket), &wsabufs, &mut op.ov) };
         op._wsabufs = wsabufs;
         op.send = Some(send);
-        if let Err(e) = started(rc == 0) {
+        if let Err(e) = sent {
             // Not started: nothing refers to the op; give the buffers back.
             return Err((e, op.send.take().expect("set above")));
         }
