@@ -152,7 +152,7 @@ impl<H: Handler> Loop<H> {
         match c.user_data >> OP_SHIFT {
             OP_WAKER => {
                 self.waker_posted = c.more();
-                let _ = self.core.w.inbox.waker().drain();
+                // Taking the commands drains the wake-up too.
                 self.commands()?;
                 if !self.waker_posted && !self.core.stopping() {
                     self.post_waker()?;
