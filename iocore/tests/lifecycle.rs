@@ -2,17 +2,14 @@
 //! on error), exactly-once `on_disconnected` with the right reason, the
 //! graceful stop, and outbound sessions through the `Client` service.
 
-mod util;
-
 use std::io::Write;
 use std::net::Shutdown;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use iocore::apps::echo::Echo;
 use iocore::{Client, CloseKind, CloseReason, EngineKind, Handler, Session};
-use util::*;
+use iocore_testkit::*;
 
 fn peer_fin_closes_once_as_peer_closed(engine: EngineKind) {
     let (events, factory) = recorded(|| Echo);

@@ -2,7 +2,7 @@
 //! `Data Recv Len = N` for each read at debug level. The per-second totals
 //! at info level come from the server's counters (see the CLI).
 
-use crate::session::{Handler, Session};
+use iocore::{Handler, Session};
 
 /// Counts and discards every received byte.
 #[derive(Clone, Copy, Debug, Default)]

@@ -1,15 +1,12 @@
 //! Stress for what completion engines make hard (run on every engine):
 //! sessions dying while the kernel holds their operations.
 
-mod util;
-
 use std::io::Write;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use iocore::apps::echo::Echo;
 use iocore::{Bytes, EngineKind, Handler, Session};
-use util::*;
+use iocore_testkit::*;
 
 /// Tests here count the process's descriptors: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());

@@ -1,16 +1,14 @@
 //! The load client's accounting: latencies reflect a known server delay in
 //! both closed and open loop, and the JSON report carries every field.
 
-mod util;
-
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use iocore::apps::client::{self, ClientOptions, Mode};
-use iocore::apps::echo::Echo;
 use iocore::{EngineKind, Handler, Session};
-use util::*;
+use iocore_cli::client::{self, ClientOptions, Mode};
+use iocore_cli::echo::Echo;
+use iocore_testkit::*;
 
 const DELAY: Duration = Duration::from_millis(40);
 
@@ -181,7 +179,7 @@ fn json_report_carries_every_field(engine: EngineKind) {
         assert!(v["latency"].get(key).is_some(), "missing latency.{key}");
     }
     // Server CPU and memory readings exist where the OS gives them.
-    if iocore::process_usage(std::process::id()).is_ok() {
+    if iocore_cli::usage::usage(std::process::id()).is_ok() {
         for key in ["cpu_us_per_round_trip", "cpu_percent", "rss_kib"] {
             assert!(v["server"].get(key).is_some(), "missing server.{key}");
         }

@@ -2,13 +2,10 @@
 //! connections out to all workers in turn) serves, limits and stops like
 //! the per-worker listeners.
 
-mod util;
-
 use std::time::Duration;
 
-use iocore::apps::echo::Echo;
 use iocore::{Accept, CloseKind, EngineKind};
-use util::*;
+use iocore_testkit::*;
 
 /// Connections accepted one after another go to the workers in turn
 /// (exactly), every session echoes on whichever worker it lives, and each

@@ -62,8 +62,6 @@ macro_rules! raw_syscall {
 pub mod epoll;
 #[cfg(unix)]
 pub mod eventfd;
-#[cfg(target_os = "linux")]
-pub mod procfs;
 #[cfg(unix)]
 pub mod socket;
 #[cfg(target_os = "linux")]
@@ -75,9 +73,6 @@ pub mod event;
 pub mod iocp;
 #[cfg(windows)]
 pub mod overlapped;
-#[cfg(windows)]
-#[path = "procfs_windows.rs"]
-pub mod procfs;
 #[cfg(windows)]
 #[path = "winsock.rs"]
 pub mod socket;

@@ -29,9 +29,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::engine::EngineKind;
-use crate::service::Client;
-use crate::session::{CloseReason, Handler, Session};
+use iocore::{Client, CloseReason, EngineKind, Handler, Session};
 
 const HELLO: &[u8] = b"Hello World";
 /// Most error lines kept in a [`Summary`].
@@ -543,8 +541,8 @@ fn invalid(msg: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg.to_string())
 }
 
-fn server_usage(pid: Option<u32>) -> Option<crate::ProcessUsage> {
-    pid.and_then(|p| crate::process_usage(p).ok())
+fn server_usage(pid: Option<u32>) -> Option<crate::usage::ProcessUsage> {
+    pid.and_then(|p| crate::usage::usage(p).ok())
 }
 
 /// Runs the client until every session is done (count or duration reached

@@ -3,7 +3,7 @@
 //! resends the unsent rest on the next FD_WRITE, here the session's send
 //! queue does that for every engine.
 
-use crate::session::{Handler, Session};
+use iocore::{Handler, Session};
 
 /// Sends every received byte back.
 #[derive(Clone, Copy, Debug, Default)]

@@ -1,15 +1,12 @@
 //! The WSAEventSelect seed's echo server, at scale: integrity under many
 //! concurrent sessions, and partial sends when a peer stops reading.
 
-mod util;
-
 use std::io::{Read, Write};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use iocore::apps::echo::Echo;
 use iocore::{CloseKind, EngineKind};
-use util::*;
+use iocore_testkit::*;
 
 /// ≥ 200 concurrent clients send random-size chunks (1 B – 64 KiB), ≥ 20 MiB
 /// in all; every echoed byte is checked in order.

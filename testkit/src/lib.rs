@@ -1,6 +1,7 @@
-//! Shared helpers for the integration tests: the engine matrix, servers on
-//! 127.0.0.1:0, recording handlers, a deterministic RNG, bounded waits.
-#![allow(dead_code)]
+//! Shared helpers for the integration tests of `iocore` and `iocore-cli`:
+//! the engine matrix, servers on 127.0.0.1:0, recording handlers, an echo
+//! handler, a deterministic RNG, bounded waits, and the `iocore` binary run
+//! as a user would run it. Not published; a dev-dependency only.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -28,7 +29,7 @@ macro_rules! engine_suite {
             $(
                 #[test]
                 fn $test() {
-                    if let Some(engine) = $crate::util::require($kind) {
+                    if let Some(engine) = $crate::require($kind) {
                         super::$test(engine);
                     }
                 }
@@ -123,7 +124,7 @@ impl Rng {
     pub fn new(seed: u64) -> Rng {
         Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -131,10 +132,10 @@ impl Rng {
     }
     /// In `lo..=hi`.
     pub fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next() as usize) % (hi - lo + 1)
+        lo + (self.next_u64() as usize) % (hi - lo + 1)
     }
     pub fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
+        (0..n).map(|_| self.next_u64() as u8).collect()
     }
 }
 
@@ -201,6 +202,18 @@ pub fn recorded<H: Handler>(
     })
 }
 
+/// Sends every received byte back (the echo app, for the library's own
+/// tests).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Echo;
+
+impl Handler for Echo {
+    fn on_recv(&mut self, s: &mut Session<'_>, data: &[u8]) -> usize {
+        let _ = s.send_copy(data);
+        data.len()
+    }
+}
+
 /// `iocore serve` run as a user would, with its stderr log.
 pub struct CliServer {
     pub child: std::process::Child,
@@ -211,11 +224,11 @@ pub struct CliServer {
 }
 
 impl CliServer {
-    /// Starts the binary with `args` (after `serve --addr 127.0.0.1:0`)
-    /// and `env`, and waits for its ready line.
-    pub fn start(args: &[&str], env: &[(&str, &str)]) -> CliServer {
+    /// Starts the `iocore` binary at `bin` with `args` (after `serve
+    /// --addr 127.0.0.1:0`) and `env`, and waits for its ready line.
+    pub fn start(bin: &str, args: &[&str], env: &[(&str, &str)]) -> CliServer {
         use std::io::BufRead;
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_iocore"))
+        let child = std::process::Command::new(bin)
             .args(["serve", "--addr", "127.0.0.1:0"])
             .args(args)
             .envs(env.iter().copied())

@@ -358,7 +358,7 @@ fn idle_memory(server: &str, dir: &Path, connections: usize) -> io::Result<Memor
     let running = Running::start(server, dir)?;
     let pid = running.child.id();
     std::thread::sleep(Duration::from_millis(300));
-    let before = crate::process_usage(pid)?.rss_kib;
+    let before = crate::usage::usage(pid)?.rss_kib;
     let mut conns = Vec::with_capacity(connections);
     for _ in 0..connections {
         conns.push(TcpStream::connect(running.addr)?);
@@ -369,7 +369,7 @@ fn idle_memory(server: &str, dir: &Path, connections: usize) -> io::Result<Memor
     let start = Instant::now();
     while same < 3 && start.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(200));
-        let now = crate::process_usage(pid)?.rss_kib;
+        let now = crate::usage::usage(pid)?.rss_kib;
         same = if now == last { same + 1 } else { 0 };
         last = now;
     }
@@ -450,14 +450,14 @@ fn aggregate(points: &[Point], servers: &[String], runs: &[Run]) -> Vec<Aggregat
 /// returns the report.
 pub fn run(opts: &BenchOptions) -> io::Result<Report> {
     // Server CPU and memory come from the OS (/proc on Linux).
-    crate::process_usage(std::process::id())
+    crate::usage::usage(std::process::id())
         .map_err(|e| io::Error::new(e.kind(), format!("iocore bench cannot measure servers here: {e}")))?;
     let dir = bin_dir()?;
     ensure_peers(&dir, &opts.servers)?;
     for s in &opts.servers {
         program(s, &dir)?;
     }
-    crate::raise_fd_limit()?;
+    crate::usage::raise_fd_limit()?;
     let points = points(opts.quick);
     let rounds = if opts.quick { 1 } else { opts.rounds.max(1) };
     let mut runs = Vec::new();

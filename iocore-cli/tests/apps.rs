@@ -2,19 +2,17 @@
 //! (`--verify` passes against echo, fails against a corrupting or losing
 //! server), and the `iocore` binary's behaviour as a user sees it.
 
-mod util;
-
 use std::io::Write;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use iocore::apps::client::{self, ClientOptions};
-use iocore::apps::echo::Echo;
-use iocore::apps::sink::Sink;
 use iocore::{CloseReason, EngineKind, Handler, Session};
-use util::*;
+use iocore_cli::client::{self, ClientOptions};
+use iocore_cli::echo::Echo;
+use iocore_cli::sink::Sink;
+use iocore_testkit::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_iocore");
 
@@ -175,7 +173,7 @@ fn cli_serve_echoes_and_stops_on_sigterm(engine: EngineKind) {
         "--accept",
         "hand-off",
     ];
-    let server = CliServer::start(&args, &[]);
+    let server = CliServer::start(BIN, &args, &[]);
     for want in [format!("engine={engine}"), "accept=hand-off".to_string()] {
         assert!(
             server.log.iter().any(|l| l.contains(&want)),
@@ -281,7 +279,7 @@ fn auto_falls_back_to_epoll_when_uring_is_unusable() {
         return;
     }
     let env = [("IOCORE_DISABLE_URING", "1")];
-    let server = CliServer::start(&["--engine", "auto", "--threads", "1"], &env);
+    let server = CliServer::start(BIN, &["--engine", "auto", "--threads", "1"], &env);
     let log = server.log.join("\n");
     assert!(
         log.contains("falling back to epoll") && log.contains("IOCORE_DISABLE_URING"),
@@ -313,7 +311,7 @@ fn auto_prefers_uring_when_usable() {
     if require(EngineKind::Uring).is_none() {
         return;
     }
-    let server = CliServer::start(&["--engine", "auto", "--threads", "1"], &[]);
+    let server = CliServer::start(BIN, &["--engine", "auto", "--threads", "1"], &[]);
     let log = server.log.join("\n");
     assert!(
         log.contains("chose uring") && log.contains("engine=uring"),
@@ -330,6 +328,7 @@ fn uring_single_shot_mode_passes_verification() {
         return;
     }
     let server = CliServer::start(
+        BIN,
         &["--engine", "uring", "--threads", "2"],
         &[("IOCORE_URING_SINGLESHOT", "1")],
     );

@@ -7,9 +7,9 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use iocore::apps::client::{self, ClientOptions, Mode};
-use iocore::apps::{echo::Echo, sink::Sink, App};
 use iocore::{Accept, EngineKind, Server, ServerHandle};
+use iocore_cli::client::{self, ClientOptions, Mode};
+use iocore_cli::{echo::Echo, sink::Sink, App};
 
 #[derive(Parser)]
 #[command(
@@ -276,14 +276,14 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args).map(|()| true),
         Command::Client(args) => run_client(args),
-        Command::Bench(args) => iocore::apps::bench::run(&iocore::apps::bench::BenchOptions {
+        Command::Bench(args) => iocore_cli::bench::run(&iocore_cli::bench::BenchOptions {
             rounds: args.rounds,
             quick: args.quick,
             out: args.out,
             servers: args.servers,
         })
         .map(|report| {
-            println!("{}", iocore::apps::bench::markdown(&report));
+            println!("{}", iocore_cli::bench::markdown(&report));
             true
         })
         .map_err(Into::into),

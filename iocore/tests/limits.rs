@@ -1,14 +1,11 @@
 //! Resource limits: each is enforced on the offending session only, with a
 //! reason, and its memory is freed; everyone else keeps being served.
 
-mod util;
-
 use std::io::Write;
 use std::time::Duration;
 
-use iocore::apps::echo::Echo;
 use iocore::{CloseKind, EngineKind, Handler, Session};
-use util::*;
+use iocore_testkit::*;
 
 /// A client that never reads is closed with `SendQueueFull` once its queue
 /// reaches the cap; its queue memory is released.

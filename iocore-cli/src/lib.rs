@@ -1,16 +1,19 @@
-//! Applications built on the library, run by the `iocore` CLI: each is a
-//! [`crate::Handler`] plus the little that drives it.
+//! The `iocore` command's applications, built on the `iocore` library:
+//! each is an [`iocore::Handler`] plus the little that drives it. The
+//! binary (`src/main.rs`) is a thin clap front end over this crate.
 //!
 //! - [`echo`] — the WSAEventSelect seed: every byte comes back.
 //! - [`sink`] — the overlapped seed's server: reads and discards.
 //! - [`client`] — the overlapped seed's client, grown into a load
 //!   generator: open or closed loop, latency percentiles, byte-exact checks.
-//! - `bench` — iocore against tokio, monoio, compio and an epoll floor.
+//! - [`bench`](mod@bench) — iocore against tokio, monoio, compio and an epoll floor.
+//! - [`usage`] — a server process's CPU and memory, for the reports.
 
 pub mod bench;
 pub mod client;
 pub mod echo;
 pub mod sink;
+pub mod usage;
 
 use std::fmt;
 use std::str::FromStr;
