@@ -99,7 +99,7 @@ pub mod session;
 mod sys;
 
 pub use bytes::Bytes;
-pub use engine::{EngineError, EngineKind, Stats};
+pub use engine::{EngineError, EngineKind, Keepalive, Stats};
 pub use service::{Accept, Client, ClientBuilder, ClientHandle, Server, ServerBuilder, ServerHandle};
 pub use session::{
     CloseKind, CloseReason, Handler, Limits, RecvBuffer, SendError, SendQueue, Session, SessionId,

@@ -62,14 +62,16 @@ fn echo_integrity_many_clients(engine: EngineKind) {
     server.shutdown(Duration::from_secs(5)).unwrap();
 }
 
-/// A client stops reading while the server has several MiB queued for it:
-/// the server keeps serving others, does not spin on the full socket, and
-/// when the client reads again every byte arrives in order.
+/// A client stops reading while the server has several MiB queued for it
+/// (watermarks raised so that backpressure lets the queue grow): the server
+/// keeps serving others, does not spin on the full socket, and when the
+/// client reads again every byte arrives in order.
 fn partial_sends_resume_without_busy_loop(engine: EngineKind) {
     const STALLED: usize = 16 * 1024 * 1024;
     let (events, factory) = recorded(|| Echo);
     let server = server(engine)
         .max_send_queue(32 * 1024 * 1024)
+        .send_watermarks(32 * 1024 * 1024, 16 * 1024 * 1024)
         .start(factory)
         .unwrap();
     let addr = server.local_addr();

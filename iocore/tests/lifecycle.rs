@@ -95,6 +95,8 @@ fn graceful_stop_delivers_queued_data(engine: EngineKind) {
     let (events, factory) = recorded(|| Echo);
     let server = server(engine)
         .max_send_queue(64 * 1024 * 1024)
+        // Let the echo queue grow (no backpressure): the stop must flush it.
+        .send_watermarks(64 * 1024 * 1024, 32 * 1024 * 1024)
         .start(factory)
         .unwrap();
     let addr = server.local_addr();
@@ -127,6 +129,8 @@ fn stop_deadline_resets_stuck_sessions(engine: EngineKind) {
     let (events, factory) = recorded(|| Echo);
     let server = server(engine)
         .max_send_queue(64 * 1024 * 1024)
+        // Let the echo queue grow (no backpressure): the stop must flush it.
+        .send_watermarks(64 * 1024 * 1024, 32 * 1024 * 1024)
         .start(factory)
         .unwrap();
     let mut stuck = connect(server.local_addr());

@@ -2,31 +2,32 @@
 //! reason, and its memory is freed; everyone else keeps being served.
 
 use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use iocore::{CloseKind, EngineKind, Handler, Session};
+use iocore::{Accept, CloseKind, EngineKind, Handler, Session};
 use iocore_testkit::*;
 
-/// A client that never reads is closed with `SendQueueFull` once its queue
-/// reaches the cap; its queue memory is released.
-fn send_queue_cap_closes_non_reader(engine: EngineKind) {
+/// A handler that keeps queueing without heeding backpressure (a broadcast
+/// to a subscriber that never reads) is stopped by the hard cap: the
+/// session is closed with `SendQueueFull` and its queue memory released.
+fn send_queue_cap_closes_a_producer_that_ignores_backpressure(engine: EngineKind) {
     const CAP: usize = 256 * 1024;
-    let (events, factory) = recorded(|| Echo);
-    let server = server(engine).max_send_queue(CAP).start(factory).unwrap();
-    let mut s = connect(server.local_addr());
-    let mut writer = s.try_clone().unwrap();
-    // Never read; keep writing until the server cuts us off.
-    let w = std::thread::spawn(move || {
-        let chunk = vec![9u8; 64 * 1024];
-        for _ in 0..4096 {
-            if writer.write_all(&chunk).is_err() {
-                return true;
-            }
+    // The first session pushes; later ones echo.
+    let made = std::sync::atomic::AtomicUsize::new(0);
+    let (events, factory) = recorded(move || -> Box<dyn Handler> {
+        match made.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+            0 => Box::new(Pusher::new(3, 1 << 30, 64 * 1024, false)),
+            _ => Box::new(Echo),
         }
-        false
     });
+    let server = server(engine)
+        .max_send_queue(CAP)
+        .send_watermarks(64 * 1024, 32 * 1024)
+        .start(factory)
+        .unwrap();
+    let s = connect(server.local_addr()); // never reads
     assert_eq!(events.wait_closed(1), [CloseKind::SendQueueFull]);
-    assert!(w.join().unwrap(), "the writer was cut off by a reset");
     let stats = server.stats();
     assert_eq!(stats.closed(CloseKind::SendQueueFull), 1);
     assert_eq!(stats.live_sessions, 0);
@@ -35,7 +36,7 @@ fn send_queue_cap_closes_non_reader(engine: EngineKind) {
     let mut other = connect(server.local_addr());
     other.write_all(b"ok").unwrap();
     assert_eq!(read_exact(&mut other, 2), b"ok");
-    let _ = s.flush();
+    drop(s);
 }
 
 /// A handler waiting for a newline, fed by a peer that never sends one,
@@ -103,8 +104,73 @@ fn max_sessions_resets_extra_connections(engine: EngineKind) {
     assert_eq!(read_exact(&mut late, 3), b"now");
 }
 
+/// A client socket bound to `from` (another loopback address) connected to
+/// `to`.
+fn connect_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::from((from, 0)).into()).unwrap();
+    s.connect(&to.into()).unwrap();
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s
+}
+
+/// With `max_sessions_per_ip` 3, a fourth connection from 127.0.0.1 is
+/// reset at once and counted, while a client from 127.0.0.2 is served;
+/// across both workers and with either accept strategy. A place frees up
+/// when one of the three closes.
+fn per_ip_cap_resets_only_the_extra_connection(engine: EngineKind) {
+    let strategies: &[Accept] = match cfg!(windows) {
+        true => &[Accept::HandOff],
+        false => &[Accept::ReusePort, Accept::HandOff],
+    };
+    for &accept in strategies {
+        let (events, factory) = recorded(|| Echo);
+        let server = server(engine)
+            .accept(accept)
+            .max_sessions_per_ip(Some(3))
+            .start(factory)
+            .unwrap();
+        let addr = server.local_addr();
+        let mut three: Vec<_> = (0..3).map(|_| connect(addr)).collect();
+        for s in &mut three {
+            s.write_all(b"in").unwrap();
+            assert_eq!(read_exact(s, 2), b"in", "{accept}");
+        }
+        let mut fourth = connect(addr);
+        let (data, err) = read_to_end(&mut fourth);
+        assert!(data.is_empty());
+        let reset = err.map(|e| e.kind()) == Some(std::io::ErrorKind::ConnectionReset);
+        assert!(
+            reset || cfg!(windows),
+            "the fourth connection is reset ({accept})"
+        );
+        let mut other = connect_from([127, 0, 0, 2], addr);
+        other.write_all(b"other").unwrap();
+        assert_eq!(
+            read_exact(&mut other, 5),
+            b"other",
+            "127.0.0.2 is served ({accept})"
+        );
+        let stats = server.stats();
+        assert_eq!((stats.rejected_per_ip, stats.rejected), (1, 0), "{accept}");
+        assert_eq!(events.connected.load(std::sync::atomic::Ordering::SeqCst), 4);
+        drop(three.pop());
+        events.wait_closed(1);
+        let mut again = connect(addr);
+        again.write_all(b"again").unwrap();
+        assert_eq!(
+            read_exact(&mut again, 5),
+            b"again",
+            "a freed place is taken ({accept})"
+        );
+        server.shutdown(Duration::from_secs(1)).unwrap();
+    }
+}
+
 engine_suite!(
-    send_queue_cap_closes_non_reader,
+    send_queue_cap_closes_a_producer_that_ignores_backpressure,
     recv_buffer_limit_closes_only_offender,
     max_sessions_resets_extra_connections,
+    per_ip_cap_resets_only_the_extra_connection,
 );

@@ -117,6 +117,49 @@ pub fn write_all(s: &mut TcpStream, data: &[u8]) -> std::io::Result<()> {
     s.write_all(data)
 }
 
+/// Byte `offset` of stream `seed`: any dropped, repeated, reordered or
+/// altered byte of a long stream shows up as a mismatch.
+pub fn pattern_byte(seed: u64, offset: u64) -> u8 {
+    let x = (offset ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    (x >> 29) as u8 ^ (offset >> 16) as u8
+}
+
+/// Writes `total` bytes of stream `seed` to `s`, in 64 KiB writes.
+pub fn write_pattern(s: &mut TcpStream, seed: u64, total: u64) -> std::io::Result<()> {
+    let mut buf = vec![0; 64 * 1024];
+    let mut offset = 0;
+    while offset < total {
+        let n = buf.len().min((total - offset) as usize);
+        for (i, b) in buf[..n].iter_mut().enumerate() {
+            *b = pattern_byte(seed, offset + i as u64);
+        }
+        s.write_all(&buf[..n])?;
+        offset += n as u64;
+    }
+    Ok(())
+}
+
+/// Reads `total` bytes from `s` and checks them against stream `seed`;
+/// panics at the first byte that differs (or at a read error).
+pub fn read_pattern(s: &mut TcpStream, seed: u64, total: u64) {
+    let mut buf = vec![0; 64 * 1024];
+    let mut offset = 0;
+    while offset < total {
+        let want = buf.len().min((total - offset) as usize);
+        let n = match s.read(&mut buf[..want]) {
+            Ok(0) => panic!("end of stream after {offset} of {total} bytes"),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => panic!("read failed after {offset} of {total} bytes: {e}"),
+        };
+        for (i, &b) in buf[..n].iter().enumerate() {
+            let at = offset + i as u64;
+            assert_eq!(b, pattern_byte(seed, at), "byte {at} of stream {seed} differs");
+        }
+        offset += n as u64;
+    }
+}
+
 /// Deterministic xorshift generator.
 pub struct Rng(u64);
 
@@ -180,6 +223,9 @@ impl<H: Handler> Handler for Recorded<H> {
     fn on_sent(&mut self, s: &mut Session<'_>) {
         self.inner.on_sent(s)
     }
+    fn on_writable(&mut self, s: &mut Session<'_>) {
+        self.inner.on_writable(s)
+    }
     fn on_timer(&mut self, s: &mut Session<'_>) {
         self.inner.on_timer(s)
     }
@@ -214,6 +260,69 @@ impl Handler for Echo {
     }
 }
 
+/// Sends `total` bytes of stream `seed` (see [`pattern_byte`]) on its own,
+/// not in reply to input, `chunk` bytes at a time, then closes. With
+/// `heed` it queues only while the session is writable and goes on in
+/// `on_writable` (a well-behaved producer); without, it queues a chunk
+/// every millisecond whatever the queue holds.
+pub struct Pusher {
+    pub seed: u64,
+    pub total: u64,
+    pub chunk: usize,
+    pub heed: bool,
+    sent: u64,
+}
+
+impl Pusher {
+    pub fn new(seed: u64, total: u64, chunk: usize, heed: bool) -> Pusher {
+        Pusher {
+            seed,
+            total,
+            chunk,
+            heed,
+            sent: 0,
+        }
+    }
+
+    fn push(&mut self, s: &mut Session<'_>) {
+        while self.sent < self.total && (!self.heed || s.is_writable()) {
+            let n = self.chunk.min((self.total - self.sent) as usize);
+            let buf: Vec<u8> = (0..n as u64)
+                .map(|i| pattern_byte(self.seed, self.sent + i))
+                .collect();
+            if s.send(buf).is_err() {
+                return;
+            }
+            self.sent += n as u64;
+            if !self.heed {
+                break;
+            }
+        }
+        if self.sent == self.total {
+            s.close();
+        } else if !self.heed {
+            s.set_timer(Duration::from_millis(1));
+        }
+    }
+}
+
+impl Handler for Pusher {
+    fn on_connected(&mut self, s: &mut Session<'_>) {
+        self.push(s)
+    }
+    fn on_recv(&mut self, _: &mut Session<'_>, data: &[u8]) -> usize {
+        data.len()
+    }
+    fn on_writable(&mut self, s: &mut Session<'_>) {
+        if self.heed {
+            self.push(s)
+        }
+    }
+    fn on_timer(&mut self, s: &mut Session<'_>) {
+        self.push(s)
+    }
+}
+
 /// `iocore serve` run as a user would, with its stderr log.
 pub struct CliServer {
     pub child: std::process::Child,
@@ -227,14 +336,31 @@ impl CliServer {
     /// Starts the `iocore` binary at `bin` with `args` (after `serve
     /// --addr 127.0.0.1:0`) and `env`, and waits for its ready line.
     pub fn start(bin: &str, args: &[&str], env: &[(&str, &str)]) -> CliServer {
-        use std::io::BufRead;
-        let child = std::process::Command::new(bin)
+        let mut cmd = std::process::Command::new(bin);
+        cmd.args(["serve", "--addr", "127.0.0.1:0"])
+            .args(args)
+            .envs(env.iter().copied());
+        CliServer::spawn(cmd)
+    }
+
+    /// Like [`CliServer::start`], in a shell that first lowers the
+    /// open-file limit (soft and hard) to `nofile` (Unix).
+    pub fn start_with_nofile(bin: &str, nofile: u32, args: &[&str], env: &[(&str, &str)]) -> CliServer {
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
+            .arg(bin)
             .args(["serve", "--addr", "127.0.0.1:0"])
             .args(args)
-            .envs(env.iter().copied())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+            .envs(env.iter().copied());
+        CliServer::spawn(cmd)
+    }
+
+    /// Runs `cmd` (an `iocore serve` command line) and waits for its ready
+    /// line.
+    pub fn spawn(mut cmd: std::process::Command) -> CliServer {
+        use std::io::BufRead;
+        let child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
         // Owned by the guard from here on, so a failure kills it (Drop).
         let mut server = CliServer {
             child,
@@ -255,6 +381,11 @@ impl CliServer {
                 return server;
             }
         }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGTERM, then wait: returns the exit status and the remaining log.

@@ -2,6 +2,7 @@
 //! deadlines, the stop state, and the bookkeeping done when a session
 //! opens, settles or ends. Engines add only how bytes move.
 
+use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -20,11 +21,25 @@ pub(crate) fn io_close_reason(e: io::Error) -> CloseReason {
     }
 }
 
+/// How a read loop ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(windows), allow(dead_code))] // the Windows engines' loop
+pub(crate) enum ReadEnd {
+    /// The socket has nothing more (WOULDBLOCK), or the peer's FIN or an
+    /// error ended the input.
+    Drained,
+    /// The session stopped wanting input (see [`Conn::wants_input`]); data
+    /// may remain in the socket: read again when input is wanted.
+    Paused,
+    /// The budget ran out; data may remain.
+    Budget,
+}
+
 /// Reads with `read` into `scratch` until the socket has nothing more
-/// (WOULDBLOCK), the peer's FIN, an error, or `budget` reads, handing the
-/// bytes to `conn` — the loop the engines that are told "data is there"
-/// (completion of a zero-byte receive, FD_READ) run. Returns false when
-/// the budget ran out and data may remain.
+/// (WOULDBLOCK), the peer's FIN, an error, the session stops wanting
+/// input, or `budget` reads, handing the bytes to `conn` — the loop the
+/// engines that are told "data is there" (completion of a zero-byte
+/// receive, FD_READ) run.
 #[cfg_attr(not(windows), allow(dead_code))] // the Windows engines' loop
 pub(crate) fn read_into_scratch<H: Handler>(
     conn: &mut Conn<H>,
@@ -33,13 +48,16 @@ pub(crate) fn read_into_scratch<H: Handler>(
     cx: Context<'_>,
     budget: usize,
     mut read: impl FnMut(&mut [u8]) -> io::Result<usize>,
-) -> bool {
+) -> ReadEnd {
     for _ in 0..budget {
+        if !conn.wants_input() {
+            return ReadEnd::Paused;
+        }
         match read(scratch) {
             Ok(0) => {
                 stats.read_attempt();
                 conn.eof();
-                return true;
+                return ReadEnd::Drained;
             }
             Ok(n) => {
                 stats.read(n);
@@ -47,17 +65,17 @@ pub(crate) fn read_into_scratch<H: Handler>(
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 stats.read_attempt();
-                return true;
+                return ReadEnd::Drained;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 stats.read_attempt();
                 conn.failed(io_close_reason(e));
-                return true;
+                return ReadEnd::Drained;
             }
         }
     }
-    false
+    ReadEnd::Budget
 }
 
 /// Most buffers gathered into one readiness-engine send.
@@ -195,16 +213,34 @@ pub(crate) trait CloseAtOnce<H: Handler>: Driver<H> {
     /// RST if `rst`.
     fn release(&mut self, io: Self::Io, rst: bool);
 
+    /// The session's flag "reading stopped, with data possibly left,
+    /// because input was not wanted".
+    fn read_stalled(io: &mut Self::Io) -> &mut bool;
+
+    /// Reads what the socket holds, to the end (or posts the receive):
+    /// reading had stopped and input is wanted again.
+    fn read_input(&mut self, token: u64);
+
     /// Brings session `token` up to date after anything touched it:
-    /// flush, act on its next step, account its queue, re-arm its deadline.
+    /// flush, act on its next step, resume its input if it stopped reading
+    /// and wants input again, account its queue, re-arm its deadline.
     fn settle_at_once(&mut self, token: u64) -> io::Result<()> {
         loop {
             self.flush(token);
-            let Some((cx, slot)) = self.core().slot(token) else {
+            let Some((cx, slot, stats, timers)) = self.core().parts(token) else {
                 return Ok(());
             };
             match slot.conn.step(cx) {
-                Step::Wait => break,
+                Step::Wait => {
+                    let stalled = Self::read_stalled(&mut slot.io);
+                    if !*stalled || !slot.conn.wants_input() {
+                        slot.account(token, stats, timers, cx);
+                        return Ok(());
+                    }
+                    *stalled = false;
+                    self.read_input(token);
+                }
+                Step::Continue => {}
                 Step::Fin => {
                     if let Err(e) = Self::shutdown_write(&slot.io) {
                         slot.conn.failed(io_close_reason(e));
@@ -218,17 +254,68 @@ pub(crate) trait CloseAtOnce<H: Handler>: Driver<H> {
                 }
             }
         }
-        self.core().settled(token);
-        Ok(())
     }
 }
 
 /// A session on an engine: its state machine, the engine's per-socket
-/// state `S`, and the queued byte count last reported to the stats.
+/// state `S`, and what was last reported to the stats (queued bytes, input
+/// paused).
 pub(crate) struct Slot<H, S> {
     pub conn: Conn<H>,
     pub io: S,
     queued_seen: u32,
+    paused_seen: bool,
+}
+
+impl<H: Handler, S> Slot<H, S> {
+    /// After anything touched the session (slot `token`): report its queue
+    /// and whether its input is paused, re-arm its deadline.
+    fn account(&mut self, token: u64, stats: &WorkerStats, timers: &mut Timers, cx: Context<'_>) {
+        let queued = self.conn.queued() as u32;
+        if queued != self.queued_seen {
+            stats.queued_changed(self.queued_seen as usize, queued as usize);
+            self.queued_seen = queued;
+        }
+        let paused = self.conn.input_paused();
+        if paused != self.paused_seen {
+            stats.paused_changed(paused);
+            self.paused_seen = paused;
+        }
+        self.conn.arm(token, timers, cx.limits);
+    }
+}
+
+/// How long to pause accepting when out of resources and no connection
+/// can be shed (no spare descriptor, or out of memory).
+pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Least time between two warnings of one kind from one worker.
+const WARN_EVERY: Duration = Duration::from_secs(1);
+
+/// A warning that a storm could repeat for every connection: said at most
+/// once per [`WARN_EVERY`], with how many were held back meanwhile.
+#[derive(Default)]
+struct Quiet {
+    next: Cell<Tick>,
+    held_back: Cell<u64>,
+}
+
+impl Quiet {
+    /// Whether to warn now; if so, how many warnings were held back.
+    fn allow(&self, now: Tick) -> Option<u64> {
+        if now < self.next.get() {
+            self.held_back.set(self.held_back.get() + 1);
+            return None;
+        }
+        self.next.set(now.after(WARN_EVERY));
+        Some(self.held_back.replace(0))
+    }
+}
+
+/// A shortage of descriptors or memory that made accepts fail.
+struct Shortage {
+    since: Tick,
+    /// Connections accepted and closed at once meanwhile.
+    shed: u64,
 }
 
 /// The engine-independent part of a worker loop.
@@ -243,11 +330,16 @@ pub(crate) struct Core<H, S> {
     forced: bool,
     /// Hand-off accept: the worker the next connection goes to.
     next_worker: usize,
+    /// A listening worker's reserve descriptor (see [`Core::accept_shortage`]).
+    spare: socket::Spare,
+    shortage: Option<Shortage>,
+    per_ip_warning: Quiet,
 }
 
 impl<H: Handler, S> Core<H, S> {
     pub fn new(w: Worker<H>) -> Core<H, S> {
         let now = w.now();
+        let spare = socket::Spare::new();
         Core {
             w,
             sessions: Table::default(),
@@ -256,6 +348,9 @@ impl<H: Handler, S> Core<H, S> {
             stop_deadline: None,
             forced: false,
             next_worker: 0,
+            spare,
+            shortage: None,
+            per_ip_warning: Quiet::default(),
         }
     }
 
@@ -271,13 +366,21 @@ impl<H: Handler, S> Core<H, S> {
 
     /// A session's context and slot, plus the worker's counters.
     pub fn slot_stats(&mut self, token: u64) -> Option<(Context<'_>, &mut Slot<H, S>, &WorkerStats)> {
+        self.parts(token).map(|(cx, slot, stats, _)| (cx, slot, stats))
+    }
+
+    /// A session's context and slot, the worker's counters and its timers,
+    /// borrowed together.
+    #[allow(clippy::type_complexity)]
+    fn parts(&mut self, token: u64) -> Option<(Context<'_>, &mut Slot<H, S>, &WorkerStats, &mut Timers)> {
         let cx = Context {
             id: SessionId::new(self.w.index, token),
             now: self.now,
             limits: &self.w.limits,
         };
         let stats = &*self.w.stats;
-        self.sessions.get_mut(token).map(|slot| (cx, slot, stats))
+        let timers = &mut self.timers;
+        self.sessions.get_mut(token).map(|slot| (cx, slot, stats, timers))
     }
 
     /// Takes a place under `max_sessions`, or counts a rejection.
@@ -323,18 +426,101 @@ impl<H: Handler, S> Core<H, S> {
         Some((conn, s))
     }
 
-    /// Admits an accepted connection under `max_sessions` (else resets it,
-    /// counted as rejected) and makes its session.
+    /// Admits an accepted connection under `max_sessions` and
+    /// `max_sessions_per_ip` (else resets it, counted as rejected) and
+    /// makes its session.
     fn admit_accepted(&self, fd: &OwnedSocket, peer: SocketAddr) -> Option<Conn<H>> {
         if !self.admit() {
             tracing::debug!(%peer, "session limit reached: connection reset");
             let _ = socket::set_linger_zero(fd);
             return None;
         }
-        let _ = socket::set_nodelay(fd);
+        if let Some(ip_gate) = &self.w.ip_gate {
+            if !ip_gate.try_acquire(peer.ip()) {
+                self.w.gate.release();
+                self.w.stats.rejected_per_ip();
+                if let Some(held_back) = self.per_ip_warning.allow(self.now) {
+                    tracing::warn!(
+                        worker = self.w.index,
+                        ip = %peer.ip(),
+                        held_back,
+                        "max_sessions_per_ip reached: connection reset"
+                    );
+                }
+                let _ = socket::set_linger_zero(fd);
+                return None;
+            }
+        }
+        self.prepare(fd);
         let factory = self.w.factory.as_ref().expect("a listening worker has a factory");
         self.w.stats.accepted();
         Some(Conn::accepted(peer, factory(), self.now))
+    }
+
+    /// Sets a session socket's options: no Nagle delay, and keepalive if
+    /// configured. A failure leaves the socket usable, so it is only
+    /// logged.
+    fn prepare(&self, fd: &OwnedSocket) {
+        let _ = socket::set_nodelay(fd);
+        if let Some(k) = self.w.keepalive {
+            if let Err(e) = socket::set_keepalive(fd, k.idle, k.interval, k.count) {
+                tracing::debug!(error = %e, "cannot set TCP keepalive");
+            }
+        }
+    }
+
+    /// An accept succeeded: a shortage, if there was one, is over.
+    pub fn accept_ok(&mut self) {
+        if let Some(s) = self.shortage.take() {
+            tracing::info!(
+                worker = self.w.index,
+                after_ms = s.since.until(self.now).as_millis() as u64,
+                closed_at_once = s.shed,
+                "accepting again: the resource shortage is over"
+            );
+        }
+    }
+
+    /// Accepting failed with `e`, a shortage of descriptors or memory.
+    /// Out of descriptors with the spare at hand, the connections waiting
+    /// in the listener's backlog are accepted and closed at once (their
+    /// clients see a close instead of hanging; counted as shed) until none
+    /// is left: returns `None`, and the engine accepts again when a new
+    /// connection is reported — not at once: the kernel takes the new
+    /// descriptor before it looks for a connection, so during a shortage
+    /// `accept` fails even with an empty backlog, and retrying would spin.
+    /// Otherwise accepting should pause until the returned time. Logged
+    /// once per shortage.
+    pub fn accept_shortage(&mut self, e: &io::Error) -> Option<Tick> {
+        if self.shortage.is_none() {
+            tracing::warn!(
+                worker = self.w.index,
+                error = %e,
+                "accept failed for lack of resources: closing new connections at once until it is over"
+            );
+            self.shortage = Some(Shortage {
+                since: self.now,
+                shed: 0,
+            });
+        }
+        let shed = match (&self.w.listener, socket::is_out_of_descriptors(e)) {
+            (Some(listener), true) => socket::shed_backlog(listener, &mut self.spare),
+            _ => None,
+        };
+        match shed {
+            Some(n) => {
+                self.w.stats.accept_shed(n);
+                if let Some(s) = &mut self.shortage {
+                    s.shed += n as u64;
+                }
+                None
+            }
+            None => {
+                // No spare to free (taken meanwhile), or out of memory: wait.
+                self.spare = socket::Spare::new();
+                Some(self.now.after(ACCEPT_BACKOFF))
+            }
+        }
     }
 
     /// An outbound connection was asked for: admits it under
@@ -353,15 +539,18 @@ impl<H: Handler, S> Core<H, S> {
 
     /// An outbound connection was asked for: admits it and makes its socket
     /// with `socket`, or tells the handler at once that the connect failed.
-    pub fn outbound<T>(
+    pub fn outbound(
         &self,
         addr: SocketAddr,
         handler: H,
-        socket: impl FnOnce(&SocketAddr) -> io::Result<T>,
-    ) -> Option<(Conn<H>, T)> {
+        socket: impl FnOnce(&SocketAddr) -> io::Result<OwnedSocket>,
+    ) -> Option<(Conn<H>, OwnedSocket)> {
         let conn = self.admit_outbound(addr, handler)?;
         match socket(&addr) {
-            Ok(s) => Some((conn, s)),
+            Ok(s) => {
+                self.prepare(&s);
+                Some((conn, s))
+            }
             Err(e) => {
                 self.finish(conn, CloseReason::ConnectFailed(e));
                 None
@@ -375,33 +564,36 @@ impl<H: Handler, S> Core<H, S> {
             conn,
             io,
             queued_seen: 0,
+            paused_seen: false,
         })
     }
 
-    /// After anything touched a session: report its queue, re-arm its
-    /// deadline.
+    /// After anything touched a session: report its queue and whether its
+    /// input is paused, re-arm its deadline.
     pub fn settled(&mut self, token: u64) {
-        let Some(slot) = self.sessions.get_mut(token) else {
-            return;
-        };
-        let queued = slot.conn.queued();
-        self.w.stats.queued_changed(slot.queued_seen as usize, queued);
-        slot.queued_seen = queued as u32;
-        slot.conn.arm(token, &mut self.timers, &self.w.limits);
+        if let Some((cx, slot, stats, timers)) = self.parts(token) {
+            slot.account(token, stats, timers, cx);
+        }
     }
 
     /// Removes a session whose socket the engine is done with, and ends it.
     pub fn remove(&mut self, token: u64) -> Option<Slot<H, S>> {
         let slot = self.sessions.remove(token)?;
         self.w.stats.queued_changed(slot.queued_seen as usize, 0);
+        if slot.paused_seen {
+            self.w.stats.paused_changed(false);
+        }
         Some(slot)
     }
 
-    /// Ends a session: counts it, frees its place, tells its handler.
+    /// Ends a session: counts it, frees its places, tells its handler.
     pub fn finish(&self, conn: Conn<H>, reason: CloseReason) {
-        tracing::trace!(peer = %conn.peer_addr(), %reason, "session closed");
+        tracing::debug!(worker = self.w.index, peer = %conn.peer_addr(), kind = %reason.kind(), %reason, "session closed");
         self.w.stats.closed(reason.kind());
         self.w.gate.release();
+        if let Some(ip_gate) = &self.w.ip_gate {
+            ip_gate.release(conn.peer_addr().ip());
+        }
         conn.finish(reason);
     }
 

@@ -8,6 +8,11 @@
 //! receive memory. On a write report it writes the queued buffers with
 //! gather `sendmsg` until the queue is empty or the socket is full, then
 //! waits for the next write report (the seed's FD_WRITE) — never spinning.
+//!
+//! A session that does not want input (paused by its handler, or its send
+//! queue over the high watermark) is not read: the engine remembers that
+//! it stopped and reads again when input is wanted, since an edge-
+//! triggered socket left undrained reports no new edge.
 
 use std::io;
 use std::net::SocketAddr;
@@ -29,14 +34,15 @@ const SCRATCH: usize = 64 * 1024;
 const READ_BUDGET: usize = 16;
 /// Events taken per wait.
 const EVENTS: usize = 1024;
-/// How long to pause accepting when out of descriptors or memory.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// This engine's per-session state: the socket and whether it is full.
+/// This engine's per-session state: the socket, whether it is full, and
+/// whether reading stopped because input was not wanted.
 struct Sock {
     fd: OwnedFd,
     /// The last send found the socket full: wait for a write report.
     write_blocked: bool,
+    /// Reading stopped with data possibly left: read when input is wanted.
+    read_stalled: bool,
 }
 
 struct Loop<H> {
@@ -79,6 +85,7 @@ impl<H: Handler> Loop<H> {
             };
             let n = self.epoll.wait(timeout)?;
             self.core.tick();
+            self.core.w.stats.turn();
             for token in std::mem::take(&mut self.unfinished) {
                 self.readable(token, false);
                 self.settle(token)?;
@@ -115,8 +122,9 @@ impl<H: Handler> Loop<H> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if socket::is_transient_accept_error(&e) => continue,
                 Err(e) if socket::is_resource_exhausted(&e) => {
-                    tracing::warn!(worker = self.core.w.index, error = %e, "accept paused");
-                    self.accept_paused_until = Some(self.core.now.after(ACCEPT_BACKOFF));
+                    // Shed: the backlog is empty; the next connection
+                    // raises a new edge. Else wait and try again.
+                    self.accept_paused_until = self.core.accept_shortage(&e);
                     return Ok(());
                 }
                 Err(e) => {
@@ -124,6 +132,7 @@ impl<H: Handler> Loop<H> {
                     return Ok(());
                 }
             };
+            self.core.accept_ok();
             self.serve_accepted(fd, peer)?;
         }
     }
@@ -136,6 +145,7 @@ impl<H: Handler> Loop<H> {
             Sock {
                 fd,
                 write_blocked: false,
+                read_stalled: false,
             },
         );
         let (cx, slot) = self.core.slot(token).expect("just inserted");
@@ -176,23 +186,34 @@ impl<H: Handler> Loop<H> {
         if ev.is_writable() {
             slot.io.write_blocked = false;
         }
+        if ev.is_error() && !slot.conn.wants_input() && !slot.conn.is_connecting() {
+            // Not reading now, but a failed socket ends the session.
+            if let Ok(Some(e)) | Err(e) = socket::take_error(&slot.io.fd) {
+                slot.conn.failed(io_close_reason(e));
+            }
+        }
         if ev.is_readable() {
             self.readable(token, ev.is_read_closed());
         }
         self.settle(token)
     }
 
-    /// Reads until the socket is drained (or the budget is spent), handing
-    /// the bytes to the session.
+    /// Reads until the socket is drained (or the budget is spent, or the
+    /// session stops wanting input), handing the bytes to the session.
     fn readable(&mut self, token: u64, read_closed: bool) {
         let Some((cx, slot, stats)) = self.core.slot_stats(token) else {
             return;
         };
-        let (conn, fd) = (&mut slot.conn, &slot.io.fd);
+        let conn = &mut slot.conn;
+        let Sock { fd, read_stalled, .. } = &mut slot.io;
         if conn.is_connecting() {
             return;
         }
         for _ in 0..READ_BUDGET {
+            if !conn.wants_input() {
+                *read_stalled = true;
+                return;
+            }
             let (res, asked, in_place) = match conn.read_target(SCRATCH, cx.limits) {
                 Some(buf) if !buf.is_empty() => (socket::read(fd, buf), buf.len(), true),
                 _ => (socket::read(fd, &mut self.scratch), SCRATCH, false),
@@ -240,8 +261,9 @@ impl<H: Handler> Driver<H> for Loop<H> {
     }
 
     fn connect(&mut self, addr: SocketAddr, handler: H) -> io::Result<()> {
-        match self.core.outbound(addr, handler, socket::connect) {
-            Some((conn, (fd, _in_progress))) => self.open(conn, fd),
+        let connect = |addr: &SocketAddr| socket::connect(addr).map(|(fd, _in_progress)| fd);
+        match self.core.outbound(addr, handler, connect) {
+            Some((conn, fd)) => self.open(conn, fd),
             None => Ok(()),
         }
     }
@@ -280,5 +302,14 @@ impl<H: Handler> CloseAtOnce<H> for Loop<H> {
             let _ = socket::set_linger_zero(&io.fd);
         }
         drop(io); // closing also removes it from epoll
+    }
+
+    fn read_stalled(io: &mut Sock) -> &mut bool {
+        &mut io.read_stalled
+    }
+
+    fn read_input(&mut self, token: u64) {
+        // No edge will come for what is already there: read to the end.
+        self.readable(token, true);
     }
 }

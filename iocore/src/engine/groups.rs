@@ -87,6 +87,7 @@ pub(crate) trait EventEngine<H: Handler>: Driver<H> {
             let set: [&dyn Waitable; 3] = [inbox.waker(), shell.groups.report_event(), &shell.listen_event];
             let hit = wsa::wait_any(&set, timeout)?;
             core.tick();
+            core.w.stats.turn();
             // Check all three, whichever woke the wait.
             let listener_set = shell.listen_event.is_set();
             if hit == Some(0) || inbox.waker().handle_is_set() {
@@ -127,6 +128,13 @@ pub(crate) trait EventEngine<H: Handler>: Driver<H> {
                 match wsa::accept(l) {
                     Ok(pair) => accepted.push(pair),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if crate::sys::socket::is_resource_exhausted(&e) => {
+                        // Logged once per shortage; the listener is tried
+                        // again within ACCEPT_POLL.
+                        core.w.stats.accept_failed();
+                        let _ = core.accept_shortage(&e);
+                        break;
+                    }
                     Err(e) if errors < ACCEPT_ERRORS => {
                         errors += 1;
                         core.w.stats.accept_failed();
@@ -138,6 +146,9 @@ pub(crate) trait EventEngine<H: Handler>: Driver<H> {
                     }
                 }
             }
+        }
+        if !accepted.is_empty() {
+            self.parts().0.accept_ok();
         }
         for (socket, peer) in accepted {
             self.prepare_accepted(&socket);

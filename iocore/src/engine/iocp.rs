@@ -5,16 +5,20 @@
 //! without blocking into the worker's scratch buffer; sends are one gather
 //! `WSASend` at a time over buffers lent by the session's queue; outbound
 //! connects are `ConnectEx`. A closing session cancels what it has posted
-//! and is freed after the last completion.
+//! and is freed after the last completion. A session that does not want
+//! input (paused by its handler, or its send queue over the high
+//! watermark) stops reading and posts no receive until it wants input
+//! again. Accepts that cannot be posted (out of memory or sockets) are
+//! counted and retried after a pause.
 
 use std::io;
 use std::net::SocketAddr;
 
-use crate::session::{CloseReason, Conn, Handler, Step};
+use crate::session::{CloseReason, Conn, Handler, Step, Tick};
 use crate::sys::iocp::{self, Done, Port, SendOp};
 use crate::sys::{socket, OwnedSocket};
 
-use super::core::{io_close_reason, read_into_scratch, Core, Driver};
+use super::core::{io_close_reason, read_into_scratch, Core, Driver, ACCEPT_BACKOFF};
 use super::{EngineKind, Worker};
 
 /// Accepts kept posted on the listener.
@@ -38,6 +42,8 @@ struct Loop<H> {
     port: Port,
     listen_addr: Option<SocketAddr>,
     accepts_posted: usize,
+    /// Posting accepts failed: try again at this time.
+    accept_retry_at: Option<Tick>,
     scratch: Box<[u8]>,
     /// Boxed on purpose: the port takes and returns them by box.
     #[allow(clippy::vec_box)]
@@ -68,6 +74,7 @@ pub(crate) fn run<H: Handler>(w: Worker<H>) -> io::Result<()> {
         port,
         listen_addr,
         accepts_posted: 0,
+        accept_retry_at: None,
         scratch: vec![0; SCRATCH].into_boxed_slice(),
         spare_sends: Vec::new(),
         done: Vec::new(),
@@ -82,14 +89,19 @@ pub(crate) fn run<H: Handler>(w: Worker<H>) -> io::Result<()> {
 impl<H: Handler> Loop<H> {
     fn run(&mut self) -> io::Result<()> {
         loop {
-            let timeout = self.core.timeout(None);
+            let timeout = self.core.timeout(self.accept_retry_at);
             let mut done = std::mem::take(&mut self.done);
             self.port.wait(timeout, &mut done)?;
             self.core.tick();
+            self.core.w.stats.turn();
             for d in done.drain(..) {
                 self.complete(d)?;
             }
             self.done = done;
+            if self.accept_retry_at.is_some_and(|t| t <= self.core.now) {
+                self.accept_retry_at = None;
+                self.post_accepts()?;
+            }
             self.expire()?;
             if self.core.finished() && self.port.outstanding() == 0 {
                 return Ok(());
@@ -97,13 +109,30 @@ impl<H: Handler> Loop<H> {
         }
     }
 
+    /// Keeps [`ACCEPTS`] accepts posted. A post that fails (no memory or
+    /// sockets left) is counted and retried after [`ACCEPT_BACKOFF`]; the
+    /// sessions already served go on.
     fn post_accepts(&mut self) -> io::Result<()> {
-        let (Some(l), Some(addr)) = (&self.core.w.listener, self.listen_addr) else {
+        let Some(addr) = self.listen_addr else {
             return Ok(());
         };
-        while self.accepts_posted < ACCEPTS && !self.core.stopping() {
-            self.port.accept(l, &addr)?;
-            self.accepts_posted += 1;
+        while self.accepts_posted < ACCEPTS && !self.core.stopping() && self.accept_retry_at.is_none() {
+            let Some(l) = &self.core.w.listener else {
+                return Ok(());
+            };
+            let Err(e) = self.port.accept(l, &addr) else {
+                self.accepts_posted += 1;
+                continue;
+            };
+            self.core.w.stats.accept_failed();
+            let until = match socket::is_resource_exhausted(&e) {
+                true => self.core.accept_shortage(&e),
+                false => {
+                    tracing::warn!(worker = self.core.w.index, error = %e, "cannot post accepts: retrying shortly");
+                    None
+                }
+            };
+            self.accept_retry_at = Some(until.unwrap_or_else(|| self.core.now.after(ACCEPT_BACKOFF)));
         }
         Ok(())
     }
@@ -114,7 +143,10 @@ impl<H: Handler> Loop<H> {
             Done::Accepted(result) => {
                 self.accepts_posted -= 1;
                 match result {
-                    Ok((s, peer)) if !self.core.stopping() => self.serve_accepted(s, peer)?,
+                    Ok((s, peer)) if !self.core.stopping() => {
+                        self.core.accept_ok();
+                        self.serve_accepted(s, peer)?
+                    }
                     Ok(_) => {}
                     Err(_) if self.core.stopping() => {}
                     Err(e) => {
@@ -285,6 +317,7 @@ impl<H: Handler> Driver<H> for Loop<H> {
             }
             match slot.conn.step(cx) {
                 Step::Wait => break,
+                Step::Continue => {}
                 Step::Fin => {
                     if let Err(e) =
                         socket2::SockRef::from(&slot.io.socket).shutdown(std::net::Shutdown::Write)
@@ -299,8 +332,9 @@ impl<H: Handler> Driver<H> for Loop<H> {
             return Ok(());
         };
         if slot.io.closing.is_none() {
-            // Input may already be waiting (read budget spent): post again.
-            if !slot.io.recv_posted && slot.conn.is_open() {
+            // Input may already be waiting (read budget spent, or input
+            // was paused and is wanted again): post again.
+            if !slot.io.recv_posted && slot.conn.is_open() && slot.conn.wants_input() {
                 self.post_recv(token)?;
             }
             self.core.settled(token);

@@ -12,11 +12,19 @@
 //!   [`Conn::read_target`] and calls [`Conn::received_in_place`]), reports
 //!   end of input with [`Conn::eof`] and socket failures with
 //!   [`Conn::failed`];
+//! - takes input from a socket only while [`Conn::wants_input`] holds
+//!   (flow control: the handler paused input, or the send queue is over its
+//!   high watermark); when it stops for that reason it remembers, and reads
+//!   again (or posts the receive again) as soon as input is wanted — an
+//!   edge-triggered socket or a disabled FD_READ will not say so. Bytes it
+//!   already took from the kernel still go to the session; what it takes
+//!   ahead of the session must stay bounded (one read; one capped receive);
 //! - writes what [`Conn::send_slices`] gives, in order, and reports the
 //!   count with [`Conn::sent`];
 //! - after anything that touched a session, asks [`Conn::step`] what to do
-//!   (send FIN, or close and call [`Conn::finish`] exactly once), and
-//!   re-arms its deadline with [`Conn::arm`];
+//!   (send what is queued and ask again, send FIN, or close and call
+//!   [`Conn::finish`] exactly once), and re-arms its deadline with
+//!   [`Conn::arm`];
 //! - runs [`Timers`] with the time it reads once per loop turn, and serves
 //!   its inbox (connect requests, connections handed over by the worker
 //!   that accepted them, stop);
@@ -44,9 +52,10 @@
 //! | WSAEventSelect (on Windows)     | `wsa-event` | event objects, 63 per waiter |
 //! | Overlapped + events (Windows)   | `overlapped`| `hEvent` per session, 63 per waiter |
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -335,6 +344,95 @@ impl SessionGate {
     }
 }
 
+/// Counts live accepted sessions per client address across all workers of
+/// a server against its `max_sessions_per_ip`. Taken on accept, released
+/// when the session ends: the connection-setup path, not the hot one.
+pub(crate) struct IpGate {
+    max: usize,
+    live: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl IpGate {
+    pub(crate) fn new(max: usize) -> IpGate {
+        IpGate {
+            max,
+            live: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// An IPv4 client seen through an IPv6 listener counts as itself.
+    fn key(ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        }
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a place for `ip`, if it has one free.
+    pub(crate) fn try_acquire(&self, ip: IpAddr) -> bool {
+        let mut live = self.live();
+        let n = live.entry(Self::key(ip)).or_insert(0);
+        if *n < self.max {
+            *n += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Gives `ip`'s place back.
+    pub(crate) fn release(&self, ip: IpAddr) {
+        let mut live = self.live();
+        let key = Self::key(ip);
+        if let Some(n) = live.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                live.remove(&key);
+            }
+        }
+    }
+}
+
+/// TCP keepalive for a service's sessions: after `idle` without traffic
+/// the kernel probes the peer every `interval`; after `count` unanswered
+/// probes the connection is reset and its session ends (with
+/// [`crate::CloseReason::Io`], `ETIMEDOUT`). Finds half-open peers (a
+/// client whose machine vanished) that would otherwise hold a session
+/// forever. Whole seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Quiet time before the first probe.
+    pub idle: Duration,
+    /// Time between probes.
+    pub interval: Duration,
+    /// Unanswered probes before the connection is dropped.
+    pub count: u32,
+}
+
+impl Keepalive {
+    /// Keepalive after `idle`, then probes every 10 s, 5 at most.
+    pub fn after(idle: Duration) -> Keepalive {
+        Keepalive {
+            idle,
+            interval: Duration::from_secs(10),
+            count: 5,
+        }
+    }
+}
+
+/// What all workers of a service are configured with.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Settings {
+    pub limits: Limits,
+    pub max_sessions: usize,
+    pub max_sessions_per_ip: Option<usize>,
+    pub keepalive: Option<Keepalive>,
+}
+
 /// Makes a handler for each accepted connection.
 pub(crate) type Factory<H> = Arc<dyn Fn() -> H + Send + Sync>;
 
@@ -349,8 +447,11 @@ pub(crate) struct Worker<H> {
     pub factory: Option<Factory<H>>,
     pub inbox: Arc<Inbox<H>>,
     pub limits: Limits,
+    pub keepalive: Option<Keepalive>,
     pub stats: Arc<WorkerStats>,
     pub gate: Arc<SessionGate>,
+    /// `max_sessions_per_ip`, if set: shared by all workers.
+    pub ip_gate: Option<Arc<IpGate>>,
     pub epoch: Instant,
     /// Told once the loop is set up (or why it could not be).
     pub ready: std::sync::mpsc::Sender<io::Result<()>>,

@@ -11,6 +11,10 @@
 //!
 //! More than 63 sessions: the event objects live in the same groups of 63
 //! per waiter thread as the `wsa-event` engine's (see `groups.rs`).
+//!
+//! A session that does not want input (paused by its handler, or its send
+//! queue over the high watermark) stops reading and posts no receive; it
+//! reads and posts again when input is wanted.
 
 use std::io;
 use std::net::SocketAddr;
@@ -21,7 +25,7 @@ use crate::sys::overlapped::OvSocket;
 use crate::sys::wsaevent as wsa;
 use crate::sys::OwnedSocket;
 
-use super::core::{io_close_reason, read_into_scratch, CloseAtOnce, Core, Driver};
+use super::core::{io_close_reason, read_into_scratch, CloseAtOnce, Core, Driver, ReadEnd};
 use super::groups::{EventEngine, Shell};
 use super::{EngineKind, Worker};
 
@@ -32,6 +36,8 @@ struct Sock {
     ov: OvSocket,
     group: usize,
     slot: usize,
+    /// Reading stopped (no receive posted) because input was not wanted.
+    read_stalled: bool,
 }
 
 struct Loop<H> {
@@ -64,7 +70,13 @@ impl<H: Handler> Loop<H> {
     fn open(&mut self, conn: Conn<H>, s: OwnedSocket, connect_to: Option<SocketAddr>) -> io::Result<()> {
         let (g, slot) = self.shell.groups.acquire()?;
         let ov = OvSocket::new(s, self.shell.groups.event(g, slot));
-        let token = self.core.insert(conn, Sock { ov, group: g, slot });
+        let sock = Sock {
+            ov,
+            group: g,
+            slot,
+            read_stalled: false,
+        };
+        let token = self.core.insert(conn, sock);
         self.shell.groups.assign(g, slot, token);
         let (cx, slot) = self.core.slot(token).expect("just inserted");
         match connect_to {
@@ -82,15 +94,20 @@ impl<H: Handler> Loop<H> {
         self.settle(token)
     }
 
-    /// Reads what is there without blocking, then posts the next receive.
+    /// Reads what is there without blocking, then posts the next receive
+    /// (unless input is not wanted now).
     fn readable(&mut self, token: u64) {
         let Some((cx, slot, stats)) = self.core.slot_stats(token) else {
             return;
         };
         let ov = &slot.io.ov;
-        read_into_scratch(&mut slot.conn, &mut self.scratch, stats, cx, READ_BUDGET, |buf| {
+        let end = read_into_scratch(&mut slot.conn, &mut self.scratch, stats, cx, READ_BUDGET, |buf| {
             wsa::read(ov.socket(), buf)
         });
+        if end == ReadEnd::Paused {
+            slot.io.read_stalled = true;
+            return;
+        }
         // Drained or budget spent: the zero-byte receive completes at once
         // if data remains.
         if slot.conn.is_open() && !slot.io.ov.recv_posted() {
@@ -217,9 +234,17 @@ impl<H: Handler> CloseAtOnce<H> for Loop<H> {
         if rst {
             let _ = crate::sys::socket::set_linger_zero(io.ov.socket());
         }
-        let Sock { ov, group, slot } = io;
+        let Sock { ov, group, slot, .. } = io;
         // Dropping cancels posted operations and waits for them.
         drop(ov);
         self.shell.groups.release(group, slot);
+    }
+
+    fn read_stalled(io: &mut Sock) -> &mut bool {
+        &mut io.read_stalled
+    }
+
+    fn read_input(&mut self, token: u64) {
+        self.readable(token);
     }
 }

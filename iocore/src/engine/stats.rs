@@ -11,8 +11,12 @@ pub struct WorkerStats {
     accepted: AtomicU64,
     connected: AtomicU64,
     rejected: AtomicU64,
+    rejected_per_ip: AtomicU64,
     accept_failed: AtomicU64,
+    accept_shed: AtomicU64,
     live: AtomicU64,
+    paused: AtomicU64,
+    loop_turns: AtomicU64,
     queued_bytes: AtomicU64,
     bytes_received: AtomicU64,
     bytes_sent: AtomicU64,
@@ -40,7 +44,22 @@ impl WorkerStats {
     pub(crate) fn rejected(&self) {
         bump(&self.rejected, 1);
     }
-    #[cfg_attr(not(windows), allow(dead_code))] // iocp only
+    pub(crate) fn rejected_per_ip(&self) {
+        bump(&self.rejected_per_ip, 1);
+    }
+    #[cfg_attr(not(unix), allow(dead_code))] // the descriptor shortage of Unix
+    pub(crate) fn accept_shed(&self, n: usize) {
+        bump(&self.accept_shed, n as u64);
+    }
+    /// One turn of the worker's loop (one wait returned).
+    pub(crate) fn turn(&self) {
+        bump(&self.loop_turns, 1);
+    }
+    /// A session's input became paused (`true`) or resumed.
+    pub(crate) fn paused_changed(&self, paused: bool) {
+        bump(&self.paused, if paused { 1 } else { u64::MAX });
+    }
+    #[cfg_attr(not(windows), allow(dead_code))] // the Windows engines
     pub(crate) fn accept_failed(&self) {
         bump(&self.accept_failed, 1);
     }
@@ -83,8 +102,12 @@ impl WorkerStats {
             accepted: self.accepted.load(Relaxed),
             connected: self.connected.load(Relaxed),
             rejected: self.rejected.load(Relaxed),
+            rejected_per_ip: self.rejected_per_ip.load(Relaxed),
             accept_failed: self.accept_failed.load(Relaxed),
+            accept_shed: self.accept_shed.load(Relaxed),
             live_sessions: self.live.load(Relaxed),
+            paused_sessions: self.paused.load(Relaxed),
+            loop_turns: self.loop_turns.load(Relaxed),
             queued_bytes: self.queued_bytes.load(Relaxed),
             bytes_received: self.bytes_received.load(Relaxed),
             bytes_sent: self.bytes_sent.load(Relaxed),
@@ -105,12 +128,26 @@ pub struct Stats {
     pub connected: u64,
     /// Connections refused because `max_sessions` were live.
     pub rejected: u64,
+    /// Connections refused because their address already had
+    /// `max_sessions_per_ip` sessions.
+    pub rejected_per_ip: u64,
     /// Connections lost before they could be accepted (reset while in the
-    /// listen backlog; Windows drops these, so AcceptEx fails).
+    /// listen backlog; Windows drops these, so AcceptEx fails), or accepts
+    /// that could not be posted.
     pub accept_failed: u64,
+    /// Connections closed right after accept because the process was out
+    /// of file descriptors (EMFILE/ENFILE): accepted with the spare
+    /// descriptor and closed, so that they do not hang in the backlog.
+    pub accept_shed: u64,
     /// Sessions not yet finished (including those still connecting or
     /// closing).
     pub live_sessions: u64,
+    /// Open sessions whose input is paused: by their handler, or because
+    /// their send queue is over its high watermark.
+    pub paused_sessions: u64,
+    /// Turns of the workers' event loops (waits that returned): how often
+    /// the engines woke up.
+    pub loop_turns: u64,
     /// Bytes queued for sending and not yet taken by the kernel.
     pub queued_bytes: u64,
     /// Bytes read from sockets.
@@ -145,8 +182,12 @@ impl Stats {
         self.accepted += o.accepted;
         self.connected += o.connected;
         self.rejected += o.rejected;
+        self.rejected_per_ip += o.rejected_per_ip;
         self.accept_failed += o.accept_failed;
+        self.accept_shed += o.accept_shed;
         self.live_sessions = self.live_sessions.wrapping_add(o.live_sessions);
+        self.paused_sessions = self.paused_sessions.wrapping_add(o.paused_sessions);
+        self.loop_turns += o.loop_turns;
         self.queued_bytes = self.queued_bytes.wrapping_add(o.queued_bytes);
         self.bytes_received += o.bytes_received;
         self.bytes_sent += o.bytes_sent;

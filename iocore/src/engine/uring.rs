@@ -7,22 +7,33 @@
 //! receive buffer; bytes the handler leaves unconsumed are copied into the
 //! session's own buffer), one gather `sendmsg` over the queued buffers
 //! (order is kept by never posting a second before the first completes;
-//! a partial send posts the rest), and, when closing, a cancel. A session
+//! a partial send posts the rest), and a cancel: of the receive when the
+//! session stops wanting input (paused by its handler or by a send queue
+//! over the high watermark), or of everything when closing.
+//!
+//! Backpressure needs the kernel's read-ahead bounded: a multishot receive
+//! keeps taking data into provided buffers until the cancel arrives, and
+//! one loop turn can carry megabytes of completions for one fast sender.
+//! So each multishot receive is capped ([`RECV_CAP`] bytes, Linux 6.17) and
+//! posted again only while input is wanted; what completions carried
+//! before the cancel took effect is still delivered, and it is at most the
+//! cap. Kernels without the cap reject it (`EINVAL`); the worker then
+//! receives single-shot (one provided buffer per posting), which bounds
+//! the read-ahead the same way. A session
 //! is freed only after its last completion. Where the kernel lacks
-//! multishot accept or receive (`EINVAL`), the worker falls back to
-//! single-shot operations posted again after each completion; the variable
-//! `IOCORE_URING_SINGLESHOT=1` forces that mode.
+//! multishot accept or capped multishot receive (`EINVAL`), the worker
+//! falls back to single-shot operations posted again after each
+//! completion; the variable `IOCORE_URING_SINGLESHOT=1` forces that mode.
 
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::time::Duration;
 
 use crate::session::{CloseReason, Conn, Handler, Step, Tick};
 use crate::sys::socket;
-use crate::sys::uring::{Completion, SendOp, Uring};
+use crate::sys::uring::{Completion, SendOp, Uring, RECV_CAP};
 
-use super::core::{io_close_reason, Core, Driver};
+use super::core::{io_close_reason, Core, Driver, ACCEPT_BACKOFF};
 use super::{EngineKind, Worker};
 
 /// Submission queue size.
@@ -30,8 +41,6 @@ const ENTRIES: u32 = 1024;
 /// Provided receive buffers per worker, and their size.
 const BUFFERS: u16 = 256;
 const BUFFER_SIZE: usize = 16 * 1024;
-/// How long to pause accepting when out of descriptors or memory.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// `user_data` = operation kind in the top 4 bits, session token below.
 const OP_SHIFT: u32 = 60;
@@ -43,6 +52,7 @@ const OP_CANCEL: u64 = 4;
 const OP_ACCEPT: u64 = 5;
 const OP_WAKER: u64 = 6;
 const OP_ENGINE_CANCEL: u64 = 7;
+const OP_RECV_CANCEL: u64 = 8;
 
 fn user_data(op: u64, token: u64) -> u64 {
     debug_assert!(token <= TOKEN_MASK);
@@ -55,6 +65,8 @@ struct Sock {
     /// Operations posted and not finally completed.
     inflight: u8,
     recv_posted: bool,
+    /// The receive is being cancelled because input is not wanted.
+    recv_cancel_posted: bool,
     /// A send is in flight (the ring holds its buffers).
     sending: bool,
     /// The session ended; it is freed when `inflight` reaches 0.
@@ -65,7 +77,8 @@ struct Sock {
 struct Loop<H> {
     core: Core<H, Sock>,
     ring: Uring,
-    multishot: bool,
+    multishot_accept: bool,
+    multishot_recv: bool,
     accept_posted: bool,
     waker_posted: bool,
     waker_cancelled: bool,
@@ -86,7 +99,8 @@ pub(crate) fn run<H: Handler>(w: Worker<H>) -> io::Result<()> {
     let mut lp = Loop {
         core: Core::new(w),
         ring,
-        multishot,
+        multishot_accept: multishot,
+        multishot_recv: multishot,
         accept_posted: false,
         waker_posted: false,
         waker_cancelled: false,
@@ -104,6 +118,7 @@ impl<H: Handler> Loop<H> {
             let timeout = self.core.timeout(self.accept_paused_until);
             self.ring.submit_and_wait(timeout)?;
             self.core.tick();
+            self.core.w.stats.turn();
             let completions = self.ring.completions();
             for c in &completions {
                 self.complete(*c)?;
@@ -140,7 +155,7 @@ impl<H: Handler> Loop<H> {
         if let Some(l) = &self.core.w.listener {
             if !self.accept_posted && self.accept_paused_until.is_none() && !self.core.stopping() {
                 self.ring
-                    .accept(l.as_raw_fd(), self.multishot, user_data(OP_ACCEPT, 0))?;
+                    .accept(l.as_raw_fd(), self.multishot_accept, user_data(OP_ACCEPT, 0))?;
                 self.accept_posted = true;
             }
         }
@@ -173,6 +188,7 @@ impl<H: Handler> Loop<H> {
         match c.io_result() {
             Ok(fd) => {
                 let fd = socket::take_completed_fd(fd as i32);
+                self.core.accept_ok();
                 // Multishot accept returns no address. A connection reset
                 // before we ask has none either; it still gets its session
                 // (which ends at once with PeerReset), as on epoll.
@@ -181,14 +197,18 @@ impl<H: Handler> Loop<H> {
                     self.serve_accepted(fd, peer)?;
                 }
             }
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && self.multishot => {
-                tracing::info!("multishot accept unsupported: using single-shot operations");
-                self.multishot = false;
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && self.multishot_accept => {
+                tracing::info!("multishot accept unsupported: accepting single-shot");
+                self.multishot_accept = false;
             }
             Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {}
             Err(e) if socket::is_resource_exhausted(&e) => {
-                tracing::warn!(worker = self.core.w.index, error = %e, "accept paused");
-                self.accept_paused_until = Some(self.core.now.after(ACCEPT_BACKOFF));
+                // Sheds the backlog with plain accepts (the listener is
+                // non-blocking). A posted accept would fail again at once,
+                // connection or not, so it is posted again only after the
+                // backoff: waiting clients are shed every ACCEPT_BACKOFF.
+                let until = self.core.accept_shortage(&e);
+                self.accept_paused_until = Some(until.unwrap_or_else(|| self.core.now.after(ACCEPT_BACKOFF)));
             }
             Err(e) if socket::is_transient_accept_error(&e) => {}
             Err(e) => tracing::error!(worker = self.core.w.index, error = %e, "accept failed"),
@@ -199,15 +219,28 @@ impl<H: Handler> Loop<H> {
         Ok(())
     }
 
-    fn post_recv(&mut self, token: u64) -> io::Result<()> {
+    /// Makes the posted receive match whether the session wants input:
+    /// posts one when input is wanted, cancels it when not.
+    fn sync_recv(&mut self, token: u64) -> io::Result<()> {
         let Some((_, slot)) = self.core.slot(token) else {
             return Ok(());
         };
-        if !slot.io.recv_posted && slot.io.closing.is_none() {
-            self.ring
-                .recv(slot.io.fd.as_raw_fd(), self.multishot, user_data(OP_RECV, token))?;
-            slot.io.recv_posted = true;
-            slot.io.inflight += 1;
+        let io = &mut slot.io;
+        if io.closing.is_some() || io.recv_cancel_posted {
+            return Ok(());
+        }
+        let wanted = slot.conn.wants_input();
+        if wanted && !io.recv_posted {
+            let target = user_data(OP_RECV, token);
+            let cap = self.multishot_recv.then_some(RECV_CAP);
+            self.ring.recv(io.fd.as_raw_fd(), cap, target)?;
+            io.recv_posted = true;
+            io.inflight += 1;
+        } else if !wanted && io.recv_posted && slot.conn.is_open() {
+            let target = user_data(OP_RECV, token);
+            self.ring.cancel(target, user_data(OP_RECV_CANCEL, token))?;
+            io.recv_cancel_posted = true;
+            io.inflight += 1;
         }
         Ok(())
     }
@@ -238,32 +271,32 @@ impl<H: Handler> Loop<H> {
                 if let Some(bid) = c.buffer_id() {
                     self.ring.recycle(bid);
                 }
+                // A receive that ended is posted again by settle (sync_recv)
+                // if input is still wanted.
                 match result {
                     Ok(0) => {
                         stats.read_attempt();
                         slot.conn.eof();
-                        return Ok(());
                     }
                     Ok(_) => {}
                     Err(e) => match e.raw_os_error() {
-                        Some(libc::ECANCELED) => return Ok(()),
-                        // The buffer ring ran dry: post again below.
-                        Some(libc::ENOBUFS) => {}
-                        Some(libc::EINVAL) if self.multishot => {
-                            tracing::info!("multishot receive unsupported: using single-shot operations");
-                            self.multishot = false;
+                        // Cancelled (input paused, or closing), or the
+                        // buffer ring ran dry.
+                        Some(libc::ECANCELED) | Some(libc::ENOBUFS) => {}
+                        Some(libc::EINVAL) if self.multishot_recv => {
+                            tracing::info!(
+                                "capped multishot receive unsupported (needs Linux 6.17): receiving single-shot"
+                            );
+                            self.multishot_recv = false;
                         }
                         _ => {
                             stats.read_attempt();
                             slot.conn.failed(io_close_reason(e));
-                            return Ok(());
                         }
                     },
                 }
-                if !slot.io.recv_posted && !slot.conn.is_connecting() {
-                    self.post_recv(token)?;
-                }
             }
+            OP_RECV_CANCEL => slot.io.recv_cancel_posted = false,
             OP_SEND => {
                 slot.io.sending = false;
                 let mut op = self
@@ -290,7 +323,6 @@ impl<H: Handler> Loop<H> {
                 Ok(_) => {
                     slot.conn.connected(cx);
                     stats.connected();
-                    self.post_recv(token)?;
                 }
                 Err(e) => slot.conn.failed(CloseReason::ConnectFailed(e)),
             },
@@ -325,12 +357,11 @@ impl<H: Handler> Driver<H> for Loop<H> {
         &mut self.core
     }
 
-    /// Registers an established session and starts receiving.
+    /// Registers an established session; settling starts its receive.
     fn open_accepted(&mut self, conn: Conn<H>, fd: OwnedFd) -> io::Result<()> {
         let token = self.core.insert(conn, Sock::new(fd));
         let (cx, slot) = self.core.slot(token).expect("just inserted");
         slot.conn.start(cx);
-        self.post_recv(token)?;
         self.settle(token)
     }
 
@@ -347,7 +378,8 @@ impl<H: Handler> Driver<H> for Loop<H> {
     }
 
     /// Brings a session up to date: post its send, act on its next step,
-    /// and free it once it is closed and the kernel has let go of it.
+    /// post or cancel its receive, and free it once it is closed and the
+    /// kernel has let go of it.
     fn settle(&mut self, token: u64) -> io::Result<()> {
         loop {
             self.flush(token)?;
@@ -359,6 +391,7 @@ impl<H: Handler> Driver<H> for Loop<H> {
             }
             match slot.conn.step(cx) {
                 Step::Wait => break,
+                Step::Continue => {}
                 Step::Fin => {
                     if let Err(e) = socket::shutdown_write(&slot.io.fd) {
                         slot.conn.failed(io_close_reason(e));
@@ -371,6 +404,7 @@ impl<H: Handler> Driver<H> for Loop<H> {
             return Ok(());
         };
         if slot.io.closing.is_none() {
+            self.sync_recv(token)?;
             self.core.settled(token);
         } else if slot.io.inflight == 0 {
             let slot = self.core.remove(token).expect("present above");
@@ -408,6 +442,7 @@ impl Sock {
             fd,
             inflight: 0,
             recv_posted: false,
+            recv_cancel_posted: false,
             sending: false,
             closing: None,
             cancel_posted: false,

@@ -15,6 +15,12 @@
 //! owns every socket and session and waits on three events of its own:
 //! its inbox, "a group reported", and the listener. Event objects are
 //! reused by the slot and never closed while a waiter may wait on them.
+//!
+//! A session that does not want input (paused by its handler, or its send
+//! queue over the high watermark) is not read after FD_READ. FD_READ then
+//! stays disabled (it is re-enabled only by a `recv`), so the worker
+//! remembers that it stopped — and an FD_CLOSE seen meanwhile — and calls
+//! `recv` itself when input is wanted again.
 
 use std::io;
 use std::net::SocketAddr;
@@ -23,7 +29,7 @@ use crate::session::{CloseReason, Conn, Handler};
 use crate::sys::wsaevent::{self as wsa, Interest};
 use crate::sys::OwnedSocket;
 
-use super::core::{flush_gather, io_close_reason, read_into_scratch, CloseAtOnce, Core, Driver};
+use super::core::{flush_gather, io_close_reason, read_into_scratch, CloseAtOnce, Core, Driver, ReadEnd};
 use super::groups::{EventEngine, Shell};
 use super::{EngineKind, Worker};
 
@@ -35,6 +41,12 @@ struct Sock {
     group: usize,
     slot: usize,
     write_blocked: bool,
+    /// FD_READ came (or may have) but was not followed by a recv because
+    /// input was not wanted: recv when it is.
+    read_stalled: bool,
+    /// FD_CLOSE came, with its error, and the socket has not been found
+    /// drained since: the peer's FIN (or reset) is still to be applied.
+    close_pending: Option<Option<io::Error>>,
 }
 
 struct Loop<H> {
@@ -74,26 +86,50 @@ impl<H: Handler> Loop<H> {
                 group: g,
                 slot,
                 write_blocked: false,
+                read_stalled: false,
+                close_pending: None,
             },
         );
         self.shell.groups.assign(g, slot, token);
         let (cx, slot) = self.core.slot(token).expect("just inserted");
         if !slot.conn.is_connecting() {
             slot.conn.start(cx);
-            self.read_now(token);
+            // Bytes that arrived before the socket was tied to its event
+            // may not raise FD_READ (Wine does not); a recv re-enables it.
+            self.recv_after_fd_read(token);
         }
         self.settle(token)
     }
 
-    /// Reads whatever is already there. Called when a session opens:
-    /// bytes that arrived before its socket was tied to its event may not
-    /// raise FD_READ (Wine does not), and a recv re-enables it anyway.
-    fn read_now(&mut self, token: u64) {
+    /// After FD_READ (or when input is wanted again), recv — or FD_READ
+    /// will not come again — unless input is not wanted now; then apply a
+    /// pending FD_CLOSE once nothing is left to read.
+    fn recv_after_fd_read(&mut self, token: u64) {
         let Some((cx, slot, stats)) = self.core.slot_stats(token) else {
             return;
         };
-        if slot.conn.is_open() {
-            read_after_fd_read(slot, &mut self.scratch, stats, cx);
+        if slot.conn.is_connecting() {
+            return;
+        }
+        let socket = &slot.io.socket;
+        let end = read_into_scratch(&mut slot.conn, &mut self.scratch, stats, cx, READ_BUDGET, |buf| {
+            wsa::read(socket, buf)
+        });
+        match end {
+            ReadEnd::Paused => slot.io.read_stalled = true,
+            ReadEnd::Drained => {
+                if let Some(error) = slot.io.close_pending.take() {
+                    // FD_CLOSE with nothing left to read (Wine: also a reset).
+                    if slot.conn.is_open() {
+                        match error {
+                            Some(e) => slot.conn.failed(io_close_reason(e)),
+                            None => slot.conn.eof(),
+                        }
+                    }
+                }
+            }
+            // FD_READ is raised again while data remains.
+            ReadEnd::Budget => {}
         }
     }
 }
@@ -143,12 +179,13 @@ impl<H: Handler> EventEngine<H> for Loop<H> {
                 return self.settle(token);
             }
         };
+        let mut read = ne.read || ne.close;
         if let Some(result) = ne.connect {
             match result {
                 Ok(()) if slot.conn.is_connecting() => {
                     slot.conn.connected(cx);
                     stats.connected();
-                    read_after_fd_read(slot, &mut self.scratch, stats, cx);
+                    read = true;
                 }
                 Ok(()) => {}
                 Err(e) => slot.conn.failed(CloseReason::ConnectFailed(e)),
@@ -157,15 +194,11 @@ impl<H: Handler> EventEngine<H> for Loop<H> {
         if ne.write {
             slot.io.write_blocked = false;
         }
-        if (ne.read || ne.close) && !slot.conn.is_connecting() {
-            let drained = read_after_fd_read(slot, &mut self.scratch, stats, cx);
-            if ne.close && drained && slot.conn.is_open() {
-                // FD_CLOSE with nothing left to read (Wine: also a reset).
-                match ne.close_error {
-                    Some(e) => slot.conn.failed(io_close_reason(e)),
-                    None => slot.conn.eof(),
-                }
-            }
+        if ne.close {
+            slot.io.close_pending = Some(ne.close_error);
+        }
+        if read {
+            self.recv_after_fd_read(token);
         }
         self.settle(token)
     }
@@ -201,18 +234,12 @@ impl<H: Handler> CloseAtOnce<H> for Loop<H> {
         drop(socket);
         self.shell.groups.release(group, slot);
     }
-}
 
-/// After FD_READ, recv — or FD_READ will not come again. Returns whether
-/// the socket was drained (FD_READ is raised again while data remains).
-fn read_after_fd_read<H: Handler>(
-    slot: &mut super::core::Slot<H, Sock>,
-    scratch: &mut [u8],
-    stats: &super::WorkerStats,
-    cx: crate::session::Context<'_>,
-) -> bool {
-    let socket = &slot.io.socket;
-    read_into_scratch(&mut slot.conn, scratch, stats, cx, READ_BUDGET, |buf| {
-        wsa::read(socket, buf)
-    })
+    fn read_stalled(io: &mut Sock) -> &mut bool {
+        &mut io.read_stalled
+    }
+
+    fn read_input(&mut self, token: u64) {
+        self.recv_after_fd_read(token);
+    }
 }

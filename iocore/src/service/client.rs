@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::runtime::{Runtime, WorkerSpec};
-use crate::engine::{Command, EngineKind, Inbox, Stats};
+use crate::engine::{Command, EngineKind, Inbox, Keepalive, Settings, Stats};
 use crate::session::{Handler, Limits};
 
 /// Entry point: `Client::builder()`.
@@ -23,6 +23,7 @@ impl Client {
             engine: EngineKind::Auto,
             threads: 1,
             max_sessions: usize::MAX,
+            keepalive: None,
             limits: Limits::default(),
         }
     }
@@ -34,6 +35,7 @@ pub struct ClientBuilder {
     engine: EngineKind,
     threads: usize,
     max_sessions: usize,
+    keepalive: Option<Keepalive>,
     limits: Limits,
 }
 
@@ -58,15 +60,22 @@ impl ClientBuilder {
         self.limits = limits;
         self
     }
+    /// TCP keepalive on every session's socket (see [`Keepalive`]);
+    /// `None` (the default): off.
+    pub fn tcp_keepalive(mut self, keepalive: Option<Keepalive>) -> Self {
+        self.keepalive = keepalive;
+        self
+    }
 
     /// Starts the workers. `H` is the handler type of every connection;
     /// use `Box<dyn Handler>` to mix kinds.
     pub fn start<H: Handler>(self) -> io::Result<ClientHandle<H>> {
+        let bad = |msg: String| Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
         if self.threads == 0 || self.threads > 255 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "threads must be between 1 and 255",
-            ));
+            return bad("threads must be between 1 and 255".into());
+        }
+        if let Err(e) = self.limits.validate() {
+            return bad(e);
         }
         let engine = self.engine.resolve()?;
         let specs = (0..self.threads)
@@ -75,14 +84,13 @@ impl ClientBuilder {
                 factory: None,
             })
             .collect();
-        let (runtime, inboxes) = Runtime::start(
-            "iocore-client",
-            engine,
-            specs,
-            self.limits,
-            self.max_sessions,
-            false,
-        )?;
+        let settings = Settings {
+            limits: self.limits,
+            max_sessions: self.max_sessions,
+            max_sessions_per_ip: None,
+            keepalive: self.keepalive,
+        };
+        let (runtime, inboxes) = Runtime::start("iocore-client", engine, specs, settings, false)?;
         Ok(ClientHandle {
             runtime,
             inboxes,

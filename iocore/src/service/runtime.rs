@@ -7,7 +7,9 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::engine::{self, Command, EngineKind, Inbox, SessionGate, Stats, Worker, WorkerStats};
+use crate::engine::{
+    self, Command, EngineKind, Inbox, IpGate, SessionGate, Settings, Stats, Worker, WorkerStats,
+};
 use crate::session::Handler;
 
 /// Something that can be told to stop (a worker's inbox, whatever its
@@ -55,11 +57,11 @@ impl Runtime {
         name: &str,
         engine: EngineKind,
         specs: Vec<WorkerSpec<H>>,
-        limits: crate::Limits,
-        max_sessions: usize,
+        settings: Settings,
         hand_off: bool,
     ) -> io::Result<(Runtime, Vec<Arc<Inbox<H>>>)> {
-        let gate = Arc::new(SessionGate::new(max_sessions));
+        let gate = Arc::new(SessionGate::new(settings.max_sessions));
+        let ip_gate = settings.max_sessions_per_ip.map(|max| Arc::new(IpGate::new(max)));
         let epoch = Instant::now();
         let mut rt = Runtime {
             engine,
@@ -83,9 +85,11 @@ impl Runtime {
                 hand_off: shared.clone(),
                 factory: spec.factory,
                 inbox: inbox.clone(),
-                limits: limits.clone(),
+                limits: settings.limits.clone(),
+                keepalive: settings.keepalive,
                 stats: stats.clone(),
                 gate: gate.clone(),
+                ip_gate: ip_gate.clone(),
                 epoch,
                 ready: ready_tx.clone(),
             };

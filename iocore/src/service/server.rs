@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::runtime::{Runtime, WorkerSpec};
-use crate::engine::{EngineKind, Stats};
+use crate::engine::{EngineKind, Keepalive, Settings, Stats};
 use crate::session::{Handler, Limits};
 use crate::sys::socket;
 
@@ -73,8 +73,8 @@ impl std::str::FromStr for Accept {
 
 impl Server {
     /// A builder with the defaults: 127.0.0.1:7777, engine `auto`, one
-    /// worker per CPU, the OS's default [`Accept`], 10,000 sessions, default
-    /// [`Limits`].
+    /// worker per CPU, the OS's default [`Accept`], 10,000 sessions (no cap
+    /// per client address), default [`Limits`], no TCP keepalive.
     pub fn builder() -> ServerBuilder {
         ServerBuilder {
             addr: SocketAddr::from(([127, 0, 0, 1], 7777)),
@@ -82,6 +82,8 @@ impl Server {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             accept: Accept::default(),
             max_sessions: 10_000,
+            max_sessions_per_ip: None,
+            keepalive: None,
             backlog: 1024,
             limits: Limits::default(),
         }
@@ -96,6 +98,8 @@ pub struct ServerBuilder {
     threads: usize,
     accept: Accept,
     max_sessions: usize,
+    max_sessions_per_ip: Option<usize>,
+    keepalive: Option<Keepalive>,
     backlog: i32,
     limits: Limits,
 }
@@ -127,6 +131,21 @@ impl ServerBuilder {
         self.max_sessions = max;
         self
     }
+    /// Most sessions live at once from one client address (IPv4-mapped
+    /// IPv6 addresses count as IPv4), across all workers and with either
+    /// [`Accept`] strategy; further connections from that address are
+    /// reset at once and counted in [`Stats::rejected_per_ip`]. `None` (the
+    /// default): no cap.
+    pub fn max_sessions_per_ip(mut self, max: Option<usize>) -> Self {
+        self.max_sessions_per_ip = max;
+        self
+    }
+    /// TCP keepalive on every session's socket (see [`Keepalive`]);
+    /// `None` (the default): off.
+    pub fn tcp_keepalive(mut self, keepalive: Option<Keepalive>) -> Self {
+        self.keepalive = keepalive;
+        self
+    }
     /// Listen backlog.
     pub fn backlog(mut self, backlog: i32) -> Self {
         self.backlog = backlog;
@@ -145,6 +164,18 @@ impl ServerBuilder {
     /// See [`Limits::max_recv_buffer`].
     pub fn max_recv_buffer(mut self, bytes: usize) -> Self {
         self.limits.max_recv_buffer = bytes;
+        self
+    }
+    /// See [`Limits::send_high_watermark`] and
+    /// [`Limits::send_low_watermark`].
+    pub fn send_watermarks(mut self, high: usize, low: usize) -> Self {
+        self.limits.send_high_watermark = high;
+        self.limits.send_low_watermark = low;
+        self
+    }
+    /// See [`Limits::send_stall_timeout`].
+    pub fn send_stall_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.limits.send_stall_timeout = timeout;
         self
     }
     /// See [`Limits::idle_timeout`].
@@ -169,13 +200,10 @@ impl ServerBuilder {
         if self.max_sessions == 0 {
             return bad("max_sessions must be at least 1");
         }
-        if self.limits.max_recv_buffer == 0 || self.limits.max_recv_buffer > u32::MAX as usize / 2 {
-            return bad("max_recv_buffer must be between 1 byte and 2 GiB");
+        if self.max_sessions_per_ip == Some(0) {
+            return bad("max_sessions_per_ip must be at least 1 (None turns the cap off)");
         }
-        if self.limits.max_send_queue == 0 || self.limits.max_send_queue > u32::MAX as usize {
-            return bad("max_send_queue must be between 1 byte and 4 GiB");
-        }
-        Ok(())
+        self.limits.validate().or_else(|e| bad(&e))
     }
 
     /// Binds, starts the workers and returns once they serve. `factory`
@@ -219,14 +247,13 @@ impl ServerBuilder {
                 factory: Some(factory.clone()),
             });
         }
-        let (runtime, _) = Runtime::start(
-            "iocore-server",
-            engine,
-            specs,
-            self.limits,
-            self.max_sessions,
-            hand_off,
-        )?;
+        let settings = Settings {
+            limits: self.limits,
+            max_sessions: self.max_sessions,
+            max_sessions_per_ip: self.max_sessions_per_ip,
+            keepalive: self.keepalive,
+        };
+        let (runtime, _) = Runtime::start("iocore-server", engine, specs, settings, hand_off)?;
         tracing::info!(addr = %local_addr, engine = %engine, threads = self.threads, accept = %self.accept, "serving");
         Ok(ServerHandle { runtime, local_addr })
     }

@@ -1,5 +1,6 @@
 //! Why a session ended, and why a send was refused.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::io;
 
@@ -25,6 +26,10 @@ pub enum CloseReason {
     /// [`crate::Limits::max_send_queue`]; the queue was dropped and the
     /// peer got RST.
     SendQueueFull,
+    /// Bytes were queued but the peer took none of them for
+    /// [`crate::Limits::send_stall_timeout`] (it stopped reading); the
+    /// queue was dropped and the peer got RST.
+    SendStalled,
     /// Nothing was received for [`crate::Limits::idle_timeout`]; queued
     /// data was sent first, then FIN.
     IdleTimeout,
@@ -34,6 +39,14 @@ pub enum CloseReason {
     /// An outbound connection could not be established (refused, timed
     /// out, unreachable). `on_connected` was never called.
     ConnectFailed(io::Error),
+    /// The handler found the peer breaking the protocol (a malformed,
+    /// oversized or unexpected message) and ended the session with
+    /// [`crate::Session::close_with`] or [`crate::Session::abort_with`];
+    /// the text says what was wrong.
+    ProtocolViolation(Cow<'static, str>),
+    /// The handler ended the session for a reason of its own with
+    /// [`crate::Session::close_with`] or [`crate::Session::abort_with`].
+    Custom(Cow<'static, str>),
     /// Any other socket error.
     Io(io::Error),
 }
@@ -55,28 +68,37 @@ pub enum CloseKind {
     RecvBufferFull,
     /// See [`CloseReason::SendQueueFull`].
     SendQueueFull,
+    /// See [`CloseReason::SendStalled`].
+    SendStalled,
     /// See [`CloseReason::IdleTimeout`].
     IdleTimeout,
     /// See [`CloseReason::ServerShutdown`].
     ServerShutdown,
     /// See [`CloseReason::ConnectFailed`].
     ConnectFailed,
+    /// See [`CloseReason::ProtocolViolation`].
+    ProtocolViolation,
+    /// See [`CloseReason::Custom`].
+    Custom,
     /// See [`CloseReason::Io`].
     Io,
 }
 
 impl CloseKind {
     /// Every kind, in declaration order (the index used by counters).
-    pub const ALL: [CloseKind; 10] = [
+    pub const ALL: [CloseKind; 13] = [
         CloseKind::PeerClosed,
         CloseKind::PeerReset,
         CloseKind::LocalClose,
         CloseKind::LocalAbort,
         CloseKind::RecvBufferFull,
         CloseKind::SendQueueFull,
+        CloseKind::SendStalled,
         CloseKind::IdleTimeout,
         CloseKind::ServerShutdown,
         CloseKind::ConnectFailed,
+        CloseKind::ProtocolViolation,
+        CloseKind::Custom,
         CloseKind::Io,
     ];
 
@@ -84,9 +106,45 @@ impl CloseKind {
     pub fn index(self) -> usize {
         self as usize
     }
+
+    /// A short `snake_case` name, for logs and metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            CloseKind::PeerClosed => "peer_closed",
+            CloseKind::PeerReset => "peer_reset",
+            CloseKind::LocalClose => "local_close",
+            CloseKind::LocalAbort => "local_abort",
+            CloseKind::RecvBufferFull => "recv_buffer_full",
+            CloseKind::SendQueueFull => "send_queue_full",
+            CloseKind::SendStalled => "send_stalled",
+            CloseKind::IdleTimeout => "idle_timeout",
+            CloseKind::ServerShutdown => "server_shutdown",
+            CloseKind::ConnectFailed => "connect_failed",
+            CloseKind::ProtocolViolation => "protocol_violation",
+            CloseKind::Custom => "custom",
+            CloseKind::Io => "io",
+        }
+    }
+}
+
+impl fmt::Display for CloseKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl CloseReason {
+    /// A protocol violation described by `what` (see
+    /// [`CloseReason::ProtocolViolation`]).
+    pub fn protocol(what: impl Into<Cow<'static, str>>) -> CloseReason {
+        CloseReason::ProtocolViolation(what.into())
+    }
+
+    /// A reason of the application's own (see [`CloseReason::Custom`]).
+    pub fn custom(why: impl Into<Cow<'static, str>>) -> CloseReason {
+        CloseReason::Custom(why.into())
+    }
+
     /// The kind of this reason.
     pub fn kind(&self) -> CloseKind {
         match self {
@@ -96,19 +154,27 @@ impl CloseReason {
             CloseReason::LocalAbort => CloseKind::LocalAbort,
             CloseReason::RecvBufferFull => CloseKind::RecvBufferFull,
             CloseReason::SendQueueFull => CloseKind::SendQueueFull,
+            CloseReason::SendStalled => CloseKind::SendStalled,
             CloseReason::IdleTimeout => CloseKind::IdleTimeout,
             CloseReason::ServerShutdown => CloseKind::ServerShutdown,
             CloseReason::ConnectFailed(_) => CloseKind::ConnectFailed,
+            CloseReason::ProtocolViolation(_) => CloseKind::ProtocolViolation,
+            CloseReason::Custom(_) => CloseKind::Custom,
             CloseReason::Io(_) => CloseKind::Io,
         }
     }
 
-    /// Whether the peer is told with RST (queued data dropped) rather than
-    /// FIN after the queue was flushed.
+    /// Whether the library ends sessions for this reason with RST (queued
+    /// data dropped) rather than FIN after the queue was flushed. (A
+    /// handler's own reason resets if it used
+    /// [`crate::Session::abort_with`].)
     pub fn resets_peer(&self) -> bool {
         matches!(
             self,
-            CloseReason::LocalAbort | CloseReason::RecvBufferFull | CloseReason::SendQueueFull
+            CloseReason::LocalAbort
+                | CloseReason::RecvBufferFull
+                | CloseReason::SendQueueFull
+                | CloseReason::SendStalled
         )
     }
 }
@@ -122,9 +188,14 @@ impl fmt::Display for CloseReason {
             CloseReason::LocalAbort => f.write_str("aborted by the handler"),
             CloseReason::RecvBufferFull => f.write_str("receive buffer full: handler did not consume"),
             CloseReason::SendQueueFull => f.write_str("send queue over its limit: peer not reading"),
+            CloseReason::SendStalled => {
+                f.write_str("send stalled: the peer took no bytes for the stall timeout")
+            }
             CloseReason::IdleTimeout => f.write_str("idle timeout"),
             CloseReason::ServerShutdown => f.write_str("server shutdown"),
             CloseReason::ConnectFailed(e) => write!(f, "connect failed: {e}"),
+            CloseReason::ProtocolViolation(what) => write!(f, "protocol violation: {what}"),
+            CloseReason::Custom(why) => write!(f, "closed by the handler: {why}"),
             CloseReason::Io(e) => write!(f, "I/O error: {e}"),
         }
     }

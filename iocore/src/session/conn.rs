@@ -9,32 +9,70 @@
 //! Lifecycle: `Connecting` (outbound only) → `Open` → `Closing` (flush the
 //! queue) → `Lingering` (FIN sent, discard input until the peer's FIN or
 //! the linger deadline) → finished. `Aborting` skips to finished.
+//!
+//! Flow control: while open, input is wanted unless the handler paused it
+//! or the send queue went over its high watermark and has not yet drained
+//! to its low one ([`Conn::wants_input`]); engines stop reading the socket
+//! meanwhile. A queue that makes no progress for the stall timeout ends
+//! the session.
 
 use std::io::IoSlice;
 use std::net::SocketAddr;
 
-use super::close::CloseReason;
+use bytes::Bytes;
+
+use super::close::{CloseReason, SendError};
 use super::handler::{Handler, Limits, Session, SessionId, Tick};
 use super::recv_buffer::RecvBuffer;
 use super::send_queue::SendQueue;
 use super::timers::Timers;
 
-/// Where a connection is in its life.
-#[derive(Debug)]
+/// Where a connection is in its life. Plain, so that the checks made for
+/// every message are one comparison; the close reason of the closing
+/// phases is in [`Core::reason`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Phase {
     Connecting,
     Open,
     /// Send what is queued, then FIN.
-    Closing(CloseReason),
+    Closing,
     /// FIN sent; waiting for the peer's FIN.
-    Lingering(CloseReason),
-    /// Close now; `rst` makes the peer see a reset.
-    Aborting {
-        reason: CloseReason,
-        rst: bool,
-    },
+    Lingering,
+    /// Close now.
+    Aborting,
+    /// Close now, with RST: the peer sees a reset.
+    Resetting,
     /// `Step::Close` was returned; nothing more happens.
     Done,
+}
+
+/// Flow-control state: a few flags in one byte.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Flow(u8);
+
+impl Flow {
+    /// The handler paused input ([`Session::pause_recv`]).
+    pub(crate) const PAUSED: Flow = Flow(1);
+    /// The send queue went over the high watermark and has not drained to
+    /// the low one: input paused, [`Session::is_writable`] false.
+    pub(crate) const BACKPRESSURE: Flow = Flow(2);
+    /// Input was resumed: offer what the receive buffer holds.
+    pub(crate) const OFFER: Flow = Flow(4);
+    /// Either flag that stops reading from the socket.
+    const STOPS_INPUT: Flow = Flow(Flow::PAUSED.0 | Flow::BACKPRESSURE.0);
+
+    pub(crate) fn contains(self, f: Flow) -> bool {
+        self.0 & f.0 == f.0
+    }
+    fn intersects(self, f: Flow) -> bool {
+        self.0 & f.0 != 0
+    }
+    pub(crate) fn insert(&mut self, f: Flow) {
+        self.0 |= f.0;
+    }
+    pub(crate) fn remove(&mut self, f: Flow) {
+        self.0 &= !f.0;
+    }
 }
 
 /// The parts of a connection a [`Session`] handle may touch.
@@ -43,23 +81,54 @@ pub struct Core {
     pub(crate) peer: SocketAddr,
     pub(crate) send: SendQueue,
     pub(crate) phase: Phase,
+    /// Why the session ends, once it is closing (boxed: one pointer while
+    /// open).
+    reason: Option<Box<CloseReason>>,
     /// While open, the handler's timer; while connecting or lingering,
     /// the connect or linger deadline (one field: they never coexist).
     pub(crate) timer_at: Tick,
-    /// Last time bytes arrived (idle timeout).
+    /// Last time bytes arrived, or input resumed (idle timeout).
     pub(crate) last_active: Tick,
+    /// Last time the kernel took queued bytes, or the queue stopped being
+    /// empty (stall timeout).
+    last_sent: Tick,
     /// The deadline currently scheduled in the worker's [`Timers`].
     wake_at: Tick,
+    pub(crate) flow: Flow,
     /// No more input will come: the peer's FIN arrived or linger expired.
     input_done: bool,
 }
 
 impl Core {
+    /// Queues `buf` for sending under the session's limits: over the high
+    /// watermark input pauses; over the cap the session is aborted with
+    /// [`CloseReason::SendQueueFull`].
+    pub(crate) fn queue(&mut self, buf: Bytes, now: Tick, limits: &Limits) -> Result<(), SendError> {
+        if self.send.is_empty() {
+            self.last_sent = now;
+        }
+        match self.send.push(buf, limits.max_send_queue) {
+            Ok(()) => {
+                if self.send.len() > limits.send_high_watermark {
+                    self.flow.insert(Flow::BACKPRESSURE);
+                }
+                Ok(())
+            }
+            Err(_) => {
+                self.abort(CloseReason::SendQueueFull);
+                Err(SendError::QueueFull)
+            }
+        }
+    }
+
     /// Graceful close, unless the session is already closing.
     pub(crate) fn close(&mut self, reason: CloseReason) {
         match self.phase {
             Phase::Connecting => self.abort_with(reason, false),
-            Phase::Open => self.phase = Phase::Closing(reason),
+            Phase::Open => {
+                self.phase = Phase::Closing;
+                self.reason = Some(Box::new(reason));
+            }
             _ => {}
         }
     }
@@ -69,10 +138,24 @@ impl Core {
         self.abort_with(reason, true)
     }
 
+    /// Immediate close for `reason` (replacing a graceful close's reason).
     fn abort_with(&mut self, reason: CloseReason, rst: bool) {
-        if !matches!(self.phase, Phase::Aborting { .. } | Phase::Done) {
+        if !matches!(self.phase, Phase::Aborting | Phase::Resetting | Phase::Done) {
             self.send.clear();
-            self.phase = Phase::Aborting { reason, rst };
+            self.phase = match rst {
+                true => Phase::Resetting,
+                false => Phase::Aborting,
+            };
+            self.reason = Some(Box::new(reason));
+        }
+    }
+
+    /// The reason of a closing session, taken once when it is done.
+    fn take_reason(&mut self) -> CloseReason {
+        self.phase = Phase::Done;
+        match self.reason.take() {
+            Some(r) => *r,
+            None => CloseReason::ServerShutdown,
         }
     }
 }
@@ -82,6 +165,9 @@ impl Core {
 pub enum Step {
     /// Nothing: wait for the socket or a timer.
     Wait,
+    /// The session did work of its own (it offered input kept while
+    /// paused): send what is queued and ask again.
+    Continue,
     /// Send FIN (`shutdown(SHUT_WR)`); keep reading and discarding.
     Fin,
     /// Close the socket (after `SO_LINGER` 0 if `rst`), remove the session
@@ -120,9 +206,12 @@ impl<H: Handler> Conn<H> {
                 peer,
                 send: SendQueue::new(),
                 phase,
+                reason: None,
                 timer_at: deadline,
                 last_active: now,
+                last_sent: now,
                 wake_at: Tick::NEVER,
+                flow: Flow::default(),
                 input_done: false,
             },
             recv: RecvBuffer::new(),
@@ -178,14 +267,58 @@ impl<H: Handler> Conn<H> {
     }
 
     /// Whether the handler still takes input.
+    #[inline]
     pub fn is_open(&self) -> bool {
         matches!(self.core.phase, Phase::Open)
+    }
+
+    /// Whether the engine should read from the socket now: not while
+    /// connecting or aborting, nor while open with input paused (by the
+    /// handler, or by a send queue over its high watermark). A closing
+    /// session reads (and discards) until the peer's FIN.
+    #[inline]
+    pub fn wants_input(&self) -> bool {
+        match self.core.phase {
+            Phase::Open => !self.core.input_done && !self.core.flow.intersects(Flow::STOPS_INPUT),
+            Phase::Closing | Phase::Lingering => !self.core.input_done,
+            _ => false,
+        }
+    }
+
+    /// Whether the session is open with its input paused, by the handler
+    /// or by its send queue.
+    #[inline]
+    pub fn input_paused(&self) -> bool {
+        self.is_open() && self.core.flow.intersects(Flow::STOPS_INPUT)
+    }
+
+    /// Whether the handler is offered input now: open and not paused by
+    /// the handler. (A send queue over its high watermark stops reading
+    /// from the socket, not the delivery of bytes already read.)
+    #[inline]
+    fn takes_input(&self) -> bool {
+        self.is_open() && !self.core.flow.contains(Flow::PAUSED)
+    }
+
+    /// Keeps the unconsumed tail `data` of a read: within
+    /// [`Limits::max_recv_buffer`] while the handler takes input; while it
+    /// paused input, whatever the engine had already read (one read on the
+    /// readiness engines, at most one capped receive on uring) is kept in
+    /// full, so that nothing is lost.
+    fn keep(&mut self, data: &[u8], limits: &Limits) {
+        let max = match self.takes_input() {
+            true => limits.max_recv_buffer,
+            false => usize::MAX,
+        };
+        if self.recv.extend(data, max).is_err() {
+            self.core.abort(CloseReason::RecvBufferFull);
+        }
     }
 
     /// Whether the session is closed, with FIN sent and awaiting only the
     /// peer's FIN.
     pub fn is_lingering(&self) -> bool {
-        matches!(self.core.phase, Phase::Lingering(_))
+        self.core.phase == Phase::Lingering
     }
 
     /// Where the next read should go: into the receive buffer when a
@@ -193,7 +326,7 @@ impl<H: Handler> Conn<H> {
     /// copy), else `None`: read into the worker's shared scratch buffer and
     /// pass the bytes to [`Conn::received`].
     pub fn read_target(&mut self, want: usize, limits: &Limits) -> Option<&mut [u8]> {
-        if self.recv.is_empty() || !self.is_open() {
+        if self.recv.is_empty() || !self.takes_input() {
             return None;
         }
         Some(self.recv.spare(want, limits.max_recv_buffer))
@@ -207,15 +340,15 @@ impl<H: Handler> Conn<H> {
             return;
         }
         self.core.last_active = cx.now;
-        if !self.recv.is_empty() {
-            if self.recv.extend(data, cx.limits.max_recv_buffer).is_err() {
-                self.core.abort(CloseReason::RecvBufferFull);
-                return;
-            }
+        if !self.recv.is_empty() || !self.takes_input() {
+            // Behind what waits, then offered: the limit applies to what
+            // the handler leaves (checked in deliver_buffered), not to the
+            // waiting bytes plus this read.
+            let _ = self.recv.extend(data, usize::MAX);
             return self.deliver_buffered(cx);
         }
         let mut rest = data;
-        while !rest.is_empty() && self.is_open() {
+        while !rest.is_empty() && self.takes_input() {
             let n = self
                 .handler
                 .on_recv(&mut Self::session(&mut self.core, &cx), rest);
@@ -224,8 +357,8 @@ impl<H: Handler> Conn<H> {
             }
             rest = &rest[n.min(rest.len())..];
         }
-        if self.is_open() && !rest.is_empty() && self.recv.extend(rest, cx.limits.max_recv_buffer).is_err() {
-            self.core.abort(CloseReason::RecvBufferFull);
+        if self.is_open() && !rest.is_empty() {
+            self.keep(rest, cx.limits);
         }
     }
 
@@ -237,7 +370,7 @@ impl<H: Handler> Conn<H> {
     }
 
     fn deliver_buffered(&mut self, cx: Context<'_>) {
-        while !self.recv.is_empty() && self.is_open() {
+        while !self.recv.is_empty() && self.takes_input() {
             let n = self
                 .handler
                 .on_recv(&mut Self::session(&mut self.core, &cx), self.recv.data());
@@ -246,7 +379,7 @@ impl<H: Handler> Conn<H> {
             }
             self.recv.consume(n.min(self.recv.len()));
         }
-        if self.is_open() && self.recv.len() >= cx.limits.max_recv_buffer {
+        if self.takes_input() && self.recv.len() >= cx.limits.max_recv_buffer {
             self.core.abort(CloseReason::RecvBufferFull);
         }
     }
@@ -271,18 +404,19 @@ impl<H: Handler> Conn<H> {
 
     /// The stop deadline passed: whatever is left is reset now.
     pub fn force_close(&mut self) {
-        let reason = match std::mem::replace(&mut self.core.phase, Phase::Done) {
-            Phase::Closing(r) | Phase::Lingering(r) => r,
-            Phase::Aborting { reason, .. } => reason,
-            _ => CloseReason::ServerShutdown,
-        };
-        self.core.phase = Phase::Aborting { reason, rst: true };
+        if self.core.phase == Phase::Done {
+            return;
+        }
+        if self.core.reason.is_none() {
+            self.core.reason = Some(Box::new(CloseReason::ServerShutdown));
+        }
+        self.core.phase = Phase::Resetting;
         self.core.send.clear();
     }
 
     /// Unsent bytes are queued and the session may still send.
     pub fn has_unsent(&self) -> bool {
-        !self.core.send.is_empty() && matches!(self.core.phase, Phase::Open | Phase::Closing(_))
+        !self.core.send.is_empty() && matches!(self.core.phase, Phase::Open | Phase::Closing)
     }
 
     /// Unsent bytes queued.
@@ -300,12 +434,37 @@ impl<H: Handler> Conn<H> {
         self.core.send.sole()
     }
 
-    /// The kernel took `n` more bytes. When the queue empties the handler
-    /// hears [`Handler::on_sent`].
+    /// The kernel took `n` more bytes. When the queue drains to its low
+    /// watermark after being over the high one the handler hears
+    /// [`Handler::on_writable`]; when it empties, [`Handler::on_sent`].
     pub fn sent(&mut self, n: usize, cx: Context<'_>) {
         self.core.send.advance(n);
+        self.send_progress(n, cx);
+    }
+
+    #[inline]
+    fn send_progress(&mut self, n: usize, cx: Context<'_>) {
+        if n > 0 {
+            self.core.last_sent = cx.now;
+        }
+        if self.core.flow.contains(Flow::BACKPRESSURE) {
+            self.drained_to_low_watermark(cx);
+        }
         if self.core.send.is_empty() && self.is_open() {
             self.handler.on_sent(&mut Self::session(&mut self.core, &cx));
+        }
+    }
+
+    /// Backpressure ends once the queue is down to its low watermark:
+    /// input resumes and the handler hears [`Handler::on_writable`].
+    #[cold]
+    fn drained_to_low_watermark(&mut self, cx: Context<'_>) {
+        if self.core.send.len() <= cx.limits.send_low_watermark {
+            self.core.flow.remove(Flow::BACKPRESSURE);
+            self.core.last_active = cx.now;
+            if self.is_open() {
+                self.handler.on_writable(&mut Self::session(&mut self.core, &cx));
+            }
         }
     }
 
@@ -318,52 +477,70 @@ impl<H: Handler> Conn<H> {
     /// For a completion engine: moves the unsent buffers (at most `max`)
     /// into `out` for one send; see [`SendQueue::lend`]. Returns the offset
     /// into `out[0]`.
-    pub fn lend_unsent(&mut self, out: &mut Vec<bytes::Bytes>, max: usize) -> usize {
+    pub fn lend_unsent(&mut self, out: &mut Vec<Bytes>, max: usize) -> usize {
         self.core.send.lend(out, max)
     }
 
     /// The send of lent buffers completed, taking `n` bytes (fewer than
     /// lent is a partial send: the rest goes back to the front). When the
     /// queue empties the handler hears [`Handler::on_sent`].
-    pub fn send_completed(&mut self, bufs: &mut Vec<bytes::Bytes>, offset: usize, n: usize, cx: Context<'_>) {
+    pub fn send_completed(&mut self, bufs: &mut Vec<Bytes>, offset: usize, n: usize, cx: Context<'_>) {
         self.core.send.give_back(bufs, offset, n);
-        if self.core.send.is_empty() && self.is_open() {
-            self.handler.on_sent(&mut Self::session(&mut self.core, &cx));
-        }
+        self.send_progress(n, cx);
     }
 
     /// What the engine must do next; see [`Step`].
+    #[inline(always)]
     pub fn step(&mut self, cx: Context<'_>) -> Step {
-        match &self.core.phase {
-            Phase::Closing(_) if self.core.send.is_empty() => {
-                let Phase::Closing(reason) = std::mem::replace(&mut self.core.phase, Phase::Done) else {
-                    unreachable!()
-                };
+        if self.core.flow.contains(Flow::OFFER) && self.offer_kept_input(cx) {
+            return Step::Continue;
+        }
+        if self.core.phase == Phase::Open {
+            return Step::Wait;
+        }
+        self.step_closing(cx)
+    }
+
+    /// [`Conn::step`] once the session is not simply open.
+    #[inline(never)]
+    fn step_closing(&mut self, cx: Context<'_>) -> Step {
+        match self.core.phase {
+            Phase::Closing if self.core.send.is_empty() => {
                 if self.core.input_done {
                     // The peer already sent FIN: closing now sends ours
                     // after the flushed data, with nothing left to read.
+                    let reason = self.core.take_reason();
                     Step::Close { reason, rst: false }
                 } else {
-                    self.core.phase = Phase::Lingering(reason);
+                    self.core.phase = Phase::Lingering;
                     self.core.timer_at = cx.now.after(cx.limits.linger);
                     Step::Fin
                 }
             }
-            Phase::Lingering(_) if self.core.input_done => {
-                let Phase::Lingering(reason) = std::mem::replace(&mut self.core.phase, Phase::Done) else {
-                    unreachable!()
-                };
+            Phase::Lingering if self.core.input_done => {
+                let reason = self.core.take_reason();
                 Step::Close { reason, rst: false }
             }
-            Phase::Aborting { .. } => {
-                let Phase::Aborting { reason, rst } = std::mem::replace(&mut self.core.phase, Phase::Done)
-                else {
-                    unreachable!()
-                };
+            Phase::Aborting | Phase::Resetting => {
+                let rst = self.core.phase == Phase::Resetting;
+                let reason = self.core.take_reason();
                 Step::Close { reason, rst }
             }
             _ => Step::Wait,
         }
+    }
+
+    /// Input was resumed: offers the bytes kept meanwhile, if any; returns
+    /// whether it did.
+    #[cold]
+    fn offer_kept_input(&mut self, cx: Context<'_>) -> bool {
+        self.core.flow.remove(Flow::OFFER);
+        self.core.last_active = cx.now;
+        if self.takes_input() && !self.recv.is_empty() {
+            self.deliver_buffered(cx);
+            return true;
+        }
+        false
     }
 
     /// Tells the handler the session ended. Call exactly once, after
@@ -372,24 +549,49 @@ impl<H: Handler> Conn<H> {
         self.handler.on_disconnected(reason);
     }
 
+    /// When the queue's lack of progress ends the session, if it is not
+    /// empty.
+    #[inline]
+    fn stall_deadline(&self, limits: &Limits) -> Tick {
+        match limits.send_stall_timeout {
+            Some(t) if !self.core.send.is_empty() => self.core.last_sent.after(t),
+            _ => Tick::NEVER,
+        }
+    }
+
     /// The earliest time this connection needs [`Conn::wake`].
+    #[inline]
     fn next_deadline(&self, limits: &Limits) -> Tick {
         match self.core.phase {
             Phase::Open => {
-                let idle = match limits.idle_timeout {
-                    Some(t) => self.core.last_active.after(t),
-                    None => Tick::NEVER,
-                };
-                idle.min(self.core.timer_at)
+                let mut at = self.core.timer_at.min(self.stall_deadline(limits));
+                if let Some(t) = limits.idle_timeout {
+                    if self.wants_input() {
+                        at = at.min(self.core.last_active.after(t));
+                    }
+                }
+                at
             }
-            Phase::Connecting | Phase::Lingering(_) => self.core.timer_at,
+            Phase::Closing => self.stall_deadline(limits),
+            Phase::Connecting | Phase::Lingering => self.core.timer_at,
             _ => Tick::NEVER,
         }
     }
 
     /// Makes sure `timers` will wake this connection (slot `token`) at its
     /// next deadline. Call after anything that may have moved it.
+    #[inline(always)]
     pub fn arm(&mut self, token: u64, timers: &mut Timers, limits: &Limits) {
+        // No timer, nothing queued and no idle timeout: no deadline in any
+        // phase (the common case, checked inline).
+        if self.core.timer_at == Tick::NEVER && self.core.send.is_empty() && limits.idle_timeout.is_none() {
+            return;
+        }
+        self.arm_deadline(token, timers, limits);
+    }
+
+    #[inline(never)]
+    fn arm_deadline(&mut self, token: u64, timers: &mut Timers, limits: &Limits) {
         let at = self.next_deadline(limits);
         if at < self.core.wake_at {
             self.core.wake_at = at;
@@ -410,10 +612,13 @@ impl<H: Handler> Conn<H> {
                 let err = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out");
                 self.core.abort_with(CloseReason::ConnectFailed(err), false);
             }
-            Phase::Lingering(_) if now >= self.core.timer_at => self.core.input_done = true,
+            Phase::Lingering if now >= self.core.timer_at => self.core.input_done = true,
+            Phase::Open | Phase::Closing if now >= self.stall_deadline(cx.limits) => {
+                self.core.abort(CloseReason::SendStalled);
+            }
             Phase::Open => {
                 if let Some(idle) = cx.limits.idle_timeout {
-                    if now >= self.core.last_active.after(idle) {
+                    if self.wants_input() && now >= self.core.last_active.after(idle) {
                         self.core.close(CloseReason::IdleTimeout);
                         return;
                     }
@@ -440,11 +645,16 @@ mod tests {
         lines: Vec<String>,
         closed: Option<CloseReason>,
         sent: usize,
+        writable: usize,
         timers: usize,
+        recv_while_paused: usize,
     }
 
     impl Handler for Probe {
         fn on_recv(&mut self, s: &mut Session<'_>, data: &[u8]) -> usize {
+            if s.is_recv_paused() {
+                self.recv_while_paused += 1;
+            }
             let Some(nl) = data.iter().position(|&b| b == b'\n') else {
                 return 0;
             };
@@ -452,6 +662,8 @@ mod tests {
             match line.as_str() {
                 "close" => s.close(),
                 "abort" => s.abort(),
+                "pause" => s.pause_recv(),
+                "violate" => s.close_with(CloseReason::protocol("a line the protocol forbids")),
                 "big" => {
                     let _ = s.send(Bytes::from(vec![0; 100]));
                 }
@@ -462,6 +674,10 @@ mod tests {
         }
         fn on_sent(&mut self, _: &mut Session<'_>) {
             self.sent += 1;
+        }
+        fn on_writable(&mut self, s: &mut Session<'_>) {
+            assert!(s.is_writable());
+            self.writable += 1;
         }
         fn on_timer(&mut self, s: &mut Session<'_>) {
             self.timers += 1;
@@ -515,6 +731,18 @@ mod tests {
         assert_eq!(c.handler.lines, ["hello", "wor", "x"]);
         assert!(c.recv.is_empty());
         assert_eq!(c.recv.capacity(), 0, "no buffer kept once consumed");
+    }
+
+    #[test]
+    fn a_read_completing_a_buffered_message_is_offered_before_the_limit_applies() {
+        let l = limits();
+        let mut c = conn();
+        c.received(b"partial", cx(&l, 0));
+        // 7 buffered + 40 read > 32, but the handler consumes all but 2.
+        c.received(b" line\nsecond line\nthird line\nfou", cx(&l, 0));
+        assert!(c.is_open(), "only what is left counts against the limit");
+        assert_eq!(c.handler.lines, ["partial line", "second line", "third line"]);
+        assert_eq!(c.recv.data(), b"fou");
     }
 
     #[test]
@@ -697,6 +925,128 @@ mod tests {
             panic!()
         };
         assert!(matches!(reason, CloseReason::ConnectFailed(_)));
+    }
+
+    fn flow_limits() -> Limits {
+        Limits {
+            max_send_queue: 64,
+            send_high_watermark: 16,
+            send_low_watermark: 8,
+            ..limits()
+        }
+    }
+
+    #[test]
+    fn backpressure_pauses_input_between_the_watermarks() {
+        let l = flow_limits();
+        let mut c = conn();
+        c.received(b"0123456789\n", cx(&l, 0));
+        assert!(
+            c.wants_input() && !c.input_paused(),
+            "11 queued: under the high watermark"
+        );
+        c.received(b"abcdefg\n", cx(&l, 0));
+        assert_eq!(c.queued(), 19);
+        assert!(!c.wants_input() && c.input_paused(), "over the high watermark");
+        // Bytes the engine had already read are still delivered.
+        c.received(b"x\n", cx(&l, 0));
+        assert_eq!(c.handler.lines.last().unwrap(), "x");
+        assert_eq!(c.queued(), 21);
+        c.sent(12, cx(&l, 1));
+        assert!(!c.wants_input(), "9 left: still above the low watermark");
+        assert_eq!(c.handler.writable, 0);
+        c.sent(1, cx(&l, 2));
+        assert!(c.wants_input(), "8 left: at the low watermark");
+        assert_eq!((c.handler.writable, c.handler.sent), (1, 0));
+        c.sent(8, cx(&l, 3));
+        assert_eq!((c.handler.writable, c.handler.sent), (1, 1), "on_sent once empty");
+    }
+
+    #[test]
+    fn handler_pause_keeps_input_and_offers_it_after_resume() {
+        let l = limits();
+        let mut c = conn();
+        c.received(b"one\npause\ntwo\nthree\n", cx(&l, 0));
+        assert_eq!(c.handler.lines, ["one", "pause"]);
+        assert!(!c.wants_input());
+        // A read already under way is kept in full, past max_recv_buffer.
+        let more = b"4\n".repeat(20);
+        c.received(&more, cx(&l, 0));
+        assert!(c.is_open(), "kept, not refused");
+        assert!(
+            matches!(c.step(cx(&l, 0)), Step::Wait),
+            "nothing offered while paused"
+        );
+        Conn::<Probe>::session(&mut c.core, &cx(&l, 0)).resume_recv();
+        assert!(matches!(c.step(cx(&l, 1)), Step::Continue), "kept input offered");
+        assert_eq!(c.handler.recv_while_paused, 0);
+        assert_eq!(c.handler.lines.len(), 4 + 20);
+        assert_eq!(c.handler.lines[2..4], ["two", "three"]);
+        assert!(c.wants_input());
+        assert!(matches!(c.step(cx(&l, 1)), Step::Wait));
+        assert!(c.recv.is_empty());
+    }
+
+    #[test]
+    fn a_queue_without_progress_ends_the_session_after_the_stall_timeout() {
+        let l = Limits {
+            send_stall_timeout: Some(Duration::from_millis(100)),
+            ..limits()
+        };
+        let mut c = conn();
+        let mut timers = Timers::default();
+        c.received(b"hello\n", cx(&l, 0));
+        c.arm(1, &mut timers, &l);
+        assert_eq!(timers.next(), Some(Tick(100)));
+        // The kernel takes two bytes at 50 ms: the stall starts again.
+        c.sent(2, cx(&l, 50));
+        let (at, _) = timers.pop_due(Tick(100)).unwrap();
+        c.wake(at, cx(&l, 100));
+        assert!(c.is_open(), "progress at 50 ms");
+        c.arm(1, &mut timers, &l);
+        let (at, _) = timers.pop_due(Tick(150)).expect("re-armed for 150 ms");
+        c.wake(at, cx(&l, 150));
+        match c.step(cx(&l, 150)) {
+            Step::Close {
+                reason: CloseReason::SendStalled,
+                rst: true,
+            } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_empty_queue_never_stalls() {
+        let l = Limits {
+            send_stall_timeout: Some(Duration::from_millis(100)),
+            ..limits()
+        };
+        let mut c = conn();
+        let mut timers = Timers::default();
+        c.received(b"hi\n", cx(&l, 0));
+        c.sent(3, cx(&l, 1));
+        c.arm(1, &mut timers, &l);
+        assert_eq!(timers.next(), None, "nothing queued, no deadline");
+    }
+
+    #[test]
+    fn close_with_names_the_reason_given_to_on_disconnected() {
+        let l = limits();
+        let mut c = conn();
+        c.received(b"violate\nignored\n", cx(&l, 0));
+        assert_eq!(c.handler.lines, ["violate"]);
+        assert!(matches!(c.step(cx(&l, 0)), Step::Fin));
+        c.eof();
+        let Step::Close { reason, rst } = c.step(cx(&l, 0)) else {
+            panic!()
+        };
+        assert!(!rst);
+        assert_eq!(reason.kind(), crate::CloseKind::ProtocolViolation);
+        assert_eq!(
+            reason.to_string(),
+            "protocol violation: a line the protocol forbids"
+        );
+        c.finish(reason);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::close::{CloseReason, SendError};
-use super::conn::{Core, Phase};
+use super::conn::{Core, Flow, Phase};
 
 /// Per-session application logic, in the spirit of the seeds' `Session`.
 ///
@@ -20,9 +20,30 @@ use super::conn::{Core, Phase};
 /// another thread that reports back.
 ///
 /// Order of calls: `on_connected` once; then any number of `on_recv`,
-/// `on_sent` and `on_timer`; then `on_disconnected` exactly once. A client
-/// whose connect fails gets only `on_disconnected`
+/// `on_sent`, `on_writable` and `on_timer`; then `on_disconnected` exactly
+/// once. A client whose connect fails gets only `on_disconnected`
 /// ([`CloseReason::ConnectFailed`]).
+///
+/// # Flow control
+///
+/// A session whose send queue holds more than
+/// [`Limits::send_high_watermark`] bytes stops taking input from its
+/// socket until the queue drains to [`Limits::send_low_watermark`]; TCP's
+/// window then slows the peer, so a peer that sends without reading the
+/// replies cannot grow the server's memory. Bytes already taken from the
+/// socket when the pause begins are still delivered. Nothing is needed
+/// from a handler that only answers its input.
+///
+/// A handler that produces data on its own (a broadcast, a download)
+/// checks [`Session::is_writable`] and stops queueing while it is false;
+/// [`Handler::on_writable`] says when to go on. Whatever it queues beyond
+/// [`Limits::max_send_queue`] closes the session
+/// ([`CloseReason::SendQueueFull`]).
+///
+/// A handler can also stop its input itself with [`Session::pause_recv`]
+/// (say while a job for this session runs elsewhere) and resume it with
+/// [`Session::resume_recv`]; no `on_recv` comes in between, and bytes that
+/// had already arrived are offered after the resume, in order.
 pub trait Handler: 'static {
     /// The connection is established. The session may send right away.
     fn on_connected(&mut self, session: &mut Session<'_>) {
@@ -40,8 +61,16 @@ pub trait Handler: 'static {
     fn on_recv(&mut self, session: &mut Session<'_>, data: &[u8]) -> usize;
 
     /// Everything queued so far has been handed to the kernel (the send
-    /// queue is empty). Useful for flow control: queue more here.
+    /// queue is empty).
     fn on_sent(&mut self, session: &mut Session<'_>) {
+        let _ = session;
+    }
+
+    /// The send queue, which had gone over [`Limits::send_high_watermark`]
+    /// ([`Session::is_writable`] was false), has drained to
+    /// [`Limits::send_low_watermark`]: queue more here. Input from the
+    /// socket resumes at the same moment (unless the handler paused it).
+    fn on_writable(&mut self, session: &mut Session<'_>) {
         let _ = session;
     }
 
@@ -65,6 +94,9 @@ impl Handler for Box<dyn Handler> {
     }
     fn on_sent(&mut self, session: &mut Session<'_>) {
         (**self).on_sent(session)
+    }
+    fn on_writable(&mut self, session: &mut Session<'_>) {
+        (**self).on_writable(session)
     }
     fn on_timer(&mut self, session: &mut Session<'_>) {
         (**self).on_timer(session)
@@ -139,9 +171,25 @@ pub struct Limits {
     /// Most unconsumed received bytes kept per session (a partial message
     /// can be at most this long). Default 64 KiB.
     pub max_recv_buffer: usize,
-    /// Most unsent bytes queued per session. Default 1 MiB.
+    /// Most unsent bytes queued per session: the hard cap on what a
+    /// handler queues faster than the peer reads; over it the session is
+    /// closed with [`CloseReason::SendQueueFull`]. Default 1 MiB.
     pub max_send_queue: usize,
-    /// Close sessions that receive nothing for this long. Default: never.
+    /// With more than this many unsent bytes queued, the session stops
+    /// taking input from its socket ([`Session::is_writable`] turns false)
+    /// until the queue drains to [`Limits::send_low_watermark`]. At most
+    /// `max_send_queue`. Default 64 KiB.
+    pub send_high_watermark: usize,
+    /// Input resumes (and [`Handler::on_writable`] is called) when a
+    /// paused session's queue has drained to this many bytes. Below
+    /// `send_high_watermark`. Default 32 KiB.
+    pub send_low_watermark: usize,
+    /// Close a session whose peer took none of its queued bytes for this
+    /// long ([`CloseReason::SendStalled`]): the write side of slowloris.
+    /// `None` waits forever. Default 30 s.
+    pub send_stall_timeout: Option<Duration>,
+    /// Close sessions that receive nothing for this long (time with input
+    /// paused does not count). Default: never.
     pub idle_timeout: Option<Duration>,
     /// After a local close sent FIN, how long to keep reading (and
     /// discarding) while waiting for the peer's FIN, so that the peer's
@@ -152,11 +200,43 @@ pub struct Limits {
     pub connect_timeout: Duration,
 }
 
+impl Limits {
+    /// Checks that the limits make sense together; the error says which
+    /// does not.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_recv_buffer == 0 || self.max_recv_buffer > u32::MAX as usize / 2 {
+            return Err("max_recv_buffer must be between 1 byte and 2 GiB".into());
+        }
+        if self.max_send_queue == 0 || self.max_send_queue > u32::MAX as usize {
+            return Err("max_send_queue must be between 1 byte and 4 GiB".into());
+        }
+        if self.send_high_watermark > self.max_send_queue {
+            return Err(format!(
+                "send_high_watermark ({}) must not exceed max_send_queue ({}): lower the watermarks too",
+                self.send_high_watermark, self.max_send_queue
+            ));
+        }
+        if self.send_low_watermark >= self.send_high_watermark {
+            return Err(format!(
+                "send_low_watermark ({}) must be below send_high_watermark ({})",
+                self.send_low_watermark, self.send_high_watermark
+            ));
+        }
+        if self.send_stall_timeout == Some(Duration::ZERO) {
+            return Err("send_stall_timeout must be above zero (None turns it off)".into());
+        }
+        Ok(())
+    }
+}
+
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
             max_recv_buffer: 64 * 1024,
             max_send_queue: 1024 * 1024,
+            send_high_watermark: 64 * 1024,
+            send_low_watermark: 32 * 1024,
+            send_stall_timeout: Some(Duration::from_secs(30)),
             idle_timeout: None,
             linger: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(10),
@@ -192,13 +272,7 @@ impl Session<'_> {
         if !matches!(self.core.phase, Phase::Open) {
             return Err(SendError::Closed);
         }
-        match self.core.send.push(buf.into(), self.limits.max_send_queue) {
-            Ok(()) => Ok(()),
-            Err(_) => {
-                self.core.abort(CloseReason::SendQueueFull);
-                Err(SendError::QueueFull)
-            }
-        }
+        self.core.queue(buf.into(), self.now, self.limits)
     }
 
     /// Copies `data` into a new buffer and queues it; see [`Session::send`].
@@ -216,6 +290,50 @@ impl Session<'_> {
     /// with [`CloseReason::LocalAbort`].
     pub fn abort(&mut self) {
         self.core.abort(CloseReason::LocalAbort);
+    }
+
+    /// Closes gracefully like [`Session::close`], naming why: `reason`
+    /// reaches [`Handler::on_disconnected`], the log and the counters by
+    /// its kind. Typically [`CloseReason::protocol`] or
+    /// [`CloseReason::custom`].
+    pub fn close_with(&mut self, reason: CloseReason) {
+        self.core.close(reason);
+    }
+
+    /// Closes at once like [`Session::abort`] (queue dropped, peer reset),
+    /// naming why; see [`Session::close_with`].
+    pub fn abort_with(&mut self, reason: CloseReason) {
+        self.core.abort(reason);
+    }
+
+    /// Stops input: no [`Handler::on_recv`] until [`Session::resume_recv`].
+    /// The engine stops reading the socket, so the peer is slowed by TCP;
+    /// bytes already read are kept and offered after the resume.
+    pub fn pause_recv(&mut self) {
+        self.core.flow.insert(Flow::PAUSED);
+    }
+
+    /// Resumes input stopped by [`Session::pause_recv`]: bytes kept
+    /// meanwhile are offered first, then reading goes on (unless the send
+    /// queue holds the session paused, see [`Session::is_writable`]).
+    pub fn resume_recv(&mut self) {
+        if self.core.flow.contains(Flow::PAUSED) {
+            self.core.flow.remove(Flow::PAUSED);
+            self.core.flow.insert(Flow::OFFER);
+        }
+    }
+
+    /// Input is stopped by [`Session::pause_recv`].
+    pub fn is_recv_paused(&self) -> bool {
+        self.core.flow.contains(Flow::PAUSED)
+    }
+
+    /// The send queue is not held over its high watermark: queueing more is
+    /// welcome. False from when the queue goes over
+    /// [`Limits::send_high_watermark`] until it drains to
+    /// [`Limits::send_low_watermark`] ([`Handler::on_writable`]).
+    pub fn is_writable(&self) -> bool {
+        !self.core.flow.contains(Flow::BACKPRESSURE)
     }
 
     /// The session is open: not closing, not closed.

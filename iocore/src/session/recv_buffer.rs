@@ -97,7 +97,7 @@ impl RecvBuffer {
                 i.buf.resize(new_cap, 0);
             }
         }
-        let room = (i.buf.len() - i.end as usize).min(max - len);
+        let room = (i.buf.len() - i.end as usize).min(max.saturating_sub(len));
         let end = i.end as usize;
         &mut i.buf[end..end + room]
     }

@@ -5,6 +5,7 @@ use std::io::{self, IoSlice};
 use std::mem;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
 
 /// Several listening sockets can share one address (`SO_REUSEPORT`).
 pub const REUSE_PORT: bool = true;
@@ -241,6 +242,51 @@ pub fn set_nodelay(fd: &OwnedFd) -> io::Result<()> {
     set_int_opt(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)
 }
 
+/// Turns on TCP keepalive: after `idle` without traffic the kernel probes
+/// the peer every `interval`, and `count` unanswered probes reset the
+/// connection (a half-open peer is found). Whole seconds, at least one.
+pub fn set_keepalive(fd: &OwnedFd, idle: Duration, interval: Duration, count: u32) -> io::Result<()> {
+    let secs = |d: Duration| d.as_secs().clamp(1, i32::MAX as u64) as libc::c_int;
+    let fd = fd.as_raw_fd();
+    set_int_opt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+    set_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, secs(idle))?;
+    set_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, secs(interval))?;
+    set_int_opt(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_KEEPCNT,
+        count.clamp(1, i32::MAX as u32) as libc::c_int,
+    )
+}
+
+/// One descriptor kept in reserve (`/dev/null`), so that a process out of
+/// descriptors can still accept a waiting connection in order to close it
+/// (see [`shed_backlog`]) — libuv's way out of EMFILE.
+pub struct Spare(Option<std::fs::File>);
+
+impl Spare {
+    /// Takes the spare descriptor (none if even that fails).
+    pub fn new() -> Spare {
+        Spare(std::fs::File::open("/dev/null").ok())
+    }
+}
+
+/// Out of descriptors: frees the spare, accepts every connection waiting
+/// on `listener` and closes it at once (its client sees the connection
+/// close instead of hanging in the backlog), then takes the spare again.
+/// Returns how many were closed, or `None` without a spare to free.
+pub fn shed_backlog(listener: &OwnedFd, spare: &mut Spare) -> Option<usize> {
+    drop(spare.0.take()?);
+    let mut closed = 0;
+    // Each accept takes the one free descriptor and the drop frees it again.
+    while let Ok((fd, _)) = accept(listener) {
+        drop(fd);
+        closed += 1;
+    }
+    *spare = Spare::new();
+    Some(closed)
+}
+
 /// Reads into `buf`. `Ok(0)` is the peer's FIN (or an empty `buf`).
 pub fn read(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: the pointer and length describe `buf`, writable for the call.
@@ -307,10 +353,17 @@ pub fn is_transient_accept_error(err: &io::Error) -> bool {
 }
 
 /// Whether an `accept` error means a resource limit (file descriptors or
-/// kernel memory): accepting should pause rather than spin.
+/// kernel memory): the connection stays in the backlog, and retrying at
+/// once would spin.
 pub fn is_resource_exhausted(err: &io::Error) -> bool {
     matches!(
         err.raw_os_error(),
         Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
     )
+}
+
+/// Whether an error means the process (EMFILE) or the system (ENFILE) is
+/// out of file descriptors.
+pub fn is_out_of_descriptors(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
 }

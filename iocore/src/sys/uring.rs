@@ -45,6 +45,30 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 /// Buffer group id of the worker's provided-buffer ring.
 const BGID: u16 = 0;
 
+/// Most bytes one multishot receive takes before it ends (a completion
+/// without [`Completion::more`]) and must be posted again: the kernel's
+/// read-ahead for a session is bounded by this (plus one buffer).
+pub const RECV_CAP: u32 = 64 * 1024;
+
+/// Byte offset of `optlen` in the kernel's 64-byte `io_uring_sqe`
+/// (`include/uapi/linux/io_uring.h`), the field Linux 6.17 reads as a
+/// multishot receive's total-byte cap.
+const SQE_OPTLEN: usize = 44;
+const _: () = assert!(std::mem::size_of::<squeue::Entry>() == 64);
+
+/// `entry` with the SQE's `optlen` field set: the io-uring crate builds
+/// multishot receives without it.
+fn with_optlen(entry: squeue::Entry, optlen: u32) -> squeue::Entry {
+    // SAFETY: `squeue::Entry` is a `#[repr(C)]` wrapper of the kernel's
+    // `io_uring_sqe`, 64 plain bytes (size checked above), so its bytes are
+    // the SQE's; every byte pattern is a valid SQE, so writing `optlen`
+    // at its ABI offset and converting back yields a valid entry.
+    let mut raw: [u8; 64] = unsafe { std::mem::transmute(entry) };
+    raw[SQE_OPTLEN..SQE_OPTLEN + 4].copy_from_slice(&optlen.to_ne_bytes());
+    // SAFETY: as above.
+    unsafe { std::mem::transmute::<[u8; 64], squeue::Entry>(raw) }
+}
+
 /// Opcodes the engine cannot work without.
 const REQUIRED: [(u8, &str); 7] = [
     (opcode::Accept::CODE, "ACCEPT"),
@@ -307,11 +331,14 @@ impl Uring {
         unsafe { self.push(&entry.user_data(user_data)) }
     }
 
-    /// Receives into a provided buffer; `multishot` keeps receiving.
-    pub fn recv(&mut self, fd: RawFd, multishot: bool, user_data: u64) -> io::Result<()> {
-        let entry = match multishot {
-            true => opcode::RecvMulti::new(types::Fd(fd), BGID).build(),
-            false => opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), self.bufs.size as u32)
+    /// Receives into provided buffers: with `multishot_cap`, as a
+    /// multishot receive that ends after that many bytes (Linux 6.17;
+    /// older kernels complete it with `EINVAL`); without, one buffer's
+    /// worth.
+    pub fn recv(&mut self, fd: RawFd, multishot_cap: Option<u32>, user_data: u64) -> io::Result<()> {
+        let entry = match multishot_cap {
+            Some(cap) => with_optlen(opcode::RecvMulti::new(types::Fd(fd), BGID).build(), cap),
+            None => opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), self.bufs.size as u32)
                 .buf_group(BGID)
                 .build()
                 .flags(squeue::Flags::BUFFER_SELECT),

@@ -5,6 +5,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use socket2::{Domain, SockRef, Socket, Type};
 
@@ -43,6 +44,33 @@ pub fn set_nodelay(s: &OwnedSocket) -> io::Result<()> {
     SockRef::from(s).set_tcp_nodelay(true)
 }
 
+/// Turns on TCP keepalive: after `idle` without traffic the system probes
+/// the peer every `interval`, and `count` unanswered probes reset the
+/// connection.
+pub fn set_keepalive(s: &OwnedSocket, idle: Duration, interval: Duration, count: u32) -> io::Result<()> {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval(interval)
+        .with_retries(count);
+    SockRef::from(s).set_tcp_keepalive(&ka)
+}
+
+/// Windows has no per-process descriptor limit, so there is no spare
+/// descriptor to keep (see the Unix `Spare`).
+pub struct Spare;
+
+impl Spare {
+    /// Nothing to reserve.
+    pub fn new() -> Spare {
+        Spare
+    }
+}
+
+/// Nothing to do on Windows (no descriptor limit): always `None`.
+pub fn shed_backlog(_listener: &OwnedSocket, _spare: &mut Spare) -> Option<usize> {
+    None
+}
+
 /// Makes the next close send RST and drop unsent data.
 pub fn set_linger_zero(s: &OwnedSocket) -> io::Result<()> {
     SockRef::from(s).set_linger(Some(std::time::Duration::ZERO))
@@ -70,4 +98,9 @@ pub fn is_transient_accept_error(err: &io::Error) -> bool {
 pub fn is_resource_exhausted(err: &io::Error) -> bool {
     // WSAEMFILE, WSAENOBUFS
     matches!(err.raw_os_error(), Some(10024) | Some(10055))
+}
+
+/// Whether an error means the process is out of sockets (WSAEMFILE).
+pub fn is_out_of_descriptors(err: &io::Error) -> bool {
+    err.raw_os_error() == Some(10024)
 }

@@ -1,0 +1,244 @@
+//! Flow control: a peer that does not read cannot grow the server's
+//! memory (read backpressure between the send watermarks), a handler can
+//! pause and resume its input, a peer that stops reading for the stall
+//! timeout is closed while a slow but steady one is not, and a handler can
+//! name why it closes a session.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use iocore::{CloseKind, CloseReason, EngineKind, Handler, Limits, Session};
+use iocore_testkit::*;
+
+/// A client writes 64 MiB to the echo server without reading for 5 s,
+/// then reads: the server stops reading it (TCP pushes back on the
+/// client) instead of queueing its replies, holds no more than the limits
+/// for it, does not spin while it waits, and every byte comes back in
+/// order.
+fn backpressure_holds_a_non_reader_and_delivers_every_byte(engine: EngineKind) {
+    const TOTAL: u64 = 64 << 20;
+    const STALL: Duration = Duration::from_secs(5);
+    let limits = Limits::default();
+    let (events, factory) = recorded(|| Echo);
+    let server = server(engine).limits(limits.clone()).start(factory).unwrap();
+    let mut client = connect(server.local_addr());
+    let mut writer = client.try_clone().unwrap();
+    let w = std::thread::spawn(move || write_pattern(&mut writer, 1, TOTAL));
+
+    // The server pauses the session and the writer blocks.
+    wait_until("the session paused", || server.stats().paused_sessions == 1);
+    let mut settled = server.stats();
+    wait_until("input stopped", || {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = server.stats();
+        let quiet = now.bytes_received == settled.bytes_received;
+        settled = now;
+        quiet
+    });
+    let stall_start = Instant::now();
+    let held = |s: &iocore::Stats| s.bytes_received - s.bytes_sent;
+    let bound = (limits.max_send_queue + limits.max_recv_buffer) as u64;
+    let mut most_held = held(&settled);
+    while stall_start.elapsed() < STALL {
+        std::thread::sleep(Duration::from_millis(100));
+        let s = server.stats();
+        assert_eq!(s.paused_sessions, 1, "paused for the whole stall");
+        assert!(s.queued_bytes <= limits.max_send_queue as u64);
+        most_held = most_held.max(held(&s));
+    }
+    let after = server.stats();
+    assert!(
+        most_held <= bound,
+        "the server held {most_held} bytes of the session, over max_send_queue + max_recv_buffer ({bound})"
+    );
+    // No busy loop: no read attempts, and only the engine's own periodic
+    // wake-ups (a loop that spun would turn thousands of times).
+    let reads = after.reads - settled.reads;
+    let turns = after.loop_turns - settled.loop_turns;
+    assert!(reads <= 2, "{reads} reads while paused");
+    let secs = STALL.as_secs();
+    assert!(
+        turns <= 25 * secs + 10,
+        "{turns} loop turns in {secs} s while paused"
+    );
+    assert!(
+        after.bytes_received < TOTAL / 2,
+        "the client really was held back"
+    );
+
+    // Now read: everything comes back, in order, and nothing was closed.
+    read_pattern(&mut client, 1, TOTAL);
+    w.join().unwrap().expect("the writer finished");
+    assert_eq!(events.closed_count(), 0);
+    let s = server.stats();
+    assert_eq!((s.bytes_received, s.bytes_sent), (TOTAL, TOTAL));
+    wait_until("resumed", || server.stats().paused_sessions == 0);
+    drop(client);
+    assert_eq!(events.wait_closed(1), [CloseKind::PeerClosed]);
+}
+
+/// Echoes lines; "pause" pauses its input for 300 ms (resumed by a timer).
+/// Counts any `on_recv` while paused.
+struct Pausing {
+    paused_at: Arc<Mutex<Option<Instant>>>,
+    recv_while_paused: Arc<AtomicUsize>,
+}
+
+impl Handler for Pausing {
+    fn on_recv(&mut self, s: &mut Session<'_>, data: &[u8]) -> usize {
+        if s.is_recv_paused() {
+            self.recv_while_paused.fetch_add(1, Ordering::SeqCst);
+        }
+        let Some(nl) = data.iter().position(|&b| b == b'\n') else {
+            return 0;
+        };
+        if &data[..nl] == b"pause" {
+            s.pause_recv();
+            s.set_timer(Duration::from_millis(300));
+            *self.paused_at.lock().unwrap() = Some(Instant::now());
+        }
+        let _ = s.send_copy(&data[..=nl]);
+        nl + 1
+    }
+    fn on_timer(&mut self, s: &mut Session<'_>) {
+        s.resume_recv();
+    }
+}
+
+/// The handler pauses its input in the middle of a read and resumes it
+/// later: no `on_recv` comes in between, the engine stops reading (bytes
+/// wait in the kernel), and after the resume every byte arrives in order.
+fn pause_and_resume_from_the_handler(engine: EngineKind) {
+    let paused_at = Arc::new(Mutex::new(None));
+    let recv_while_paused = Arc::new(AtomicUsize::new(0));
+    let (p, r) = (paused_at.clone(), recv_while_paused.clone());
+    let (events, factory) = recorded(move || Pausing {
+        paused_at: p.clone(),
+        recv_while_paused: r.clone(),
+    });
+    let server = server(engine).start(factory).unwrap();
+    let mut client = connect(server.local_addr());
+    // "pause" and the first lines in one write: the rest of that read is
+    // kept while paused.
+    let mut text = b"first\npause\n".to_vec();
+    for i in 0..20_000 {
+        text.extend_from_slice(format!("line {i}\n").as_bytes());
+    }
+    let mut writer = client.try_clone().unwrap();
+    let sent = text.clone();
+    let w = std::thread::spawn(move || writer.write_all(&sent));
+    wait_until("paused", || paused_at.lock().unwrap().is_some());
+    let echoed = read_exact(&mut client, text.len());
+    w.join().unwrap().unwrap();
+    assert!(echoed == text, "every line echoed, in order");
+    let waited = paused_at.lock().unwrap().unwrap().elapsed();
+    assert!(
+        waited >= Duration::from_millis(300),
+        "the rest came after the resume"
+    );
+    assert_eq!(recv_while_paused.load(Ordering::SeqCst), 0);
+    drop(client);
+    assert_eq!(events.wait_closed(1), [CloseKind::PeerClosed]);
+}
+
+/// A pusher that heeds backpressure sends 16 MiB to each of two clients:
+/// one never reads and is closed with `SendStalled` once the kernel has
+/// taken nothing for the stall timeout; one reads slowly but steadily and
+/// gets every byte, then the pusher's close.
+fn stall_timeout_closes_a_non_reader_not_a_slow_reader(engine: EngineKind) {
+    const TOTAL: u64 = 16 << 20;
+    let (events, factory) = recorded(|| Pusher::new(2, TOTAL, 16 * 1024, true));
+    let server = server(engine)
+        .send_stall_timeout(Some(Duration::from_secs(2)))
+        .start(factory)
+        .unwrap();
+    let mut silent = connect(server.local_addr());
+    let mut slow = connect(server.local_addr());
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0; 64 * 1024];
+        let mut got = 0u64;
+        loop {
+            match std::io::Read::read(&mut slow, &mut buf) {
+                Ok(0) => return (got, None),
+                Ok(n) => {
+                    for (i, &b) in buf[..n].iter().enumerate() {
+                        assert_eq!(b, pattern_byte(2, got + i as u64), "byte {}", got + i as u64);
+                    }
+                    got += n as u64;
+                }
+                Err(e) => return (got, Some(e)),
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    let closed = events.wait_closed(1);
+    assert_eq!(
+        closed,
+        [CloseKind::SendStalled],
+        "the silent client is closed first"
+    );
+    let (got, err) = reader.join().unwrap();
+    assert!(err.is_none(), "the slow reader saw a clean end: {err:?}");
+    assert_eq!(got, TOTAL, "the slow reader got everything");
+    let mut closed = events.wait_closed(2);
+    closed.sort_by_key(|k| k.index());
+    assert_eq!(closed, [CloseKind::LocalClose, CloseKind::SendStalled]);
+    assert_eq!(server.stats().closed(CloseKind::SendStalled), 1);
+    let (_, err) = read_to_end(&mut silent);
+    let reset = err.map(|e| e.kind()) == Some(std::io::ErrorKind::ConnectionReset);
+    assert!(reset || cfg!(windows), "the stalled client is reset");
+}
+
+/// `close_with` and `abort_with`: the handler's reason reaches
+/// `on_disconnected` exactly once and the counters by kind; close_with
+/// flushes what was queued then sends FIN, abort_with resets.
+fn close_with_and_abort_with_name_the_reason(engine: EngineKind) {
+    struct Strict;
+    impl Handler for Strict {
+        fn on_recv(&mut self, s: &mut Session<'_>, data: &[u8]) -> usize {
+            let _ = s.send_copy(b"seen\n");
+            match data {
+                b"bad" => s.close_with(CloseReason::protocol("'bad' is not a command")),
+                _ => s.abort_with(CloseReason::custom("banned")),
+            }
+            data.len()
+        }
+    }
+    let (events, factory) = recorded(|| Strict);
+    let server = server(engine).start(factory).unwrap();
+    let mut bad = connect(server.local_addr());
+    bad.write_all(b"bad").unwrap();
+    let (data, err) = read_to_end(&mut bad);
+    assert_eq!(data, b"seen\n", "queued reply flushed before FIN");
+    assert!(err.is_none(), "FIN, not reset: {err:?}");
+    assert_eq!(events.wait_closed(1), [CloseKind::ProtocolViolation]);
+    let mut banned = connect(server.local_addr());
+    banned.write_all(b"other").unwrap();
+    let (_, err) = read_to_end(&mut banned);
+    let reset = err.map(|e| e.kind()) == Some(std::io::ErrorKind::ConnectionReset);
+    assert!(reset || cfg!(windows), "abort_with resets");
+    assert_eq!(events.wait_closed(2)[1], CloseKind::Custom);
+    let reasons = events.reasons.lock().unwrap().clone();
+    assert_eq!(
+        reasons,
+        [
+            "protocol violation: 'bad' is not a command",
+            "closed by the handler: banned"
+        ]
+    );
+    drop(bad);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(events.closed_count(), 2, "each reason reported once");
+    let stats = server.stats();
+    assert_eq!(stats.closed(CloseKind::ProtocolViolation), 1);
+    assert_eq!(stats.closed(CloseKind::Custom), 1);
+}
+
+engine_suite!(
+    backpressure_holds_a_non_reader_and_delivers_every_byte,
+    pause_and_resume_from_the_handler,
+    stall_timeout_closes_a_non_reader_not_a_slow_reader,
+    close_with_and_abort_with_name_the_reason,
+);
