@@ -7,7 +7,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use iocore::{Accept, EngineKind, Server, ServerHandle};
+use iocore::{Accept, EngineKind, Keepalive, Server, ServerHandle};
 use iocore_cli::client::{self, ClientOptions, Mode};
 use iocore_cli::{echo::Echo, sink::Sink, App};
 
@@ -77,15 +77,36 @@ struct ServeArgs {
     /// Most sessions at once; more connections are reset.
     #[arg(long, default_value_t = 10_000)]
     max_sessions: usize,
-    /// Most unsent bytes per session before it is closed.
-    #[arg(long, default_value_t = 1024 * 1024)]
+    /// Most sessions at once from one client address; more connections
+    /// from it are reset (default: no cap).
+    #[arg(long)]
+    max_sessions_per_ip: Option<usize>,
+    /// Most unsent bytes per session before it is closed (bytes, or with
+    /// a unit: 64KiB, 1MiB).
+    #[arg(long, default_value = "1MiB", value_parser = parse_size)]
     max_send_queue: usize,
+    /// Backpressure: stop reading a session while its send queue holds
+    /// more than this (at most --max-send-queue).
+    #[arg(long, default_value = "64KiB", value_parser = parse_size)]
+    send_high_watermark: usize,
+    /// Resume reading once the queue has drained to this.
+    #[arg(long, default_value = "32KiB", value_parser = parse_size)]
+    send_low_watermark: usize,
+    /// Close a session whose peer takes none of its queued bytes for this
+    /// long ("off": never).
+    #[arg(long, default_value = "30s", value_parser = parse_optional_duration)]
+    send_stall_timeout: MaybeDuration,
     /// Most unconsumed received bytes per session before it is closed.
-    #[arg(long, default_value_t = 64 * 1024)]
+    #[arg(long, default_value = "64KiB", value_parser = parse_size)]
     max_recv_buffer: usize,
     /// Close sessions idle this long (e.g. 30s); default never.
     #[arg(long, value_parser = parse_duration)]
     idle_timeout: Option<Duration>,
+    /// TCP keepalive: IDLE[,INTERVAL[,COUNT]], e.g. 60s or 60s,10s,5
+    /// (probe after IDLE quiet, every INTERVAL, drop after COUNT
+    /// unanswered; defaults 10s and 5). Default off.
+    #[arg(long, value_parser = parse_keepalive)]
+    tcp_keepalive: Option<Keepalive>,
     /// On stop, how long sessions may flush before they are reset.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     grace: Duration,
@@ -159,6 +180,60 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration '{s}': {e}"))
 }
 
+/// A duration, or none ("off").
+#[derive(Clone, Copy, Debug)]
+struct MaybeDuration(Option<Duration>);
+
+/// Parses "off"/"none"/"never" as no duration, else a duration (see
+/// [`parse_duration`]).
+fn parse_optional_duration(s: &str) -> Result<MaybeDuration, String> {
+    match s.trim() {
+        "off" | "none" | "never" => Ok(MaybeDuration(None)),
+        other => parse_duration(other).map(|d| MaybeDuration(Some(d))),
+    }
+}
+
+/// Parses a byte count: "65536", "64KiB", "64k", "1MiB", "1m", "2GiB".
+fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: usize = num.parse().map_err(|_| format!("invalid size '{s}'"))?;
+    let scale: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("invalid size unit in '{s}' (use KiB, MiB or GiB)")),
+    };
+    value
+        .checked_mul(scale)
+        .ok_or_else(|| format!("size '{s}' is too large"))
+}
+
+/// Parses IDLE[,INTERVAL[,COUNT]] (see `--tcp-keepalive`).
+fn parse_keepalive(s: &str) -> Result<Keepalive, String> {
+    let mut parts = s.split(',');
+    let idle = parse_duration(parts.next().unwrap_or(""))?;
+    let mut k = Keepalive::after(idle);
+    if let Some(interval) = parts.next() {
+        k.interval = parse_duration(interval)?;
+    }
+    if let Some(count) = parts.next() {
+        k.count = count
+            .trim()
+            .parse()
+            .map_err(|_| format!("invalid keepalive probe count '{count}'"))?;
+    }
+    if parts.next().is_some() {
+        return Err(format!("invalid keepalive '{s}' (IDLE[,INTERVAL[,COUNT]])"));
+    }
+    if k.idle < Duration::from_secs(1) || k.interval < Duration::from_secs(1) || k.count == 0 {
+        return Err("keepalive times must be at least 1s and the count at least 1".into());
+    }
+    Ok(k)
+}
+
 /// Delivers Ctrl-C and SIGTERM (Ctrl-C / close on Windows) as messages; a
 /// second one exits at once.
 fn signals() -> Result<mpsc::Receiver<()>, ctrlc::Error> {
@@ -176,13 +251,21 @@ fn signals() -> Result<mpsc::Receiver<()>, ctrlc::Error> {
 }
 
 fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    match iocore_cli::usage::raise_fd_limit() {
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
     let mut builder = Server::builder()
         .addr(args.addr)
         .engine(args.engine)
         .max_sessions(args.max_sessions)
+        .max_sessions_per_ip(args.max_sessions_per_ip)
         .max_send_queue(args.max_send_queue)
+        .send_watermarks(args.send_high_watermark, args.send_low_watermark)
+        .send_stall_timeout(args.send_stall_timeout.0)
         .max_recv_buffer(args.max_recv_buffer)
-        .idle_timeout(args.idle_timeout);
+        .idle_timeout(args.idle_timeout)
+        .tcp_keepalive(args.tcp_keepalive);
     if let Some(t) = args.threads {
         builder = builder.threads(t);
     }
