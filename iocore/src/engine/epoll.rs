@@ -65,7 +65,12 @@ pub(crate) fn run<H: Handler>(w: Worker<H>) -> io::Result<()> {
         }
         Ok(epoll)
     };
-    let epoll = w.report_setup(EngineKind::Epoll, setup())?;
+    let epoll = match setup() {
+        Ok(epoll) => epoll,
+        Err(e) => return w.report_setup(EngineKind::Epoll, Err(e)),
+    };
+    // Ready only once the loop holds everything it runs with (the spare
+    // descriptor included).
     let mut lp = Loop {
         core: Core::new(w),
         epoll,
@@ -73,6 +78,7 @@ pub(crate) fn run<H: Handler>(w: Worker<H>) -> io::Result<()> {
         unfinished: Vec::new(),
         accept_paused_until: None,
     };
+    lp.core.w.report_setup(EngineKind::Epoll, Ok(()))?;
     lp.run()
 }
 
