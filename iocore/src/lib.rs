@@ -93,14 +93,19 @@
 #![warn(missing_docs)]
 
 pub mod engine;
+pub mod packet;
 pub mod service;
 pub mod session;
 #[allow(unsafe_code)]
 mod sys;
+pub mod topic;
 
 pub use bytes::Bytes;
 pub use engine::{EngineError, EngineKind, Keepalive, Stats};
-pub use service::{Accept, Client, ClientBuilder, ClientHandle, Server, ServerBuilder, ServerHandle};
+pub use service::{
+    Accept, Client, ClientBuilder, ClientHandle, Server, ServerBuilder, ServerHandle, ToSessionError,
+};
 pub use session::{
     CloseKind, CloseReason, Handler, Limits, RecvBuffer, SendError, SendQueue, Session, SessionId,
 };
+pub use topic::TopicStats;

@@ -9,8 +9,11 @@ use std::time::Duration;
 
 use crate::session::{CloseReason, Conn, Context, Handler, SessionId, Step, Table, Tick, Timers};
 
-use super::{Command, Worker, WorkerStats};
+use super::{Command, Remote, Worker, WorkerStats};
+use crate::session::{SendError, SessionId as Id};
 use crate::sys::{socket, OwnedSocket};
+use crate::topic::{Hub, Pending};
+use bytes::Bytes;
 
 /// The close reason for a failed socket call: a reset, or any other error.
 pub(crate) fn io_close_reason(e: io::Error) -> CloseReason {
@@ -144,7 +147,7 @@ pub(crate) trait Driver<H: Handler> {
     /// Stops watching the listener, which the worker no longer holds.
     fn close_listener(&mut self, listener: OwnedSocket) -> io::Result<()>;
 
-    /// Runs what other threads asked for.
+    /// Runs what other threads asked for, in the order asked.
     fn commands(&mut self) -> io::Result<()> {
         for cmd in self.core().w.inbox.take() {
             match cmd {
@@ -154,9 +157,75 @@ pub(crate) trait Driver<H: Handler> {
                         self.open_accepted(conn, socket)?;
                     }
                 }
-                Command::Stop { grace } => self.stop(grace)?,
+                Command::Remote(Remote::Stop { grace }) => self.stop(grace)?,
+                Command::Remote(Remote::Send { id, buf }) => {
+                    if let Some((cx, slot)) = self.core().session(id) {
+                        let _ = slot.conn.deliver(buf, cx);
+                        self.settle(id.token())?;
+                    }
+                }
+                Command::Remote(Remote::Close { id }) => {
+                    if let Some((_, slot)) = self.core().session(id) {
+                        slot.conn.close_from_outside(CloseReason::LocalClose);
+                        self.settle(id.token())?;
+                    }
+                }
+                Command::Remote(Remote::Publish { topic, buf }) => self.fan_out(&topic, &buf, None)?,
             }
         }
+        Ok(())
+    }
+
+    /// Fans out the publishes this worker's sessions made during their
+    /// callbacks, in the order made: to the other workers (one command
+    /// each) and to the subscribers here. Publishes made meanwhile (by
+    /// handlers the deliveries woke) are fanned out in the same call.
+    fn deliver_published(&mut self) -> io::Result<()> {
+        loop {
+            let batch = std::mem::take(&mut *self.core().hub.pending.borrow_mut());
+            if batch.is_empty() {
+                return Ok(());
+            }
+            for p in batch {
+                self.core().published(&p);
+                self.fan_out(&p.topic, &p.buf, p.skip)?;
+            }
+        }
+    }
+
+    /// Queues `buf` on every subscriber of `topic` on this worker (but
+    /// `skip`) — a clone of the one buffer each — and settles each. A
+    /// subscriber whose queue would go over its cap is closed
+    /// (`SendQueueFull`, counted for the topic); the others go on.
+    fn fan_out(&mut self, topic: &str, buf: &Bytes, skip: Option<u64>) -> io::Result<()> {
+        let core = self.core();
+        let mut tokens = std::mem::take(&mut core.fan_out);
+        let counters = core.hub.topics.borrow().subscribers_into(topic, &mut tokens);
+        let mut delivered = 0;
+        for &token in &tokens {
+            if Some(token) == skip {
+                continue;
+            }
+            let Some((cx, slot)) = self.core().slot(token) else {
+                continue;
+            };
+            match slot.conn.deliver(buf.clone(), cx) {
+                Ok(()) => delivered += 1,
+                Err(SendError::QueueFull) => {
+                    if let Some(c) = &counters {
+                        c.closed_at_cap();
+                    }
+                }
+                Err(_) => {}
+            }
+            self.settle(token)?;
+        }
+        if let Some(c) = &counters {
+            c.delivered(delivered);
+        }
+        let core = self.core();
+        core.w.stats.delivered(delivered);
+        core.fan_out = tokens;
         Ok(())
     }
 
@@ -334,12 +403,17 @@ pub(crate) struct Core<H, S> {
     spare: socket::Spare,
     shortage: Option<Shortage>,
     per_ip_warning: Quiet,
+    /// The worker's topics and the publishes waiting to be fanned out.
+    pub hub: Hub,
+    /// Subscriber tokens of the topic being fanned out (kept to reuse).
+    fan_out: Vec<u64>,
 }
 
 impl<H: Handler, S> Core<H, S> {
     pub fn new(w: Worker<H>) -> Core<H, S> {
         let now = w.now();
         let spare = socket::Spare::new();
+        let hub = Hub::new(w.registry.clone());
         Core {
             w,
             sessions: Table::default(),
@@ -351,6 +425,8 @@ impl<H: Handler, S> Core<H, S> {
             spare,
             shortage: None,
             per_ip_warning: Quiet::default(),
+            hub,
+            fan_out: Vec::new(),
         }
     }
 
@@ -377,10 +453,39 @@ impl<H: Handler, S> Core<H, S> {
             id: SessionId::new(self.w.index, token),
             now: self.now,
             limits: &self.w.limits,
+            hub: &self.hub,
         };
         let stats = &*self.w.stats;
         let timers = &mut self.timers;
         self.sessions.get_mut(token).map(|slot| (cx, slot, stats, timers))
+    }
+
+    /// The session `id` names, if it is this worker's and still live (its
+    /// slot not reused since); else the request is counted as stale.
+    pub fn session(&mut self, id: Id) -> Option<(Context<'_>, &mut Slot<H, S>)> {
+        let found = id.worker() == self.w.index && self.sessions.get_mut(id.token()).is_some();
+        if !found {
+            self.w.stats.stale_request();
+            tracing::debug!(worker = self.w.index, session = %id, "request for a session that has ended: dropped");
+            return None;
+        }
+        self.slot(id.token())
+    }
+
+    /// A publish made here is counted once, for its topic and the worker,
+    /// and handed to every other worker.
+    fn published(&self, p: &Pending) {
+        self.w.stats.published();
+        self.hub.topics.borrow().count_publish(&p.topic);
+        for (i, inbox) in self.w.workers.iter().enumerate() {
+            if i != self.w.index {
+                let r = Remote::Publish {
+                    topic: p.topic.clone(),
+                    buf: p.buf.clone(),
+                };
+                let _ = inbox.push(Command::Remote(r));
+            }
+        }
     }
 
     /// Takes a place under `max_sessions`, or counts a rejection.
@@ -397,7 +502,8 @@ impl<H: Handler, S> Core<H, S> {
     /// admitted and gets its handler there, see [`Core::adopted`]) — else
     /// it is admitted here. Returns the session if it lives here.
     pub fn accepted(&mut self, s: OwnedSocket, peer: SocketAddr) -> Option<(Conn<H>, OwnedSocket)> {
-        if let Some(workers) = &self.w.hand_off {
+        if self.w.hand_off {
+            let workers = &self.w.workers;
             let to = self.next_worker;
             self.next_worker = (to + 1) % workers.len();
             if to != self.w.index {
@@ -579,6 +685,7 @@ impl<H: Handler, S> Core<H, S> {
     /// Removes a session whose socket the engine is done with, and ends it.
     pub fn remove(&mut self, token: u64) -> Option<Slot<H, S>> {
         let slot = self.sessions.remove(token)?;
+        self.hub.topics.borrow_mut().remove_session(token);
         self.w.stats.queued_changed(slot.queued_seen as usize, 0);
         if slot.paused_seen {
             self.w.stats.paused_changed(false);

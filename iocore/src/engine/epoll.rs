@@ -109,6 +109,8 @@ impl<H: Handler> Loop<H> {
                 self.accept()?;
             }
             self.expire()?;
+            // After the deadlines: timer callbacks publish too.
+            self.deliver_published()?;
             if self.core.finished() {
                 return Ok(());
             }

@@ -106,6 +106,8 @@ pub(crate) trait EventEngine<H: Handler>: Driver<H> {
                 }
             }
             self.expire()?;
+            // After the deadlines: timer callbacks publish too.
+            self.deliver_published()?;
             if self.parts().0.finished() {
                 return Ok(());
             }

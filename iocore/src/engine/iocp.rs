@@ -103,6 +103,8 @@ impl<H: Handler> Loop<H> {
                 self.post_accepts()?;
             }
             self.expire()?;
+            // After the deadlines: timer callbacks publish too.
+            self.deliver_published()?;
             if self.core.finished() && self.port.outstanding() == 0 {
                 return Ok(());
             }

@@ -63,8 +63,9 @@ use std::time::{Duration, Instant};
 
 #[allow(unused_imports)] // named in the contract above
 use crate::session::{Conn, Table, Timers};
-use crate::session::{Handler, Limits, Tick};
+use crate::session::{Handler, Limits, SessionId, Tick};
 use crate::sys::{OwnedSocket, Waker};
+use bytes::Bytes;
 
 mod core;
 #[cfg(target_os = "linux")]
@@ -242,13 +243,43 @@ pub(crate) enum Command<H> {
     /// Serve a connection another worker accepted (the hand-off accept
     /// strategy): admit it here, make its handler here, own it here.
     Adopt { socket: OwnedSocket, peer: SocketAddr },
+    /// A request that does not depend on the handler type.
+    Remote(Remote),
+}
+
+/// A request any thread may make of a worker, whatever its handler type.
+pub(crate) enum Remote {
     /// Stop accepting, flush and close every session within `grace`, then
     /// end the loop.
     Stop { grace: Duration },
+    /// Queue `buf` on session `id`, if it is still the session named.
+    Send { id: SessionId, buf: Bytes },
+    /// Close session `id` gracefully, if it is still the session named.
+    Close { id: SessionId },
+    /// Fan `buf` out to this worker's subscribers of `topic`.
+    Publish { topic: Arc<str>, buf: Bytes },
+}
+
+/// A worker's mailbox as any thread sees it.
+pub(crate) trait Control: Send + Sync {
+    /// Hands `r` to the worker; gives it back if the worker has ended.
+    #[allow(clippy::result_large_err)]
+    fn remote(&self, r: Remote) -> Result<(), Remote>;
+}
+
+impl<H: 'static> Control for Inbox<H> {
+    fn remote(&self, r: Remote) -> Result<(), Remote> {
+        self.push(Command::Remote(r)).map_err(|c| match c {
+            Command::Remote(r) => r,
+            _ => unreachable!("push gives back what it was given"),
+        })
+    }
 }
 
 /// A worker's mailbox: commands plus a descriptor that wakes its loop.
 /// Closed when the worker's loop has ended: then it takes nothing more.
+/// Commands are taken in the order pushed: two requests from one thread
+/// to one worker are carried out in that order.
 pub(crate) struct Inbox<H> {
     queue: Mutex<Queue<H>>,
     waker: Waker,
@@ -275,18 +306,24 @@ impl<H> Inbox<H> {
     }
 
     /// Queues `cmd` and wakes the worker; if the worker's loop has ended,
-    /// gives `cmd` back.
+    /// gives `cmd` back. Only the first command of a batch wakes it (a
+    /// queue found non-empty has a wake-up on its way, and the worker takes
+    /// the whole queue at once), so a thread sending to many sessions of
+    /// one worker pays one wake-up, not one each.
     #[allow(clippy::result_large_err)]
     pub(crate) fn push(&self, cmd: Command<H>) -> Result<(), Command<H>> {
         let mut queue = self.queue();
         if queue.closed {
             return Err(cmd);
         }
+        let first = queue.commands.is_empty();
         queue.commands.push(cmd);
         drop(queue);
-        if let Err(e) = self.waker.wake() {
-            // Only a full wake counter fails, and then a wake is pending.
-            tracing::debug!(error = %e, "waking a worker failed");
+        if first {
+            if let Err(e) = self.waker.wake() {
+                // Only a full wake counter fails, and then a wake is pending.
+                tracing::debug!(error = %e, "waking a worker failed");
+            }
         }
         Ok(())
     }
@@ -440,10 +477,15 @@ pub(crate) type Factory<H> = Arc<dyn Fn() -> H + Send + Sync>;
 pub(crate) struct Worker<H> {
     pub index: usize,
     pub listener: Option<OwnedSocket>,
-    /// Hand-off accept: every worker's inbox (this one's included, by
-    /// index); the worker with the listener deals accepted connections
-    /// out to them in turn. `None`: sessions stay where they are accepted.
-    pub hand_off: Option<Arc<[Arc<Inbox<H>>]>>,
+    /// Every worker's inbox (this one's included, by index): for publishes
+    /// to the other workers and for the hand-off accept.
+    pub workers: Arc<[Arc<Inbox<H>>]>,
+    /// Hand-off accept: the worker with the listener deals accepted
+    /// connections out to all workers in turn. Else sessions stay where
+    /// they are accepted.
+    pub hand_off: bool,
+    /// The server's topics (counters shared by all workers).
+    pub registry: Arc<crate::topic::Registry>,
     pub factory: Option<Factory<H>>,
     pub inbox: Arc<Inbox<H>>,
     pub limits: Limits,

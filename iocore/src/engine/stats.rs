@@ -17,6 +17,9 @@ pub struct WorkerStats {
     live: AtomicU64,
     paused: AtomicU64,
     loop_turns: AtomicU64,
+    stale_requests: AtomicU64,
+    publishes: AtomicU64,
+    deliveries: AtomicU64,
     queued_bytes: AtomicU64,
     bytes_received: AtomicU64,
     bytes_sent: AtomicU64,
@@ -50,6 +53,18 @@ impl WorkerStats {
     #[cfg_attr(not(unix), allow(dead_code))] // the descriptor shortage of Unix
     pub(crate) fn accept_shed(&self, n: usize) {
         bump(&self.accept_shed, n as u64);
+    }
+    /// A request from another thread named a session that has ended.
+    pub(crate) fn stale_request(&self) {
+        bump(&self.stale_requests, 1);
+    }
+    /// A session on this worker published a message.
+    pub(crate) fn published(&self) {
+        bump(&self.publishes, 1);
+    }
+    /// A fan-out queued `n` deliveries here.
+    pub(crate) fn delivered(&self, n: u64) {
+        bump(&self.deliveries, n);
     }
     /// One turn of the worker's loop (one wait returned).
     pub(crate) fn turn(&self) {
@@ -108,6 +123,9 @@ impl WorkerStats {
             live_sessions: self.live.load(Relaxed),
             paused_sessions: self.paused.load(Relaxed),
             loop_turns: self.loop_turns.load(Relaxed),
+            stale_requests: self.stale_requests.load(Relaxed),
+            publishes: self.publishes.load(Relaxed),
+            deliveries: self.deliveries.load(Relaxed),
             queued_bytes: self.queued_bytes.load(Relaxed),
             bytes_received: self.bytes_received.load(Relaxed),
             bytes_sent: self.bytes_sent.load(Relaxed),
@@ -148,6 +166,16 @@ pub struct Stats {
     /// Turns of the workers' event loops (waits that returned): how often
     /// the engines woke up.
     pub loop_turns: u64,
+    /// Requests from other threads (`send`, `close`) that named a session
+    /// that had ended (its slot free or reused): dropped, never delivered
+    /// to another session.
+    pub stale_requests: u64,
+    /// Messages the sessions published (`Session::publish`; publishes from
+    /// other threads are counted per topic only).
+    pub publishes: u64,
+    /// Messages topics fanned out to subscribers (one per subscriber; the
+    /// publisher's own copy is not counted here).
+    pub deliveries: u64,
     /// Bytes queued for sending and not yet taken by the kernel.
     pub queued_bytes: u64,
     /// Bytes read from sockets.
@@ -188,6 +216,9 @@ impl Stats {
         self.live_sessions = self.live_sessions.wrapping_add(o.live_sessions);
         self.paused_sessions = self.paused_sessions.wrapping_add(o.paused_sessions);
         self.loop_turns += o.loop_turns;
+        self.stale_requests += o.stale_requests;
+        self.publishes += o.publishes;
+        self.deliveries += o.deliveries;
         self.queued_bytes = self.queued_bytes.wrapping_add(o.queued_bytes);
         self.bytes_received += o.bytes_received;
         self.bytes_sent += o.bytes_sent;

@@ -130,6 +130,8 @@ impl<H: Handler> Loop<H> {
                 self.post_accept()?;
             }
             self.expire()?;
+            // After the deadlines: timer callbacks publish too.
+            self.deliver_published()?;
             if self.core.finished() {
                 if !self.accept_posted && !self.waker_posted {
                     return Ok(());

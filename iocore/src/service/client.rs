@@ -8,9 +8,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::runtime::{Runtime, WorkerSpec};
-use crate::engine::{Command, EngineKind, Inbox, Keepalive, Settings, Stats};
-use crate::session::{Handler, Limits};
+use bytes::Bytes;
+
+use super::runtime::{Runtime, ToSessionError, WorkerSpec};
+use crate::engine::{Command, EngineKind, Inbox, Keepalive, Remote, Settings, Stats};
+use crate::session::{Handler, Limits, SessionId};
 
 /// Entry point: `Client::builder()`.
 pub struct Client;
@@ -131,6 +133,24 @@ impl<H: Handler> ClientHandle<H> {
     /// Counters summed over the workers.
     pub fn stats(&self) -> Stats {
         self.runtime.stats()
+    }
+
+    /// Queues `buf` on session `id` from any thread; see
+    /// [`crate::ServerHandle::send`].
+    pub fn send(&self, id: SessionId, buf: impl Into<Bytes>) -> Result<(), ToSessionError> {
+        self.runtime.to_session(id, Remote::Send { id, buf: buf.into() })
+    }
+
+    /// Closes session `id` gracefully from any thread; see
+    /// [`crate::ServerHandle::close`].
+    pub fn close(&self, id: SessionId) -> Result<(), ToSessionError> {
+        self.runtime.to_session(id, Remote::Close { id })
+    }
+
+    /// Publishes `buf` to every subscriber of `topic` among this client's
+    /// sessions; see [`crate::ServerHandle::publish`].
+    pub fn publish(&self, topic: &str, buf: impl Into<Bytes>) -> Result<(), ToSessionError> {
+        self.runtime.publish(topic, buf.into())
     }
 
     /// Starts a graceful stop; see [`crate::ServerHandle::stop`].

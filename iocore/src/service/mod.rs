@@ -7,4 +7,5 @@ mod runtime;
 mod server;
 
 pub use client::{Client, ClientBuilder, ClientHandle};
+pub use runtime::ToSessionError;
 pub use server::{Accept, Server, ServerBuilder, ServerHandle};

@@ -2,26 +2,48 @@
 //! engine loop per thread, each owning its sessions; a stop request goes to
 //! every worker's inbox.
 
+use std::fmt;
 use std::io;
 use std::sync::{mpsc, Arc};
+
+use bytes::Bytes;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::engine::{
-    self, Command, EngineKind, Inbox, IpGate, SessionGate, Settings, Stats, Worker, WorkerStats,
+    self, Control, EngineKind, Inbox, IpGate, Remote, SessionGate, Settings, Stats, Worker, WorkerStats,
 };
-use crate::session::Handler;
+use crate::session::{Handler, SessionId};
+use crate::topic::Registry;
 
-/// Something that can be told to stop (a worker's inbox, whatever its
-/// handler type).
-trait Stop: Send + Sync {
-    fn stop(&self, grace: Duration);
+/// Why a request to a session or topic from outside its worker could not
+/// be handed over. (A session that has ended meanwhile is found out by its
+/// worker, which drops the request and counts it in
+/// [`Stats::stale_requests`].)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ToSessionError {
+    /// The server or client has stopped: its workers take no more.
+    Stopped,
+    /// The id names a worker this server or client does not have (it is
+    /// another one's id).
+    NoSuchWorker,
 }
 
-impl<H> Stop for Inbox<H> {
-    fn stop(&self, grace: Duration) {
-        // A worker that already ended has nothing left to stop.
-        let _ = self.push(Command::Stop { grace });
+impl fmt::Display for ToSessionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ToSessionError::Stopped => "the server has stopped",
+            ToSessionError::NoSuchWorker => "no such worker: the session id belongs to another server",
+        })
+    }
+}
+
+impl std::error::Error for ToSessionError {}
+
+impl From<ToSessionError> for io::Error {
+    fn from(e: ToSessionError) -> io::Error {
+        io::Error::new(io::ErrorKind::NotConnected, e)
     }
 }
 
@@ -38,8 +60,10 @@ impl<H> Drop for CloseOnExit<H> {
 pub(crate) struct Runtime {
     engine: EngineKind,
     threads: Vec<JoinHandle<io::Result<()>>>,
-    stoppers: Vec<Arc<dyn Stop>>,
+    /// Every worker's inbox, by index.
+    controls: Vec<Arc<dyn Control>>,
     stats: Vec<Arc<WorkerStats>>,
+    registry: Arc<Registry>,
 }
 
 /// What each worker is started with, besides its index.
@@ -63,17 +87,19 @@ impl Runtime {
         let gate = Arc::new(SessionGate::new(settings.max_sessions));
         let ip_gate = settings.max_sessions_per_ip.map(|max| Arc::new(IpGate::new(max)));
         let epoch = Instant::now();
+        let registry = Arc::new(Registry::default());
         let mut rt = Runtime {
             engine,
             threads: Vec::new(),
-            stoppers: Vec::new(),
+            controls: Vec::new(),
             stats: Vec::new(),
+            registry: registry.clone(),
         };
         let inboxes = specs
             .iter()
             .map(|_| Inbox::new().map(Arc::new))
             .collect::<io::Result<Vec<_>>>()?;
-        let shared: Option<Arc<[Arc<Inbox<H>>]>> = hand_off.then(|| inboxes.clone().into());
+        let workers: Arc<[Arc<Inbox<H>>]> = inboxes.clone().into();
         let (ready_tx, ready_rx) = mpsc::channel();
         let count = specs.len();
         for (index, spec) in specs.into_iter().enumerate() {
@@ -82,7 +108,9 @@ impl Runtime {
             let worker = Worker {
                 index,
                 listener: spec.listener,
-                hand_off: shared.clone(),
+                workers: workers.clone(),
+                hand_off,
+                registry: registry.clone(),
                 factory: spec.factory,
                 inbox: inbox.clone(),
                 limits: settings.limits.clone(),
@@ -103,7 +131,7 @@ impl Runtime {
                     }
                 })?;
             rt.threads.push(thread);
-            rt.stoppers.push(inbox);
+            rt.controls.push(inbox);
             rt.stats.push(stats);
         }
         drop(ready_tx);
@@ -145,9 +173,41 @@ impl Runtime {
     /// Asks every worker to stop: no new sessions; queued data is flushed
     /// for up to `grace`, then everything left is reset.
     pub(crate) fn stop(&self, grace: Duration) {
-        for s in &self.stoppers {
-            s.stop(grace);
+        for c in &self.controls {
+            // A worker that already ended has nothing left to stop.
+            let _ = c.remote(Remote::Stop { grace });
         }
+    }
+
+    /// Hands `r` to the worker that owns session `id`.
+    pub(crate) fn to_session(&self, id: SessionId, r: Remote) -> Result<(), ToSessionError> {
+        let control = self
+            .controls
+            .get(id.worker())
+            .ok_or(ToSessionError::NoSuchWorker)?;
+        control.remote(r).map_err(|_| ToSessionError::Stopped)
+    }
+
+    /// Publishes `buf` to `topic` on every worker.
+    pub(crate) fn publish(&self, topic: &str, buf: Bytes) -> Result<(), ToSessionError> {
+        let topic: Arc<str> = topic.into();
+        self.registry.published(&topic);
+        let mut sent = false;
+        for c in &self.controls {
+            let r = Remote::Publish {
+                topic: topic.clone(),
+                buf: buf.clone(),
+            };
+            sent |= c.remote(r).is_ok();
+        }
+        match sent {
+            true => Ok(()),
+            false => Err(ToSessionError::Stopped),
+        }
+    }
+
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// Waits for every worker to finish; the first error wins.

@@ -19,10 +19,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::runtime::{Runtime, WorkerSpec};
-use crate::engine::{EngineKind, Keepalive, Settings, Stats};
+use bytes::Bytes;
+
+use super::runtime::{Runtime, ToSessionError, WorkerSpec};
+use crate::engine::{EngineKind, Keepalive, Remote, Settings, Stats};
+use crate::session::SessionId;
 use crate::session::{Handler, Limits};
 use crate::sys::socket;
+use crate::topic::TopicStats;
 
 /// Entry point: `Server::builder()`.
 pub struct Server;
@@ -280,6 +284,40 @@ impl ServerHandle {
     /// Counters summed over the workers.
     pub fn stats(&self) -> Stats {
         self.runtime.stats()
+    }
+
+    /// Queues `buf` on session `id` from any thread, through the owning
+    /// worker's inbox, as [`crate::Session::send`] would (same limits:
+    /// over [`crate::Limits::max_send_queue`] the session is closed).
+    ///
+    /// Ordering: requests one thread makes to one session are carried out
+    /// in the order made, so its sends arrive in that order. An `id` whose
+    /// session has ended (its slot free or reused by a newer session — the
+    /// generation in the id tells) is dropped by the worker and counted in
+    /// [`Stats::stale_requests`], never delivered to another session. An
+    /// error means the request could not be handed over at all.
+    pub fn send(&self, id: SessionId, buf: impl Into<Bytes>) -> Result<(), ToSessionError> {
+        self.runtime.to_session(id, Remote::Send { id, buf: buf.into() })
+    }
+
+    /// Closes session `id` gracefully from any thread (queued data is sent
+    /// first, then FIN; the handler hears [`crate::CloseReason::LocalClose`]);
+    /// ordered with [`ServerHandle::send`]s from the same thread.
+    pub fn close(&self, id: SessionId) -> Result<(), ToSessionError> {
+        self.runtime.to_session(id, Remote::Close { id })
+    }
+
+    /// Publishes `buf` to every subscriber of `topic` (see
+    /// [`crate::Session::publish`]) from any thread: one command per
+    /// worker, each fanning the one buffer out to its subscribers.
+    /// Messages one thread publishes reach each subscriber in order.
+    pub fn publish(&self, topic: &str, buf: impl Into<Bytes>) -> Result<(), ToSessionError> {
+        self.runtime.publish(topic, buf.into())
+    }
+
+    /// Counters of `topic`, if a session subscribes to it now.
+    pub fn topic(&self, topic: &str) -> Option<TopicStats> {
+        self.runtime.registry().stats(topic)
     }
 
     /// Starts a graceful stop and returns at once: listeners close, every

@@ -26,6 +26,7 @@ use super::handler::{Handler, Limits, Session, SessionId, Tick};
 use super::recv_buffer::RecvBuffer;
 use super::send_queue::SendQueue;
 use super::timers::Timers;
+use crate::topic::Hub;
 
 /// Where a connection is in its life. Plain, so that the checks made for
 /// every message are one comparison; the close reason of the closing
@@ -190,6 +191,8 @@ pub struct Context<'a> {
     pub now: Tick,
     /// The service's per-session limits.
     pub limits: &'a Limits,
+    /// The worker's topics and pending publishes.
+    pub(crate) hub: &'a Hub,
 }
 
 /// One connection: protocol-free state plus the application's handler.
@@ -237,6 +240,7 @@ impl<H: Handler> Conn<H> {
             id: cx.id,
             now: cx.now,
             limits: cx.limits,
+            hub: cx.hub,
         }
     }
 
@@ -412,6 +416,20 @@ impl<H: Handler> Conn<H> {
         }
         self.core.phase = Phase::Resetting;
         self.core.send.clear();
+    }
+
+    /// Queues `buf` as [`Session::send`] would, for a message from outside
+    /// the session's callbacks (another thread, or a topic's fan-out).
+    pub fn deliver(&mut self, buf: Bytes, cx: Context<'_>) -> Result<(), SendError> {
+        if !self.is_open() {
+            return Err(SendError::Closed);
+        }
+        self.core.queue(buf, cx.now, cx.limits)
+    }
+
+    /// Closes gracefully from outside the session's callbacks.
+    pub fn close_from_outside(&mut self, reason: CloseReason) {
+        self.core.close(reason);
     }
 
     /// Unsent bytes are queued and the session may still send.
@@ -698,10 +716,14 @@ mod tests {
     }
 
     fn cx(l: &Limits, now: u64) -> Context<'_> {
+        thread_local! {
+            static HUB: &'static Hub = Box::leak(Box::new(Hub::new(Default::default())));
+        }
         Context {
             id: SessionId::new(0, 1),
             now: Tick(now),
             limits: l,
+            hub: HUB.with(|h| *h),
         }
     }
 

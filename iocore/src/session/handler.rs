@@ -10,6 +10,7 @@ use bytes::Bytes;
 
 use super::close::{CloseReason, SendError};
 use super::conn::{Core, Flow, Phase};
+use crate::topic::{Hub, Pending};
 
 /// Per-session application logic, in the spirit of the seeds' `Session`.
 ///
@@ -114,9 +115,8 @@ pub struct SessionId(u64);
 impl SessionId {
     /// Builds the id of the session in `token`'s slot on `worker`.
     pub(crate) fn new(worker: usize, token: u64) -> SessionId {
-        let slot = token & 0xFFFF_FFFF;
-        let generation = (token >> 32) & 0xFF_FFFF;
-        SessionId(((worker as u64 & 0xFF) << 56) | (generation << 32) | slot)
+        debug_assert!(token >> 56 == 0, "token beyond slot and generation");
+        SessionId(((worker as u64 & 0xFF) << 56) | token)
     }
 
     /// Index of the worker thread that owns the session.
@@ -124,9 +124,22 @@ impl SessionId {
         (self.0 >> 56) as usize
     }
 
-    /// The id as one number (for logs and maps).
+    /// The session's token on its worker (slot and generation).
+    pub(crate) fn token(self) -> u64 {
+        self.0 & ((1 << 56) - 1)
+    }
+
+    /// The id as one number (for logs and maps); see
+    /// [`SessionId::from_u64`].
     pub fn as_u64(self) -> u64 {
         self.0
+    }
+
+    /// The id that [`SessionId::as_u64`] gave (say, read back from a
+    /// message). An id that names no live session is refused where it is
+    /// used, never taken for another session.
+    pub fn from_u64(raw: u64) -> SessionId {
+        SessionId(raw)
     }
 }
 
@@ -250,6 +263,7 @@ pub struct Session<'a> {
     pub(crate) id: SessionId,
     pub(crate) now: Tick,
     pub(crate) limits: &'a Limits,
+    pub(crate) hub: &'a Hub,
 }
 
 impl Session<'_> {
@@ -355,5 +369,65 @@ impl Session<'_> {
     /// Cancels the timer, if any.
     pub fn cancel_timer(&mut self) {
         self.core.timer_at = Tick::NEVER;
+    }
+
+    /// Subscribes this session to `topic`, at once: it gets every message
+    /// published to the topic from now on, wherever it is published, until
+    /// it unsubscribes or ends. False if it already was subscribed.
+    pub fn subscribe(&mut self, topic: &str) -> bool {
+        self.hub.topics.borrow_mut().subscribe(self.id.token(), topic)
+    }
+
+    /// Ends this session's subscription to `topic`; false if it had none.
+    pub fn unsubscribe(&mut self, topic: &str) -> bool {
+        self.hub.topics.borrow_mut().unsubscribe(self.id.token(), topic)
+    }
+
+    /// Whether this session subscribes to `topic`.
+    pub fn is_subscribed(&self, topic: &str) -> bool {
+        self.hub.topics.borrow().is_subscribed(self.id.token(), topic)
+    }
+
+    /// Sessions subscribed to `topic` across the whole server now.
+    pub fn subscribers(&self, topic: &str) -> u64 {
+        self.hub.topics.borrow().registry().subscribers(topic)
+    }
+
+    /// Publishes `buf` to every subscriber of `topic` on every worker,
+    /// this session included if it subscribes. The one buffer is shared by
+    /// all (a reference count each, no copy).
+    ///
+    /// Ordering: messages one session publishes reach each subscriber in
+    /// the order published. This session's own copy is queued at once (in
+    /// order with its [`Session::send`]s); the others are queued after the
+    /// callback returns. A subscriber whose send queue would go over its
+    /// cap is closed ([`CloseReason::SendQueueFull`]) without holding the
+    /// others up.
+    pub fn publish(&mut self, topic: &str, buf: impl Into<Bytes>) {
+        let buf = buf.into();
+        let me = self.id.token();
+        if self.is_subscribed(topic) && matches!(self.core.phase, Phase::Open) {
+            let delivered = self.core.queue(buf.clone(), self.now, self.limits);
+            self.hub
+                .topics
+                .borrow()
+                .count_own_delivery(topic, delivered.is_ok());
+        }
+        self.defer_publish(topic, buf, me);
+    }
+
+    /// Publishes `buf` to every subscriber of `topic` but this session; see
+    /// [`Session::publish`].
+    pub fn publish_except_self(&mut self, topic: &str, buf: impl Into<Bytes>) {
+        self.defer_publish(topic, buf.into(), self.id.token());
+    }
+
+    fn defer_publish(&mut self, topic: &str, buf: Bytes, skip: u64) {
+        let topic = self.hub.topics.borrow().shared_name(topic);
+        self.hub.pending.borrow_mut().push(Pending {
+            topic,
+            buf,
+            skip: Some(skip),
+        });
     }
 }

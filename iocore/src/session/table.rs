@@ -1,19 +1,21 @@
 //! A slab of sessions addressed by 64-bit tokens.
 //!
 //! The token rides in the epoll event or io_uring `user_data`: the low 32
-//! bits are the slot, the next 28 bits count how often the slot was reused,
+//! bits are the slot, the next 24 bits count how often the slot was reused,
 //! so an event that arrives for a session already removed (or whose slot
 //! now holds a newer session) finds nothing instead of the wrong session.
-//! Tokens with the top bit set are never issued; engines use them for
-//! their own descriptors (listener, wake-up).
+//! A [`crate::SessionId`] carries the same two numbers (and the worker), so
+//! a command from another thread is checked the same way. Tokens with the
+//! top bit set are never issued; engines use them for their own
+//! descriptors (listener, wake-up).
 
 /// Tokens at or above this are reserved for the engine.
 pub const RESERVED: u64 = 1 << 63;
 
 const NO_SLOT: u32 = u32::MAX;
-/// Generations use 28 bits, so tokens stay below 2^60 and an engine may
-/// keep 4 bits of `user_data` for the operation kind.
-const GEN_MASK: u32 = 0x0FFF_FFFF;
+/// Generations use 24 bits: tokens stay below 2^56 (an engine may keep the
+/// top bits of `user_data` for the operation kind) and fit a `SessionId`.
+pub(crate) const GEN_MASK: u32 = 0x00FF_FFFF;
 
 enum Entry<T> {
     Occupied { generation: u32, value: T },
@@ -145,6 +147,19 @@ mod tests {
         assert!(t.remove(a).is_none());
         assert_eq!(t.get_mut(b), Some(&mut "b"));
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn generations_wrap_within_a_session_id() {
+        let mut t = Table::default();
+        let mut token = t.insert(0u8);
+        for _ in 0..=GEN_MASK {
+            t.remove(token);
+            token = t.insert(0);
+        }
+        assert_eq!(token >> 32, 0, "wrapped after 2^24 reuses");
+        let id = crate::SessionId::new(3, token);
+        assert_eq!(id.token(), token);
     }
 
     #[test]

@@ -1,0 +1,351 @@
+//! Publish/subscribe topics between sessions, in the spirit of
+//! uWebSockets' `subscribe` / `publish`.
+//!
+//! Every worker keeps its own table of which of *its* sessions subscribe
+//! to which topic, so a worker fans a message out to its
+//! subscribers with no lock: it queues a clone of the same [`Bytes`] (a
+//! reference count, no copy) on each. A publish reaches every other worker
+//! at most once, as one inbox command carrying one `Bytes`. What the
+//! workers share is only a registry of per-topic counters (subscribers
+//! across the server, publishes, deliveries, subscribers closed at their
+//! send-queue cap), touched under a lock when a session subscribes or
+//! unsubscribes and with atomics otherwise.
+//!
+//! Nothing here costs a session anything until it subscribes: the tables
+//! are per worker, keyed by topic and by subscribed session.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+/// Counters of one topic, summed over the workers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TopicStats {
+    /// Sessions subscribed now.
+    pub subscribers: u64,
+    /// Messages published to it (each counted once, however many workers
+    /// fanned it out).
+    pub publishes: u64,
+    /// Messages queued on subscribers.
+    pub deliveries: u64,
+    /// Subscribers closed because a delivery took their send queue over
+    /// its cap ([`crate::CloseReason::SendQueueFull`]).
+    pub closed_at_cap: u64,
+}
+
+/// One topic's shared counters.
+#[derive(Default, Debug)]
+pub(crate) struct Counters {
+    subscribers: AtomicU64,
+    publishes: AtomicU64,
+    deliveries: AtomicU64,
+    closed_at_cap: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> TopicStats {
+        TopicStats {
+            subscribers: self.subscribers.load(Relaxed),
+            publishes: self.publishes.load(Relaxed),
+            deliveries: self.deliveries.load(Relaxed),
+            closed_at_cap: self.closed_at_cap.load(Relaxed),
+        }
+    }
+}
+
+/// The topics of a whole server: counters for each topic that has a
+/// subscriber somewhere. An entry goes when its last subscriber does, so a
+/// server whose rooms come and go does not grow.
+#[derive(Default, Debug)]
+pub struct Registry {
+    topics: Mutex<HashMap<Arc<str>, Arc<Counters>>>,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Arc<Counters>>> {
+        self.topics.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A subscriber came: the topic's counters (made if new), with the
+    /// topic's shared name.
+    fn join(&self, name: &str) -> (Arc<str>, Arc<Counters>) {
+        let mut topics = self.lock();
+        let (name, counters) = match topics.get_key_value(name) {
+            Some((n, c)) => (n.clone(), c.clone()),
+            None => {
+                let n: Arc<str> = name.into();
+                let c = Arc::new(Counters::default());
+                topics.insert(n.clone(), c.clone());
+                (n, c)
+            }
+        };
+        counters.subscribers.fetch_add(1, Relaxed);
+        (name, counters)
+    }
+
+    /// A subscriber left; the entry goes with the last one.
+    fn leave(&self, name: &str) {
+        let mut topics = self.lock();
+        if let Some(c) = topics.get(name) {
+            if c.subscribers.fetch_sub(1, Relaxed) == 1 {
+                topics.remove(name);
+            }
+        }
+    }
+
+    /// The counters of `name`, if it has a subscriber somewhere.
+    pub fn stats(&self, name: &str) -> Option<TopicStats> {
+        self.lock().get(name).map(|c| c.snapshot())
+    }
+
+    /// Sessions subscribed to `name` across the server.
+    pub fn subscribers(&self, name: &str) -> u64 {
+        self.lock().get(name).map_or(0, |c| c.subscribers.load(Relaxed))
+    }
+
+    /// Counts a publish to `name` (once per message, by its publisher).
+    pub(crate) fn published(&self, name: &str) {
+        if let Some(c) = self.lock().get(name) {
+            c.publishes.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// One topic on one worker.
+struct Local {
+    name: Arc<str>,
+    /// Tokens of this worker's subscribed sessions.
+    subscribers: Vec<u64>,
+    counters: Arc<Counters>,
+}
+
+/// A publish not yet fanned out on this worker: made during a handler's
+/// callback, delivered when the worker gets to it (after the callback, in
+/// the order published).
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub topic: Arc<str>,
+    pub buf: Bytes,
+    /// A session not to deliver to (the publisher: it skipped itself, or
+    /// was served at once).
+    pub skip: Option<u64>,
+}
+
+/// One worker's topics: its subscribed sessions by topic and the topics of
+/// each subscribed session.
+pub(crate) struct Topics {
+    registry: Arc<Registry>,
+    by_name: HashMap<Arc<str>, Local>,
+    by_session: HashMap<u64, Vec<Arc<str>>>,
+}
+
+impl Topics {
+    pub fn new(registry: Arc<Registry>) -> Topics {
+        Topics {
+            registry,
+            by_name: HashMap::new(),
+            by_session: HashMap::new(),
+        }
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Subscribes session `token`; false if it already was.
+    pub fn subscribe(&mut self, token: u64, name: &str) -> bool {
+        if self.is_subscribed(token, name) {
+            return false;
+        }
+        let local = match self.by_name.get_mut(name) {
+            Some(local) => {
+                // Counted in the registry too (another worker may be
+                // subscribing at the same time).
+                let (_, counters) = self.registry.join(name);
+                debug_assert!(Arc::ptr_eq(&counters, &local.counters));
+                local
+            }
+            None => {
+                let (name, counters) = self.registry.join(name);
+                self.by_name.entry(name.clone()).or_insert(Local {
+                    name,
+                    subscribers: Vec::new(),
+                    counters,
+                })
+            }
+        };
+        local.subscribers.push(token);
+        let name = local.name.clone();
+        self.by_session.entry(token).or_default().push(name);
+        true
+    }
+
+    /// Unsubscribes session `token`; false if it was not subscribed.
+    pub fn unsubscribe(&mut self, token: u64, name: &str) -> bool {
+        let Some(topics) = self.by_session.get_mut(&token) else {
+            return false;
+        };
+        let Some(i) = topics.iter().position(|t| &**t == name) else {
+            return false;
+        };
+        topics.swap_remove(i);
+        if topics.is_empty() {
+            self.by_session.remove(&token);
+        }
+        self.drop_subscriber(token, name);
+        true
+    }
+
+    fn drop_subscriber(&mut self, token: u64, name: &str) {
+        if let Some(local) = self.by_name.get_mut(name) {
+            if let Some(i) = local.subscribers.iter().position(|&t| t == token) {
+                local.subscribers.swap_remove(i);
+            }
+            if local.subscribers.is_empty() {
+                self.by_name.remove(name);
+            }
+        }
+        self.registry.leave(name);
+    }
+
+    /// Session `token` ended: it leaves all its topics.
+    pub fn remove_session(&mut self, token: u64) {
+        if let Some(topics) = self.by_session.remove(&token) {
+            for name in topics {
+                self.drop_subscriber(token, &name);
+            }
+        }
+    }
+
+    /// Whether session `token` subscribes to `name`.
+    pub fn is_subscribed(&self, token: u64, name: &str) -> bool {
+        self.by_session
+            .get(&token)
+            .is_some_and(|topics| topics.iter().any(|t| &**t == name))
+    }
+
+    /// The topics session `token` subscribes to.
+    #[cfg(test)]
+    pub fn topics_of(&self, token: u64) -> &[Arc<str>] {
+        self.by_session.get(&token).map_or(&[], |t| t.as_slice())
+    }
+
+    /// `name` as a shared string (this worker's, if it has the topic).
+    pub fn shared_name(&self, name: &str) -> Arc<str> {
+        match self.by_name.get_key_value(name) {
+            Some((n, _)) => n.clone(),
+            None => name.into(),
+        }
+    }
+
+    /// Counts a publish to `name` made on this worker: without a lock if
+    /// the worker has the topic.
+    pub fn count_publish(&self, name: &str) {
+        match self.by_name.get(name) {
+            Some(local) => {
+                local.counters.publishes.fetch_add(1, Relaxed);
+            }
+            None => self.registry.published(name),
+        }
+    }
+
+    /// The publisher's own copy of a publish was queued (`ok`) or took its
+    /// queue over the cap.
+    pub fn count_own_delivery(&self, name: &str, ok: bool) {
+        if let Some(local) = self.by_name.get(name) {
+            match ok {
+                true => local.counters.delivered(1),
+                false => local.counters.closed_at_cap(),
+            }
+        }
+    }
+
+    /// Copies the tokens of `name`'s subscribers on this worker into
+    /// `out` (cleared first) and returns the topic's counters.
+    pub fn subscribers_into(&self, name: &str, out: &mut Vec<u64>) -> Option<Arc<Counters>> {
+        out.clear();
+        let local = self.by_name.get(name)?;
+        out.extend_from_slice(&local.subscribers);
+        Some(local.counters.clone())
+    }
+}
+
+impl Counters {
+    pub(crate) fn delivered(&self, n: u64) {
+        if n > 0 {
+            self.deliveries.fetch_add(n, Relaxed);
+        }
+    }
+
+    pub(crate) fn closed_at_cap(&self) {
+        self.closed_at_cap.fetch_add(1, Relaxed);
+    }
+}
+
+/// What a worker's sessions reach during their callbacks: the worker's
+/// topics (subscriptions take effect at once) and its publishes waiting to
+/// be fanned out.
+pub(crate) struct Hub {
+    pub topics: RefCell<Topics>,
+    pub pending: RefCell<Vec<Pending>>,
+}
+
+impl Hub {
+    pub fn new(registry: Arc<Registry>) -> Hub {
+        Hub {
+            topics: RefCell::new(Topics::new(registry)),
+            pending: RefCell::new(Vec::new()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscriptions_are_counted_across_workers_and_forgotten_with_the_last() {
+        let registry = Arc::new(Registry::default());
+        let mut a = Topics::new(registry.clone());
+        let mut b = Topics::new(registry.clone());
+        assert!(a.subscribe(1, "room"));
+        assert!(!a.subscribe(1, "room"), "once per session");
+        assert!(a.subscribe(2, "room"));
+        assert!(b.subscribe(1, "room"));
+        assert_eq!(registry.subscribers("room"), 3);
+        let mut out = Vec::new();
+        a.subscribers_into("room", &mut out).unwrap();
+        out.sort();
+        assert_eq!(out, [1, 2]);
+        assert!(a.unsubscribe(2, "room"));
+        assert!(!a.unsubscribe(2, "room"));
+        a.remove_session(1);
+        assert_eq!(registry.subscribers("room"), 1);
+        assert!(
+            a.subscribers_into("room", &mut out).is_none(),
+            "no local entry left"
+        );
+        b.remove_session(1);
+        assert_eq!(registry.stats("room"), None, "the last subscriber took the entry");
+        assert!(a.by_session.is_empty() && b.by_name.is_empty());
+    }
+
+    #[test]
+    fn a_session_leaves_every_topic_when_it_ends() {
+        let registry = Arc::new(Registry::default());
+        let mut t = Topics::new(registry.clone());
+        for name in ["a", "b", "c"] {
+            t.subscribe(7, name);
+        }
+        t.subscribe(8, "b");
+        assert_eq!(t.topics_of(7).len(), 3);
+        t.remove_session(7);
+        assert_eq!(t.topics_of(7).len(), 0);
+        assert_eq!(registry.subscribers("b"), 1);
+        assert_eq!(registry.subscribers("a"), 0);
+        assert!(t.is_subscribed(8, "b"));
+    }
+}

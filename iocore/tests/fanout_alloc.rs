@@ -1,0 +1,94 @@
+//! One publish to 300 subscribers on 3 workers allocates its payload once:
+//! every worker and every subscriber's send queue holds the same buffer.
+//! Counted with a tracking global allocator that notes allocations of the
+//! payload's (odd) size, on every thread; its own test binary, one engine
+//! at a time, so nothing else allocates that size meanwhile.
+
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use iocore::{Accept, EngineKind, Handler, Session};
+use iocore_testkit::*;
+use tracking_allocator::{AllocationGroupId, AllocationRegistry, AllocationTracker, Allocator};
+
+/// An odd size nothing else allocates.
+const PAYLOAD: usize = 7919;
+
+static PAYLOAD_ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+#[global_allocator]
+static GLOBAL: Allocator<std::alloc::System> = Allocator::system();
+
+/// Counts allocations of exactly the payload's size, on every thread.
+struct PayloadCounter;
+
+impl AllocationTracker for PayloadCounter {
+    fn allocated(&self, _addr: usize, object_size: usize, _wrapped_size: usize, _group: AllocationGroupId) {
+        if object_size == PAYLOAD {
+            PAYLOAD_ALLOCS.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    fn deallocated(
+        &self,
+        _addr: usize,
+        _object_size: usize,
+        _wrapped_size: usize,
+        _source: AllocationGroupId,
+        _current: AllocationGroupId,
+    ) {
+    }
+}
+
+/// The count is process-wide: one engine at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Subscribes on connect; on any input publishes one payload.
+struct Member;
+
+impl Handler for Member {
+    fn on_connected(&mut self, s: &mut Session<'_>) {
+        s.subscribe("all");
+    }
+    fn on_recv(&mut self, s: &mut Session<'_>, data: &[u8]) -> usize {
+        s.publish("all", vec![b's'; PAYLOAD]);
+        data.len()
+    }
+}
+
+fn one_publish_allocates_its_payload_once(engine: EngineKind) {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    // A second test of this binary finds the tracker set: fine.
+    let _ = AllocationRegistry::set_global_tracker(PayloadCounter);
+    AllocationRegistry::enable_tracking();
+    let server = server(engine)
+        .threads(3)
+        .accept(Accept::HandOff)
+        .start(|| Member)
+        .unwrap();
+    let mut clients: Vec<_> = (0..300).map(|_| connect(server.local_addr())).collect();
+    wait_until("all subscribed", || {
+        server.topic("all").map(|t| t.subscribers) == Some(300)
+    });
+    let mut buf = vec![0; 8192];
+    let before = PAYLOAD_ALLOCS.load(Ordering::SeqCst);
+    server.publish("all", vec![b't'; PAYLOAD]).unwrap();
+    for c in &mut clients {
+        c.read_exact(&mut buf[..PAYLOAD]).unwrap();
+        assert!(buf[..PAYLOAD].iter().all(|&b| b == b't'));
+    }
+    assert_eq!(PAYLOAD_ALLOCS.load(Ordering::SeqCst) - before, 1, "from a thread");
+    clients[0].write_all(b"go").unwrap();
+    for c in &mut clients {
+        c.read_exact(&mut buf[..PAYLOAD]).unwrap();
+        assert!(buf[..PAYLOAD].iter().all(|&b| b == b's'));
+    }
+    assert_eq!(
+        PAYLOAD_ALLOCS.load(Ordering::SeqCst) - before,
+        2,
+        "from a session"
+    );
+    assert_eq!(server.topic("all").unwrap().deliveries, 600);
+}
+
+engine_suite!(one_publish_allocates_its_payload_once);
