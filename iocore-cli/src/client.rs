@@ -17,7 +17,6 @@
 //! by bytes that depend on `c`, `k` and the position, so a dropped,
 //! repeated, reordered or altered byte shows up as a mismatch.
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
@@ -29,13 +28,12 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::report::{self, new_histogram, server_usage, Latency, ServerUsage};
 use iocore::{Client, CloseReason, EngineKind, Handler, Session};
 
 const HELLO: &[u8] = b"Hello World";
 /// Most error lines kept in a [`Summary`].
 const MAX_ERRORS: usize = 20;
-/// Latencies are recorded in microseconds up to this.
-const MAX_LATENCY_US: u64 = 60_000_000;
 
 /// How messages are paced.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -104,53 +102,6 @@ impl Default for ClientOptions {
             progress: false,
         }
     }
-}
-
-/// Latency percentiles, in microseconds.
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
-pub struct Latency {
-    /// Round trips measured.
-    pub samples: u64,
-    /// Mean.
-    pub mean_us: f64,
-    /// Median.
-    pub p50_us: u64,
-    /// 90th percentile.
-    pub p90_us: u64,
-    /// 99th percentile.
-    pub p99_us: u64,
-    /// 99.9th percentile.
-    pub p999_us: u64,
-    /// Maximum.
-    pub max_us: u64,
-}
-
-impl Latency {
-    fn from_histogram(h: &Histogram<u64>) -> Latency {
-        if h.is_empty() {
-            return Latency::default();
-        }
-        Latency {
-            samples: h.len(),
-            mean_us: h.mean(),
-            p50_us: h.value_at_quantile(0.50),
-            p90_us: h.value_at_quantile(0.90),
-            p99_us: h.value_at_quantile(0.99),
-            p999_us: h.value_at_quantile(0.999),
-            max_us: h.max(),
-        }
-    }
-}
-
-/// The server's resource use over the measured window.
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
-pub struct ServerUsage {
-    /// Server CPU time (user + system) per measured round trip, µs.
-    pub cpu_us_per_round_trip: f64,
-    /// Server CPU time over wall time, percent of one core.
-    pub cpu_percent: f64,
-    /// Server resident memory at the end, KiB.
-    pub rss_kib: u64,
 }
 
 /// What a run did.
@@ -306,16 +257,6 @@ impl Shared {
     }
 }
 
-fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds")
-}
-
-thread_local! {
-    /// Latencies recorded by this worker's sessions, and how many of them
-    /// are alive: the last to end merges them into the shared histogram.
-    static LOCAL: RefCell<(Option<Histogram<u64>>, usize)> = const { RefCell::new((None, 0)) };
-}
-
 /// One client session.
 struct LoadConn {
     index: usize,
@@ -338,11 +279,7 @@ struct LoadConn {
 
 impl LoadConn {
     fn new(index: usize, shared: Arc<Shared>) -> LoadConn {
-        LOCAL.with(|l| {
-            let mut l = l.borrow_mut();
-            l.0.get_or_insert_with(new_histogram);
-            l.1 += 1;
-        });
+        report::local_join();
         let period = match shared.opts.mode {
             Mode::OpenLoop { rate } => Duration::from_secs_f64(1.0 / rate),
             Mode::ClosedLoop { .. } => Duration::ZERO,
@@ -418,12 +355,7 @@ impl LoadConn {
         }
         self.round_trips += 1;
         self.shared.round_trips.fetch_add(1, Ordering::Relaxed);
-        let us = (now - sent_at).as_micros().clamp(1, MAX_LATENCY_US as u128) as u64;
-        LOCAL.with(|l| {
-            if let Some(h) = l.borrow_mut().0.as_mut() {
-                let _ = h.record(us);
-            }
-        });
+        report::local_record((now - sent_at).as_micros() as u64);
     }
 }
 
@@ -498,20 +430,7 @@ impl Handler for LoadConn {
     }
 
     fn on_disconnected(&mut self, reason: CloseReason) {
-        LOCAL.with(|l| {
-            let mut l = l.borrow_mut();
-            l.1 -= 1;
-            if l.1 == 0 {
-                if let Some(h) = l.0.take() {
-                    let _ = self
-                        .shared
-                        .histogram
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .add(&h);
-                }
-            }
-        });
+        report::local_leave(&self.shared.histogram);
         let mut guard = self.shared.summary.lock().unwrap_or_else(|p| p.into_inner());
         let (sum, done) = &mut *guard;
         if self.connected {
@@ -539,10 +458,6 @@ impl Handler for LoadConn {
 
 fn invalid(msg: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg.to_string())
-}
-
-fn server_usage(pid: Option<u32>) -> Option<crate::usage::ProcessUsage> {
-    pid.and_then(|p| crate::usage::usage(p).ok())
 }
 
 /// Runs the client until every session is done (count or duration reached
@@ -635,12 +550,7 @@ pub fn run(opts: &ClientOptions, stop: Arc<AtomicBool>) -> io::Result<Summary> {
     summary.mb_per_sec = summary.round_trips_per_sec * opts.size as f64 / 1e6;
     summary.latency = Latency::from_histogram(&shared.histogram.lock().unwrap_or_else(|p| p.into_inner()));
     if let (Some(a), Some(b)) = (usage_from, usage_to) {
-        let cpu = b.cpu_us.saturating_sub(a.cpu_us) as f64;
-        summary.server = Some(ServerUsage {
-            cpu_us_per_round_trip: cpu / summary.round_trips.max(1) as f64,
-            cpu_percent: cpu / 1e4 / secs,
-            rss_kib: b.rss_kib,
-        });
+        summary.server = Some(ServerUsage::between(a, b, summary.round_trips, secs));
     }
     summary.elapsed_secs = shared.start.elapsed().as_secs_f64();
     Ok(summary)

@@ -6,12 +6,18 @@
 //! - [`sink`] — the overlapped seed's server: reads and discards.
 //! - [`client`] — the overlapped seed's client, grown into a load
 //!   generator: open or closed loop, latency percentiles, byte-exact checks.
+//! - [`chat`] — rooms on packets and topics: the server, a terminal client
+//!   for people, and the fan-out load client.
+//! - [`report`] — latency percentiles and server usage, for the load
+//!   clients.
 //! - [`bench`](mod@bench) — iocore against tokio, monoio, compio and an epoll floor.
 //! - [`usage`] — a server process's CPU and memory, for the reports.
 
 pub mod bench;
+pub mod chat;
 pub mod client;
 pub mod echo;
+pub mod report;
 pub mod sink;
 pub mod usage;
 
@@ -26,6 +32,8 @@ pub enum App {
     Echo,
     /// [`sink::Sink`].
     Sink,
+    /// [`chat::server`]: rooms on packets and topics.
+    Chat,
 }
 
 impl FromStr for App {
@@ -34,7 +42,8 @@ impl FromStr for App {
         match s {
             "echo" => Ok(App::Echo),
             "sink" => Ok(App::Sink),
-            _ => Err(format!("unknown app '{s}' (expected echo or sink)")),
+            "chat" => Ok(App::Chat),
+            _ => Err(format!("unknown app '{s}' (expected echo, sink or chat)")),
         }
     }
 }
@@ -44,6 +53,7 @@ impl fmt::Display for App {
         f.write_str(match self {
             App::Echo => "echo",
             App::Sink => "sink",
+            App::Chat => "chat",
         })
     }
 }

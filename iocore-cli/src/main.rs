@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use iocore::{Accept, EngineKind, Keepalive, Server, ServerHandle};
 use iocore_cli::client::{self, ClientOptions, Mode};
-use iocore_cli::{echo::Echo, sink::Sink, App};
+use iocore_cli::{chat, echo::Echo, sink::Sink, App};
 
 #[derive(Parser)]
 #[command(
@@ -29,8 +29,11 @@ struct Cli {
 enum Command {
     /// Run a server (echo by default) until Ctrl-C or SIGTERM.
     Serve(ServeArgs),
-    /// Run the seed client / load generator.
+    /// Run the seed client / load generator (echo), or the chat load.
     Client(ClientArgs),
+    /// Chat in a room of a chat server (`serve --app chat`): lines typed
+    /// are said; /join ROOM, /leave, /quit.
+    Chat(ChatArgs),
     /// Measure iocore against tokio, monoio, compio and an epoll floor.
     Bench(BenchArgs),
 }
@@ -53,6 +56,33 @@ struct BenchArgs {
         default_value = "iocore-epoll,iocore-uring,tokio,monoio,compio,epoll-floor"
     )]
     servers: Vec<String>,
+    /// Only the points whose name starts with one of these (comma-separated),
+    /// e.g. `chat` for the fan-out points (then no idle-memory step).
+    #[arg(long, value_delimiter = ',')]
+    points: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct ChatArgs {
+    /// The chat server.
+    #[arg(long, default_value = "127.0.0.1:7777")]
+    addr: SocketAddr,
+    /// The room to join.
+    #[arg(long, default_value = "lobby")]
+    room: String,
+    /// I/O model: auto, epoll or uring (Windows: iocp, wsa-event, overlapped).
+    #[arg(long, default_value = "auto")]
+    engine: EngineKind,
+}
+
+/// What the load client does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Scenario {
+    /// Echo: messages come back; round trips, latency, byte-exact checks.
+    Echo,
+    /// Chat: members in rooms say messages that reach every member of the
+    /// room; deliveries, delivery latency, exactly-once checks.
+    Chat,
 }
 
 #[derive(clap::Args)]
@@ -60,9 +90,12 @@ struct ServeArgs {
     /// I/O model: auto, epoll or uring (Windows: iocp, wsa-event, overlapped).
     #[arg(long, default_value = "auto")]
     engine: EngineKind,
-    /// Application: echo or sink.
+    /// Application: echo, sink or chat.
     #[arg(long, default_value = "echo")]
     app: App,
+    /// Chat: the largest packet accepted, header included (4 to 65535).
+    #[arg(long, default_value_t = iocore::packet::DEFAULT_MAX_PACKET)]
+    max_packet: usize,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:7777")]
     addr: SocketAddr,
@@ -114,6 +147,12 @@ struct ServeArgs {
 
 #[derive(clap::Args)]
 struct ClientArgs {
+    /// What to do: echo (the seed client) or chat (fan-out in rooms).
+    #[arg(long, value_enum, default_value = "echo")]
+    scenario: Scenario,
+    /// Chat: rooms; connection i joins room i % ROOMS.
+    #[arg(long, default_value_t = 1)]
+    rooms: usize,
     /// I/O model: auto, epoll or uring (Windows: iocp, wsa-event, overlapped).
     #[arg(long, default_value = "auto")]
     engine: EngineKind,
@@ -276,6 +315,19 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let server: ServerHandle = match args.app {
         App::Echo => builder.start(|| Echo)?,
         App::Sink => builder.start(Sink::default)?,
+        App::Chat => {
+            if !(iocore::packet::HEADER + 8 < args.max_packet
+                && args.max_packet <= iocore::packet::MAX_PACKET)
+            {
+                return Err(format!(
+                    "--max-packet must be between 13 and {}",
+                    iocore::packet::MAX_PACKET
+                )
+                .into());
+            }
+            let max = args.max_packet;
+            builder.start(move || chat::server::handler(max))?
+        }
     };
     tracing::info!(app = %args.app, addr = %server.local_addr(), engine = %server.engine(), "ready (Ctrl-C stops)");
     let mut last = server.stats();
@@ -304,7 +356,62 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// A flag set by Ctrl-C or SIGTERM.
+fn stop_flag() -> Result<Arc<AtomicBool>, Box<dyn std::error::Error>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let rx = signals()?;
+    let flag = stop.clone();
+    std::thread::spawn(move || {
+        if rx.recv().is_ok() {
+            flag.store(true, Ordering::Relaxed);
+        }
+    });
+    Ok(stop)
+}
+
+fn print_report<T: serde::Serialize + std::fmt::Display>(
+    summary: &T,
+    json: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    match json {
+        true => println!("{}", serde_json::to_string_pretty(summary)?),
+        false => println!("{summary}"),
+    }
+    Ok(())
+}
+
+fn run_chat_load(args: ClientArgs) -> Result<bool, Box<dyn std::error::Error>> {
+    if args.pipeline.is_some() {
+        return Err("--pipeline is for the echo scenario; chat is open loop (--rate or --interval)".into());
+    }
+    let rate = match args.rate {
+        Some(rate) => rate,
+        None if args.interval.is_zero() => return Err("--interval must be above 0".into()),
+        None => 1.0 / args.interval.as_secs_f64(),
+    };
+    let opts = chat::load::ChatOptions {
+        addr: args.addr,
+        engine: args.engine,
+        threads: args.threads,
+        connections: args.connections,
+        rooms: args.rooms,
+        rate,
+        size: args.size,
+        count: args.count,
+        duration: args.duration,
+        warmup: args.warmup,
+        drain_timeout: args.drain_timeout,
+        server_pid: args.server_pid,
+    };
+    let summary = chat::load::run(&opts, stop_flag()?)?;
+    print_report(&summary, args.json)?;
+    Ok(summary.ok())
+}
+
 fn run_client(args: ClientArgs) -> Result<bool, Box<dyn std::error::Error>> {
+    if args.scenario == Scenario::Chat {
+        return run_chat_load(args);
+    }
     let mode = match (args.pipeline, args.rate) {
         (Some(pipeline), _) => Mode::ClosedLoop { pipeline },
         (None, Some(rate)) => Mode::OpenLoop { rate },
@@ -328,20 +435,8 @@ fn run_client(args: ClientArgs) -> Result<bool, Box<dyn std::error::Error>> {
         server_pid: args.server_pid,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    let rx = signals()?;
-    let flag = stop.clone();
-    std::thread::spawn(move || {
-        if rx.recv().is_ok() {
-            flag.store(true, Ordering::Relaxed);
-        }
-    });
-    let summary = client::run(&opts, stop)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
-    } else {
-        println!("{summary}");
-    }
+    let summary = client::run(&opts, stop_flag()?)?;
+    print_report(&summary, args.json)?;
     Ok(summary.ok())
 }
 
@@ -359,11 +454,22 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args).map(|()| true),
         Command::Client(args) => run_client(args),
+        Command::Chat(args) => chat::term::run(
+            &chat::term::TermOptions {
+                addr: args.addr,
+                room: args.room,
+                engine: args.engine,
+            },
+            std::io::BufReader::new(std::io::stdin()),
+        )
+        .map(|()| true)
+        .map_err(Into::into),
         Command::Bench(args) => iocore_cli::bench::run(&iocore_cli::bench::BenchOptions {
             rounds: args.rounds,
             quick: args.quick,
             out: args.out,
             servers: args.servers,
+            points: args.points,
         })
         .map(|report| {
             println!("{}", iocore_cli::bench::markdown(&report));

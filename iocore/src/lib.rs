@@ -17,15 +17,21 @@
 //!
 //! Dependencies point down only:
 //!
-//! 1. [`service`] — [`Server`] and [`Client`]: threads, limits, stop.
+//! 1. [`service`] — [`Server`] and [`Client`]: threads, limits, stop;
+//!    sends, closes and publishes from any thread.
 //! 2. [`session`] — engine-independent connection logic: [`RecvBuffer`],
 //!    [`SendQueue`], lifecycle and [`CloseReason`], calls into [`Handler`].
 //! 3. `engine` — one event loop per worker thread; moves bytes.
 //! 4. `sys` — the only module with `unsafe`: epoll, io_uring, eventfd,
 //!    sockets; IOCP and Winsock on Windows.
 //!
-//! The applications (echo, sink, the load client, benchmarks) and the
-//! `iocore` command live in the `iocore-cli` crate of the same workspace.
+//! Between sessions, on top of the session API: [`packet`] (the course's
+//! size + id header, as a handler adaptor) and [`topic`] (pub/sub with one
+//! shared buffer per publish).
+//!
+//! The applications (echo, sink, chat, the load clients, benchmarks) and
+//! the `iocore` command live in the `iocore-cli` crate of the same
+//! workspace.
 //!
 //! ## Example: an echo server (`examples/echo.rs`)
 //!
@@ -69,6 +75,29 @@
 //! let (done, ended) = std::sync::mpsc::channel();
 //! client.connect("127.0.0.1:7777".parse()?, move || Hello(done))?;
 //! println!("ended: {}", ended.recv()?);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## Example: rooms with packets and topics (`examples/rooms.rs`)
+//!
+//! ```no_run
+//! use iocore::packet::{self, PacketHandler, Packets};
+//! use iocore::{Server, Session};
+//!
+//! struct Member;
+//! impl PacketHandler for Member {
+//!     fn on_packet(&mut self, s: &mut Session<'_>, id: u16, body: &[u8]) {
+//!         match id {
+//!             1 => { s.subscribe("lobby"); }                    // JOIN
+//!             2 => s.publish("lobby", packet::encode(3, body).unwrap()), // SAY
+//!             _ => s.close(),
+//!         }
+//!     }
+//! }
+//!
+//! let server = Server::builder().start(|| Packets::new(Member))?;
+//! // From any thread: one buffer, shared by every subscriber.
+//! server.publish("lobby", packet::encode(3, b"welcome")?)?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!

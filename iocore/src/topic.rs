@@ -291,6 +291,8 @@ impl Counters {
 pub(crate) struct Hub {
     pub topics: RefCell<Topics>,
     pub pending: RefCell<Vec<Pending>>,
+    /// Publishers' own copies queued since the worker last counted them.
+    pub own_deliveries: std::cell::Cell<u64>,
 }
 
 impl Hub {
@@ -298,6 +300,7 @@ impl Hub {
         Hub {
             topics: RefCell::new(Topics::new(registry)),
             pending: RefCell::new(Vec::new()),
+            own_deliveries: std::cell::Cell::new(0),
         }
     }
 }

@@ -151,6 +151,10 @@ fn every_subscriber_on_every_worker_gets_every_message_in_order(engine: EngineKi
     assert_eq!(topic.closed_at_cap, 0);
     let stats = server.stats();
     assert_eq!(stats.publishes, N as u64, "sessions' publishes");
+    assert_eq!(
+        stats.deliveries, topic.deliveries,
+        "workers count what the topic counts"
+    );
     // Nothing more comes: exactly once.
     clients[5]
         .set_read_timeout(Some(Duration::from_millis(100)))

@@ -34,6 +34,9 @@ pub struct BenchOptions {
     pub out: PathBuf,
     /// Servers to measure (names from [`SERVERS`]).
     pub servers: Vec<String>,
+    /// Only the points whose name starts with one of these (all if
+    /// empty), e.g. `chat`.
+    pub points: Vec<String>,
 }
 
 /// The servers `iocore bench` knows.
@@ -46,13 +49,45 @@ pub const SERVERS: [&str; 6] = [
     "epoll-floor",
 ];
 
+/// What a load shape exercises.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scenario {
+    /// Echo servers: the unit of work is a round trip.
+    Echo,
+    /// Chat servers (fan-out): the unit of work is a delivered message.
+    Chat,
+}
+
+impl Scenario {
+    /// The unit of work, for reports.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Scenario::Echo => "round trip",
+            Scenario::Chat => "delivery",
+        }
+    }
+
+    /// The unit of work, plural.
+    pub fn units(self) -> &'static str {
+        match self {
+            Scenario::Echo => "round trips",
+            Scenario::Chat => "deliveries",
+        }
+    }
+}
+
 /// One load shape.
 #[derive(Clone, Debug, Serialize)]
 pub struct Point {
     /// Short name.
     pub name: String,
+    /// Echo or chat.
+    pub scenario: Scenario,
     /// Connections.
     pub connections: usize,
+    /// Chat: rooms (connection i in room i % rooms).
+    pub rooms: usize,
     /// Bytes per message.
     pub size: usize,
     /// `None`: ping-pong; `Some(rate)`: open loop at `rate` per connection.
@@ -72,15 +107,16 @@ pub struct Run {
     pub point: String,
     /// Server name.
     pub server: String,
-    /// Round trips per second.
-    pub round_trips_per_sec: f64,
-    /// p99 latency, µs.
+    /// Units of work per second: round trips (echo) or deliveries (chat).
+    pub per_sec: f64,
+    /// p99 latency (of a round trip, or of a delivery), µs.
     pub p99_us: u64,
-    /// Server CPU µs per round trip.
-    pub cpu_us_per_round_trip: f64,
+    /// Server CPU µs per unit of work.
+    pub cpu_us_per_unit: f64,
     /// Server CPU percent of one core.
     pub cpu_percent: f64,
-    /// The client's verdict (all connected, no errors).
+    /// The client's verdict (all connected, no errors; chat: nothing lost
+    /// or misdelivered).
     pub ok: bool,
 }
 
@@ -124,15 +160,15 @@ pub struct Aggregate {
     pub server: String,
     /// Rounds that completed without errors.
     pub good_rounds: usize,
-    /// Round trips per second.
-    pub round_trips_per_sec: Spread,
+    /// Units of work (round trips or deliveries) per second.
+    pub per_sec: Spread,
     /// p99 latency, µs.
     pub p99_us: Spread,
-    /// Server CPU µs per round trip.
-    pub cpu_us_per_round_trip: Spread,
+    /// Server CPU µs per unit of work.
+    pub cpu_us_per_unit: Spread,
     /// Server CPU percent of one core.
     pub cpu_percent: Spread,
-    /// Median CPU µs per round trip over tokio's at the same point.
+    /// Median CPU µs per unit over tokio's at the same point.
     pub cpu_ratio_to_tokio: Option<f64>,
 }
 
@@ -178,27 +214,49 @@ fn points(quick: bool) -> Vec<Point> {
     let (d, w) = if quick { (1.5, 0.5) } else { (5.0, 1.0) };
     let pp = |name: &str, connections, size| Point {
         name: name.into(),
+        scenario: Scenario::Echo,
         connections,
+        rooms: 0,
         size,
         rate: None,
         duration_secs: d,
         warmup_secs: w,
     };
+    // Fan-out: members in rooms, each saying `rate` messages a second;
+    // every message reaches every member of its room.
+    let (cd, cw) = if quick { (3.0, 1.0) } else { (6.0, 2.0) };
+    let chat = |connections: usize, rooms: usize, rate: f64| Point {
+        name: format!("chat-{connections}c-{rooms}r-{rate}/s"),
+        scenario: Scenario::Chat,
+        connections,
+        rooms,
+        size: 32,
+        rate: Some(rate),
+        duration_secs: cd,
+        warmup_secs: cw,
+    };
     let seed = if quick { 2_000 } else { 10_000 };
-    vec![
+    let mut points = vec![
         pp("1c-100B", 1, 100),
         pp("100c-100B", 100, 100),
         pp("1000c-100B", 1000, 100),
         pp("100c-1000B", 100, 1000),
         Point {
             name: format!("{}kc-1msg/s", seed / 1000),
+            scenario: Scenario::Echo,
             connections: seed,
+            rooms: 0,
             size: 100,
             rate: Some(1.0),
             duration_secs: if quick { 4.0 } else { 12.0 },
             warmup_secs: if quick { 2.0 } else { 4.0 },
         },
-    ]
+    ];
+    match quick {
+        true => points.extend([chat(100, 1, 10.0), chat(500, 5, 2.0)]),
+        false => points.extend([chat(100, 1, 20.0), chat(1000, 10, 2.0), chat(1000, 10, 4.0)]),
+    }
+    points
 }
 
 /// Where the binaries are: next to this executable.
@@ -207,11 +265,18 @@ fn bin_dir() -> io::Result<PathBuf> {
     Ok(exe.parent().unwrap_or(Path::new(".")).to_path_buf())
 }
 
-fn program(server: &str, dir: &Path) -> io::Result<(PathBuf, Vec<String>)> {
+/// How to start `server` for `scenario`; `None` if it has no such app.
+fn program(server: &str, scenario: Scenario, dir: &Path) -> io::Result<Option<(PathBuf, Vec<String>)>> {
     let iocore = std::env::current_exe()?;
+    let app = match scenario {
+        Scenario::Echo => "echo",
+        Scenario::Chat => "chat",
+    };
     let serve = |engine: &str| {
         let args = [
             "serve",
+            "--app",
+            app,
             "--engine",
             engine,
             "--threads",
@@ -221,14 +286,17 @@ fn program(server: &str, dir: &Path) -> io::Result<(PathBuf, Vec<String>)> {
             "--log-level",
             "warn",
         ];
-        (iocore.clone(), args.iter().map(|s| s.to_string()).collect())
+        Some((iocore.clone(), args.iter().map(|s| s.to_string()).collect()))
     };
-    Ok(match server {
-        "iocore-epoll" => serve("epoll"),
-        "iocore-uring" => serve("uring"),
-        "tokio" | "monoio" | "compio" => (dir.join(format!("peer-{server}")), vec![]),
-        "epoll-floor" => (dir.join("peer-epoll"), vec![]),
-        other => {
+    let peer = |name: &str| Some((dir.join(format!("peer-{name}")), vec![]));
+    Ok(match (server, scenario) {
+        ("iocore-epoll", _) => serve("epoll"),
+        ("iocore-uring", _) => serve("uring"),
+        ("tokio", Scenario::Chat) => peer("tokio-chat"),
+        ("tokio" | "monoio" | "compio", Scenario::Echo) => peer(server),
+        ("epoll-floor", Scenario::Echo) => peer("epoll"),
+        ("monoio" | "compio" | "epoll-floor", Scenario::Chat) => None,
+        (other, _) => {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("unknown server '{other}' (known: {})", SERVERS.join(", ")),
@@ -240,7 +308,7 @@ fn program(server: &str, dir: &Path) -> io::Result<(PathBuf, Vec<String>)> {
 /// Builds the peer servers if any is missing.
 fn ensure_peers(dir: &Path, servers: &[String]) -> io::Result<()> {
     let needed = servers.iter().any(|s| !s.starts_with("iocore-"));
-    let missing = ["tokio", "monoio", "compio", "epoll"]
+    let missing = ["tokio", "tokio-chat", "monoio", "compio", "epoll"]
         .iter()
         .any(|p| !dir.join(format!("peer-{p}")).exists());
     if !needed || !missing {
@@ -276,8 +344,10 @@ struct Running {
 }
 
 impl Running {
-    fn start(server: &str, dir: &Path) -> io::Result<Running> {
-        let (prog, mut args) = program(server, dir)?;
+    /// Starts `server` for `scenario` (it must have that app).
+    fn start(server: &str, scenario: Scenario, dir: &Path) -> io::Result<Running> {
+        let (prog, mut args) = program(server, scenario, dir)?
+            .ok_or_else(|| io::Error::other(format!("{server} has no {scenario:?} server")))?;
         let addr = free_port()?;
         if server.starts_with("iocore-") {
             args.extend(["--addr".to_string(), addr.to_string()]);
@@ -314,8 +384,9 @@ impl Drop for Running {
     }
 }
 
-fn measure(point: &Point, server: &str, dir: &Path) -> io::Result<serde_json::Value> {
-    let running = Running::start(server, dir)?;
+/// Runs the load client against `server` at `point` and reads its report.
+fn measure(point: &Point, server: &str, dir: &Path, round: usize) -> io::Result<Run> {
+    let running = Running::start(server, point.scenario, dir)?;
     let mut cmd = Command::new("taskset");
     cmd.args(["-c", "1"]).arg(std::env::current_exe()?).arg("client");
     cmd.args([
@@ -338,6 +409,9 @@ fn measure(point: &Point, server: &str, dir: &Path) -> io::Result<serde_json::Va
         Some(rate) => cmd.args(["--rate", &rate.to_string()]),
         None => cmd.args(["--pipeline", "1"]),
     };
+    if point.scenario == Scenario::Chat {
+        cmd.args(["--scenario", "chat", "--rooms", &point.rooms.to_string()]);
+    }
     cmd.args([
         "--duration",
         &format!("{}s", point.duration_secs),
@@ -346,16 +420,36 @@ fn measure(point: &Point, server: &str, dir: &Path) -> io::Result<serde_json::Va
     ]);
     cmd.args(["--server-pid", &running.child.id().to_string()]);
     let out = cmd.stderr(Stdio::null()).output()?;
-    serde_json::from_slice(&out.stdout).map_err(|e| {
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
         io::Error::other(format!(
             "{server} at {}: client printed no report ({e})",
             point.name
         ))
+    })?;
+    let (per_sec, ok) = match point.scenario {
+        Scenario::Echo => (
+            v["round_trips_per_sec"].as_f64(),
+            v["errors"] == 0 && v["connected"] == point.connections,
+        ),
+        Scenario::Chat => (
+            v["deliveries_per_sec"].as_f64(),
+            v["errors"] == 0 && v["lost"] == 0 && v["misdelivered"] == 0 && v["joined"] == point.connections,
+        ),
+    };
+    Ok(Run {
+        round,
+        point: point.name.clone(),
+        server: server.to_string(),
+        per_sec: per_sec.unwrap_or(0.0),
+        p99_us: v["latency"]["p99_us"].as_u64().unwrap_or(0),
+        cpu_us_per_unit: v["server"]["cpu_us_per_round_trip"].as_f64().unwrap_or(0.0),
+        cpu_percent: v["server"]["cpu_percent"].as_f64().unwrap_or(0.0),
+        ok,
     })
 }
 
 fn idle_memory(server: &str, dir: &Path, connections: usize) -> io::Result<Memory> {
-    let running = Running::start(server, dir)?;
+    let running = Running::start(server, Scenario::Echo, dir)?;
     let pid = running.child.id();
     std::thread::sleep(Duration::from_millis(300));
     let before = crate::usage::usage(pid)?.rss_kib;
@@ -418,9 +512,9 @@ fn aggregate(points: &[Point], servers: &[String], runs: &[Run]) -> Vec<Aggregat
                 .collect();
             let spread = |f: &dyn Fn(&Run) -> f64| Spread::of(good.iter().map(|r| f(r)).collect());
             let (Some(rt), Some(p99), Some(cpu), Some(pct)) = (
-                spread(&|r| r.round_trips_per_sec),
+                spread(&|r| r.per_sec),
                 spread(&|r| r.p99_us as f64),
-                spread(&|r| r.cpu_us_per_round_trip),
+                spread(&|r| r.cpu_us_per_unit),
                 spread(&|r| r.cpu_percent),
             ) else {
                 continue;
@@ -430,16 +524,16 @@ fn aggregate(points: &[Point], servers: &[String], runs: &[Run]) -> Vec<Aggregat
                 point: p.name.clone(),
                 server: s.clone(),
                 good_rounds: good.len(),
-                round_trips_per_sec: rt,
+                per_sec: rt,
                 p99_us: p99,
-                cpu_us_per_round_trip: cpu,
+                cpu_us_per_unit: cpu,
                 cpu_percent: pct,
                 cpu_ratio_to_tokio: None,
             });
         }
         if let Some(tokio) = medians.get("tokio").copied() {
             for a in out.iter_mut().filter(|a| a.point == p.name) {
-                a.cpu_ratio_to_tokio = Some(a.cpu_us_per_round_trip.median / tokio);
+                a.cpu_ratio_to_tokio = Some(a.cpu_us_per_unit.median / tokio);
             }
         }
     }
@@ -455,10 +549,19 @@ pub fn run(opts: &BenchOptions) -> io::Result<Report> {
     let dir = bin_dir()?;
     ensure_peers(&dir, &opts.servers)?;
     for s in &opts.servers {
-        program(s, &dir)?;
+        program(s, Scenario::Echo, &dir)?;
     }
     crate::usage::raise_fd_limit()?;
-    let points = points(opts.quick);
+    let mut points = points(opts.quick);
+    if !opts.points.is_empty() {
+        points.retain(|p| opts.points.iter().any(|want| p.name.starts_with(want.as_str())));
+        if points.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no bench point has such a name",
+            ));
+        }
+    }
     let rounds = if opts.quick { 1 } else { opts.rounds.max(1) };
     let mut runs = Vec::new();
     for round in 0..rounds {
@@ -466,28 +569,26 @@ pub fn run(opts: &BenchOptions) -> io::Result<Report> {
             let n = opts.servers.len();
             for k in 0..n {
                 let server = &opts.servers[(k + round) % n];
-                eprint!("round {}/{rounds} {:<12} {:<13} ", round + 1, point.name, server);
-                let run = match measure(point, server, &dir) {
-                    Ok(v) => Run {
-                        round,
-                        point: point.name.clone(),
-                        server: server.clone(),
-                        round_trips_per_sec: v["round_trips_per_sec"].as_f64().unwrap_or(0.0),
-                        p99_us: v["latency"]["p99_us"].as_u64().unwrap_or(0),
-                        cpu_us_per_round_trip: v["server"]["cpu_us_per_round_trip"].as_f64().unwrap_or(0.0),
-                        cpu_percent: v["server"]["cpu_percent"].as_f64().unwrap_or(0.0),
-                        ok: v["errors"] == 0 && v["connected"] == point.connections,
-                    },
+                if program(server, point.scenario, &dir)?.is_none() {
+                    continue; // no such app (a chat point for an echo-only peer)
+                }
+                eprint!("round {}/{rounds} {:<20} {:<13} ", round + 1, point.name, server);
+                let run = match measure(point, server, &dir, round) {
+                    Ok(run) => run,
                     Err(e) => {
                         eprintln!("failed: {e}");
                         continue;
                     }
                 };
+                let unit = match point.scenario {
+                    Scenario::Echo => "rt",
+                    Scenario::Chat => "dlv",
+                };
                 eprintln!(
-                    "{:>9.0} rt/s  p99 {:>6} us  {:>5.2} us CPU/rt{}",
-                    run.round_trips_per_sec,
+                    "{:>9.0} {unit}/s  p99 {:>7} us  {:>5.2} us CPU/{unit}{}",
+                    run.per_sec,
                     run.p99_us,
-                    run.cpu_us_per_round_trip,
+                    run.cpu_us_per_unit,
                     if run.ok { "" } else { "  (errors)" }
                 );
                 runs.push(run);
@@ -496,7 +597,12 @@ pub fn run(opts: &BenchOptions) -> io::Result<Report> {
     }
     let idle = if opts.quick { 2_000 } else { 10_000 };
     let mut memory = Vec::new();
-    for s in &opts.servers {
+    // Idle memory belongs to a full run, not to a run of chosen points.
+    let servers = match opts.points.is_empty() {
+        true => &opts.servers[..],
+        false => &[],
+    };
+    for s in servers {
         eprint!("idle memory {s:<13} ");
         match idle_memory(s, &dir, idle) {
             Ok(m) => {
@@ -530,48 +636,65 @@ fn write(report: &Report, out: &Path, servers: &[String]) -> io::Result<()> {
         serde_json::to_string_pretty(report).map_err(io::Error::other)?,
     )?;
     std::fs::write(name(".md"), markdown(report))?;
-    let groups: Vec<String> = report.points.iter().map(|p| p.name.clone()).collect();
-    let bars = |f: &dyn Fn(&Aggregate) -> Spread| -> Vec<Vec<Option<svg::Bar>>> {
-        report
-            .points
+    // One set of charts per kind of point: echo (per round trip) and chat
+    // (per delivery) do not share a scale, nor all servers.
+    for (scenario, suffix, what) in [
+        (Scenario::Echo, "", "round trip"),
+        (Scenario::Chat, "-fanout", "delivered message"),
+    ] {
+        let points: Vec<&Point> = report.points.iter().filter(|p| p.scenario == scenario).collect();
+        let names: Vec<String> = servers
             .iter()
-            .map(|p| {
-                servers
+            .filter(|s| {
+                report
+                    .aggregates
                     .iter()
-                    .map(|s| {
-                        report
-                            .aggregates
-                            .iter()
-                            .find(|a| a.point == p.name && &a.server == s)
-                            .map(|a| {
-                                let v = f(a);
-                                svg::Bar {
-                                    value: v.median,
-                                    min: v.min,
-                                    max: v.max,
-                                }
-                            })
-                    })
-                    .collect()
+                    .any(|a| &a.server == *s && points.iter().any(|p| p.name == a.point))
             })
-            .collect()
-    };
-    let chart = svg::grouped_bars(
-        "Server CPU per round trip (lower is better)",
-        "µs",
-        &groups,
-        servers,
-        &bars(&|a| a.cpu_us_per_round_trip),
-    );
-    std::fs::write(name("-cpu.svg"), chart)?;
-    let chart = svg::grouped_bars(
-        "p99 latency (lower is better)",
-        "µs",
-        &groups,
-        servers,
-        &bars(&|a| a.p99_us),
-    );
-    std::fs::write(name("-p99.svg"), chart)?;
+            .cloned()
+            .collect();
+        if points.is_empty() || names.is_empty() {
+            continue;
+        }
+        let groups: Vec<String> = points.iter().map(|p| p.name.clone()).collect();
+        let bars = |f: &dyn Fn(&Aggregate) -> Spread| -> Vec<Vec<Option<svg::Bar>>> {
+            points
+                .iter()
+                .map(|p| {
+                    names
+                        .iter()
+                        .map(|s| {
+                            let a = report
+                                .aggregates
+                                .iter()
+                                .find(|a| a.point == p.name && &a.server == s)?;
+                            let v = f(a);
+                            Some(svg::Bar {
+                                value: v.median,
+                                min: v.min,
+                                max: v.max,
+                            })
+                        })
+                        .collect()
+                })
+                .collect()
+        };
+        let title = format!("Server CPU per {what} (lower is better)");
+        let chart = svg::grouped_bars(&title, "µs", &groups, &names, &bars(&|a| a.cpu_us_per_unit));
+        std::fs::write(name(&format!("{suffix}-cpu.svg")), chart)?;
+        let chart = svg::grouped_bars(
+            "p99 latency (lower is better)",
+            "µs",
+            &groups,
+            &names,
+            &bars(&|a| a.p99_us),
+        );
+        std::fs::write(name(&format!("{suffix}-p99.svg")), chart)?;
+    }
+    if report.memory.is_empty() {
+        eprintln!("wrote {}.json, .md and SVG charts", base.display());
+        return Ok(());
+    }
     let mem: Vec<Vec<Option<svg::Bar>>> = vec![servers
         .iter()
         .map(|s| {
@@ -594,7 +717,10 @@ fn write(report: &Report, out: &Path, servers: &[String]) -> io::Result<()> {
         &mem,
     );
     std::fs::write(name("-memory.svg"), chart)?;
-    eprintln!("wrote {}.json, .md and -cpu/-p99/-memory.svg", base.display());
+    eprintln!(
+        "wrote {}.json, .md and -cpu/-p99/-fanout-cpu/-fanout-p99/-memory.svg",
+        base.display()
+    );
     Ok(())
 }
 
@@ -609,24 +735,31 @@ pub fn markdown(r: &Report) -> String {
         r.command
     );
     for p in &r.points {
-        let shape = match p.rate {
-            Some(rate) => format!("open loop, {rate} msg/s per connection"),
-            None => "ping-pong".into(),
+        let shape = match (p.scenario, p.rate) {
+            (Scenario::Chat, rate) => format!(
+                "fan-out, {} room(s) of {}, each member saying {} msg/s",
+                p.rooms,
+                p.connections / p.rooms.max(1),
+                rate.unwrap_or(0.0)
+            ),
+            (Scenario::Echo, Some(rate)) => format!("open loop, {rate} msg/s per connection"),
+            (Scenario::Echo, None) => "ping-pong".into(),
         };
         s += &format!(
             "### {}: {} connections × {} B, {shape}, {}s (warmup {}s)\n\n",
             p.name, p.connections, p.size, p.duration_secs, p.warmup_secs
         );
-        s += "| server | round trips/s | p99 µs | server CPU µs/round trip | CPU % | CPU vs tokio |\n";
+        let (unit, units) = (p.scenario.unit(), p.scenario.units());
+        s += &format!("| server | {units}/s | p99 µs | server CPU µs/{unit} | CPU % | CPU vs tokio |\n");
         s += "|---|---|---|---|---|---|\n";
         for a in r.aggregates.iter().filter(|a| a.point == p.name) {
             let f = |x: Spread, d: usize| format!("{:.d$} ({:.d$}–{:.d$})", x.median, x.min, x.max);
             s += &format!(
                 "| {} | {} | {} | {} | {:.0} | {} |\n",
                 a.server,
-                f(a.round_trips_per_sec, 0),
+                f(a.per_sec, 0),
                 f(a.p99_us, 0),
-                f(a.cpu_us_per_round_trip, 2),
+                f(a.cpu_us_per_unit, 2),
                 a.cpu_percent.median,
                 a.cpu_ratio_to_tokio.map_or("–".into(), |x| format!("{x:.2}")),
             );

@@ -173,7 +173,7 @@ pub(crate) trait Driver<H: Handler> {
                 Command::Remote(Remote::Publish { topic, buf }) => self.fan_out(&topic, &buf, None)?,
             }
         }
-        Ok(())
+        self.uncork()
     }
 
     /// Fans out the publishes this worker's sessions made during their
@@ -181,22 +181,27 @@ pub(crate) trait Driver<H: Handler> {
     /// each) and to the subscribers here. Publishes made meanwhile (by
     /// handlers the deliveries woke) are fanned out in the same call.
     fn deliver_published(&mut self) -> io::Result<()> {
+        let core = self.core();
+        core.w.stats.delivered(core.hub.own_deliveries.replace(0));
         loop {
             let batch = std::mem::take(&mut *self.core().hub.pending.borrow_mut());
-            if batch.is_empty() {
+            if batch.is_empty() && self.core().corked.is_empty() {
                 return Ok(());
             }
             for p in batch {
                 self.core().published(&p);
                 self.fan_out(&p.topic, &p.buf, p.skip)?;
             }
+            self.uncork()?;
         }
     }
 
     /// Queues `buf` on every subscriber of `topic` on this worker (but
-    /// `skip`) — a clone of the one buffer each — and settles each. A
-    /// subscriber whose queue would go over its cap is closed
-    /// (`SendQueueFull`, counted for the topic); the others go on.
+    /// `skip`) — a clone of the one buffer each. The subscribers are
+    /// settled (flushed) once, by [`Driver::uncork`], after every message
+    /// of the batch was queued: a subscriber gets all of them with one
+    /// gather write. A subscriber whose queue would go over its cap is
+    /// closed (`SendQueueFull`, counted for the topic); the others go on.
     fn fan_out(&mut self, topic: &str, buf: &Bytes, skip: Option<u64>) -> io::Result<()> {
         let core = self.core();
         let mut tokens = std::mem::take(&mut core.fan_out);
@@ -218,7 +223,10 @@ pub(crate) trait Driver<H: Handler> {
                 }
                 Err(_) => {}
             }
-            self.settle(token)?;
+            if !slot.corked {
+                slot.corked = true;
+                self.core().corked.push(token);
+            }
         }
         if let Some(c) = &counters {
             c.delivered(delivered);
@@ -226,6 +234,20 @@ pub(crate) trait Driver<H: Handler> {
         let core = self.core();
         core.w.stats.delivered(delivered);
         core.fan_out = tokens;
+        Ok(())
+    }
+
+    /// Settles every session a fan-out queued messages on, once each.
+    fn uncork(&mut self) -> io::Result<()> {
+        let mut corked = std::mem::take(&mut self.core().corked);
+        for &token in &corked {
+            if let Some((_, slot)) = self.core().slot(token) {
+                slot.corked = false;
+                self.settle(token)?;
+            }
+        }
+        corked.clear();
+        self.core().corked = corked;
         Ok(())
     }
 
@@ -334,6 +356,8 @@ pub(crate) struct Slot<H, S> {
     pub io: S,
     queued_seen: u32,
     paused_seen: bool,
+    /// A fan-out queued messages on it; it is settled once they all are.
+    corked: bool,
 }
 
 impl<H: Handler, S> Slot<H, S> {
@@ -407,6 +431,9 @@ pub(crate) struct Core<H, S> {
     pub hub: Hub,
     /// Subscriber tokens of the topic being fanned out (kept to reuse).
     fan_out: Vec<u64>,
+    /// Sessions a fan-out queued messages on, to settle once (see
+    /// `Driver::uncork`).
+    corked: Vec<u64>,
 }
 
 impl<H: Handler, S> Core<H, S> {
@@ -427,6 +454,7 @@ impl<H: Handler, S> Core<H, S> {
             per_ip_warning: Quiet::default(),
             hub,
             fan_out: Vec::new(),
+            corked: Vec::new(),
         }
     }
 
@@ -671,6 +699,7 @@ impl<H: Handler, S> Core<H, S> {
             io,
             queued_seen: 0,
             paused_seen: false,
+            corked: false,
         })
     }
 

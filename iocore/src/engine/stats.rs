@@ -173,8 +173,8 @@ pub struct Stats {
     /// Messages the sessions published (`Session::publish`; publishes from
     /// other threads are counted per topic only).
     pub publishes: u64,
-    /// Messages topics fanned out to subscribers (one per subscriber; the
-    /// publisher's own copy is not counted here).
+    /// Messages topics queued on subscribers, one per subscriber (the
+    /// publisher's own copy included, as in [`crate::TopicStats`]).
     pub deliveries: u64,
     /// Bytes queued for sending and not yet taken by the kernel.
     pub queued_bytes: u64,

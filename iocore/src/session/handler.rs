@@ -412,6 +412,9 @@ impl Session<'_> {
                 .topics
                 .borrow()
                 .count_own_delivery(topic, delivered.is_ok());
+            if delivered.is_ok() {
+                self.hub.own_deliveries.set(self.hub.own_deliveries.get() + 1);
+            }
         }
         self.defer_publish(topic, buf, me);
     }

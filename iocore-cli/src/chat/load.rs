@@ -1,0 +1,555 @@
+//! The fan-out load client (`iocore client --scenario chat`): `connections`
+//! chat members, member `i` in room `i % rooms`. Once every member has
+//! joined, each says `rate` messages a second on a fixed schedule (open
+//! loop). Every text carries its sender, its number and its scheduled
+//! time, so each member checks that it receives every message of its room
+//! exactly once, each sender's in order, and nothing from other rooms; the
+//! delivery latency is counted from the *scheduled* send time.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use iocore::packet::{PacketHandler, Packets, MAX_PACKET};
+use iocore::{Client, CloseReason, EngineKind, Session};
+
+use super::protocol::{self, FromServer};
+use crate::report::{self, new_histogram, server_usage, Latency, ServerUsage};
+
+/// Bytes of the stamp that starts every text: sender, number, time.
+const STAMP: usize = 6 + 1 + 10 + 1 + 13;
+/// Most error lines kept.
+const MAX_ERRORS: usize = 20;
+
+/// What the chat load client does.
+#[derive(Clone, Debug)]
+pub struct ChatOptions {
+    /// The chat server.
+    pub addr: SocketAddr,
+    /// I/O model of the client.
+    pub engine: EngineKind,
+    /// Client worker threads.
+    pub threads: usize,
+    /// Members.
+    pub connections: usize,
+    /// Rooms (member `i` joins room `i % rooms`).
+    pub rooms: usize,
+    /// Messages each member says per second.
+    pub rate: f64,
+    /// Bytes of text per message (at least the 31-byte stamp).
+    pub size: usize,
+    /// Messages per member; `None`: until `duration` or a stop.
+    pub count: Option<u64>,
+    /// Stop saying after this long, warmup included.
+    pub duration: Option<Duration>,
+    /// Deliveries of messages scheduled in this first stretch are not
+    /// measured.
+    pub warmup: Duration,
+    /// After saying stopped, how long to wait for the last deliveries.
+    pub drain_timeout: Duration,
+    /// Measure this process's CPU and memory (the server's).
+    pub server_pid: Option<u32>,
+}
+
+impl Default for ChatOptions {
+    fn default() -> ChatOptions {
+        ChatOptions {
+            addr: SocketAddr::from(([127, 0, 0, 1], 7777)),
+            engine: EngineKind::Auto,
+            threads: 1,
+            connections: 10,
+            rooms: 1,
+            rate: 1.0,
+            size: 32,
+            count: None,
+            duration: None,
+            warmup: Duration::ZERO,
+            drain_timeout: Duration::from_secs(5),
+            server_pid: None,
+        }
+    }
+}
+
+/// What a chat run did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ChatSummary {
+    /// Server address.
+    pub addr: String,
+    /// Members asked for.
+    pub connections: usize,
+    /// Members that joined their room.
+    pub joined: u64,
+    /// Rooms.
+    pub rooms: usize,
+    /// Messages said.
+    pub messages: u64,
+    /// Messages received (every member gets every message of its room,
+    /// its own included).
+    pub deliveries: u64,
+    /// Deliveries the messages said called for.
+    pub expected_deliveries: u64,
+    /// Deliveries that never came.
+    pub lost: u64,
+    /// Messages received twice, out of their sender's order, or from
+    /// another room.
+    pub misdelivered: u64,
+    /// Deliveries inside the measured window.
+    pub measured_deliveries: u64,
+    /// Length of the measured window (after warmup), seconds.
+    pub window_secs: f64,
+    /// Measured deliveries per second.
+    pub deliveries_per_sec: f64,
+    /// Delivery latency, from the scheduled send time.
+    pub latency: Latency,
+    /// Server usage per measured delivery, with `server_pid`.
+    pub server: Option<ServerUsage>,
+    /// Members that failed or were closed other than by the client.
+    pub errors: u64,
+    /// The first few error descriptions.
+    pub error_lines: Vec<String>,
+    /// Wall time of the run, seconds.
+    pub elapsed_secs: f64,
+}
+
+impl ChatSummary {
+    /// Every member joined, no errors, nothing lost or misdelivered.
+    pub fn ok(&self) -> bool {
+        self.errors == 0 && self.lost == 0 && self.misdelivered == 0 && self.joined == self.connections as u64
+    }
+
+    fn error(&mut self, line: String) {
+        self.errors += 1;
+        if self.error_lines.len() < MAX_ERRORS {
+            self.error_lines.push(line);
+        }
+    }
+}
+
+impl fmt::Display for ChatSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let l = &self.latency;
+        writeln!(
+            f,
+            "members:     {} requested, {} joined, {} rooms",
+            self.connections, self.joined, self.rooms
+        )?;
+        writeln!(
+            f,
+            "messages:    {} said, {} delivered of {} due",
+            self.messages, self.deliveries, self.expected_deliveries
+        )?;
+        writeln!(
+            f,
+            "throughput:  {:.0} deliveries/s over {:.2}s",
+            self.deliveries_per_sec, self.window_secs
+        )?;
+        writeln!(
+            f,
+            "latency us:  p50 {} p90 {} p99 {} p99.9 {} max {} ({} samples)",
+            l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, l.samples
+        )?;
+        if let Some(s) = &self.server {
+            writeln!(
+                f,
+                "server:      {:.2} us CPU per delivery, {:.1}% CPU, {} KiB RSS",
+                s.cpu_us_per_round_trip, s.cpu_percent, s.rss_kib
+            )?;
+        }
+        writeln!(
+            f,
+            "verify:      {} lost, {} misdelivered",
+            self.lost, self.misdelivered
+        )?;
+        writeln!(f, "errors:      {}", self.errors)?;
+        for line in &self.error_lines {
+            writeln!(f, "  {line}")?;
+        }
+        write!(
+            f,
+            "elapsed:     {:.3}s — {}",
+            self.elapsed_secs,
+            if self.ok() { "OK" } else { "FAILED" }
+        )
+    }
+}
+
+/// The text of message `seq` from member `sender`, scheduled `at_us` after
+/// the run's start, `size` bytes.
+pub fn text(sender: usize, seq: u64, at_us: u64, size: usize) -> String {
+    let mut t = format!("{sender:06}.{seq:010}.{at_us:013}");
+    let pad = size.saturating_sub(t.len());
+    t.extend(std::iter::repeat('.').take(pad));
+    t
+}
+
+/// Sender, number and scheduled time of a text made by [`text`].
+pub fn parse(text: &str) -> Option<(usize, u64, u64)> {
+    let stamp = text.get(..STAMP)?;
+    let mut parts = stamp.split('.');
+    let sender = parts.next()?.parse().ok()?;
+    let seq = parts.next()?.parse().ok()?;
+    let at = parts.next()?.parse().ok()?;
+    Some((sender, seq, at))
+}
+
+struct Shared {
+    opts: ChatOptions,
+    stop: Arc<AtomicBool>,
+    start: Instant,
+    /// When saying starts (once every member joined), µs after `start`.
+    go_us: AtomicU64,
+    joined: AtomicUsize,
+    /// Messages each member said (read once everyone stopped).
+    said: Vec<AtomicU64>,
+    /// Members that stopped saying.
+    done_saying: AtomicUsize,
+    measured: AtomicU64,
+    summary: Mutex<(ChatSummary, usize)>,
+    histogram: Mutex<Histogram<u64>>,
+    done: Condvar,
+}
+
+impl Shared {
+    fn now_us(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+
+    fn all_said(&self) -> bool {
+        self.done_saying.load(Ordering::Acquire) == self.opts.connections
+    }
+
+    /// Saying stops: by count, the duration, or a stop.
+    fn should_stop(&self, seq: u64, at_us: u64) -> bool {
+        self.stop.load(Ordering::Relaxed)
+            || self.opts.count.is_some_and(|c| seq >= c)
+            || self.opts.duration.is_some_and(|d| at_us >= d.as_micros() as u64)
+    }
+}
+
+/// One member.
+struct Member {
+    index: usize,
+    room: usize,
+    shared: Arc<Shared>,
+    joined: bool,
+    saying: bool,
+    /// Its count of messages said is final and published.
+    said_final: bool,
+    said: u64,
+    /// Next number expected from each member of the room (by `sender /
+    /// rooms`).
+    next: Vec<u64>,
+    received: u64,
+    misdelivered: u64,
+    first_problem: Option<String>,
+    /// µs after start of this member's next message.
+    due_us: u64,
+    period_us: f64,
+    drain_until: Option<Instant>,
+}
+
+impl Member {
+    fn new(index: usize, shared: Arc<Shared>) -> Member {
+        report::local_join();
+        let rooms = shared.opts.rooms;
+        let room = index % rooms;
+        let members = (shared.opts.connections - room).div_ceil(rooms);
+        let period_us = 1e6 / shared.opts.rate;
+        Member {
+            index,
+            room,
+            joined: false,
+            saying: false,
+            said_final: false,
+            said: 0,
+            next: vec![0; members],
+            received: 0,
+            misdelivered: 0,
+            first_problem: None,
+            due_us: 0,
+            period_us,
+            drain_until: None,
+            shared,
+        }
+    }
+
+    fn problem(&mut self, what: String) {
+        self.misdelivered += 1;
+        if self.first_problem.is_none() {
+            self.first_problem = Some(format!("member {}: {what}", self.index));
+        }
+    }
+
+    /// Says every message due, then sleeps until the next one.
+    fn say_due(&mut self, s: &mut Session<'_>) {
+        let now = self.shared.now_us();
+        while self.due_us <= now {
+            if self.shared.should_stop(self.said, self.due_us) {
+                return self.stop_saying(s);
+            }
+            let t = text(self.index, self.said, self.due_us, self.shared.opts.size);
+            if s.send(protocol::say(&t)).is_err() {
+                return;
+            }
+            self.said += 1;
+            self.due_us = self.shared.go_us.load(Ordering::Relaxed)
+                + (self.said as f64 * self.period_us) as u64
+                + self.offset_us();
+        }
+        s.set_timer(Duration::from_micros(self.due_us - now));
+    }
+
+    /// This member's place in the schedule: members are spread over one
+    /// period so that they do not all say at once.
+    fn offset_us(&self) -> u64 {
+        (self.period_us * self.index as f64 / self.shared.opts.connections as f64) as u64
+    }
+
+    fn stop_saying(&mut self, s: &mut Session<'_>) {
+        self.saying = false;
+        self.publish_said();
+        self.drain_until = Some(Instant::now() + self.shared.opts.drain_timeout);
+        s.set_timer(Duration::from_millis(5));
+    }
+
+    /// This member says no more: its count is final (once).
+    fn publish_said(&mut self) {
+        if !self.said_final {
+            self.said_final = true;
+            self.shared.said[self.index].store(self.said, Ordering::Release);
+            self.shared.done_saying.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Everything the room's members said has arrived.
+    fn complete(&self) -> bool {
+        let rooms = self.shared.opts.rooms;
+        self.shared.all_said()
+            && self
+                .next
+                .iter()
+                .enumerate()
+                .all(|(k, &n)| n == self.shared.said[self.room + k * rooms].load(Ordering::Acquire))
+    }
+
+    fn delivered(&mut self, text: &str) {
+        let Some((sender, seq, at_us)) = parse(text) else {
+            return self.problem(format!("a message without a stamp: {text:?}"));
+        };
+        let rooms = self.shared.opts.rooms;
+        if sender >= self.shared.opts.connections || sender % rooms != self.room {
+            return self.problem(format!("message from member {sender}, not of room {}", self.room));
+        }
+        let want = &mut self.next[sender / rooms];
+        if seq != *want {
+            let what = format!("message {seq} of member {sender} where {want} was due");
+            *want = (*want).max(seq + 1);
+            return self.problem(what);
+        }
+        *want += 1;
+        self.received += 1;
+        if at_us >= self.shared.opts.warmup.as_micros() as u64 {
+            self.shared.measured.fetch_add(1, Ordering::Relaxed);
+            report::local_record(self.shared.now_us().saturating_sub(at_us));
+        }
+    }
+}
+
+impl PacketHandler for Member {
+    fn on_connected(&mut self, s: &mut Session<'_>) {
+        let _ = s.send(protocol::join(&format!("room-{}", self.room)));
+    }
+
+    fn on_packet(&mut self, s: &mut Session<'_>, id: u16, body: &[u8]) {
+        match protocol::from_server(id, body) {
+            Ok(FromServer::Joined { .. }) if !self.joined => {
+                self.joined = true;
+                if self.shared.joined.fetch_add(1, Ordering::AcqRel) + 1 == self.shared.opts.connections {
+                    self.shared
+                        .go_us
+                        .store(self.shared.now_us() + 10_000, Ordering::Release);
+                }
+                s.set_timer(Duration::from_millis(1));
+            }
+            Ok(FromServer::Msg { text, .. }) => {
+                self.delivered(text);
+                if self.drain_until.is_some() && self.complete() {
+                    s.close();
+                }
+            }
+            Ok(other) => self.problem(format!("unexpected {other:?}")),
+            Err(e) => self.problem(e),
+        }
+    }
+
+    fn on_timer(&mut self, s: &mut Session<'_>) {
+        if let Some(until) = self.drain_until {
+            if self.complete() || Instant::now() >= until {
+                s.close();
+            } else {
+                s.set_timer(Duration::from_millis(5));
+            }
+            return;
+        }
+        if !self.saying {
+            // Waiting for every member to join.
+            if self.shared.joined.load(Ordering::Acquire) < self.shared.opts.connections {
+                if self.shared.stop.load(Ordering::Relaxed) {
+                    return self.stop_saying(s);
+                }
+                s.set_timer(Duration::from_millis(1));
+                return;
+            }
+            self.saying = true;
+            self.due_us = self.shared.go_us.load(Ordering::Acquire) + self.offset_us();
+        }
+        self.say_due(s);
+    }
+
+    fn on_disconnected(&mut self, reason: CloseReason) {
+        report::local_leave(&self.shared.histogram);
+        self.publish_said();
+        let mut guard = self.shared.summary.lock().unwrap_or_else(|p| p.into_inner());
+        let (sum, done) = &mut *guard;
+        sum.joined += self.joined as u64;
+        sum.messages += self.said;
+        sum.deliveries += self.received;
+        sum.misdelivered += self.misdelivered;
+        if let Some(p) = self.first_problem.take() {
+            sum.error_lines.truncate(MAX_ERRORS - 1);
+            sum.error_lines.push(p);
+        }
+        if !matches!(reason, CloseReason::LocalClose) {
+            sum.error(format!("member {}: {reason}", self.index));
+        }
+        *done += 1;
+        self.shared.done.notify_all();
+    }
+}
+
+fn invalid(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg.to_string())
+}
+
+/// Runs the chat load until every member is done (said its count or the
+/// duration, and received what its room said, or the drain timeout), or
+/// `stop` is set. Fails only if the client cannot start.
+pub fn run(opts: &ChatOptions, stop: Arc<AtomicBool>) -> io::Result<ChatSummary> {
+    if opts.connections == 0 || opts.rooms == 0 || opts.rooms > opts.connections {
+        return Err(invalid("need at least one member per room and one room"));
+    }
+    if !(opts.rate > 0.0 && opts.rate.is_finite()) {
+        return Err(invalid("rate must be a positive number of messages per second"));
+    }
+    if opts.size < STAMP || opts.size > MAX_PACKET - 64 {
+        return Err(invalid(&format!(
+            "text size must be between {STAMP} and {} bytes",
+            MAX_PACKET - 64
+        )));
+    }
+    if opts.count.is_none() && opts.duration.is_none() {
+        return Err(invalid("give --count or --duration: the chat load needs an end"));
+    }
+    let client = Client::builder()
+        .engine(opts.engine)
+        .threads(opts.threads)
+        .max_sessions(opts.connections)
+        .start::<Packets<Member>>()?;
+    let shared = Arc::new(Shared {
+        opts: opts.clone(),
+        stop,
+        start: Instant::now(),
+        go_us: AtomicU64::new(0),
+        joined: AtomicUsize::new(0),
+        said: (0..opts.connections).map(|_| AtomicU64::new(0)).collect(),
+        done_saying: AtomicUsize::new(0),
+        measured: AtomicU64::new(0),
+        summary: Mutex::new((ChatSummary::default(), 0)),
+        histogram: Mutex::new(new_histogram()),
+        done: Condvar::new(),
+    });
+    for index in 0..opts.connections {
+        let shared = shared.clone();
+        client.connect(opts.addr, move || {
+            Packets::new(Member::new(index, shared)).max_packet(MAX_PACKET)
+        })?;
+    }
+    // Measure between the warmup's end and the end of saying.
+    let (mut window, mut usage_from, mut measured_from) = ((None, None), None, 0);
+    let mut guard = shared.summary.lock().unwrap_or_else(|p| p.into_inner());
+    while guard.1 < opts.connections {
+        guard = shared
+            .done
+            .wait_timeout(guard, Duration::from_millis(20))
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+        let go = shared.go_us.load(Ordering::Acquire);
+        if go == 0 {
+            continue;
+        }
+        let now = Instant::now();
+        if window.0.is_none() && shared.now_us() >= go + opts.warmup.as_micros() as u64 {
+            window.0 = Some(now);
+            usage_from = server_usage(opts.server_pid);
+            measured_from = shared.measured.load(Ordering::Relaxed);
+        }
+        if window.0.is_some() && window.1.is_none() && shared.all_said() {
+            window.1 = Some((
+                now,
+                shared.measured.load(Ordering::Relaxed),
+                server_usage(opts.server_pid),
+            ));
+        }
+    }
+    let mut summary = guard.0.clone();
+    drop(guard);
+    client.shutdown(Duration::from_secs(1))?;
+    summary.addr = opts.addr.to_string();
+    summary.connections = opts.connections;
+    summary.rooms = opts.rooms;
+    let said: Vec<u64> = shared.said.iter().map(|s| s.load(Ordering::Acquire)).collect();
+    summary.expected_deliveries = (0..opts.rooms)
+        .map(|r| {
+            let members = (opts.connections - r).div_ceil(opts.rooms) as u64;
+            let room_said: u64 = said.iter().skip(r).step_by(opts.rooms).sum();
+            room_said * members
+        })
+        .sum();
+    summary.lost = summary.expected_deliveries.saturating_sub(summary.deliveries);
+    if let (Some(from), Some((to, measured_to, usage_to))) = (window.0, window.1) {
+        summary.window_secs = (to - from).as_secs_f64();
+        summary.measured_deliveries = measured_to - measured_from;
+        summary.deliveries_per_sec = summary.measured_deliveries as f64 / summary.window_secs.max(1e-9);
+        if let (Some(a), Some(b)) = (usage_from, usage_to) {
+            summary.server = Some(ServerUsage::between(
+                a,
+                b,
+                summary.measured_deliveries,
+                summary.window_secs,
+            ));
+        }
+    }
+    summary.latency = Latency::from_histogram(&shared.histogram.lock().unwrap_or_else(|p| p.into_inner()));
+    summary.elapsed_secs = shared.start.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn texts_carry_sender_number_and_time() {
+        let t = text(42, 7, 1_234_567, 40);
+        assert_eq!(t.len(), 40);
+        assert_eq!(parse(&t), Some((42, 7, 1_234_567)));
+        assert_eq!(text(1, 2, 3, 10).len(), STAMP, "never shorter than the stamp");
+        assert_eq!(parse("hello"), None);
+    }
+}

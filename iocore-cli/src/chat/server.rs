@@ -1,0 +1,107 @@
+//! The chat server (`iocore serve --app chat`): each room is a topic, each
+//! message a packet. A SAY is published once to the room's topic — one
+//! buffer, shared by every member's send queue on every worker.
+//!
+//! A SAY outside a room gets an ERROR; anything a client could not have
+//! meant (an unknown packet id, text that is not UTF-8, a room name not 1
+//! to 64 bytes long, text too long to relay) closes that session with a
+//! protocol-violation reason.
+
+use std::borrow::Cow;
+
+use iocore::packet::{PacketHandler, Packets, HEADER};
+use iocore::{CloseReason, Session};
+
+use super::protocol::{self, MAX_ROOM, MSG_OVERHEAD};
+
+/// Topics of rooms are named `room:<name>`.
+const ROOM: &str = "room:";
+
+/// One chat member's session.
+#[derive(Debug)]
+pub struct ChatSession {
+    /// The topic of the room joined, if any.
+    topic: Option<Box<str>>,
+    /// Longest text a MSG can relay within the packet limit.
+    max_text: usize,
+}
+
+/// A chat session for packets of at most `max_packet` bytes.
+pub fn handler(max_packet: usize) -> Packets<ChatSession> {
+    let session = ChatSession {
+        topic: None,
+        max_text: max_packet - HEADER - MSG_OVERHEAD,
+    };
+    Packets::new(session).max_packet(max_packet)
+}
+
+fn violation(s: &mut Session<'_>, what: impl Into<Cow<'static, str>>) {
+    s.close_with(CloseReason::protocol(what));
+}
+
+impl ChatSession {
+    fn join(&mut self, s: &mut Session<'_>, body: &[u8]) {
+        let Ok(room) = std::str::from_utf8(body) else {
+            return violation(s, "JOIN: room name is not UTF-8");
+        };
+        if room.is_empty() || room.len() > MAX_ROOM {
+            return violation(
+                s,
+                format!("JOIN: room name of {} bytes (1 to {MAX_ROOM})", room.len()),
+            );
+        }
+        if let Some(old) = self.topic.take() {
+            s.unsubscribe(&old);
+        }
+        let topic: Box<str> = format!("{ROOM}{room}").into();
+        s.subscribe(&topic);
+        let members = s.subscribers(&topic).min(u32::MAX as u64) as u32;
+        self.topic = Some(topic);
+        let _ = s.send(protocol::joined(members, room));
+    }
+
+    fn say(&mut self, s: &mut Session<'_>, body: &[u8]) {
+        if std::str::from_utf8(body).is_err() {
+            return violation(s, "SAY: text is not UTF-8");
+        }
+        if body.len() > self.max_text {
+            return violation(
+                s,
+                format!(
+                    "SAY: text of {} bytes (at most {} fit a MSG)",
+                    body.len(),
+                    self.max_text
+                ),
+            );
+        }
+        let Some(topic) = &self.topic else {
+            let _ = s.send(protocol::error("join a room first"));
+            return;
+        };
+        let msg = protocol::msg(s.id().as_u64(), body);
+        s.publish(topic, msg);
+    }
+
+    fn leave(&mut self, s: &mut Session<'_>) {
+        match self.topic.take() {
+            Some(topic) => {
+                s.unsubscribe(&topic);
+                let _ = s.send(protocol::left());
+            }
+            None => {
+                let _ = s.send(protocol::error("not in a room"));
+            }
+        }
+    }
+}
+
+impl PacketHandler for ChatSession {
+    fn on_packet(&mut self, s: &mut Session<'_>, id: u16, body: &[u8]) {
+        match id {
+            protocol::JOIN => self.join(s, body),
+            protocol::SAY => self.say(s, body),
+            protocol::LEAVE => self.leave(s),
+            other => violation(s, format!("unknown packet id {other}")),
+        }
+    }
+}
