@@ -5,81 +5,10 @@
 //! missing tmux fails the test).
 #![cfg(unix)]
 
-use std::process::Command;
-use std::time::{Duration, Instant};
-
 use iocore::EngineKind;
 use iocore_testkit::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_iocore");
-
-/// A private tmux server, killed on drop.
-struct Tmux {
-    socket: String,
-}
-
-impl Tmux {
-    fn new(tag: &str) -> Option<Tmux> {
-        if Command::new("tmux").arg("-V").output().is_err() {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "tmux is missing (.ci/run installs it)"
-            );
-            eprintln!("SKIPPED: tmux is not installed");
-            return None;
-        }
-        Some(Tmux {
-            socket: format!("iocore-test-{}-{tag}", std::process::id()),
-        })
-    }
-
-    fn run(&self, args: &[&str]) -> String {
-        let out = Command::new("tmux")
-            .args(["-L", &self.socket])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "tmux {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// A detached session `name` running `command`.
-    fn start(&self, name: &str, command: &str) {
-        self.run(&["new-session", "-d", "-s", name, "-x", "120", "-y", "30", command]);
-    }
-
-    fn screen(&self, name: &str) -> String {
-        self.run(&["capture-pane", "-p", "-t", name])
-    }
-
-    /// Waits until `name`'s screen shows `text`; returns the screen.
-    fn wait_for(&self, name: &str, text: &str) -> String {
-        let start = Instant::now();
-        loop {
-            let screen = self.screen(name);
-            if screen.contains(text) {
-                return screen;
-            }
-            assert!(
-                start.elapsed() < PATIENCE,
-                "{name} never showed {text:?}:\n{screen}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["-L", &self.socket, "kill-server"])
-            .output();
-    }
-}
 
 /// The id shown in `[w0#3.0] text` lines.
 fn sender_of<'a>(screen: &'a str, text: &str) -> &'a str {

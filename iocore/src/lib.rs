@@ -116,12 +116,17 @@
 //!
 //! No async runtime, no CLI, serialization or histogram crate: those are
 //! the `iocore` command's, and CI fails if one appears here. Integrations
-//! that need more (metrics exposition, PROXY protocol, a Redis bridge) are
-//! opt-in cargo features, off by default, each listed here when it lands.
+//! that need more are opt-in cargo features, off by default:
+//!
+//! | feature | adds | crates |
+//! |---|---|---|
+//! | `metrics` | the `metrics` module: Prometheus metrics of a server, served at `/metrics` by an iocore server of its own (`ServerBuilder::metrics`) | `prometheus-client`, `httparse` |
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod engine;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod packet;
 pub mod service;
 pub mod session;
@@ -130,7 +135,7 @@ mod sys;
 pub mod topic;
 
 pub use bytes::Bytes;
-pub use engine::{EngineError, EngineKind, Keepalive, Stats};
+pub use engine::{AcceptErrorKind, EngineError, EngineKind, Keepalive, Stats};
 pub use service::{
     Accept, Client, ClientBuilder, ClientHandle, Server, ServerBuilder, ServerHandle, ToSessionError,
 };

@@ -242,6 +242,7 @@ impl<P: PacketHandler> Handler for Packets<P> {
         loop {
             match decode(&data[used..], self.max) {
                 Ok(Some(frame)) => {
+                    s.count_received_message();
                     self.inner.on_packet(s, frame.id, frame.body);
                     used += frame.len;
                     if !s.is_open() || s.is_recv_paused() {

@@ -106,6 +106,13 @@ impl Registry {
         self.lock().get(name).map_or(0, |c| c.subscribers.load(Relaxed))
     }
 
+    /// Topics with a subscriber, and subscriptions over all of them.
+    pub fn totals(&self) -> (usize, u64) {
+        let topics = self.lock();
+        let subscriptions = topics.values().map(|c| c.subscribers.load(Relaxed)).sum();
+        (topics.len(), subscriptions)
+    }
+
     /// Counts a publish to `name` (once per message, by its publisher).
     pub(crate) fn published(&self, name: &str) {
         if let Some(c) = self.lock().get(name) {
@@ -293,6 +300,18 @@ pub(crate) struct Hub {
     pub pending: RefCell<Vec<Pending>>,
     /// Publishers' own copies queued since the worker last counted them.
     pub own_deliveries: std::cell::Cell<u64>,
+    /// Messages the sessions counted in ([`crate::Session::count_received_message`])
+    /// and buffers they queued, since the worker last counted them.
+    pub messages: std::cell::Cell<(u64, u64)>,
+}
+
+impl Hub {
+    /// A session queued a buffer for sending.
+    #[inline]
+    pub fn message_sent(&self) {
+        let (i, o) = self.messages.get();
+        self.messages.set((i, o + 1));
+    }
 }
 
 impl Hub {
@@ -301,6 +320,7 @@ impl Hub {
             topics: RefCell::new(Topics::new(registry)),
             pending: RefCell::new(Vec::new()),
             own_deliveries: std::cell::Cell::new(0),
+            messages: std::cell::Cell::new((0, 0)),
         }
     }
 }

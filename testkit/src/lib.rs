@@ -323,10 +323,31 @@ impl Handler for Pusher {
     }
 }
 
+/// The value of field `name` in a log line, human (`name=value`) or JSON
+/// (`"name":"value"` or `"name":value`).
+pub fn log_field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let human = format!("{name}=");
+    let json = format!("\"{name}\":");
+    if let Some(at) = line.find(&json) {
+        let rest = &line[at + json.len()..];
+        return match rest.strip_prefix('"') {
+            Some(quoted) => quoted.split('"').next(),
+            None => rest.split([',', '}']).next(),
+        };
+    }
+    let at = line
+        .match_indices(&human)
+        .find(|(i, _)| *i == 0 || line.as_bytes()[i - 1] == b' ')?
+        .0;
+    line[at + human.len()..].split_whitespace().next()
+}
+
 /// `iocore serve` run as a user would, with its stderr log.
 pub struct CliServer {
     pub child: std::process::Child,
     pub addr: SocketAddr,
+    /// Where its `/metrics` endpoint listens, if started with `--metrics`.
+    pub metrics: Option<SocketAddr>,
     /// The log lines up to and including the "ready" line.
     pub log: Vec<String>,
     rest: Option<std::io::Lines<std::io::BufReader<std::process::ChildStderr>>>,
@@ -365,6 +386,7 @@ impl CliServer {
         let mut server = CliServer {
             child,
             addr: ([0, 0, 0, 0], 0).into(),
+            metrics: None,
             log: Vec::new(),
             rest: None,
         };
@@ -375,8 +397,12 @@ impl CliServer {
             };
             server.log.push(line.clone());
             if line.contains("ready") {
-                let at = line.find("addr=").expect("addr in ready line") + 5;
-                server.addr = line[at..].split_whitespace().next().unwrap().parse().unwrap();
+                let addr = log_field(&line, "addr").expect("addr in the ready line");
+                server.addr = addr.parse().unwrap();
+                server.metrics = log_field(&line, "metrics").map(|url| {
+                    let host = url.trim_start_matches("http://").trim_end_matches("/metrics");
+                    host.parse().unwrap()
+                });
                 server.rest = Some(lines);
                 return server;
             }
@@ -386,6 +412,11 @@ impl CliServer {
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The next log line (blocking), if the server's stderr is still open.
+    pub fn next_log_line(&mut self) -> Option<String> {
+        self.rest.as_mut()?.next()?.ok()
     }
 
     /// SIGTERM, then wait: returns the exit status and the remaining log.
@@ -406,4 +437,182 @@ impl Drop for CliServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A private tmux server (its own socket), killed on drop: terminal
+/// programs are tested as a person uses them.
+#[cfg(unix)]
+pub struct Tmux {
+    socket: String,
+}
+
+#[cfg(unix)]
+impl Tmux {
+    /// A tmux server for one test, or `None` (test skipped) if tmux is
+    /// missing outside CI; in CI a missing tmux fails the test.
+    pub fn new(tag: &str) -> Option<Tmux> {
+        if std::process::Command::new("tmux").arg("-V").output().is_err() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "tmux is missing (.ci/run installs it)"
+            );
+            eprintln!("SKIPPED: tmux is not installed");
+            return None;
+        }
+        Some(Tmux {
+            socket: format!("iocore-test-{}-{tag}", std::process::id()),
+        })
+    }
+
+    /// Runs `tmux args` on this server; returns its stdout.
+    pub fn run(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("tmux")
+            .args(["-L", &self.socket])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tmux {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A detached session `name`, 120×30, running `command`.
+    pub fn start(&self, name: &str, command: &str) {
+        self.run(&["new-session", "-d", "-s", name, "-x", "120", "-y", "30", command]);
+    }
+
+    /// What `name`'s screen shows now.
+    pub fn screen(&self, name: &str) -> String {
+        self.run(&["capture-pane", "-p", "-t", name])
+    }
+
+    /// Waits until `name`'s screen satisfies `cond`; returns the screen.
+    pub fn wait_until(&self, name: &str, what: &str, cond: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            let screen = self.screen(name);
+            if cond(&screen) {
+                return screen;
+            }
+            assert!(
+                start.elapsed() < PATIENCE,
+                "{name} never showed {what}:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until `name`'s screen shows `text`; returns the screen.
+    pub fn wait_for(&self, name: &str, text: &str) -> String {
+        self.wait_until(name, &format!("{text:?}"), |s| s.contains(text))
+    }
+}
+
+#[cfg(unix)]
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .output();
+    }
+}
+
+/// An HTTP answer, as [`http_get`] read it.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    /// The status code.
+    pub status: u16,
+    /// Header lines, names lowercased.
+    pub headers: Vec<(String, String)>,
+    /// The body (`Content-Length` bytes).
+    pub body: String,
+}
+
+impl HttpAnswer {
+    /// The value of header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads one HTTP/1.1 answer with a `Content-Length` from `s`.
+pub fn read_http_answer(s: &mut TcpStream) -> HttpAnswer {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut byte).expect("reading an answer's head"),
+            1,
+            "the answer ended early: {head:?}"
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).expect("a UTF-8 head");
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap();
+    assert!(status_line.starts_with("HTTP/1.1 "), "status line: {status_line}");
+    let status = status_line[9..12].parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (n, v) = l.split_once(':').expect("a header line");
+            (n.trim().to_ascii_lowercase(), v.trim().to_string())
+        })
+        .collect();
+    let mut answer = HttpAnswer {
+        status,
+        headers,
+        body: String::new(),
+    };
+    let len: usize = answer
+        .header("content-length")
+        .expect("Content-Length")
+        .parse()
+        .unwrap();
+    answer.body = String::from_utf8(read_exact(s, len)).expect("a UTF-8 body");
+    answer
+}
+
+/// `GET path` from `addr` on a new connection (`Connection: close`), with
+/// `headers` (lines without CRLF): the answer.
+pub fn http_get(addr: SocketAddr, path: &str, headers: &[&str]) -> HttpAnswer {
+    let mut s = connect(addr);
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    read_http_answer(&mut s)
+}
+
+/// The samples of a Prometheus text exposition: (`name{labels}`, value).
+pub fn metric_samples(text: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').expect("a sample line");
+            (series.to_string(), value.parse().expect("a number"))
+        })
+        .collect()
+}
+
+/// The sum of metric `name`'s samples whose labels include every one of
+/// `labels` (`key="value"`); `None` if it has no sample at all.
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    let mut found = None;
+    for (series, v) in metric_samples(text) {
+        let (n, l) = series.split_once('{').unwrap_or((&series, ""));
+        if n == name && labels.iter().all(|want| l.contains(want)) {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
 }

@@ -7,9 +7,9 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::session::{CloseReason, Conn, Context, Handler, SessionId, Step, Table, Tick, Timers};
+use crate::session::{CloseKind, CloseReason, Conn, Context, Handler, SessionId, Step, Table, Tick, Timers};
 
-use super::{Command, Remote, Worker, WorkerStats};
+use super::{AcceptErrorKind, Command, Remote, Worker, WorkerStats};
 use crate::session::{SendError, SessionId as Id};
 use crate::sys::{socket, OwnedSocket};
 use crate::topic::{Hub, Pending};
@@ -183,6 +183,8 @@ pub(crate) trait Driver<H: Handler> {
     fn deliver_published(&mut self) -> io::Result<()> {
         let core = self.core();
         core.w.stats.delivered(core.hub.own_deliveries.replace(0));
+        let (received, sent) = core.hub.messages.replace((0, 0));
+        core.w.stats.messages(received, sent);
         loop {
             let batch = std::mem::take(&mut *self.core().hub.pending.borrow_mut());
             if batch.is_empty() && self.core().corked.is_empty() {
@@ -207,6 +209,7 @@ pub(crate) trait Driver<H: Handler> {
         let mut tokens = std::mem::take(&mut core.fan_out);
         let counters = core.hub.topics.borrow().subscribers_into(topic, &mut tokens);
         let mut delivered = 0;
+        let mut at_cap = 0;
         for &token in &tokens {
             if Some(token) == skip {
                 continue;
@@ -220,6 +223,7 @@ pub(crate) trait Driver<H: Handler> {
                     if let Some(c) = &counters {
                         c.closed_at_cap();
                     }
+                    at_cap += 1;
                 }
                 Err(_) => {}
             }
@@ -233,6 +237,7 @@ pub(crate) trait Driver<H: Handler> {
         }
         let core = self.core();
         core.w.stats.delivered(delivered);
+        core.w.stats.closed_at_cap(at_cap);
         core.fan_out = tokens;
         Ok(())
     }
@@ -340,7 +345,7 @@ pub(crate) trait CloseAtOnce<H: Handler>: Driver<H> {
                 Step::Close { reason, rst } => {
                     let slot = self.core().remove(token).expect("present above");
                     self.release(slot.io, rst);
-                    self.core().finish(slot.conn, reason);
+                    self.core().finish(Some(token), slot.conn, reason);
                     return Ok(());
                 }
             }
@@ -355,6 +360,8 @@ pub(crate) struct Slot<H, S> {
     pub conn: Conn<H>,
     pub io: S,
     queued_seen: u32,
+    /// Receive-buffer memory last reported.
+    recv_seen: u32,
     paused_seen: bool,
     /// A fan-out queued messages on it; it is settled once they all are.
     corked: bool,
@@ -363,11 +370,17 @@ pub(crate) struct Slot<H, S> {
 impl<H: Handler, S> Slot<H, S> {
     /// After anything touched the session (slot `token`): report its queue
     /// and whether its input is paused, re-arm its deadline.
+    #[inline]
     fn account(&mut self, token: u64, stats: &WorkerStats, timers: &mut Timers, cx: Context<'_>) {
         let queued = self.conn.queued() as u32;
         if queued != self.queued_seen {
             stats.queued_changed(self.queued_seen as usize, queued as usize);
             self.queued_seen = queued;
+        }
+        let recv = self.conn.recv_capacity() as u32;
+        if recv != self.recv_seen {
+            stats.recv_buffer_changed(self.recv_seen as usize, recv as usize);
+            self.recv_seen = recv;
         }
         let paused = self.conn.input_paused();
         if paused != self.paused_seen {
@@ -427,6 +440,7 @@ pub(crate) struct Core<H, S> {
     spare: socket::Spare,
     shortage: Option<Shortage>,
     per_ip_warning: Quiet,
+    violation_warning: Quiet,
     /// The worker's topics and the publishes waiting to be fanned out.
     pub hub: Hub,
     /// Subscriber tokens of the topic being fanned out (kept to reuse).
@@ -452,6 +466,7 @@ impl<H: Handler, S> Core<H, S> {
             spare,
             shortage: None,
             per_ip_warning: Quiet::default(),
+            violation_warning: Quiet::default(),
             hub,
             fan_out: Vec::new(),
             corked: Vec::new(),
@@ -603,9 +618,25 @@ impl<H: Handler, S> Core<H, S> {
         }
     }
 
+    /// Counts a failed accept by its kind and returns the kind.
+    pub fn accept_error(&self, e: &io::Error) -> AcceptErrorKind {
+        let kind = if socket::is_out_of_descriptors(e) {
+            AcceptErrorKind::Descriptors
+        } else if socket::is_resource_exhausted(e) {
+            AcceptErrorKind::Memory
+        } else if socket::is_transient_accept_error(e) {
+            AcceptErrorKind::Aborted
+        } else {
+            AcceptErrorKind::Other
+        };
+        self.w.stats.accept_error(kind);
+        kind
+    }
+
     /// An accept succeeded: a shortage, if there was one, is over.
     pub fn accept_ok(&mut self) {
         if let Some(s) = self.shortage.take() {
+            self.w.stats.set_accept_shortage(false);
             tracing::info!(
                 worker = self.w.index,
                 after_ms = s.since.until(self.now).as_millis() as u64,
@@ -626,6 +657,7 @@ impl<H: Handler, S> Core<H, S> {
     /// Otherwise accepting should pause until the returned time. Logged
     /// once per shortage.
     pub fn accept_shortage(&mut self, e: &io::Error) -> Option<Tick> {
+        self.accept_error(e);
         if self.shortage.is_none() {
             tracing::warn!(
                 worker = self.w.index,
@@ -636,6 +668,7 @@ impl<H: Handler, S> Core<H, S> {
                 since: self.now,
                 shed: 0,
             });
+            self.w.stats.set_accept_shortage(true);
         }
         let shed = match (&self.w.listener, socket::is_out_of_descriptors(e)) {
             (Some(listener), true) => socket::shed_backlog(listener, &mut self.spare),
@@ -686,7 +719,7 @@ impl<H: Handler, S> Core<H, S> {
                 Some((conn, s))
             }
             Err(e) => {
-                self.finish(conn, CloseReason::ConnectFailed(e));
+                self.finish(None, conn, CloseReason::ConnectFailed(e));
                 None
             }
         }
@@ -698,6 +731,7 @@ impl<H: Handler, S> Core<H, S> {
             conn,
             io,
             queued_seen: 0,
+            recv_seen: 0,
             paused_seen: false,
             corked: false,
         })
@@ -716,6 +750,7 @@ impl<H: Handler, S> Core<H, S> {
         let slot = self.sessions.remove(token)?;
         self.hub.topics.borrow_mut().remove_session(token);
         self.w.stats.queued_changed(slot.queued_seen as usize, 0);
+        self.w.stats.recv_buffer_changed(slot.recv_seen as usize, 0);
         if slot.paused_seen {
             self.w.stats.paused_changed(false);
         }
@@ -723,9 +758,34 @@ impl<H: Handler, S> Core<H, S> {
     }
 
     /// Ends a session: counts it, frees its places, tells its handler.
-    pub fn finish(&self, conn: Conn<H>, reason: CloseReason) {
-        tracing::debug!(worker = self.w.index, peer = %conn.peer_addr(), kind = %reason.kind(), %reason, "session closed");
-        self.w.stats.closed(reason.kind());
+    pub fn finish(&self, token: Option<u64>, conn: Conn<H>, reason: CloseReason) {
+        let kind = reason.kind();
+        let id = token.map(|t| SessionId::new(self.w.index, t));
+        let lifetime = conn.opened_at().until(self.now);
+        tracing::debug!(
+            worker = self.w.index,
+            session = id.map(tracing::field::display),
+            peer = %conn.peer_addr(),
+            kind = kind.name(),
+            %reason,
+            bytes_in = conn.bytes_received(),
+            bytes_out = conn.bytes_sent(),
+            lifetime_ms = lifetime.as_millis() as u64,
+            "session closed"
+        );
+        if kind == CloseKind::ProtocolViolation {
+            if let Some(held_back) = self.violation_warning.allow(self.now) {
+                tracing::warn!(
+                    worker = self.w.index,
+                    session = id.map(tracing::field::display),
+                    peer = %conn.peer_addr(),
+                    %reason,
+                    held_back,
+                    "protocol violation: session closed"
+                );
+            }
+        }
+        self.w.stats.closed(kind);
         self.w.gate.release();
         if let Some(ip_gate) = &self.w.ip_gate {
             ip_gate.release(conn.peer_addr().ip());

@@ -91,7 +91,7 @@ impl<H: Handler> Loop<H> {
             };
             let n = self.epoll.wait(timeout)?;
             self.core.tick();
-            self.core.w.stats.turn();
+            self.core.w.stats.turn(n);
             for token in std::mem::take(&mut self.unfinished) {
                 self.readable(token, false);
                 self.settle(token)?;
@@ -128,7 +128,10 @@ impl<H: Handler> Loop<H> {
             let (fd, peer) = match socket::accept(listener) {
                 Ok(pair) => pair,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if socket::is_transient_accept_error(&e) => continue,
+                Err(e) if socket::is_transient_accept_error(&e) => {
+                    self.core.accept_error(&e);
+                    continue;
+                }
                 Err(e) if socket::is_resource_exhausted(&e) => {
                     // Shed: the backlog is empty; the next connection
                     // raises a new edge. Else wait and try again.
@@ -136,6 +139,7 @@ impl<H: Handler> Loop<H> {
                     return Ok(());
                 }
                 Err(e) => {
+                    self.core.accept_error(&e);
                     tracing::error!(worker = self.core.w.index, error = %e, "accept failed");
                     return Ok(());
                 }
@@ -163,7 +167,7 @@ impl<H: Handler> Loop<H> {
                 true => CloseReason::ConnectFailed(e),
                 false => CloseReason::Io(e),
             };
-            self.core.finish(slot.conn, reason);
+            self.core.finish(Some(token), slot.conn, reason);
             return Ok(());
         }
         if !slot.conn.is_connecting() {

@@ -87,7 +87,7 @@ pub(crate) trait EventEngine<H: Handler>: Driver<H> {
             let set: [&dyn Waitable; 3] = [inbox.waker(), shell.groups.report_event(), &shell.listen_event];
             let hit = wsa::wait_any(&set, timeout)?;
             core.tick();
-            core.w.stats.turn();
+            core.w.stats.turn(usize::from(hit.is_some()));
             // Check all three, whichever woke the wait.
             let listener_set = shell.listen_event.is_set();
             if hit == Some(0) || inbox.waker().handle_is_set() {
@@ -133,13 +133,12 @@ pub(crate) trait EventEngine<H: Handler>: Driver<H> {
                     Err(e) if crate::sys::socket::is_resource_exhausted(&e) => {
                         // Logged once per shortage; the listener is tried
                         // again within ACCEPT_POLL.
-                        core.w.stats.accept_failed();
                         let _ = core.accept_shortage(&e);
                         break;
                     }
                     Err(e) if errors < ACCEPT_ERRORS => {
                         errors += 1;
-                        core.w.stats.accept_failed();
+                        core.accept_error(&e);
                         tracing::debug!(error = %e, "accept failed");
                     }
                     Err(e) => {

@@ -93,7 +93,7 @@ impl<H: Handler> Loop<H> {
             let mut done = std::mem::take(&mut self.done);
             self.port.wait(timeout, &mut done)?;
             self.core.tick();
-            self.core.w.stats.turn();
+            self.core.w.stats.turn(done.len());
             for d in done.drain(..) {
                 self.complete(d)?;
             }
@@ -126,10 +126,10 @@ impl<H: Handler> Loop<H> {
                 self.accepts_posted += 1;
                 continue;
             };
-            self.core.w.stats.accept_failed();
             let until = match socket::is_resource_exhausted(&e) {
                 true => self.core.accept_shortage(&e),
                 false => {
+                    self.core.accept_error(&e);
                     tracing::warn!(worker = self.core.w.index, error = %e, "cannot post accepts: retrying shortly");
                     None
                 }
@@ -152,7 +152,7 @@ impl<H: Handler> Loop<H> {
                     Ok(_) => {}
                     Err(_) if self.core.stopping() => {}
                     Err(e) => {
-                        self.core.w.stats.accept_failed();
+                        self.core.accept_error(&e);
                         tracing::debug!(error = %e, "accept failed");
                     }
                 }
@@ -283,7 +283,7 @@ impl<H: Handler> Driver<H> for Loop<H> {
 
     fn open_accepted(&mut self, conn: Conn<H>, s: OwnedSocket) -> io::Result<()> {
         if let Err(e) = self.port.associate(&s) {
-            self.core.finish(conn, CloseReason::Io(e));
+            self.core.finish(None, conn, CloseReason::Io(e));
             return Ok(());
         }
         let token = self.core.insert(conn, Sock::new(s));
@@ -347,7 +347,7 @@ impl<H: Handler> Driver<H> for Loop<H> {
                 let _ = socket::set_linger_zero(&slot.io.socket);
             }
             drop(slot.io.socket);
-            self.core.finish(slot.conn, reason);
+            self.core.finish(Some(token), slot.conn, reason);
         } else if !slot.io.cancelled {
             slot.io.cancelled = true;
             self.port.cancel(&slot.io.socket);

@@ -82,7 +82,7 @@ mod uring;
 #[cfg(windows)]
 mod wsa_event;
 
-pub use stats::{Stats, WorkerStats};
+pub use stats::{AcceptErrorKind, Stats, WorkerStats};
 
 /// Which I/O model runs the sessions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]

@@ -118,13 +118,15 @@ impl<H: Handler> Loop<H> {
             let timeout = self.core.timeout(self.accept_paused_until);
             self.ring.submit_and_wait(timeout)?;
             self.core.tick();
-            self.core.w.stats.turn();
             let completions = self.ring.completions();
+            self.core.w.stats.turn(completions.len());
             for c in &completions {
                 self.complete(*c)?;
             }
             self.ring.reuse(completions);
             self.core.w.stats.set_buffers_held(self.ring.buffers_held());
+            let (submitted, reaped) = self.ring.totals();
+            self.core.w.stats.set_uring(submitted, reaped);
             if self.accept_paused_until.is_some_and(|t| t <= self.core.now) {
                 self.accept_paused_until = None;
                 self.post_accept()?;
@@ -212,8 +214,13 @@ impl<H: Handler> Loop<H> {
                 let until = self.core.accept_shortage(&e);
                 self.accept_paused_until = Some(until.unwrap_or_else(|| self.core.now.after(ACCEPT_BACKOFF)));
             }
-            Err(e) if socket::is_transient_accept_error(&e) => {}
-            Err(e) => tracing::error!(worker = self.core.w.index, error = %e, "accept failed"),
+            Err(e) if socket::is_transient_accept_error(&e) => {
+                self.core.accept_error(&e);
+            }
+            Err(e) => {
+                self.core.accept_error(&e);
+                tracing::error!(worker = self.core.w.index, error = %e, "accept failed");
+            }
         }
         if !self.accept_posted {
             self.post_accept()?;
@@ -415,7 +422,7 @@ impl<H: Handler> Driver<H> for Loop<H> {
                 let _ = socket::set_linger_zero(&slot.io.fd);
             }
             drop(slot.io.fd);
-            self.core.finish(slot.conn, reason);
+            self.core.finish(Some(token), slot.conn, reason);
         } else if !slot.io.cancel_posted {
             // Rule 3: cancel what is in flight; free after the last
             // completion.

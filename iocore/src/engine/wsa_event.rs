@@ -76,7 +76,7 @@ impl<H: Handler> Loop<H> {
                 true => CloseReason::ConnectFailed(e),
                 false => CloseReason::Io(e),
             };
-            self.core.finish(conn, reason);
+            self.core.finish(None, conn, reason);
             return Ok(());
         }
         let token = self.core.insert(

@@ -161,6 +161,21 @@ impl Runtime {
         self.engine
     }
 
+    /// Each worker's counters, by worker index.
+    pub(crate) fn worker_stats(&self) -> Vec<Stats> {
+        self.stats.iter().map(|s| s.snapshot()).collect()
+    }
+
+    /// What the metrics of this runtime are read from.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn metrics_source(&self) -> crate::metrics::Source {
+        crate::metrics::Source {
+            workers: self.stats.clone(),
+            topics: self.registry.clone(),
+            engine: self.engine,
+        }
+    }
+
     /// Counters summed over the workers.
     pub(crate) fn stats(&self) -> Stats {
         let mut total = Stats::default();

@@ -90,6 +90,10 @@ impl Server {
             keepalive: None,
             backlog: 1024,
             limits: Limits::default(),
+            #[cfg(feature = "metrics")]
+            metrics: None,
+            #[cfg(feature = "metrics")]
+            metrics_registry: None,
         }
     }
 }
@@ -106,6 +110,10 @@ pub struct ServerBuilder {
     keepalive: Option<Keepalive>,
     backlog: i32,
     limits: Limits,
+    #[cfg(feature = "metrics")]
+    metrics: Option<SocketAddr>,
+    #[cfg(feature = "metrics")]
+    metrics_registry: Option<Arc<prometheus_client::registry::Registry>>,
 }
 
 impl ServerBuilder {
@@ -193,6 +201,31 @@ impl ServerBuilder {
         self
     }
 
+    /// Serves the server's Prometheus metrics at `http://{addr}/metrics`
+    /// (feature `metrics`; see [`crate::metrics`]) from a small HTTP
+    /// server of its own: the same engine, one more worker thread. It
+    /// starts and stops with the server; [`ServerHandle::metrics_addr`]
+    /// tells where it listens (port 0 picks one).
+    ///
+    /// Bind it to loopback (as `iocore serve --metrics` does by default)
+    /// unless the network it is exposed to is yours: the metrics tell
+    /// anyone who can reach them how loaded the server is, and the
+    /// endpoint has no authentication.
+    #[cfg(feature = "metrics")]
+    pub fn metrics(mut self, addr: SocketAddr) -> Self {
+        self.metrics = Some(addr);
+        self
+    }
+
+    /// The application's own metrics, served after the server's at the
+    /// same endpoint (and in [`ServerHandle::metrics_text`]). Keep the
+    /// handles of the metrics registered in it to update them.
+    #[cfg(feature = "metrics")]
+    pub fn metrics_registry(mut self, registry: prometheus_client::registry::Registry) -> Self {
+        self.metrics_registry = Some(Arc::new(registry));
+        self
+    }
+
     fn validate(&self) -> io::Result<()> {
         let bad = |msg: &str| Err(io::Error::new(io::ErrorKind::InvalidInput, msg.to_string()));
         if self.threads == 0 || self.threads > 255 {
@@ -214,6 +247,15 @@ impl ServerBuilder {
     /// makes one handler per accepted connection, on the worker thread that
     /// will own it.
     pub fn start<H, F>(self, factory: F) -> io::Result<ServerHandle>
+    where
+        H: Handler,
+        F: Fn() -> H + Send + Sync + 'static,
+    {
+        self.start_named("iocore-server", factory)
+    }
+
+    /// [`ServerBuilder::start`], with the worker threads named `name`.
+    fn start_named<H, F>(self, name: &str, factory: F) -> io::Result<ServerHandle>
     where
         H: Handler,
         F: Fn() -> H + Send + Sync + 'static,
@@ -257,10 +299,66 @@ impl ServerBuilder {
             max_sessions_per_ip: self.max_sessions_per_ip,
             keepalive: self.keepalive,
         };
-        let (runtime, _) = Runtime::start("iocore-server", engine, specs, settings, hand_off)?;
+        let (runtime, _) = Runtime::start(name, engine, specs, settings, hand_off)?;
         tracing::info!(addr = %local_addr, engine = %engine, threads = self.threads, accept = %self.accept, "serving");
-        Ok(ServerHandle { runtime, local_addr })
+        #[cfg(feature = "metrics")]
+        let exporter = Arc::new(crate::metrics::Exporter::new(
+            runtime.metrics_source(),
+            self.metrics_registry.clone(),
+        ));
+        #[cfg(feature = "metrics")]
+        let metrics = match self.metrics {
+            Some(addr) => match start_metrics(addr, engine, exporter.clone()) {
+                Ok(m) => Some(Box::new(m)),
+                Err(e) => {
+                    // A half-started server is no use: dropping the
+                    // runtime stops its workers.
+                    drop(runtime);
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
+        Ok(ServerHandle {
+            runtime,
+            local_addr,
+            #[cfg(feature = "metrics")]
+            exporter,
+            #[cfg(feature = "metrics")]
+            metrics,
+        })
     }
+}
+
+/// Starts the `/metrics` endpoint: an iocore server of one worker.
+#[cfg(feature = "metrics")]
+fn start_metrics(
+    addr: SocketAddr,
+    engine: EngineKind,
+    exporter: Arc<crate::metrics::Exporter>,
+) -> io::Result<ServerHandle> {
+    let limits = Limits {
+        // Room for a large scrape answer (many workers) queued at once.
+        max_send_queue: 64 * 1024 * 1024,
+        send_high_watermark: 1024 * 1024,
+        send_low_watermark: 512 * 1024,
+        max_recv_buffer: 2 * crate::metrics::http::MAX_REQUEST,
+        ..Limits::default()
+    };
+    let mut b = Server::builder()
+        .addr(addr)
+        .engine(engine)
+        .threads(1)
+        .max_sessions(1024)
+        .limits(limits);
+    b.metrics = None;
+    let handle = b
+        .start_named("iocore-metrics", move || {
+            crate::metrics::http::Endpoint::new(exporter.clone())
+        })
+        .map_err(|e| io::Error::new(e.kind(), format!("metrics endpoint: {e}")))?;
+    tracing::info!(url = %format_args!("http://{}/metrics", handle.local_addr()), "serving metrics");
+    Ok(handle)
 }
 
 /// A running server. Dropping it stops the server at once (no grace);
@@ -268,6 +366,11 @@ impl ServerBuilder {
 pub struct ServerHandle {
     runtime: Runtime,
     local_addr: SocketAddr,
+    #[cfg(feature = "metrics")]
+    exporter: Arc<crate::metrics::Exporter>,
+    /// The `/metrics` endpoint's own server, if one was asked for.
+    #[cfg(feature = "metrics")]
+    metrics: Option<Box<ServerHandle>>,
 }
 
 impl ServerHandle {
@@ -284,6 +387,25 @@ impl ServerHandle {
     /// Counters summed over the workers.
     pub fn stats(&self) -> Stats {
         self.runtime.stats()
+    }
+
+    /// Each worker's counters, by worker index.
+    pub fn worker_stats(&self) -> Vec<Stats> {
+        self.runtime.worker_stats()
+    }
+
+    /// Where the `/metrics` endpoint listens, if it was asked for
+    /// ([`ServerBuilder::metrics`]).
+    #[cfg(feature = "metrics")]
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|m| m.local_addr())
+    }
+
+    /// The text a scrape of the `/metrics` endpoint would get now, in
+    /// `format` (whether or not the endpoint runs).
+    #[cfg(feature = "metrics")]
+    pub fn metrics_text(&self, format: crate::metrics::Format) -> String {
+        self.exporter.encode(format)
     }
 
     /// Queues `buf` on session `id` from any thread, through the owning
@@ -325,12 +447,24 @@ impl ServerHandle {
     /// [`crate::CloseReason::ServerShutdown`]; what is still open after
     /// `grace` is reset. [`ServerHandle::join`] waits for the end.
     pub fn stop(&self, grace: Duration) {
-        self.runtime.stop(grace)
+        self.runtime.stop(grace);
+        #[cfg(feature = "metrics")]
+        if let Some(m) = &self.metrics {
+            m.stop(Duration::ZERO);
+        }
     }
 
     /// Waits until every worker has finished (after a stop).
     pub fn join(mut self) -> io::Result<()> {
-        self.runtime.join()
+        let served = self.runtime.join();
+        // The metrics endpoint stops with the server (also when the
+        // server's workers ended by themselves).
+        #[cfg(feature = "metrics")]
+        if let Some(m) = self.metrics.take() {
+            m.stop(Duration::ZERO);
+            let _ = m.join();
+        }
+        served
     }
 
     /// [`stop`](ServerHandle::stop) then [`join`](ServerHandle::join).

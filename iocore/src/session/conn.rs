@@ -98,6 +98,12 @@ pub struct Core {
     pub(crate) flow: Flow,
     /// No more input will come: the peer's FIN arrived or linger expired.
     input_done: bool,
+    /// When the connection was accepted or its connect began.
+    pub(crate) opened: Tick,
+    /// Bytes read from the socket.
+    pub(crate) bytes_in: u64,
+    /// Bytes the kernel took for sending.
+    pub(crate) bytes_out: u64,
 }
 
 impl Core {
@@ -216,6 +222,9 @@ impl<H: Handler> Conn<H> {
                 wake_at: Tick::NEVER,
                 flow: Flow::default(),
                 input_done: false,
+                opened: now,
+                bytes_in: 0,
+                bytes_out: 0,
             },
             recv: RecvBuffer::new(),
             handler,
@@ -247,6 +256,21 @@ impl<H: Handler> Conn<H> {
     /// The peer's address.
     pub fn peer_addr(&self) -> SocketAddr {
         self.core.peer
+    }
+
+    /// Bytes read from the socket so far.
+    pub fn bytes_received(&self) -> u64 {
+        self.core.bytes_in
+    }
+
+    /// Bytes the kernel took for sending so far.
+    pub fn bytes_sent(&self) -> u64 {
+        self.core.bytes_out
+    }
+
+    /// When the connection was accepted, or its connect began.
+    pub fn opened_at(&self) -> Tick {
+        self.core.opened
     }
 
     /// The connection is established and registered: tells the handler.
@@ -287,6 +311,13 @@ impl<H: Handler> Conn<H> {
             Phase::Closing | Phase::Lingering => !self.core.input_done,
             _ => false,
         }
+    }
+
+    /// Memory the receive buffer holds (bytes a handler left unconsumed,
+    /// and room kept for them).
+    #[inline]
+    pub fn recv_capacity(&self) -> usize {
+        self.recv.capacity()
     }
 
     /// Whether the session is open with its input paused, by the handler
@@ -340,6 +371,7 @@ impl<H: Handler> Conn<H> {
     /// and keeps what it did not consume. Input after a local close is
     /// discarded.
     pub fn received(&mut self, data: &[u8], cx: Context<'_>) {
+        self.core.bytes_in += data.len() as u64;
         if !self.is_open() || data.is_empty() {
             return;
         }
@@ -368,6 +400,7 @@ impl<H: Handler> Conn<H> {
 
     /// `n` bytes were read into the slice [`Conn::read_target`] returned.
     pub fn received_in_place(&mut self, n: usize, cx: Context<'_>) {
+        self.core.bytes_in += n as u64;
         self.recv.commit(n);
         self.core.last_active = cx.now;
         self.deliver_buffered(cx);
@@ -424,7 +457,9 @@ impl<H: Handler> Conn<H> {
         if !self.is_open() {
             return Err(SendError::Closed);
         }
-        self.core.queue(buf, cx.now, cx.limits)
+        self.core.queue(buf, cx.now, cx.limits)?;
+        cx.hub.message_sent();
+        Ok(())
     }
 
     /// Closes gracefully from outside the session's callbacks.
@@ -462,6 +497,7 @@ impl<H: Handler> Conn<H> {
 
     #[inline]
     fn send_progress(&mut self, n: usize, cx: Context<'_>) {
+        self.core.bytes_out += n as u64;
         if n > 0 {
             self.core.last_sent = cx.now;
         }

@@ -277,6 +277,24 @@ impl Session<'_> {
         self.core.peer
     }
 
+    /// Bytes read from this session's socket so far (including bytes the
+    /// handler has not consumed yet).
+    pub fn bytes_received(&self) -> u64 {
+        self.core.bytes_in
+    }
+
+    /// Bytes of this session the kernel took for sending so far (queued
+    /// bytes not yet taken are not counted).
+    pub fn bytes_sent(&self) -> u64 {
+        self.core.bytes_out
+    }
+
+    /// How long ago the session was accepted (or its connect began), in
+    /// the worker's time.
+    pub fn age(&self) -> Duration {
+        self.core.opened.until(self.now)
+    }
+
     /// Queues `buf` to be sent after everything queued before it. The
     /// buffer is shared, not copied: one [`Bytes`] can be queued on many
     /// sessions. Fails when the session is closing, or when the queue would
@@ -286,7 +304,19 @@ impl Session<'_> {
         if !matches!(self.core.phase, Phase::Open) {
             return Err(SendError::Closed);
         }
-        self.core.queue(buf.into(), self.now, self.limits)
+        self.core.queue(buf.into(), self.now, self.limits)?;
+        self.hub.message_sent();
+        Ok(())
+    }
+
+    /// Counts one message received, for [`crate::Stats::messages_received`]
+    /// and the metrics. A framing layer calls it once per message it
+    /// decodes ([`crate::packet::Packets`] does, per packet); the byte
+    /// stream itself has no messages.
+    #[inline]
+    pub fn count_received_message(&mut self) {
+        let (i, o) = self.hub.messages.get();
+        self.hub.messages.set((i + 1, o));
     }
 
     /// Copies `data` into a new buffer and queues it; see [`Session::send`].
@@ -414,6 +444,7 @@ impl Session<'_> {
                 .count_own_delivery(topic, delivered.is_ok());
             if delivered.is_ok() {
                 self.hub.own_deliveries.set(self.hub.own_deliveries.get() + 1);
+                self.hub.message_sent();
             }
         }
         self.defer_publish(topic, buf, me);

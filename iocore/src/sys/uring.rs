@@ -238,6 +238,10 @@ pub struct Uring {
     sends: HashMap<u64, Box<SendOp>>,
     /// Connect addresses in flight, by `user_data` (rule 1).
     connects: HashMap<u64, Box<super::socket::RawAddr>>,
+    /// Submission entries the kernel took, in all.
+    submitted: u64,
+    /// Completions reaped, in all.
+    reaped: u64,
 }
 
 impl Uring {
@@ -292,6 +296,8 @@ impl Uring {
             held: 0,
             sends: HashMap::new(),
             connects: HashMap::new(),
+            submitted: 0,
+            reaped: 0,
         })
     }
 
@@ -419,7 +425,10 @@ impl Uring {
             None => self.ring.submit_and_wait(1),
         };
         match res {
-            Ok(_) => Ok(()),
+            Ok(n) => {
+                self.submitted += n as u64;
+                Ok(())
+            }
             Err(e)
                 if matches!(
                     e.raw_os_error(),
@@ -440,6 +449,7 @@ impl Uring {
                 result: c.result(),
                 flags: c.flags(),
             }));
+        self.reaped += (self.completions.len() - start) as u64;
         for c in &self.completions[start..] {
             if c.buffer_id().is_some() {
                 self.held += 1;
@@ -484,6 +494,12 @@ impl Uring {
     /// handling completions).
     pub fn buffers_held(&self) -> usize {
         self.held
+    }
+
+    /// Submission entries the kernel took and completions reaped, since
+    /// the ring was made.
+    pub fn totals(&self) -> (u64, u64) {
+        (self.submitted, self.reaped)
     }
 
     fn publish_buffers(&mut self) {
