@@ -19,6 +19,7 @@ pub mod client;
 pub mod echo;
 pub mod report;
 pub mod sink;
+pub mod top;
 pub mod usage;
 
 use std::fmt;

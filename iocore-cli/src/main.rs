@@ -21,8 +21,21 @@ struct Cli {
     /// Log filter: error, warn, info, debug, trace (or a tracing filter).
     #[arg(long, global = true, default_value = "info")]
     log_level: String,
+    /// Log lines as `human` text or `json` (one object per line, for log
+    /// shippers).
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How log lines are written (to stderr).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Text for people (colored on a terminal).
+    Human,
+    /// One JSON object per line: timestamp, level, target, fields.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -36,6 +49,20 @@ enum Command {
     Chat(ChatArgs),
     /// Measure iocore against tokio, monoio, compio and an epoll floor.
     Bench(BenchArgs),
+    /// A live view of a server's metrics endpoint (`serve --metrics`):
+    /// sessions, rates, queues and closes, per worker. q or Ctrl-C quits.
+    Top(TopArgs),
+}
+
+#[derive(clap::Args)]
+struct TopArgs {
+    /// The metrics endpoint (`serve --metrics`): ADDR:PORT or a port on
+    /// 127.0.0.1.
+    #[arg(long, default_value = "127.0.0.1:9464", value_parser = parse_metrics_addr)]
+    metrics: SocketAddr,
+    /// How often to poll.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    interval: Duration,
 }
 
 #[derive(clap::Args)]
@@ -143,6 +170,11 @@ struct ServeArgs {
     /// On stop, how long sessions may flush before they are reset.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     grace: Duration,
+    /// Serve Prometheus metrics at http://ADDR/metrics: ADDR:PORT, or a
+    /// port on 127.0.0.1 (e.g. 9464). Bind another address only on a
+    /// network you trust: the endpoint has no authentication.
+    #[arg(long, value_parser = parse_metrics_addr)]
+    metrics: Option<SocketAddr>,
 }
 
 #[derive(clap::Args)]
@@ -217,6 +249,16 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         _ => return Err(format!("invalid duration unit in '{s}' (use ms, s, m or h)")),
     };
     Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration '{s}': {e}"))
+}
+
+/// Parses ADDR:PORT, or a bare port (on 127.0.0.1).
+fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse()
+        .map_err(|_| format!("invalid address '{s}' (use ADDR:PORT, e.g. 127.0.0.1:9464, or a port)"))
 }
 
 /// A duration, or none ("off").
@@ -311,6 +353,9 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(a) = args.accept {
         builder = builder.accept(a);
     }
+    if let Some(m) = args.metrics {
+        builder = builder.metrics(m);
+    }
     let stop = signals()?;
     let server: ServerHandle = match args.app {
         App::Echo => builder.start(|| Echo)?,
@@ -329,7 +374,14 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
             builder.start(move || chat::server::handler(max))?
         }
     };
-    tracing::info!(app = %args.app, addr = %server.local_addr(), engine = %server.engine(), "ready (Ctrl-C stops)");
+    match server.metrics_addr() {
+        Some(m) => {
+            tracing::info!(app = %args.app, addr = %server.local_addr(), engine = %server.engine(), metrics = %format_args!("http://{m}/metrics"), "ready (Ctrl-C stops)")
+        }
+        None => {
+            tracing::info!(app = %args.app, addr = %server.local_addr(), engine = %server.engine(), "ready (Ctrl-C stops)")
+        }
+    }
     let mut last = server.stats();
     loop {
         match stop.recv_timeout(Duration::from_secs(1)) {
@@ -446,11 +498,15 @@ fn main() -> ExitCode {
         eprintln!("invalid --log-level '{}': {e}", cli.log_level);
         std::process::exit(2);
     });
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Human => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().flatten_event(true).with_current_span(false).init(),
+    }
     let result = match cli.command {
         Command::Serve(args) => serve(args).map(|()| true),
         Command::Client(args) => run_client(args),
@@ -476,6 +532,15 @@ fn main() -> ExitCode {
             true
         })
         .map_err(Into::into),
+        Command::Top(args) => stop_flag()
+            .and_then(|stop| {
+                let opts = iocore_cli::top::TopOptions {
+                    metrics: args.metrics,
+                    interval: args.interval,
+                };
+                iocore_cli::top::run(&opts, stop).map_err(Into::into)
+            })
+            .map(|()| true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -184,7 +184,7 @@ impl fmt::Display for ChatSummary {
 pub fn text(sender: usize, seq: u64, at_us: u64, size: usize) -> String {
     let mut t = format!("{sender:06}.{seq:010}.{at_us:013}");
     let pad = size.saturating_sub(t.len());
-    t.extend(std::iter::repeat('.').take(pad));
+    t.extend(std::iter::repeat_n('.', pad));
     t
 }
 
