@@ -175,6 +175,20 @@ struct ServeArgs {
     /// network you trust: the endpoint has no authentication.
     #[arg(long, value_parser = parse_metrics_addr)]
     metrics: Option<SocketAddr>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2),
+    /// as HAProxy's `send-proxy`/`send-proxy-v2` sends it: sessions see
+    /// the client's address. Connections from untrusted sources, with a
+    /// bad header or none in time are closed.
+    #[arg(long)]
+    proxy_protocol: bool,
+    /// With --proxy-protocol: the proxies' networks, comma-separated CIDR
+    /// blocks or addresses (default: loopback).
+    #[arg(long, requires = "proxy_protocol", value_parser = parse_trusted)]
+    trusted_proxies: Option<Trusted>,
+    /// With --proxy-protocol: how long a connection may take to send its
+    /// header.
+    #[arg(long, requires = "proxy_protocol", default_value = "5s", value_parser = parse_duration)]
+    proxy_header_timeout: Duration,
 }
 
 #[derive(clap::Args)]
@@ -249,6 +263,17 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         _ => return Err(format!("invalid duration unit in '{s}' (use ms, s, m or h)")),
     };
     Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration '{s}': {e}"))
+}
+
+/// Networks of trusted proxies (`--trusted-proxies`).
+#[derive(Clone, Debug)]
+struct Trusted(Vec<iocore::proxy::IpNet>);
+
+fn parse_trusted(s: &str) -> Result<Trusted, String> {
+    match iocore::proxy::ProxyProtocol::parse_trusted(s)? {
+        nets if nets.is_empty() => Err("--trusted-proxies needs at least one network".into()),
+        nets => Ok(Trusted(nets)),
+    }
 }
 
 /// Parses ADDR:PORT, or a bare port (on 127.0.0.1).
@@ -355,6 +380,16 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(m) = args.metrics {
         builder = builder.metrics(m);
+    }
+    if args.proxy_protocol {
+        let mut proxy = iocore::proxy::ProxyProtocol {
+            header_timeout: args.proxy_header_timeout,
+            ..Default::default()
+        };
+        if let Some(Trusted(trusted)) = args.trusted_proxies.clone() {
+            proxy.trusted = trusted;
+        }
+        builder = builder.proxy_protocol(Some(proxy));
     }
     let stop = signals()?;
     let server: ServerHandle = match args.app {

@@ -128,6 +128,7 @@ pub mod engine;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 pub mod packet;
+pub mod proxy;
 pub mod service;
 pub mod session;
 #[allow(unsafe_code)]

@@ -337,6 +337,7 @@ pub(crate) trait CloseAtOnce<H: Handler>: Driver<H> {
                     self.read_input(token);
                 }
                 Step::Continue => {}
+                Step::Admit => self.core().admit_proxied(token),
                 Step::Fin => {
                     if let Err(e) = Self::shutdown_write(&slot.io) {
                         slot.conn.failed(io_close_reason(e));
@@ -584,26 +585,79 @@ impl<H: Handler, S> Core<H, S> {
             let _ = socket::set_linger_zero(fd);
             return None;
         }
-        if let Some(ip_gate) = &self.w.ip_gate {
-            if !ip_gate.try_acquire(peer.ip()) {
-                self.w.gate.release();
-                self.w.stats.rejected_per_ip();
-                if let Some(held_back) = self.per_ip_warning.allow(self.now) {
-                    tracing::warn!(
-                        worker = self.w.index,
-                        ip = %peer.ip(),
-                        held_back,
-                        "max_sessions_per_ip reached: connection reset"
-                    );
-                }
-                let _ = socket::set_linger_zero(fd);
-                return None;
-            }
+        // Behind a proxy, the limit per address applies to the client's,
+        // once its header has named it (see `admit_proxied`).
+        if self.w.proxy.is_none() && !self.admit_ip(peer.ip()) {
+            self.w.gate.release();
+            let _ = socket::set_linger_zero(fd);
+            return None;
         }
         self.prepare(fd);
         let factory = self.w.factory.as_ref().expect("a listening worker has a factory");
         self.w.stats.accepted();
-        Some(Conn::accepted(peer, factory(), self.now))
+        let Some(proxy) = &self.w.proxy else {
+            return Some(Conn::accepted(peer, factory(), self.now));
+        };
+        let conn = Conn::behind_proxy(peer, factory(), self.now, self.now.after(proxy.header_timeout));
+        if !proxy.trusts(peer.ip()) {
+            self.finish(None, conn, CloseReason::ProxyUntrusted);
+            let _ = socket::set_linger_zero(fd);
+            return None;
+        }
+        Some(conn)
+    }
+
+    /// Takes a place for `ip` under `max_sessions_per_ip` (if set), or
+    /// counts a rejection and warns (rate-limited).
+    fn admit_ip(&self, ip: std::net::IpAddr) -> bool {
+        let Some(ip_gate) = &self.w.ip_gate else {
+            return true;
+        };
+        if ip_gate.try_acquire(ip) {
+            return true;
+        }
+        self.w.stats.rejected_per_ip();
+        if let Some(held_back) = self.per_ip_warning.allow(self.now) {
+            tracing::warn!(
+                worker = self.w.index,
+                %ip,
+                held_back,
+                "max_sessions_per_ip reached: connection reset"
+            );
+        }
+        false
+    }
+
+    /// A session behind a proxy has read its PROXY header ([`Step::Admit`]):
+    /// admitted under `max_sessions_per_ip` for the client's address, it
+    /// opens; otherwise it is reset.
+    pub fn admit_proxied(&mut self, token: u64) {
+        let Some(ip) = self.sessions.get_mut(token).map(|s| s.conn.peer_addr().ip()) else {
+            return;
+        };
+        let admitted = self.admit_ip(ip);
+        let Some((cx, slot)) = self.slot(token) else {
+            return;
+        };
+        match admitted {
+            true => {
+                if let Some(p) = slot.conn.proxy() {
+                    tracing::debug!(
+                        worker = cx.id.worker(),
+                        session = %cx.id,
+                        peer = %slot.conn.peer_addr(),
+                        proxy = %p.proxy,
+                        version = p.version,
+                        local = p.local,
+                        "session opened behind a proxy"
+                    );
+                }
+                slot.conn.admit(cx)
+            }
+            false => slot
+                .conn
+                .refuse(CloseReason::custom("max_sessions_per_ip reached")),
+        }
     }
 
     /// Sets a session socket's options: no Nagle delay, and keepalive if
@@ -788,7 +842,11 @@ impl<H: Handler, S> Core<H, S> {
         self.w.stats.closed(kind);
         self.w.gate.release();
         if let Some(ip_gate) = &self.w.ip_gate {
-            ip_gate.release(conn.peer_addr().ip());
+            // Behind a proxy a session holds a place for its client's
+            // address only once admitted.
+            if self.w.proxy.is_none() || conn.proxy_admitted() {
+                ip_gate.release(conn.peer_addr().ip());
+            }
         }
         conn.finish(reason);
     }

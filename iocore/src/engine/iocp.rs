@@ -320,6 +320,7 @@ impl<H: Handler> Driver<H> for Loop<H> {
             match slot.conn.step(cx) {
                 Step::Wait => break,
                 Step::Continue => {}
+                Step::Admit => self.core.admit_proxied(token),
                 Step::Fin => {
                     if let Err(e) =
                         socket2::SockRef::from(&slot.io.socket).shutdown(std::net::Shutdown::Write)

@@ -468,6 +468,8 @@ pub(crate) struct Settings {
     pub max_sessions: usize,
     pub max_sessions_per_ip: Option<usize>,
     pub keepalive: Option<Keepalive>,
+    /// Accepted connections start with a PROXY header.
+    pub proxy: Option<Arc<crate::proxy::ProxySettings>>,
 }
 
 /// Makes a handler for each accepted connection.
@@ -494,6 +496,8 @@ pub(crate) struct Worker<H> {
     pub gate: Arc<SessionGate>,
     /// `max_sessions_per_ip`, if set: shared by all workers.
     pub ip_gate: Option<Arc<IpGate>>,
+    /// Accepted connections start with a PROXY header.
+    pub proxy: Option<Arc<crate::proxy::ProxySettings>>,
     pub epoch: Instant,
     /// Told once the loop is set up (or why it could not be).
     pub ready: std::sync::mpsc::Sender<io::Result<()>>,

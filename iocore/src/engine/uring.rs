@@ -401,6 +401,7 @@ impl<H: Handler> Driver<H> for Loop<H> {
             match slot.conn.step(cx) {
                 Step::Wait => break,
                 Step::Continue => {}
+                Step::Admit => self.core.admit_proxied(token),
                 Step::Fin => {
                     if let Err(e) = socket::shutdown_write(&slot.io.fd) {
                         slot.conn.failed(io_close_reason(e));

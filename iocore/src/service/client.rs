@@ -91,6 +91,7 @@ impl ClientBuilder {
             max_sessions: self.max_sessions,
             max_sessions_per_ip: None,
             keepalive: self.keepalive,
+            proxy: None,
         };
         let (runtime, inboxes) = Runtime::start("iocore-client", engine, specs, settings, false)?;
         Ok(ClientHandle {

@@ -118,6 +118,7 @@ impl Runtime {
                 stats: stats.clone(),
                 gate: gate.clone(),
                 ip_gate: ip_gate.clone(),
+                proxy: settings.proxy.clone(),
                 epoch,
                 ready: ready_tx.clone(),
             };

@@ -94,6 +94,7 @@ impl Server {
             metrics: None,
             #[cfg(feature = "metrics")]
             metrics_registry: None,
+            proxy: None,
         }
     }
 }
@@ -114,6 +115,7 @@ pub struct ServerBuilder {
     metrics: Option<SocketAddr>,
     #[cfg(feature = "metrics")]
     metrics_registry: Option<Arc<prometheus_client::registry::Registry>>,
+    proxy: Option<Arc<crate::proxy::ProxySettings>>,
 }
 
 impl ServerBuilder {
@@ -226,6 +228,15 @@ impl ServerBuilder {
         self
     }
 
+    /// Every accepted connection must start with a PROXY protocol header
+    /// (v1 or v2) from a trusted proxy: see [`crate::proxy`] (feature
+    /// `proxy-protocol`). `None` (the default) reads none.
+    #[cfg(feature = "proxy-protocol")]
+    pub fn proxy_protocol(mut self, proxy: Option<crate::proxy::ProxyProtocol>) -> Self {
+        self.proxy = proxy.map(|p| Arc::new(p.settings()));
+        self
+    }
+
     fn validate(&self) -> io::Result<()> {
         let bad = |msg: &str| Err(io::Error::new(io::ErrorKind::InvalidInput, msg.to_string()));
         if self.threads == 0 || self.threads > 255 {
@@ -239,6 +250,14 @@ impl ServerBuilder {
         }
         if self.max_sessions_per_ip == Some(0) {
             return bad("max_sessions_per_ip must be at least 1 (None turns the cap off)");
+        }
+        if let Some(p) = &self.proxy {
+            if p.trusted.is_empty() {
+                return bad("proxy_protocol needs at least one trusted proxy network");
+            }
+            if p.header_timeout.is_zero() {
+                return bad("the PROXY header timeout must be above zero");
+            }
         }
         self.limits.validate().or_else(|e| bad(&e))
     }
@@ -298,9 +317,17 @@ impl ServerBuilder {
             max_sessions: self.max_sessions,
             max_sessions_per_ip: self.max_sessions_per_ip,
             keepalive: self.keepalive,
+            proxy: self.proxy.clone(),
         };
         let (runtime, _) = Runtime::start(name, engine, specs, settings, hand_off)?;
-        tracing::info!(addr = %local_addr, engine = %engine, threads = self.threads, accept = %self.accept, "serving");
+        tracing::info!(
+            addr = %local_addr,
+            engine = %engine,
+            threads = self.threads,
+            accept = %self.accept,
+            proxy_protocol = self.proxy.is_some(),
+            "serving"
+        );
         #[cfg(feature = "metrics")]
         let exporter = Arc::new(crate::metrics::Exporter::new(
             runtime.metrics_source(),

@@ -49,6 +49,17 @@ pub enum CloseReason {
     Custom(Cow<'static, str>),
     /// Any other socket error.
     Io(io::Error),
+    /// PROXY protocol: the connection came from an address that is not a
+    /// trusted proxy, so it may not say whom it speaks for. `on_connected`
+    /// was never called.
+    ProxyUntrusted,
+    /// PROXY protocol: the connection did not start with a valid PROXY
+    /// header; the text says what was wrong. `on_connected` was never
+    /// called.
+    ProxyInvalid(Cow<'static, str>),
+    /// PROXY protocol: no whole header arrived within the header timeout.
+    /// `on_connected` was never called.
+    ProxyTimeout,
 }
 
 /// The kind of a [`CloseReason`], without the error value: small and
@@ -82,11 +93,17 @@ pub enum CloseKind {
     Custom,
     /// See [`CloseReason::Io`].
     Io,
+    /// See [`CloseReason::ProxyUntrusted`].
+    ProxyUntrusted,
+    /// See [`CloseReason::ProxyInvalid`].
+    ProxyInvalid,
+    /// See [`CloseReason::ProxyTimeout`].
+    ProxyTimeout,
 }
 
 impl CloseKind {
     /// Every kind, in declaration order (the index used by counters).
-    pub const ALL: [CloseKind; 13] = [
+    pub const ALL: [CloseKind; 16] = [
         CloseKind::PeerClosed,
         CloseKind::PeerReset,
         CloseKind::LocalClose,
@@ -100,6 +117,9 @@ impl CloseKind {
         CloseKind::ProtocolViolation,
         CloseKind::Custom,
         CloseKind::Io,
+        CloseKind::ProxyUntrusted,
+        CloseKind::ProxyInvalid,
+        CloseKind::ProxyTimeout,
     ];
 
     /// Position in [`CloseKind::ALL`].
@@ -123,6 +143,9 @@ impl CloseKind {
             CloseKind::ProtocolViolation => "protocol_violation",
             CloseKind::Custom => "custom",
             CloseKind::Io => "io",
+            CloseKind::ProxyUntrusted => "proxy_untrusted",
+            CloseKind::ProxyInvalid => "proxy_invalid",
+            CloseKind::ProxyTimeout => "proxy_timeout",
         }
     }
 }
@@ -161,6 +184,9 @@ impl CloseReason {
             CloseReason::ProtocolViolation(_) => CloseKind::ProtocolViolation,
             CloseReason::Custom(_) => CloseKind::Custom,
             CloseReason::Io(_) => CloseKind::Io,
+            CloseReason::ProxyUntrusted => CloseKind::ProxyUntrusted,
+            CloseReason::ProxyInvalid(_) => CloseKind::ProxyInvalid,
+            CloseReason::ProxyTimeout => CloseKind::ProxyTimeout,
         }
     }
 
@@ -197,6 +223,9 @@ impl fmt::Display for CloseReason {
             CloseReason::ProtocolViolation(what) => write!(f, "protocol violation: {what}"),
             CloseReason::Custom(why) => write!(f, "closed by the handler: {why}"),
             CloseReason::Io(e) => write!(f, "I/O error: {e}"),
+            CloseReason::ProxyUntrusted => f.write_str("PROXY protocol: not from a trusted proxy"),
+            CloseReason::ProxyInvalid(what) => write!(f, "PROXY protocol: invalid header: {what}"),
+            CloseReason::ProxyTimeout => f.write_str("PROXY protocol: no header within the timeout"),
         }
     }
 }

@@ -8,7 +8,10 @@
 //!
 //! Lifecycle: `Connecting` (outbound only) → `Open` → `Closing` (flush the
 //! queue) → `Lingering` (FIN sent, discard input until the peer's FIN or
-//! the linger deadline) → finished. `Aborting` skips to finished.
+//! the linger deadline) → finished. `Aborting` skips to finished. Behind a
+//! load balancer speaking the PROXY protocol an accepted connection starts
+//! in `AwaitingProxy` (reading its header, within a deadline), then
+//! `ProxyReady` (the engine admits it: [`Step::Admit`]), then `Open`.
 //!
 //! Flow control: while open, input is wanted unless the handler paused it
 //! or the send queue went over its high watermark and has not yet drained
@@ -26,14 +29,20 @@ use super::handler::{Handler, Limits, Session, SessionId, Tick};
 use super::recv_buffer::RecvBuffer;
 use super::send_queue::SendQueue;
 use super::timers::Timers;
+use crate::proxy::ProxyInfo;
 use crate::topic::Hub;
 
 /// Where a connection is in its life. Plain, so that the checks made for
 /// every message are one comparison; the close reason of the closing
-/// phases is in [`Core::reason`].
+/// phases is in [`Core::rare`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Phase {
     Connecting,
+    /// Accepted behind a proxy: reading the PROXY header.
+    AwaitingProxy,
+    /// The PROXY header was read: waiting for the engine to admit the
+    /// session under its limits for the client's address.
+    ProxyReady,
     Open,
     /// Send what is queued, then FIN.
     Closing,
@@ -82,9 +91,9 @@ pub struct Core {
     pub(crate) peer: SocketAddr,
     pub(crate) send: SendQueue,
     pub(crate) phase: Phase,
-    /// Why the session ends, once it is closing (boxed: one pointer while
-    /// open).
-    reason: Option<Box<CloseReason>>,
+    /// What few sessions have (boxed: one pointer for the rest): the close
+    /// reason once closing, the PROXY header's information.
+    rare: Option<Box<Rare>>,
     /// While open, the handler's timer; while connecting or lingering,
     /// the connect or linger deadline (one field: they never coexist).
     pub(crate) timer_at: Tick,
@@ -106,7 +115,37 @@ pub struct Core {
     pub(crate) bytes_out: u64,
 }
 
+/// The parts of a connection that most sessions never have, or have only
+/// at the end.
+#[derive(Debug, Default)]
+pub(crate) struct Rare {
+    /// Why the session ends, once it is closing.
+    reason: Option<CloseReason>,
+    /// What the PROXY header said, for a session behind a proxy.
+    proxy: Option<ProxyInfo>,
+    /// The engine admitted the session behind a proxy ([`Conn::admit`]).
+    admitted: bool,
+}
+
 impl Core {
+    fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    fn set_reason(&mut self, reason: CloseReason) {
+        self.rare().reason = Some(reason);
+    }
+
+    /// Whether a close reason was set.
+    fn has_reason(&self) -> bool {
+        self.rare.as_ref().is_some_and(|r| r.reason.is_some())
+    }
+
+    /// What the PROXY header said, if the session came through a proxy.
+    pub(crate) fn proxy(&self) -> Option<&ProxyInfo> {
+        self.rare.as_ref()?.proxy.as_ref()
+    }
+
     /// Queues `buf` for sending under the session's limits: over the high
     /// watermark input pauses; over the cap the session is aborted with
     /// [`CloseReason::SendQueueFull`].
@@ -131,10 +170,10 @@ impl Core {
     /// Graceful close, unless the session is already closing.
     pub(crate) fn close(&mut self, reason: CloseReason) {
         match self.phase {
-            Phase::Connecting => self.abort_with(reason, false),
+            Phase::Connecting | Phase::AwaitingProxy | Phase::ProxyReady => self.abort_with(reason, false),
             Phase::Open => {
                 self.phase = Phase::Closing;
-                self.reason = Some(Box::new(reason));
+                self.set_reason(reason);
             }
             _ => {}
         }
@@ -153,15 +192,15 @@ impl Core {
                 true => Phase::Resetting,
                 false => Phase::Aborting,
             };
-            self.reason = Some(Box::new(reason));
+            self.set_reason(reason);
         }
     }
 
     /// The reason of a closing session, taken once when it is done.
     fn take_reason(&mut self) -> CloseReason {
         self.phase = Phase::Done;
-        match self.reason.take() {
-            Some(r) => *r,
+        match self.rare.as_mut().and_then(|r| r.reason.take()) {
+            Some(r) => r,
             None => CloseReason::ServerShutdown,
         }
     }
@@ -177,6 +216,10 @@ pub enum Step {
     Continue,
     /// Send FIN (`shutdown(SHUT_WR)`); keep reading and discarding.
     Fin,
+    /// The PROXY header was read: admit the session under the limits for
+    /// the client's address, then call [`Conn::admit`] (or refuse it with
+    /// [`Conn::failed`]) and ask again.
+    Admit,
     /// Close the socket (after `SO_LINGER` 0 if `rst`), remove the session
     /// and call [`Conn::finish`] with `reason`.
     Close {
@@ -215,7 +258,7 @@ impl<H: Handler> Conn<H> {
                 peer,
                 send: SendQueue::new(),
                 phase,
-                reason: None,
+                rare: None,
                 timer_at: deadline,
                 last_active: now,
                 last_sent: now,
@@ -234,6 +277,14 @@ impl<H: Handler> Conn<H> {
     /// An accepted connection; call [`Conn::start`] once it is registered.
     pub fn accepted(peer: SocketAddr, handler: H, now: Tick) -> Conn<H> {
         Conn::new(peer, handler, Phase::Open, Tick::NEVER, now)
+    }
+
+    /// An accepted connection from a proxy: it must start with a PROXY
+    /// header before `header_deadline` (see [`crate::proxy`]);
+    /// when it has, [`Conn::step`] says [`Step::Admit`]. [`Conn::start`]
+    /// does nothing for it.
+    pub fn behind_proxy(peer: SocketAddr, handler: H, now: Tick, header_deadline: Tick) -> Conn<H> {
+        Conn::new(peer, handler, Phase::AwaitingProxy, header_deadline, now)
     }
 
     /// An outbound connection whose connect is in progress; call
@@ -273,10 +324,83 @@ impl<H: Handler> Conn<H> {
         self.core.opened
     }
 
-    /// The connection is established and registered: tells the handler.
+    /// The connection is established and registered: tells the handler
+    /// (not yet for one awaiting its PROXY header).
     pub fn start(&mut self, cx: Context<'_>) {
+        if self.core.phase == Phase::AwaitingProxy {
+            return;
+        }
         debug_assert!(matches!(self.core.phase, Phase::Open));
         self.handler.on_connected(&mut Self::session(&mut self.core, &cx));
+    }
+
+    /// The engine admitted a session whose PROXY header was read
+    /// ([`Step::Admit`]): it opens, the handler hears of it, and the bytes
+    /// that came after the header are offered.
+    pub fn admit(&mut self, cx: Context<'_>) {
+        if self.core.phase != Phase::ProxyReady {
+            return;
+        }
+        self.core.phase = Phase::Open;
+        self.core.last_active = cx.now;
+        self.core.rare().admitted = true;
+        self.handler.on_connected(&mut Self::session(&mut self.core, &cx));
+        if self.is_open() && !self.recv.is_empty() {
+            self.deliver_buffered(cx);
+        }
+    }
+
+    /// The engine refused a session whose PROXY header was read (a limit
+    /// for the client's address): it ends at once with RST, before the
+    /// handler heard of it.
+    pub fn refuse(&mut self, reason: CloseReason) {
+        self.recv.clear();
+        self.core.abort_with(reason, true);
+    }
+
+    /// What the PROXY header said, if the session came through a proxy.
+    pub fn proxy(&self) -> Option<&ProxyInfo> {
+        self.core.proxy()
+    }
+
+    /// Whether the engine admitted this session after its PROXY header.
+    pub fn proxy_admitted(&self) -> bool {
+        self.core.rare.as_ref().is_some_and(|r| r.admitted)
+    }
+
+    /// Bytes at the start of a connection behind a proxy: its header,
+    /// maybe whole, maybe followed by the client's first bytes (kept for
+    /// the handler).
+    fn proxy_input(&mut self, data: &[u8]) {
+        // One read's worth beyond MAX_HEADER at most: a header that is not
+        // whole by then is refused below, and reading stops once it is.
+        let _ = self.recv.extend(data, usize::MAX);
+        #[cfg(feature = "proxy-protocol")]
+        match crate::proxy::parse(self.recv.data(), self.core.peer) {
+            crate::proxy::Parsed::More => {}
+            crate::proxy::Parsed::Invalid(why) => {
+                self.recv.clear();
+                self.core.abort_with(CloseReason::ProxyInvalid(why.into()), false);
+            }
+            crate::proxy::Parsed::Header { info, source, len } => {
+                self.recv.consume(len);
+                if let Some(client) = source {
+                    self.core.peer = client;
+                }
+                self.core.rare().proxy = Some(info);
+                self.core.phase = Phase::ProxyReady;
+                self.core.timer_at = Tick::NEVER;
+            }
+        }
+        #[cfg(not(feature = "proxy-protocol"))]
+        {
+            // Without the feature no connection is made behind a proxy.
+            self.recv.clear();
+            self.core.abort_with(
+                CloseReason::ProxyInvalid("PROXY protocol support is not built in".into()),
+                false,
+            );
+        }
     }
 
     /// Whether an outbound connect is still in progress.
@@ -308,7 +432,7 @@ impl<H: Handler> Conn<H> {
     pub fn wants_input(&self) -> bool {
         match self.core.phase {
             Phase::Open => !self.core.input_done && !self.core.flow.intersects(Flow::STOPS_INPUT),
-            Phase::Closing | Phase::Lingering => !self.core.input_done,
+            Phase::Closing | Phase::Lingering | Phase::AwaitingProxy => !self.core.input_done,
             _ => false,
         }
     }
@@ -373,6 +497,9 @@ impl<H: Handler> Conn<H> {
     pub fn received(&mut self, data: &[u8], cx: Context<'_>) {
         self.core.bytes_in += data.len() as u64;
         if !self.is_open() || data.is_empty() {
+            if self.core.phase == Phase::AwaitingProxy && !data.is_empty() {
+                self.proxy_input(data);
+            }
             return;
         }
         self.core.last_active = cx.now;
@@ -444,8 +571,8 @@ impl<H: Handler> Conn<H> {
         if self.core.phase == Phase::Done {
             return;
         }
-        if self.core.reason.is_none() {
-            self.core.reason = Some(Box::new(CloseReason::ServerShutdown));
+        if !self.core.has_reason() {
+            self.core.set_reason(CloseReason::ServerShutdown);
         }
         self.core.phase = Phase::Resetting;
         self.core.send.clear();
@@ -580,6 +707,7 @@ impl<H: Handler> Conn<H> {
                 let reason = self.core.take_reason();
                 Step::Close { reason, rst }
             }
+            Phase::ProxyReady => Step::Admit,
             _ => Step::Wait,
         }
     }
@@ -627,7 +755,7 @@ impl<H: Handler> Conn<H> {
                 at
             }
             Phase::Closing => self.stall_deadline(limits),
-            Phase::Connecting | Phase::Lingering => self.core.timer_at,
+            Phase::Connecting | Phase::Lingering | Phase::AwaitingProxy => self.core.timer_at,
             _ => Tick::NEVER,
         }
     }
@@ -667,6 +795,10 @@ impl<H: Handler> Conn<H> {
                 self.core.abort_with(CloseReason::ConnectFailed(err), false);
             }
             Phase::Lingering if now >= self.core.timer_at => self.core.input_done = true,
+            Phase::AwaitingProxy if now >= self.core.timer_at => {
+                self.recv.clear();
+                self.core.abort_with(CloseReason::ProxyTimeout, false);
+            }
             Phase::Open | Phase::Closing if now >= self.stall_deadline(cx.limits) => {
                 self.core.abort(CloseReason::SendStalled);
             }

@@ -10,6 +10,7 @@ use bytes::Bytes;
 
 use super::close::{CloseReason, SendError};
 use super::conn::{Core, Flow, Phase};
+use crate::proxy::ProxyInfo;
 use crate::topic::{Hub, Pending};
 
 /// Per-session application logic, in the spirit of the seeds' `Session`.
@@ -272,9 +273,23 @@ impl Session<'_> {
         self.id
     }
 
-    /// The peer's address.
+    /// The peer's address: the client's. Behind a proxy speaking the PROXY
+    /// protocol, the address its header gave (the connection's own peer
+    /// is [`Session::proxy_addr`]).
     pub fn peer_addr(&self) -> SocketAddr {
         self.core.peer
+    }
+
+    /// The proxy this session came through, if it came through one (see
+    /// [`crate::ServerBuilder::proxy_protocol`]): the connection's own
+    /// peer address.
+    pub fn proxy_addr(&self) -> Option<SocketAddr> {
+        self.core.proxy().map(|p| p.proxy)
+    }
+
+    /// Everything the session's PROXY header said, if it had one.
+    pub fn proxy(&self) -> Option<&ProxyInfo> {
+        self.core.proxy()
     }
 
     /// Bytes read from this session's socket so far (including bytes the
