@@ -170,6 +170,15 @@ struct ServeArgs {
     /// On stop, how long sessions may flush before they are reset.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     grace: Duration,
+    /// Share topics (chat rooms) with the server's other instances through
+    /// this Redis (redis://HOST:PORT): messages said on one instance reach
+    /// members on every instance. Local delivery goes on if Redis is away.
+    #[arg(long)]
+    redis: Option<String>,
+    /// With --redis: the prefix of the topics' Redis channels (instances
+    /// share rooms when they share it).
+    #[arg(long, requires = "redis", default_value = "iocore:topic:")]
+    redis_prefix: String,
     /// Serve Prometheus metrics at http://ADDR/metrics: ADDR:PORT, or a
     /// port on 127.0.0.1 (e.g. 9464). Bind another address only on a
     /// network you trust: the endpoint has no authentication.
@@ -202,9 +211,11 @@ struct ClientArgs {
     /// I/O model: auto, epoll or uring (Windows: iocp, wsa-event, overlapped).
     #[arg(long, default_value = "auto")]
     engine: EngineKind,
-    /// Server address.
-    #[arg(long, default_value = "127.0.0.1:7777")]
-    addr: SocketAddr,
+    /// Server address; the chat scenario takes several (comma-separated:
+    /// the instances of a cluster), member i connecting to the i-th in
+    /// turn.
+    #[arg(long, default_value = "127.0.0.1:7777", value_delimiter = ',')]
+    addr: Vec<SocketAddr>,
     /// Bytes per message.
     #[arg(long, default_value_t = 100)]
     size: usize,
@@ -381,6 +392,11 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(m) = args.metrics {
         builder = builder.metrics(m);
     }
+    if let Some(url) = &args.redis {
+        let mut bridge = iocore::bridge::RedisBridge::new(url.clone());
+        bridge.channel_prefix = args.redis_prefix.clone();
+        builder = builder.redis(Some(bridge));
+    }
     if args.proxy_protocol {
         let mut proxy = iocore::proxy::ProxyProtocol {
             header_timeout: args.proxy_header_timeout,
@@ -477,7 +493,7 @@ fn run_chat_load(args: ClientArgs) -> Result<bool, Box<dyn std::error::Error>> {
         None => 1.0 / args.interval.as_secs_f64(),
     };
     let opts = chat::load::ChatOptions {
-        addr: args.addr,
+        addrs: args.addr,
         engine: args.engine,
         threads: args.threads,
         connections: args.connections,
@@ -507,8 +523,11 @@ fn run_client(args: ClientArgs) -> Result<bool, Box<dyn std::error::Error>> {
             rate: 1.0 / args.interval.as_secs_f64(),
         },
     };
+    let [addr] = args.addr[..] else {
+        return Err("the echo scenario takes one --addr (several are for --scenario chat)".into());
+    };
     let opts = ClientOptions {
-        addr: args.addr,
+        addr,
         engine: args.engine,
         threads: args.threads,
         connections: args.connections,

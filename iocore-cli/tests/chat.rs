@@ -27,14 +27,6 @@ fn chat_server(engine: EngineKind) -> (ServerHandle, Arc<Events>) {
     (server, events)
 }
 
-/// Reads one packet: its id and body.
-fn read_packet(s: &mut TcpStream) -> (u16, Vec<u8>) {
-    let header = read_exact(s, HEADER);
-    let size = u16::from_le_bytes([header[0], header[1]]) as usize;
-    let id = u16::from_le_bytes([header[2], header[3]]);
-    (id, read_exact(s, size - HEADER))
-}
-
 fn expect(s: &mut TcpStream) -> String {
     let (id, body) = read_packet(s);
     match chat::from_server(id, &body).unwrap() {
@@ -206,7 +198,7 @@ fn protocol_violations_close_only_the_offender(engine: EngineKind) {
 fn chat_load_delivers_every_message_exactly_once(engine: EngineKind) {
     let (server, _) = chat_server(engine);
     let opts = ChatOptions {
-        addr: server.local_addr(),
+        addrs: vec![server.local_addr()],
         engine,
         connections: 40,
         rooms: 4,

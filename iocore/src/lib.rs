@@ -124,6 +124,8 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "redis")]
+pub mod bridge;
 pub mod engine;
 #[cfg(feature = "metrics")]
 pub mod metrics;

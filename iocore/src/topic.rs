@@ -59,9 +59,37 @@ impl Counters {
 /// The topics of a whole server: counters for each topic that has a
 /// subscriber somewhere. An entry goes when its last subscriber does, so a
 /// server whose rooms come and go does not grow.
-#[derive(Default, Debug)]
+#[derive(Default)]
 pub struct Registry {
     topics: Mutex<HashMap<Arc<str>, Arc<Counters>>>,
+    /// Carries the server's topics to other instances (a Redis bridge),
+    /// if it has one.
+    relay: std::sync::OnceLock<Arc<dyn Relay>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("topics", &self.lock().len())
+            .field("relay", &self.relay.get().is_some())
+            .finish()
+    }
+}
+
+/// Carries topics between server instances: told when a topic gets its
+/// first subscriber on this server and loses its last, and of every
+/// publish made here (once per message). Calls must not block: they are
+/// made from worker threads (under the registry's lock for the first two).
+pub(crate) trait Relay: Send + Sync {
+    /// `topic` got its first subscriber on this server.
+    fn joined(&self, topic: &Arc<str>);
+    /// `topic` lost its last subscriber on this server.
+    fn left(&self, topic: &Arc<str>);
+    /// A message was published to `topic` here.
+    fn publish(&self, topic: &Arc<str>, buf: &Bytes);
+    /// Whether messages published to `topic` elsewhere reach this server
+    /// now.
+    fn ready(&self, topic: &str) -> bool;
 }
 
 impl Registry {
@@ -79,6 +107,9 @@ impl Registry {
                 let n: Arc<str> = name.into();
                 let c = Arc::new(Counters::default());
                 topics.insert(n.clone(), c.clone());
+                if let Some(relay) = self.relay.get() {
+                    relay.joined(&n);
+                }
                 (n, c)
             }
         };
@@ -91,9 +122,39 @@ impl Registry {
         let mut topics = self.lock();
         if let Some(c) = topics.get(name) {
             if c.subscribers.fetch_sub(1, Relaxed) == 1 {
-                topics.remove(name);
+                if let Some((n, _)) = topics.remove_entry(name) {
+                    if let Some(relay) = self.relay.get() {
+                        relay.left(&n);
+                    }
+                }
             }
         }
+    }
+
+    /// Installs the relay to other instances (once, before any session
+    /// subscribes).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // the Redis bridge's
+    pub(crate) fn set_relay(&self, relay: Arc<dyn Relay>) {
+        let _ = self.relay.set(relay);
+    }
+
+    /// A message was published here: handed to the relay, if any.
+    pub(crate) fn relay(&self, topic: &Arc<str>, buf: &Bytes) {
+        if let Some(relay) = self.relay.get() {
+            relay.publish(topic, buf);
+        }
+    }
+
+    /// Whether messages published to `topic` on other instances reach
+    /// this server now: always without a relay.
+    pub fn remote_ready(&self, topic: &str) -> bool {
+        self.relay.get().map_or(true, |r| r.ready(topic))
+    }
+
+    /// The topics that have a subscriber here.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // the Redis bridge's
+    pub(crate) fn names(&self) -> Vec<Arc<str>> {
+        self.lock().keys().cloned().collect()
     }
 
     /// The counters of `name`, if it has a subscriber somewhere.

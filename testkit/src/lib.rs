@@ -616,3 +616,230 @@ pub fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
     }
     found
 }
+
+/// A free TCP port on 127.0.0.1 (bound, read and released: another
+/// process could take it in between, which the callers' start-up checks
+/// would notice).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Whether `program` can be run; in CI a missing one fails the test (the
+/// component is installed by `.ci/run`), elsewhere the caller skips.
+pub fn have_program(program: &str, package: &str) -> bool {
+    let found = std::process::Command::new(program)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{program} is missing (.ci/run installs the Debian package {package})"
+        );
+        eprintln!("SKIPPED: {program} is not installed (Debian package {package})");
+    }
+    found
+}
+
+/// A real `redis-server` on a free loopback port, no persistence; killed
+/// on drop.
+#[cfg(unix)]
+pub struct RedisServer {
+    child: Option<std::process::Child>,
+    pub port: u16,
+}
+
+#[cfg(unix)]
+impl RedisServer {
+    /// Starts one, or `None` (skip) when redis-server is missing outside CI.
+    pub fn start() -> Option<RedisServer> {
+        if !have_program("redis-server", "redis-server") {
+            return None;
+        }
+        let mut r = RedisServer {
+            child: None,
+            port: free_port(),
+        };
+        r.restart();
+        Some(r)
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (its clients see their connections drop).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it (again) on the same port and waits until it answers.
+    pub fn restart(&mut self) {
+        self.kill();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--loglevel",
+                "warning",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        wait_until("redis-server answering PING", || {
+            let Ok(mut s) = TcpStream::connect(addr) else {
+                return false;
+            };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = [0u8; 7];
+            s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+        });
+    }
+
+    /// Runs one command (inline syntax) and returns the raw reply.
+    pub fn command(&self, line: &str) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    /// How many connections subscribe to `channel` (PUBSUB NUMSUB).
+    pub fn subscribers(&self, channel: &str) -> u64 {
+        let reply = self.command(&format!("PUBSUB NUMSUB {channel}"));
+        // *2\r\n$len\r\nchannel\r\n:N\r\n
+        reply
+            .lines()
+            .find_map(|l| l.strip_prefix(':'))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("PUBSUB NUMSUB reply: {reply:?}"))
+    }
+}
+
+#[cfg(unix)]
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A real HAProxy (Debian package `haproxy`) running the configuration in
+/// `examples/cluster/haproxy.cfg`, its ports given by environment
+/// variables; stopped on drop.
+#[cfg(unix)]
+pub struct Haproxy {
+    child: std::process::Child,
+    /// Where clients connect.
+    pub front: SocketAddr,
+    /// Its statistics page.
+    pub stats: SocketAddr,
+}
+
+#[cfg(unix)]
+impl Haproxy {
+    /// Starts HAProxy with `config` (a file) and `env` (the ports it
+    /// names), and waits until its statistics page answers. `None` (skip)
+    /// when haproxy is missing outside CI.
+    pub fn start(
+        config: &std::path::Path,
+        front: u16,
+        stats: u16,
+        env: &[(&str, String)],
+    ) -> Option<Haproxy> {
+        if !have_program("haproxy", "haproxy") {
+            return None;
+        }
+        let child = std::process::Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(config)
+            .env("FRONT_PORT", front.to_string())
+            .env("STATS_PORT", stats.to_string())
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("haproxy starts");
+        let h = Haproxy {
+            child,
+            front: ([127, 0, 0, 1], front).into(),
+            stats: ([127, 0, 0, 1], stats).into(),
+        };
+        wait_until("haproxy's statistics page", || h.try_servers().is_some());
+        Some(h)
+    }
+
+    fn try_servers(&self) -> Option<Vec<(String, String)>> {
+        let mut s = TcpStream::connect(self.stats).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        s.write_all(b"GET /stats;csv HTTP/1.0\r\n\r\n").ok()?;
+        let (answer, _) = read_to_end(&mut s);
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        let body = text.split_once("\r\n\r\n")?.1;
+        Some(
+            body.lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split(',').collect();
+                    (f.len() > 17 && f[1] != "FRONTEND" && f[1] != "BACKEND")
+                        .then(|| (f[1].to_string(), f[17].to_string()))
+                })
+                .collect(),
+        )
+    }
+
+    /// Each backend server's name and status (`UP`, `DOWN`, ...).
+    pub fn servers(&self) -> Vec<(String, String)> {
+        self.try_servers().expect("haproxy's statistics")
+    }
+
+    /// Waits until every server in `up` is UP and every other DOWN (not
+    /// on its way: "UP 1/2" is still taking connections).
+    pub fn wait_for(&self, up: &[&str]) {
+        wait_until(&format!("haproxy sees {up:?} up"), || {
+            self.servers()
+                .iter()
+                .all(|(name, status)| match up.contains(&name.as_str()) {
+                    true => status == "UP",
+                    false => status.starts_with("DOWN"),
+                })
+        });
+    }
+}
+
+#[cfg(unix)]
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads one packet (`iocore::packet`'s size + id header): its id and
+/// body.
+pub fn read_packet(s: &mut TcpStream) -> (u16, Vec<u8>) {
+    let header = read_exact(s, iocore::packet::HEADER);
+    let size = u16::from_le_bytes([header[0], header[1]]) as usize;
+    let id = u16::from_le_bytes([header[2], header[3]]);
+    (id, read_exact(s, size - iocore::packet::HEADER))
+}

@@ -30,8 +30,9 @@ const MAX_ERRORS: usize = 20;
 /// What the chat load client does.
 #[derive(Clone, Debug)]
 pub struct ChatOptions {
-    /// The chat server.
-    pub addr: SocketAddr,
+    /// The chat server, or the instances of one (member `i` connects to
+    /// `addrs[i % addrs.len()]`).
+    pub addrs: Vec<SocketAddr>,
     /// I/O model of the client.
     pub engine: EngineKind,
     /// Client worker threads.
@@ -60,7 +61,7 @@ pub struct ChatOptions {
 impl Default for ChatOptions {
     fn default() -> ChatOptions {
         ChatOptions {
-            addr: SocketAddr::from(([127, 0, 0, 1], 7777)),
+            addrs: vec![SocketAddr::from(([127, 0, 0, 1], 7777))],
             engine: EngineKind::Auto,
             threads: 1,
             connections: 10,
@@ -444,6 +445,9 @@ pub fn run(opts: &ChatOptions, stop: Arc<AtomicBool>) -> io::Result<ChatSummary>
     if opts.connections == 0 || opts.rooms == 0 || opts.rooms > opts.connections {
         return Err(invalid("need at least one member per room and one room"));
     }
+    if opts.addrs.is_empty() {
+        return Err(invalid("need a server address"));
+    }
     if !(opts.rate > 0.0 && opts.rate.is_finite()) {
         return Err(invalid("rate must be a positive number of messages per second"));
     }
@@ -476,7 +480,8 @@ pub fn run(opts: &ChatOptions, stop: Arc<AtomicBool>) -> io::Result<ChatSummary>
     });
     for index in 0..opts.connections {
         let shared = shared.clone();
-        client.connect(opts.addr, move || {
+        let addr = opts.addrs[index % opts.addrs.len()];
+        client.connect(addr, move || {
             Packets::new(Member::new(index, shared)).max_packet(MAX_PACKET)
         })?;
     }
@@ -510,7 +515,12 @@ pub fn run(opts: &ChatOptions, stop: Arc<AtomicBool>) -> io::Result<ChatSummary>
     let mut summary = guard.0.clone();
     drop(guard);
     client.shutdown(Duration::from_secs(1))?;
-    summary.addr = opts.addr.to_string();
+    summary.addr = opts
+        .addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
     summary.connections = opts.connections;
     summary.rooms = opts.rooms;
     let said: Vec<u64> = shared.said.iter().map(|s| s.load(Ordering::Acquire)).collect();

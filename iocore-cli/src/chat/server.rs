@@ -2,6 +2,12 @@
 //! message a packet. A SAY is published once to the room's topic — one
 //! buffer, shared by every member's send queue on every worker.
 //!
+//! With a Redis bridge (`serve --redis`) rooms span the server's
+//! instances; JOINED is sent once the room's subscription reaches the
+//! other instances too (`Session::topic_ready`), so that a member who has
+//! it receives everything said in the room from then on, wherever said.
+//! Its member count is this instance's.
+//!
 //! A SAY outside a room gets an ERROR; anything a client could not have
 //! meant (an unknown packet id, text that is not UTF-8, a room name not 1
 //! to 64 bytes long, text too long to relay) closes that session with a
@@ -24,6 +30,8 @@ pub struct ChatSession {
     topic: Option<Box<str>>,
     /// Longest text a MSG can relay within the packet limit.
     max_text: usize,
+    /// JOINED is owed once the room's subscription is in place everywhere.
+    joined_owed: bool,
 }
 
 /// A chat session for packets of at most `max_packet` bytes.
@@ -31,6 +39,7 @@ pub fn handler(max_packet: usize) -> Packets<ChatSession> {
     let session = ChatSession {
         topic: None,
         max_text: max_packet - HEADER - MSG_OVERHEAD,
+        joined_owed: false,
     };
     Packets::new(session).max_packet(max_packet)
 }
@@ -55,9 +64,24 @@ impl ChatSession {
         }
         let topic: Box<str> = format!("{ROOM}{room}").into();
         s.subscribe(&topic);
-        let members = s.subscribers(&topic).min(u32::MAX as u64) as u32;
         self.topic = Some(topic);
-        let _ = s.send(protocol::joined(members, room));
+        self.joined_owed = true;
+        self.send_joined(s);
+    }
+
+    /// Sends the JOINED owed once the room reaches every instance; until
+    /// then looks again every millisecond.
+    fn send_joined(&mut self, s: &mut Session<'_>) {
+        let Some(topic) = self.topic.as_deref().filter(|_| self.joined_owed) else {
+            return;
+        };
+        if !s.topic_ready(topic) {
+            s.set_timer(std::time::Duration::from_millis(1));
+            return;
+        }
+        self.joined_owed = false;
+        let members = s.subscribers(topic).min(u32::MAX as u64) as u32;
+        let _ = s.send(protocol::joined(members, &topic[ROOM.len()..]));
     }
 
     fn say(&mut self, s: &mut Session<'_>, body: &[u8]) {
@@ -83,6 +107,7 @@ impl ChatSession {
     }
 
     fn leave(&mut self, s: &mut Session<'_>) {
+        self.joined_owed = false;
         match self.topic.take() {
             Some(topic) => {
                 s.unsubscribe(&topic);
@@ -103,5 +128,9 @@ impl PacketHandler for ChatSession {
             protocol::LEAVE => self.leave(s),
             other => violation(s, format!("unknown packet id {other}")),
         }
+    }
+
+    fn on_timer(&mut self, s: &mut Session<'_>) {
+        self.send_joined(s);
     }
 }

@@ -521,6 +521,7 @@ impl<H: Handler, S> Core<H, S> {
     fn published(&self, p: &Pending) {
         self.w.stats.published();
         self.hub.topics.borrow().count_publish(&p.topic);
+        self.w.registry.relay(&p.topic, &p.buf);
         for (i, inbox) in self.w.workers.iter().enumerate() {
             if i != self.w.index {
                 let r = Remote::Publish {

@@ -470,6 +470,8 @@ pub(crate) struct Settings {
     pub keepalive: Option<Keepalive>,
     /// Accepted connections start with a PROXY header.
     pub proxy: Option<Arc<crate::proxy::ProxySettings>>,
+    /// The service's topics (with their relay to other instances, if any).
+    pub registry: Arc<crate::topic::Registry>,
 }
 
 /// Makes a handler for each accepted connection.

@@ -159,6 +159,9 @@ pub(crate) struct Source {
     pub workers: Vec<Arc<WorkerStats>>,
     pub topics: Arc<topic::Registry>,
     pub engine: EngineKind,
+    /// The Redis bridge's counters, if the server has one.
+    #[cfg(feature = "redis")]
+    pub bridge: Option<Arc<dyn Fn() -> crate::bridge::BridgeStats + Send + Sync>>,
 }
 
 impl fmt::Debug for Source {
@@ -253,6 +256,54 @@ fn server_gauge(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64)
     ConstGauge::new(v).encode(enc.encode_descriptor(name, help, None, MetricType::Gauge)?)
 }
 
+/// The Redis bridge's counters (server-wide).
+#[cfg(feature = "redis")]
+fn encode_bridge(enc: &mut DescriptorEncoder<'_>, b: &crate::bridge::BridgeStats) -> fmt::Result {
+    server_gauge(
+        enc,
+        "iocore_redis_connected",
+        "1 while both of the Redis bridge's connections are up",
+        u64::from(b.connected),
+    )?;
+    server_gauge(
+        enc,
+        "iocore_redis_channels",
+        "Redis channels the bridge subscribes to",
+        b.channels,
+    )?;
+    let counters = [
+        (
+            "iocore_redis_relayed_out",
+            "Messages published here and published to Redis",
+            b.relayed_out,
+        ),
+        (
+            "iocore_redis_relayed_in",
+            "Messages from other instances handed to the local fan-out",
+            b.relayed_in,
+        ),
+        (
+            "iocore_redis_unrelayed",
+            "Messages published here that could not be published to Redis (delivered locally only)",
+            b.unrelayed,
+        ),
+        (
+            "iocore_redis_own_skipped",
+            "This instance's own messages echoed by Redis and skipped",
+            b.own_skipped,
+        ),
+        (
+            "iocore_redis_reconnects",
+            "Redis connections made again after losing one",
+            b.reconnects,
+        ),
+    ];
+    for (name, help, v) in counters {
+        ConstCounter::new(v).encode(enc.encode_descriptor(name, help, None, MetricType::Counter)?)?;
+    }
+    Ok(())
+}
+
 impl Collector for Source {
     fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
         let workers: Vec<Stats> = self.workers.iter().map(|w| w.snapshot()).collect();
@@ -288,6 +339,10 @@ impl Collector for Source {
             "Subscriptions of sessions to topics, over all topics",
             subscriptions,
         )?;
+        #[cfg(feature = "redis")]
+        if let Some(bridge) = &self.bridge {
+            encode_bridge(&mut enc, &bridge())?;
+        }
 
         let mut f = Families {
             enc: &mut enc,

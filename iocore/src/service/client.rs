@@ -92,6 +92,7 @@ impl ClientBuilder {
             max_sessions_per_ip: None,
             keepalive: self.keepalive,
             proxy: None,
+            registry: Arc::new(crate::topic::Registry::default()),
         };
         let (runtime, inboxes) = Runtime::start("iocore-client", engine, specs, settings, false)?;
         Ok(ClientHandle {

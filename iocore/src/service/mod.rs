@@ -9,3 +9,21 @@ mod server;
 pub use client::{Client, ClientBuilder, ClientHandle};
 pub use runtime::ToSessionError;
 pub use server::{Accept, Server, ServerBuilder, ServerHandle};
+
+#[cfg(test)]
+mod tests {
+    /// Handles are shared between threads (a stop from a signal handler's
+    /// thread, sends from game-logic threads), with every feature.
+    #[test]
+    fn handles_are_send_and_sync() {
+        struct Quiet;
+        impl crate::Handler for Quiet {
+            fn on_recv(&mut self, _: &mut crate::Session<'_>, data: &[u8]) -> usize {
+                data.len()
+            }
+        }
+        fn check<T: Send + Sync>() {}
+        check::<super::ServerHandle>();
+        check::<super::ClientHandle<Quiet>>();
+    }
+}

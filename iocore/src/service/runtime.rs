@@ -87,7 +87,7 @@ impl Runtime {
         let gate = Arc::new(SessionGate::new(settings.max_sessions));
         let ip_gate = settings.max_sessions_per_ip.map(|max| Arc::new(IpGate::new(max)));
         let epoch = Instant::now();
-        let registry = Arc::new(Registry::default());
+        let registry = settings.registry.clone();
         let mut rt = Runtime {
             engine,
             threads: Vec::new(),
@@ -174,6 +174,23 @@ impl Runtime {
             workers: self.stats.clone(),
             topics: self.registry.clone(),
             engine: self.engine,
+            #[cfg(feature = "redis")]
+            bridge: None,
+        }
+    }
+
+    /// Hands a publish that came from another instance to every worker's
+    /// fan-out (not counted as a publish here, not relayed again).
+    #[cfg(feature = "redis")]
+    pub(crate) fn injector(&self) -> impl Fn(Arc<str>, Bytes) + Send + Sync + 'static {
+        let controls = self.controls.clone();
+        move |topic, buf| {
+            for c in &controls {
+                let _ = c.remote(Remote::Publish {
+                    topic: topic.clone(),
+                    buf: buf.clone(),
+                });
+            }
         }
     }
 
@@ -208,6 +225,7 @@ impl Runtime {
     pub(crate) fn publish(&self, topic: &str, buf: Bytes) -> Result<(), ToSessionError> {
         let topic: Arc<str> = topic.into();
         self.registry.published(&topic);
+        self.registry.relay(&topic, &buf);
         let mut sent = false;
         for c in &self.controls {
             let r = Remote::Publish {

@@ -95,6 +95,8 @@ impl Server {
             #[cfg(feature = "metrics")]
             metrics_registry: None,
             proxy: None,
+            #[cfg(feature = "redis")]
+            redis: None,
         }
     }
 }
@@ -116,6 +118,8 @@ pub struct ServerBuilder {
     #[cfg(feature = "metrics")]
     metrics_registry: Option<Arc<prometheus_client::registry::Registry>>,
     proxy: Option<Arc<crate::proxy::ProxySettings>>,
+    #[cfg(feature = "redis")]
+    redis: Option<crate::bridge::RedisBridge>,
 }
 
 impl ServerBuilder {
@@ -237,6 +241,15 @@ impl ServerBuilder {
         self
     }
 
+    /// Shares the server's topics with its other instances through Redis
+    /// pub/sub: see [`crate::bridge`] (feature `redis`). `None` (the
+    /// default) keeps them local.
+    #[cfg(feature = "redis")]
+    pub fn redis(mut self, bridge: Option<crate::bridge::RedisBridge>) -> Self {
+        self.redis = bridge;
+        self
+    }
+
     fn validate(&self) -> io::Result<()> {
         let bad = |msg: &str| Err(io::Error::new(io::ErrorKind::InvalidInput, msg.to_string()));
         if self.threads == 0 || self.threads > 255 {
@@ -312,14 +325,25 @@ impl ServerBuilder {
                 factory: Some(factory.clone()),
             });
         }
+        let registry = Arc::new(crate::topic::Registry::default());
+        #[cfg(feature = "redis")]
+        let mut bridge = match &self.redis {
+            Some(config) => Some(crate::bridge::Bridge::new(config, registry.clone())?),
+            None => None,
+        };
         let settings = Settings {
             limits: self.limits,
             max_sessions: self.max_sessions,
             max_sessions_per_ip: self.max_sessions_per_ip,
             keepalive: self.keepalive,
             proxy: self.proxy.clone(),
+            registry: registry.clone(),
         };
         let (runtime, _) = Runtime::start(name, engine, specs, settings, hand_off)?;
+        #[cfg(feature = "redis")]
+        if let Some(b) = &mut bridge {
+            b.run(runtime.injector())?;
+        }
         tracing::info!(
             addr = %local_addr,
             engine = %engine,
@@ -329,10 +353,18 @@ impl ServerBuilder {
             "serving"
         );
         #[cfg(feature = "metrics")]
-        let exporter = Arc::new(crate::metrics::Exporter::new(
-            runtime.metrics_source(),
-            self.metrics_registry.clone(),
-        ));
+        let exporter = {
+            #[allow(unused_mut)]
+            let mut source = runtime.metrics_source();
+            #[cfg(feature = "redis")]
+            {
+                source.bridge = bridge.as_ref().map(|b| b.stats_reader());
+            }
+            Arc::new(crate::metrics::Exporter::new(
+                source,
+                self.metrics_registry.clone(),
+            ))
+        };
         #[cfg(feature = "metrics")]
         let metrics = match self.metrics {
             Some(addr) => match start_metrics(addr, engine, exporter.clone()) {
@@ -349,6 +381,8 @@ impl ServerBuilder {
         Ok(ServerHandle {
             runtime,
             local_addr,
+            #[cfg(feature = "redis")]
+            bridge,
             #[cfg(feature = "metrics")]
             exporter,
             #[cfg(feature = "metrics")]
@@ -393,6 +427,9 @@ fn start_metrics(
 pub struct ServerHandle {
     runtime: Runtime,
     local_addr: SocketAddr,
+    /// The relay of topics to other instances, if any.
+    #[cfg(feature = "redis")]
+    bridge: Option<crate::bridge::Bridge>,
     #[cfg(feature = "metrics")]
     exporter: Arc<crate::metrics::Exporter>,
     /// The `/metrics` endpoint's own server, if one was asked for.
@@ -419,6 +456,13 @@ impl ServerHandle {
     /// Each worker's counters, by worker index.
     pub fn worker_stats(&self) -> Vec<Stats> {
         self.runtime.worker_stats()
+    }
+
+    /// The Redis bridge's counters, if the server has one
+    /// ([`ServerBuilder::redis`]).
+    #[cfg(feature = "redis")]
+    pub fn bridge_stats(&self) -> Option<crate::bridge::BridgeStats> {
+        self.bridge.as_ref().map(|b| b.stats())
     }
 
     /// Where the `/metrics` endpoint listens, if it was asked for
@@ -484,6 +528,11 @@ impl ServerHandle {
     /// Waits until every worker has finished (after a stop).
     pub fn join(mut self) -> io::Result<()> {
         let served = self.runtime.join();
+        // The bridge outlives the workers' last publishes.
+        #[cfg(feature = "redis")]
+        if let Some(mut b) = self.bridge.take() {
+            b.stop();
+        }
         // The metrics endpoint stops with the server (also when the
         // server's workers ended by themselves).
         #[cfg(feature = "metrics")]

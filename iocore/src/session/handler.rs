@@ -433,6 +433,16 @@ impl Session<'_> {
         self.hub.topics.borrow().is_subscribed(self.id.token(), topic)
     }
 
+    /// Whether messages published to `topic` on other server instances
+    /// reach this server now: with a Redis bridge
+    /// ([`crate::ServerBuilder::redis`]), once the bridge's subscription
+    /// to the topic's channel is confirmed (or while Redis is away, when
+    /// nothing can come); always without one. A chat server can wait for
+    /// it before telling a member "joined".
+    pub fn topic_ready(&self, topic: &str) -> bool {
+        self.hub.topics.borrow().registry().remote_ready(topic)
+    }
+
     /// Sessions subscribed to `topic` across the whole server now.
     pub fn subscribers(&self, topic: &str) -> u64 {
         self.hub.topics.borrow().registry().subscribers(topic)
