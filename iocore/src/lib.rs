@@ -27,7 +27,9 @@
 //!
 //! Between sessions, on top of the session API: [`packet`] (the course's
 //! size + id header, as a handler adaptor) and [`topic`] (pub/sub with one
-//! shared buffer per publish).
+//! shared buffer per publish). Around the server: [`proxy`] (PROXY
+//! protocol headers from a load balancer), and with their features the
+//! `metrics` and `bridge` (Redis) modules.
 //!
 //! The applications (echo, sink, chat, the load clients, benchmarks) and
 //! the `iocore` command live in the `iocore-cli` crate of the same
@@ -121,6 +123,8 @@
 //! | feature | adds | crates |
 //! |---|---|---|
 //! | `metrics` | the `metrics` module: Prometheus metrics of a server, served at `/metrics` by an iocore server of its own (`ServerBuilder::metrics`) | `prometheus-client`, `httparse` |
+//! | `proxy-protocol` | PROXY protocol v1/v2 headers on accept, from trusted proxies (`ServerBuilder::proxy_protocol`; see [`proxy`]) | `proxy-header`, `ipnet` |
+//! | `redis` | the `bridge` module: topics across server instances through Redis pub/sub (`ServerBuilder::redis`) | `redis` (synchronous, default features off) |
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

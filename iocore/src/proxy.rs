@@ -5,12 +5,12 @@
 //! A server started with `ServerBuilder::proxy_protocol` (cargo feature
 //! `proxy-protocol`) reads the header before anything else:
 //!
-//! - Only connections from a trusted proxy ([`ProxyProtocol::trusted`],
+//! - Only connections from a trusted proxy (`ProxyProtocol::trusted`,
 //!   loopback by default) may send one; any other connection is closed at
 //!   once with [`crate::CloseReason::ProxyUntrusted`].
 //! - A connection whose first bytes are not a valid v1 or v2 header is
 //!   closed with [`crate::CloseReason::ProxyInvalid`]; one that sends no
-//!   whole header within [`ProxyProtocol::header_timeout`] with
+//!   whole header within `ProxyProtocol::header_timeout` with
 //!   [`crate::CloseReason::ProxyTimeout`]. Neither reaches
 //!   `Handler::on_connected` (the handler hears `on_disconnected`, as for
 //!   a failed connect); each is counted by its close kind.

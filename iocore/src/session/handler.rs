@@ -281,7 +281,7 @@ impl Session<'_> {
     }
 
     /// The proxy this session came through, if it came through one (see
-    /// [`crate::ServerBuilder::proxy_protocol`]): the connection's own
+    /// `ServerBuilder::proxy_protocol` (feature `proxy-protocol`)): the connection's own
     /// peer address.
     pub fn proxy_addr(&self) -> Option<SocketAddr> {
         self.core.proxy().map(|p| p.proxy)
@@ -435,7 +435,7 @@ impl Session<'_> {
 
     /// Whether messages published to `topic` on other server instances
     /// reach this server now: with a Redis bridge
-    /// ([`crate::ServerBuilder::redis`]), once the bridge's subscription
+    /// (`ServerBuilder::redis`, feature `redis`), once the bridge's subscription
     /// to the topic's channel is confirmed (or while Redis is away, when
     /// nothing can come); always without one. A chat server can wait for
     /// it before telling a member "joined".
