@@ -212,6 +212,27 @@ fn bad_starts_close_only_their_connection(engine: EngineKind) {
     p.server.shutdown(Duration::from_secs(1)).unwrap();
 }
 
+/// A peer that ends during its header (half a header, then FIN) is done at
+/// once: the engine keeps reading while a header is awaited, so it sees
+/// the FIN long before the header timeout.
+fn a_peer_leaving_mid_header_is_closed_at_once(engine: EngineKind) {
+    let proxy = ProxyProtocol {
+        header_timeout: Duration::from_secs(3600),
+        ..ProxyProtocol::default()
+    };
+    let p = start(engine, proxy, None);
+    let mut c = connect(p.server.local_addr());
+    c.set_nodelay(true).unwrap();
+    c.write_all(b"PROXY TCP4 ").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    c.write_all(b"203.0.").unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(read_to_end(&mut c).0.is_empty());
+    assert_eq!(p.events.wait_closed(1), [CloseKind::PeerClosed]);
+    assert!(p.seen.lock().unwrap().is_empty());
+    p.server.shutdown(Duration::from_secs(1)).unwrap();
+}
+
 fn untrusted_sources_may_not_send_a_header(engine: EngineKind) {
     let only_far = ProxyProtocol::trusting(ProxyProtocol::parse_trusted("10.0.0.0/8").unwrap());
     let p = start(engine, only_far, None);
@@ -253,6 +274,7 @@ fn the_limit_per_address_counts_the_clients(engine: EngineKind) {
 engine_suite!(
     headers_name_the_client,
     bad_starts_close_only_their_connection,
+    a_peer_leaving_mid_header_is_closed_at_once,
     untrusted_sources_may_not_send_a_header,
     the_limit_per_address_counts_the_clients
 );

@@ -337,7 +337,7 @@ impl<H: Handler> Driver<H> for Loop<H> {
         if slot.io.closing.is_none() {
             // Input may already be waiting (read budget spent, or input
             // was paused and is wanted again): post again.
-            if !slot.io.recv_posted && slot.conn.is_open() && slot.conn.wants_input() {
+            if !slot.io.recv_posted && slot.conn.wants_input() {
                 self.post_recv(token)?;
             }
             self.core.settled(token);

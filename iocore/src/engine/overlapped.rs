@@ -110,7 +110,7 @@ impl<H: Handler> Loop<H> {
         }
         // Drained or budget spent: the zero-byte receive completes at once
         // if data remains.
-        if slot.conn.is_open() && !slot.io.ov.recv_posted() {
+        if slot.conn.wants_input() && !slot.io.ov.recv_posted() {
             if let Err(e) = slot.io.ov.post_recv() {
                 slot.conn.failed(io_close_reason(e));
             }

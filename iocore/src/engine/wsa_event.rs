@@ -119,8 +119,10 @@ impl<H: Handler> Loop<H> {
             ReadEnd::Paused => slot.io.read_stalled = true,
             ReadEnd::Drained => {
                 if let Some(error) = slot.io.close_pending.take() {
-                    // FD_CLOSE with nothing left to read (Wine: also a reset).
-                    if slot.conn.is_open() {
+                    // FD_CLOSE with nothing left to read (Wine: also a
+                    // reset), while input was wanted (open, awaiting a
+                    // PROXY header, or closing and awaiting the FIN).
+                    if slot.conn.wants_input() {
                         match error {
                             Some(e) => slot.conn.failed(io_close_reason(e)),
                             None => slot.conn.eof(),

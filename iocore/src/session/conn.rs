@@ -149,6 +149,7 @@ impl Core {
     /// Queues `buf` for sending under the session's limits: over the high
     /// watermark input pauses; over the cap the session is aborted with
     /// [`CloseReason::SendQueueFull`].
+    #[inline]
     pub(crate) fn queue(&mut self, buf: Bytes, now: Tick, limits: &Limits) -> Result<(), SendError> {
         if self.send.is_empty() {
             self.last_sent = now;
@@ -371,6 +372,8 @@ impl<H: Handler> Conn<H> {
     /// Bytes at the start of a connection behind a proxy: its header,
     /// maybe whole, maybe followed by the client's first bytes (kept for
     /// the handler).
+    #[cold]
+    #[inline(never)]
     fn proxy_input(&mut self, data: &[u8]) {
         // One read's worth beyond MAX_HEADER at most: a header that is not
         // whole by then is refused below, and reading stops once it is.

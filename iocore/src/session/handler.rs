@@ -315,6 +315,7 @@ impl Session<'_> {
     /// sessions. Fails when the session is closing, or when the queue would
     /// exceed [`Limits::max_send_queue`] — then the session is closed with
     /// [`CloseReason::SendQueueFull`] and its queue is freed.
+    #[inline]
     pub fn send(&mut self, buf: impl Into<Bytes>) -> Result<(), SendError> {
         if !matches!(self.core.phase, Phase::Open) {
             return Err(SendError::Closed);
