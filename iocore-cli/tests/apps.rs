@@ -341,3 +341,61 @@ fn uring_single_shot_mode_passes_verification() {
     assert_eq!(summary.bytes_received, 20 * 50 * 100);
     assert!(server.stop().0.success());
 }
+
+/// Each optional io_uring feature turned off (`IOCORE_URING_OFF`, the
+/// fallback a kernel without it takes), and all of them at once: the ring
+/// says which it uses, and the verified seed client passes.
+#[test]
+#[cfg(target_os = "linux")]
+fn uring_fallbacks_pass_verification() {
+    if require(EngineKind::Uring).is_none() {
+        return;
+    }
+    let all = iocore::engine::UringFeatures::NAMES.join(",");
+    let mut cases: Vec<&str> = iocore::engine::UringFeatures::NAMES.to_vec();
+    cases.push(&all);
+    for off in cases {
+        let server = CliServer::start(
+            BIN,
+            &["--engine", "uring", "--threads", "2"],
+            &[("IOCORE_URING_OFF", off)],
+        );
+        let ring_line = server
+            .log
+            .iter()
+            .find(|l| l.contains("io_uring ring set up"))
+            .cloned()
+            .unwrap_or_else(|| panic!("no ring line: {:?}", server.log));
+        for name in off.split(',') {
+            assert!(ring_line.contains(&format!("{name}=off")), "{off}: {ring_line}");
+        }
+        let summary = client::run(
+            &options(server.addr, EngineKind::Epoll),
+            Arc::new(AtomicBool::new(false)),
+        )
+        .unwrap();
+        assert!(summary.ok(), "{off}: {summary}");
+        assert_eq!(summary.bytes_received, 20 * 50 * 100, "{off}");
+        assert!(server.stop().0.success(), "{off}");
+    }
+}
+
+/// A feature name `IOCORE_URING_OFF` does not know is refused with the
+/// names it knows.
+#[test]
+fn an_unknown_uring_feature_is_refused() {
+    if require(EngineKind::Uring).is_none() {
+        return;
+    }
+    let out = Command::new(BIN)
+        .args(["serve", "--engine", "uring", "--addr", "127.0.0.1:0"])
+        .env("IOCORE_URING_OFF", "ring-fd,warp-drive")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("unknown io_uring feature 'warp-drive'") && stderr.contains("plain-send"),
+        "{stderr}"
+    );
+}

@@ -75,9 +75,12 @@ fn out_of_descriptors_closes_excess_clients_and_recovers(engine: EngineKind, env
         assert_eq!(read_exact(s, 5), b"still");
     }
     drop(excess);
-    // Once the clients are gone, new connections are served again.
+    // Once the clients are gone, new connections are served again. (Until
+    // the server has seen them go, a new one may still be shed: counted.)
+    let attempts = std::cell::Cell::new(0usize);
     assert!(
         try_wait(|| {
+            attempts.set(attempts.get() + 1);
             let mut s = connect(server.addr);
             s.write_all(b"again").is_ok() && {
                 let mut b = [0; 5];
@@ -100,7 +103,13 @@ fn out_of_descriptors_closes_excess_clients_and_recovers(engine: EngineKind, env
         .and_then(|r| r.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap();
-    assert_eq!(shed, closed, "every closed client was counted");
+    // Every closed client was counted, and at most the attempts to come
+    // back that were not served besides.
+    let retries = attempts.get() - 1;
+    assert!(
+        (closed..=closed + retries).contains(&shed),
+        "{shed} shed, {closed} clients closed, {retries} retries"
+    );
 }
 
 /// A client writes 64 MiB without reading for 3 s, then reads it all:

@@ -39,10 +39,13 @@ pub struct BenchOptions {
     pub points: Vec<String>,
 }
 
-/// The servers `iocore bench` knows.
-pub const SERVERS: [&str; 6] = [
+/// The servers `iocore bench` knows. `iocore-uring-basic` is the uring
+/// engine with its optional kernel features off (`IOCORE_URING_OFF`, every
+/// name): the A/B baseline for them, not in the default list.
+pub const SERVERS: [&str; 7] = [
     "iocore-epoll",
     "iocore-uring",
+    "iocore-uring-basic",
     "tokio",
     "monoio",
     "compio",
@@ -291,7 +294,7 @@ fn program(server: &str, scenario: Scenario, dir: &Path) -> io::Result<Option<(P
     let peer = |name: &str| Some((dir.join(format!("peer-{name}")), vec![]));
     Ok(match (server, scenario) {
         ("iocore-epoll", _) => serve("epoll"),
-        ("iocore-uring", _) => serve("uring"),
+        ("iocore-uring" | "iocore-uring-basic", _) => serve("uring"),
         ("tokio", Scenario::Chat) => peer("tokio-chat"),
         ("tokio" | "monoio" | "compio", Scenario::Echo) => peer(server),
         ("epoll-floor", Scenario::Echo) => peer("epoll"),
@@ -354,7 +357,15 @@ impl Running {
         } else {
             args.push(addr.to_string());
         }
-        let child = Command::new("taskset")
+        let mut cmd = Command::new("taskset");
+        #[cfg(target_os = "linux")]
+        if server == "iocore-uring-basic" {
+            cmd.env(
+                iocore::engine::URING_FEATURES_OFF_VAR,
+                iocore::engine::UringFeatures::NAMES.join(","),
+            );
+        }
+        let child = cmd
             .args(["-c", "0"])
             .arg(&prog)
             .args(&args)

@@ -82,6 +82,10 @@ mod uring;
 #[cfg(windows)]
 mod wsa_event;
 
+/// The io_uring engine's optional kernel features, and the environment
+/// variable that turns them off (`IOCORE_URING_OFF=ring-fd,plain-send`).
+#[cfg(target_os = "linux")]
+pub use crate::sys::uring::{Features as UringFeatures, FEATURES_OFF_VAR as URING_FEATURES_OFF_VAR};
 pub use stats::{AcceptErrorKind, Stats, WorkerStats};
 
 /// Which I/O model runs the sessions.

@@ -24,6 +24,13 @@
 //! multishot accept or capped multishot receive (`EINVAL`), the worker
 //! falls back to single-shot operations posted again after each
 //! completion; the variable `IOCORE_URING_SINGLESHOT=1` forces that mode.
+//!
+//! The ring uses, where the kernel has them, deferred task work (the
+//! kernel runs completions' task work only inside this worker's own
+//! `io_uring_enter`, which always asks for events), a registered ring
+//! descriptor, and a plain `send` for a single buffer; in-flight sends are
+//! kept in a slab. `IOCORE_URING_OFF` turns each off (see
+//! [`crate::engine::UringFeatures`]).
 
 use std::io;
 use std::net::SocketAddr;
@@ -31,7 +38,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use crate::session::{CloseReason, Conn, Handler, Step, Tick};
 use crate::sys::socket;
-use crate::sys::uring::{Completion, SendOp, Uring, RECV_CAP};
+use crate::sys::uring::{Completion, SendKey, SendOp, Uring, RECV_CAP};
 
 use super::core::{io_close_reason, Core, Driver, ACCEPT_BACKOFF};
 use super::{EngineKind, Worker};
@@ -67,8 +74,8 @@ struct Sock {
     recv_posted: bool,
     /// The receive is being cancelled because input is not wanted.
     recv_cancel_posted: bool,
-    /// A send is in flight (the ring holds its buffers).
-    sending: bool,
+    /// The send in flight, if any (the ring holds its buffers).
+    sending: Option<SendKey>,
     /// The session ended; it is freed when `inflight` reaches 0.
     closing: Option<Box<(CloseReason, bool)>>,
     cancel_posted: bool,
@@ -95,6 +102,11 @@ pub(crate) fn run<H: Handler>(w: Worker<H>) -> io::Result<()> {
         Ok(ring) => ring,
         Err(e) => return w.report_setup(EngineKind::Uring, Err(e)),
     };
+    tracing::info!(
+        worker = w.index,
+        features = %ring.features(),
+        "io_uring ring set up"
+    );
     let multishot = !std::env::var_os("IOCORE_URING_SINGLESHOT").is_some_and(|v| v != "0");
     let mut lp = Loop {
         core: Core::new(w),
@@ -307,10 +319,11 @@ impl<H: Handler> Loop<H> {
             }
             OP_RECV_CANCEL => slot.io.recv_cancel_posted = false,
             OP_SEND => {
-                slot.io.sending = false;
-                let mut op = self
-                    .ring
-                    .take_send(c.user_data)
+                let mut op = slot
+                    .io
+                    .sending
+                    .take()
+                    .and_then(|key| self.ring.take_send(key))
                     .expect("a send completion has its operation");
                 let sent = match c.io_result() {
                     Ok(n) => {
@@ -346,14 +359,15 @@ impl<H: Handler> Loop<H> {
         let Some((_, slot)) = self.core.slot(token) else {
             return Ok(());
         };
-        if slot.io.sending || !slot.conn.can_lend() || slot.io.closing.is_some() {
+        if slot.io.sending.is_some() || !slot.conn.can_lend() || slot.io.closing.is_some() {
             return Ok(());
         }
         let mut op = self.spare_sends.pop().unwrap_or_else(SendOp::new);
         op.offset = slot.conn.lend_unsent(&mut op.bufs, SendOp::MAX_IOV);
-        self.ring
+        let key = self
+            .ring
             .send(slot.io.fd.as_raw_fd(), op, user_data(OP_SEND, token))?;
-        slot.io.sending = true;
+        slot.io.sending = Some(key);
         slot.io.inflight += 1;
         Ok(())
     }
@@ -453,7 +467,7 @@ impl Sock {
             inflight: 0,
             recv_posted: false,
             recv_cancel_posted: false,
-            sending: false,
+            sending: None,
             closing: None,
             cancel_posted: false,
         }

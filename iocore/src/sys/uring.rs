@@ -9,8 +9,9 @@
 //!    completion arrives, so the ring holds it.** [`Uring::send`] takes the
 //!    [`SendOp`] (header, gather array and the buffers themselves) by
 //!    value and keeps it until the send's completion, when
-//!    [`Uring::take_send`] hands it back; [`Uring::connect`] keeps the
-//!    address likewise. Callers never hold memory the kernel may touch, so
+//!    [`Uring::take_send`] hands it back (a slab of in-flight sends, keyed
+//!    by the [`SendKey`] that `send` returned); [`Uring::connect`] keeps
+//!    the address likewise. Callers never hold memory the kernel may touch, so
 //!    every function here is safe to call.
 //! 2. **Receive memory is the ring's own** (a provided-buffer ring): a
 //!    receive picks a free buffer only when data arrives, so an idle
@@ -31,6 +32,7 @@
 
 use std::alloc::{self, Layout};
 use std::collections::HashMap;
+use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -79,6 +81,118 @@ const REQUIRED: [(u8, &str); 7] = [
     (opcode::PollAdd::CODE, "POLL_ADD"),
     (opcode::Shutdown::CODE, "SHUTDOWN"),
 ];
+
+/// `io_uring_enter` flags and `io_uring_register` opcodes
+/// (`include/uapi/linux/io_uring.h`) the io-uring crate does not expose
+/// for a ring descriptor it did not register itself.
+const ENTER_GETEVENTS: u32 = 1 << 0;
+const ENTER_EXT_ARG: u32 = 1 << 3;
+const ENTER_REGISTERED_RING: u32 = 1 << 4;
+const REGISTER_RING_FDS: u32 = 20;
+const UNREGISTER_RING_FDS: u32 = 21;
+
+/// The kernel's `io_uring_getevents_arg`: the wait's timeout (with
+/// `IORING_ENTER_EXT_ARG`).
+#[repr(C)]
+struct GetEventsArg {
+    sigmask: u64,
+    sigmask_sz: u32,
+    min_wait_usec: u32,
+    ts: u64,
+}
+
+/// The kernel's `io_uring_rsrc_update`, as `IORING_REGISTER_RING_FDS`
+/// reads and writes it.
+#[repr(C)]
+struct RsrcUpdate {
+    offset: u32,
+    resv: u32,
+    data: u64,
+}
+
+/// The environment variable that turns optional io_uring features off, a
+/// comma-separated list of [`Features::NAMES`] (for tests of the fallback
+/// paths, and for operators who suspect one of them).
+pub const FEATURES_OFF_VAR: &str = "IOCORE_URING_OFF";
+
+/// The optional io_uring features a ring uses: each is used where the
+/// kernel has it, unless [`FEATURES_OFF_VAR`] names it; a kernel that
+/// lacks one falls back to what it replaces (logged once per ring).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Features {
+    /// `IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN` (6.1):
+    /// completions' task work runs only when the worker asks for events,
+    /// in its own `io_uring_enter`, never by interrupting it. Without it:
+    /// `COOP_TASKRUN | SINGLE_ISSUER` (5.19, 6.0), else neither.
+    pub defer_taskrun: bool,
+    /// A registered ring descriptor (`IORING_REGISTER_RING_FDS`, 5.18):
+    /// `io_uring_enter` skips looking the ring's descriptor up.
+    pub ring_fd: bool,
+    /// A send of one buffer is a plain `IORING_OP_SEND` rather than a
+    /// one-element `SENDMSG` (the kernel copies no header).
+    pub plain_send: bool,
+}
+
+impl Features {
+    /// The names [`FEATURES_OFF_VAR`] takes.
+    pub const NAMES: [&'static str; 3] = ["defer-taskrun", "ring-fd", "plain-send"];
+
+    /// Every feature, as asked when nothing is turned off.
+    pub const ALL: Features = Features {
+        defer_taskrun: true,
+        ring_fd: true,
+        plain_send: true,
+    };
+
+    /// The features left after turning off those `off` names (a
+    /// comma-separated list); an unknown name is an error that lists the
+    /// known ones.
+    pub fn without(off: &str) -> io::Result<Features> {
+        let mut f = Features::ALL;
+        for name in off.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            match name {
+                "defer-taskrun" => f.defer_taskrun = false,
+                "ring-fd" => f.ring_fd = false,
+                "plain-send" => f.plain_send = false,
+                _ => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!(
+                            "unknown io_uring feature '{name}' in {FEATURES_OFF_VAR} (known: {})",
+                            Features::NAMES.join(", ")
+                        ),
+                    ))
+                }
+            }
+        }
+        Ok(f)
+    }
+
+    /// The features asked for: all, less what [`FEATURES_OFF_VAR`] names.
+    pub fn from_env() -> io::Result<Features> {
+        match std::env::var(FEATURES_OFF_VAR) {
+            Ok(off) => Features::without(&off),
+            Err(_) => Ok(Features::ALL),
+        }
+    }
+}
+
+impl fmt::Display for Features {
+    /// `defer-taskrun=on ring-fd=off ...`
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let on = [self.defer_taskrun, self.ring_fd, self.plain_send];
+        for (i, (name, on)) in Features::NAMES.iter().zip(on).enumerate() {
+            let sep = if i == 0 { "" } else { " " };
+            write!(f, "{sep}{name}={}", if on { "on" } else { "off" })?;
+        }
+        Ok(())
+    }
+}
+
+/// Identifies a send in flight (rule 1): where the ring keeps its
+/// operation until [`Uring::take_send`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SendKey(u32);
 
 /// One completion, copied out of the completion queue.
 #[derive(Clone, Copy, Debug)]
@@ -234,8 +348,14 @@ pub struct Uring {
     outstanding: usize,
     /// Provided buffers named by completions and not yet recycled.
     held: usize,
-    /// Sends in flight, by `user_data` (rule 1).
-    sends: HashMap<u64, Box<SendOp>>,
+    /// Sends in flight, by [`SendKey`] (rule 1), and the free keys.
+    #[allow(clippy::vec_box)] // boxed on purpose: the kernel points into them
+    sends: Vec<Option<Box<SendOp>>>,
+    free_sends: Vec<u32>,
+    /// The features in use.
+    features: Features,
+    /// The registered ring descriptor's index, if registered.
+    ring_index: Option<u32>,
     /// Connect addresses in flight, by `user_data` (rule 1).
     connects: HashMap<u64, Box<super::socket::RawAddr>>,
     /// Submission entries the kernel took, in all.
@@ -246,27 +366,30 @@ pub struct Uring {
 
 impl Uring {
     /// A ring of `entries` submissions, with `buffers` receive buffers of
-    /// `buffer_size` bytes. Fails if the kernel, a sandbox or the memlock
-    /// limit forbids io_uring, or if it lacks an operation the engine
-    /// needs; the error says which.
+    /// `buffer_size` bytes, using the [`Features`] the environment leaves
+    /// on ([`Features::from_env`]) where the kernel has them. Fails if the
+    /// kernel, a sandbox or the memlock limit forbids io_uring, if it lacks
+    /// an operation the engine needs, or if [`FEATURES_OFF_VAR`] names an
+    /// unknown feature; the error says which.
     pub fn new(entries: u32, buffers: u16, buffer_size: usize) -> io::Result<Uring> {
+        Uring::with_features(entries, buffers, buffer_size, Features::from_env()?)
+    }
+
+    /// [`Uring::new`] with the features `asked` for.
+    pub fn with_features(
+        entries: u32,
+        buffers: u16,
+        buffer_size: usize,
+        asked: Features,
+    ) -> io::Result<Uring> {
         if std::env::var_os("IOCORE_DISABLE_URING").is_some_and(|v| v != "0") {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 "disabled by IOCORE_DISABLE_URING",
             ));
         }
-        // Completions are reaped only by this thread, in io_uring_enter:
-        // no need to interrupt it to run their task work (COOP_TASKRUN,
-        // 5.19) and only it submits (SINGLE_ISSUER, 6.0). Older kernels
-        // reject the flags; then set up without them.
-        let ring = IoUring::builder()
-            .setup_cqsize(entries * 4)
-            .setup_coop_taskrun()
-            .setup_single_issuer()
-            .build(entries)
-            .or_else(|_| IoUring::builder().setup_cqsize(entries * 4).build(entries))
-            .map_err(|e| io::Error::new(e.kind(), format!("io_uring_setup failed: {e}")))?;
+        let mut features = asked;
+        let ring = Uring::setup(entries, &mut features)?;
         let mut probe = io_uring::Probe::new();
         ring.submitter()
             .register_probe(&mut probe)
@@ -279,6 +402,10 @@ impl Uring {
                 ));
             }
         }
+        if features.plain_send && !probe.is_supported(opcode::Send::CODE) {
+            tracing::info!("io_uring lacks IORING_OP_SEND: one-buffer sends use SENDMSG");
+            features.plain_send = false;
+        }
         let bufs = BufRing::new(buffers, buffer_size)?;
         // SAFETY: `bufs.entries` is a page-aligned array of `count` entries
         // that stays allocated until Drop, which unregisters it first.
@@ -287,18 +414,131 @@ impl Uring {
                 .register_buf_ring_with_flags(bufs.entries as u64, bufs.count, BGID, 0)
         }
         .map_err(|e| io::Error::new(e.kind(), format!("provided-buffer ring unsupported: {e}")))?;
-        Ok(Uring {
+        let mut uring = Uring {
             ring,
             bufs,
             recycled: false,
             completions: Vec::with_capacity(1024),
             outstanding: 0,
             held: 0,
-            sends: HashMap::new(),
+            sends: Vec::new(),
+            free_sends: Vec::new(),
+            features,
+            ring_index: None,
             connects: HashMap::new(),
             submitted: 0,
             reaped: 0,
-        })
+        };
+        if features.ring_fd {
+            match register_ring_fd(uring.ring.as_raw_fd()) {
+                Ok(index) => uring.ring_index = Some(index),
+                Err(e) => {
+                    tracing::info!(error = %e, "io_uring cannot register its ring descriptor (needs Linux 5.18): entering by descriptor");
+                    uring.features.ring_fd = false;
+                }
+            }
+        }
+        Ok(uring)
+    }
+
+    /// Sets the ring up with the task-work mode `features` asks for, or the
+    /// best the kernel has (noting in `features` what it lacked).
+    fn setup(entries: u32, features: &mut Features) -> io::Result<IoUring> {
+        if features.defer_taskrun {
+            // Completions' task work runs only in this thread's own
+            // io_uring_enter with GETEVENTS (every enter here asks for
+            // events), and only this thread submits.
+            match IoUring::builder()
+                .setup_cqsize(entries * 4)
+                .setup_single_issuer()
+                .setup_defer_taskrun()
+                .build(entries)
+            {
+                Ok(ring) => return Ok(ring),
+                Err(e) => {
+                    tracing::info!(error = %e, "io_uring DEFER_TASKRUN unsupported (needs Linux 6.1): cooperative task work");
+                    features.defer_taskrun = false;
+                }
+            }
+        }
+        // Without deferral: no need to interrupt this thread to run the
+        // completions' task work (COOP_TASKRUN, 5.19), only it submits
+        // (SINGLE_ISSUER, 6.0). Older kernels reject the flags; then set
+        // up without them.
+        IoUring::builder()
+            .setup_cqsize(entries * 4)
+            .setup_coop_taskrun()
+            .setup_single_issuer()
+            .build(entries)
+            .or_else(|_| IoUring::builder().setup_cqsize(entries * 4).build(entries))
+            .map_err(|e| io::Error::new(e.kind(), format!("io_uring_setup failed: {e}")))
+    }
+
+    /// The optional features this ring uses.
+    pub fn features(&self) -> Features {
+        self.features
+    }
+
+    /// `io_uring_enter`: submits `to_submit` entries and asks for events
+    /// (running deferred task work), waiting for `min_complete`
+    /// completions or `timeout`. Through the registered ring descriptor
+    /// when there is one.
+    fn enter(&self, to_submit: u32, min_complete: u32, timeout: Option<Duration>) -> io::Result<usize> {
+        let mut flags = ENTER_GETEVENTS;
+        let fd = match self.ring_index {
+            Some(index) => {
+                flags |= ENTER_REGISTERED_RING;
+                index as libc::c_int
+            }
+            None => self.ring.as_raw_fd(),
+        };
+        let ts;
+        let arg;
+        let (argp, argsz) = match timeout {
+            Some(t) => {
+                ts = libc::timespec {
+                    tv_sec: t.as_secs() as libc::time_t,
+                    tv_nsec: t.subsec_nanos() as libc::c_long,
+                };
+                arg = GetEventsArg {
+                    sigmask: 0,
+                    sigmask_sz: 0,
+                    min_wait_usec: 0,
+                    ts: &ts as *const libc::timespec as u64,
+                };
+                flags |= ENTER_EXT_ARG;
+                (
+                    &arg as *const GetEventsArg as *const libc::c_void,
+                    std::mem::size_of::<GetEventsArg>(),
+                )
+            }
+            None => (std::ptr::null(), 0),
+        };
+        // SAFETY: `fd` is this ring's descriptor or its registered index
+        // (registered by this thread, the only one that enters); the
+        // argument, when given, is a valid `io_uring_getevents_arg` whose
+        // timespec outlives the call, with its size.
+        let res = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_enter,
+                fd,
+                to_submit,
+                min_complete,
+                flags,
+                argp,
+                argsz,
+            )
+        };
+        if res < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(res as usize)
+    }
+
+    /// Submits every entry queued so far, without waiting.
+    fn submit_queued(&mut self) -> io::Result<usize> {
+        let queued = self.ring.submission().len() as u32;
+        self.enter(queued, 0, None)
     }
 
     /// Pushes one entry, flushing the submission queue if it is full.
@@ -313,7 +553,7 @@ impl Uring {
                 self.outstanding += 1;
                 return Ok(());
             }
-            match self.ring.submit() {
+            match self.submit_queued() {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => self.reap(),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -363,26 +603,49 @@ impl Uring {
         unsafe { self.push(&entry.user_data(user_data)) }
     }
 
-    /// Sends `op`'s buffers with one gather `sendmsg`. The ring keeps `op`
-    /// until the completion; take it back with [`Uring::take_send`].
-    pub fn send(&mut self, fd: RawFd, mut op: Box<SendOp>, user_data: u64) -> io::Result<()> {
-        op.prepare();
-        let entry = opcode::SendMsg::new(types::Fd(fd), &op.msg)
-            .flags(libc::MSG_NOSIGNAL as u32)
-            .build();
-        // SAFETY: the header, its gather array and the buffers live in the
-        // boxed `op`, which is stored below and kept until this send's
-        // completion has been taken (rule 1); the box does not move.
+    /// Sends `op`'s buffers: one buffer with a plain `send` (where
+    /// [`Features::plain_send`]), more with one gather `sendmsg`. The ring
+    /// keeps `op` until the completion; take it back with
+    /// [`Uring::take_send`] and the key returned here.
+    pub fn send(&mut self, fd: RawFd, mut op: Box<SendOp>, user_data: u64) -> io::Result<SendKey> {
+        let entry = match (self.features.plain_send, op.bufs.as_slice()) {
+            (true, [only]) => {
+                let rest = &only[op.offset..];
+                opcode::Send::new(types::Fd(fd), rest.as_ptr(), rest.len() as u32)
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build()
+            }
+            _ => {
+                op.prepare();
+                opcode::SendMsg::new(types::Fd(fd), &op.msg)
+                    .flags(libc::MSG_NOSIGNAL as u32)
+                    .build()
+            }
+        };
+        // SAFETY: the bytes sent (and for SENDMSG the header and its
+        // gather array) live in the boxed `op` and the buffers it owns,
+        // which are stored below and kept until this send's completion has
+        // been taken (rule 1); neither the box nor the buffers move.
         unsafe { self.push(&entry.user_data(user_data))? };
-        let previous = self.sends.insert(user_data, op);
-        assert!(previous.is_none(), "two sends in flight with one user_data");
-        Ok(())
+        let key = match self.free_sends.pop() {
+            Some(k) => {
+                self.sends[k as usize] = Some(op);
+                k
+            }
+            None => {
+                self.sends.push(Some(op));
+                (self.sends.len() - 1) as u32
+            }
+        };
+        Ok(SendKey(key))
     }
 
     /// The operation of a completed send, with its buffers, to give back.
-    /// `None` if `user_data` names no send in flight.
-    pub fn take_send(&mut self, user_data: u64) -> Option<Box<SendOp>> {
-        self.sends.remove(&user_data)
+    /// `None` if `key` names no send in flight.
+    pub fn take_send(&mut self, key: SendKey) -> Option<Box<SendOp>> {
+        let op = self.sends.get_mut(key.0 as usize)?.take()?;
+        self.free_sends.push(key.0);
+        Some(op)
     }
 
     /// Connects the non-blocking socket `fd` to `addr`.
@@ -415,14 +678,11 @@ impl Uring {
     /// `timeout` (`None`: forever; zero: do not wait).
     pub fn submit_and_wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         self.publish_buffers();
+        let queued = self.ring.submission().len() as u32;
         let res = match timeout {
-            Some(t) if t.is_zero() => self.ring.submit(),
-            Some(t) => {
-                let ts = types::Timespec::from(t);
-                let args = types::SubmitArgs::new().timespec(&ts);
-                self.ring.submitter().submit_with_args(1, &args)
-            }
-            None => self.ring.submit_and_wait(1),
+            Some(t) if t.is_zero() => self.enter(queued, 0, None),
+            Some(t) => self.enter(queued, 1, Some(t)),
+            None => self.enter(queued, 1, None),
         };
         match res {
             Ok(n) => {
@@ -537,6 +797,11 @@ impl Drop for Uring {
         }
         // The kernel forgets the buffer ring before its memory goes.
         let _ = self.ring.submitter().unregister_buf_ring(BGID);
+        // A registered descriptor would keep the ring alive as long as this
+        // thread lives.
+        if let Some(index) = self.ring_index.take() {
+            let _ = unregister_ring_fd(self.ring.as_raw_fd(), index);
+        }
     }
 }
 
@@ -546,7 +811,116 @@ impl AsRawFd for Uring {
     }
 }
 
+/// Registers `ring`'s descriptor for this thread; returns its index.
+fn register_ring_fd(ring: RawFd) -> io::Result<u32> {
+    let mut update = RsrcUpdate {
+        offset: u32::MAX, // any free index
+        resv: 0,
+        data: ring as u64,
+    };
+    // SAFETY: `update` is a valid `io_uring_rsrc_update` array of one,
+    // which the kernel reads and writes (the index) during the call only.
+    let res = unsafe {
+        libc::syscall(
+            libc::SYS_io_uring_register,
+            ring,
+            REGISTER_RING_FDS,
+            &mut update as *mut RsrcUpdate,
+            1u32,
+        )
+    };
+    if res < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(update.offset)
+}
+
+/// Unregisters the registered ring descriptor `index` of this thread.
+fn unregister_ring_fd(ring: RawFd, index: u32) -> io::Result<()> {
+    let update = RsrcUpdate {
+        offset: index,
+        resv: 0,
+        data: 0,
+    };
+    // SAFETY: as in `register_ring_fd`; the kernel only reads `update`.
+    let res = unsafe {
+        libc::syscall(
+            libc::SYS_io_uring_register,
+            ring,
+            UNREGISTER_RING_FDS,
+            &update as *const RsrcUpdate,
+            1u32,
+        )
+    };
+    if res < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Checks that a worker could run the io_uring engine here.
 pub fn probe() -> io::Result<()> {
     Uring::new(8, 1, 64).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn features_are_turned_off_by_name() {
+        assert_eq!(Features::without("").unwrap(), Features::ALL);
+        let f = Features::without(" ring-fd,plain-send ").unwrap();
+        assert!(f.defer_taskrun && !f.ring_fd && !f.plain_send);
+        assert_eq!(f.to_string(), "defer-taskrun=on ring-fd=off plain-send=off");
+        let e = Features::without("defer-taskrun,nope").unwrap_err();
+        assert!(
+            e.to_string().contains("'nope'") && e.to_string().contains("ring-fd"),
+            "{e}"
+        );
+    }
+
+    /// A ring asked for every feature and one asked for none both move
+    /// bytes (a send and a receive over a socket pair through the ring).
+    #[test]
+    fn a_ring_with_and_without_its_features_sends_and_receives() {
+        let none = Features::without(&Features::NAMES.join(",")).unwrap();
+        for asked in [Features::ALL, none] {
+            let Ok(mut ring) = Uring::with_features(8, 4, 64, asked) else {
+                return; // io_uring unusable here (the engine tests say so)
+            };
+            let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+            let mut op = SendOp::new();
+            op.bufs.push(Bytes::from_static(b"xhello"));
+            op.offset = 1;
+            let key = ring.send(a.as_raw_fd(), op, 1).unwrap();
+            ring.recv(b.as_raw_fd(), None, 2).unwrap();
+            let mut got = Vec::new();
+            let mut sent = false;
+            let start = Instant::now();
+            while (!sent || got.is_empty()) && start.elapsed() < Duration::from_secs(5) {
+                ring.submit_and_wait(Some(Duration::from_millis(100))).unwrap();
+                for c in ring.completions() {
+                    match c.user_data {
+                        1 => {
+                            assert_eq!(c.result, 5);
+                            assert!(ring.take_send(key).is_some());
+                            assert!(ring.take_send(key).is_none(), "taken once");
+                            sent = true;
+                        }
+                        _ => {
+                            let bid = c.buffer_id().unwrap();
+                            got.extend_from_slice(ring.buffer(bid, c.result as usize));
+                            ring.recycle(bid);
+                        }
+                    }
+                }
+            }
+            assert_eq!(got, b"hello", "{asked}");
+            assert_eq!(
+                ring.features().ring_fd,
+                asked.ring_fd && ring.ring_index.is_some()
+            );
+        }
+    }
 }
