@@ -15,6 +15,7 @@
 
 pub mod bench;
 pub mod chat;
+pub mod churn;
 pub mod client;
 pub mod echo;
 pub mod report;

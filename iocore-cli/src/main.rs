@@ -110,6 +110,11 @@ enum Scenario {
     /// Chat: members in rooms say messages that reach every member of the
     /// room; deliveries, delivery latency, exactly-once checks.
     Chat,
+    /// Churn (a login storm): each of --connections lanes connects, sends
+    /// one message, checks its echo, closes and connects again;
+    /// connections per second and connect-to-first-byte latency. --count
+    /// is then connections in all.
+    Churn,
 }
 
 #[derive(clap::Args)]
@@ -202,7 +207,8 @@ struct ServeArgs {
 
 #[derive(clap::Args)]
 struct ClientArgs {
-    /// What to do: echo (the seed client) or chat (fan-out in rooms).
+    /// What to do: echo (the seed client), chat (fan-out in rooms) or churn
+    /// (connect, one echo, close, again).
     #[arg(long, value_enum, default_value = "echo")]
     scenario: Scenario,
     /// Chat: rooms; connection i joins room i % ROOMS.
@@ -243,12 +249,17 @@ struct ClientArgs {
     /// Check every echoed byte; exit non-zero on any mismatch or loss.
     #[arg(long)]
     verify: bool,
-    /// After sending stops, wait this long for the last echoes.
+    /// After sending stops, wait this long for the last echoes (churn: how
+    /// long one connection may take in all).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     drain_timeout: Duration,
     /// Report this process's (the server's) CPU per round trip and RSS.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Churn: close each connection with FIN (TIME_WAIT piles up on the
+    /// client) instead of a reset.
+    #[arg(long)]
+    graceful_close: bool,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -511,9 +522,36 @@ fn run_chat_load(args: ClientArgs) -> Result<bool, Box<dyn std::error::Error>> {
     Ok(summary.ok())
 }
 
+fn run_churn(args: ClientArgs) -> Result<bool, Box<dyn std::error::Error>> {
+    if args.pipeline.is_some() || args.rate.is_some() {
+        return Err("churn sends one message per connection: no --pipeline or --rate".into());
+    }
+    let [addr] = args.addr[..] else {
+        return Err("the churn scenario takes one --addr".into());
+    };
+    let opts = iocore_cli::churn::ChurnOptions {
+        addr,
+        engine: args.engine,
+        threads: args.threads,
+        parallel: args.connections,
+        size: args.size,
+        count: args.count,
+        duration: args.duration,
+        warmup: args.warmup,
+        timeout: args.drain_timeout,
+        graceful: args.graceful_close,
+        server_pid: args.server_pid,
+    };
+    let summary = iocore_cli::churn::run(&opts, stop_flag()?)?;
+    print_report(&summary, args.json)?;
+    Ok(summary.ok())
+}
+
 fn run_client(args: ClientArgs) -> Result<bool, Box<dyn std::error::Error>> {
-    if args.scenario == Scenario::Chat {
-        return run_chat_load(args);
+    match args.scenario {
+        Scenario::Chat => return run_chat_load(args),
+        Scenario::Churn => return run_churn(args),
+        Scenario::Echo => {}
     }
     let mode = match (args.pipeline, args.rate) {
         (Some(pipeline), _) => Mode::ClosedLoop { pipeline },

@@ -41,10 +41,15 @@ pub struct BenchOptions {
 
 /// The servers `iocore bench` knows. `iocore-uring-basic` is the uring
 /// engine with its optional kernel features off (`IOCORE_URING_OFF`, every
-/// name): the A/B baseline for them, not in the default list.
-pub const SERVERS: [&str; 7] = [
+/// name): the A/B baseline for them, not in the default list. The
+/// `-handoff` ones run the churn point only, with connections dealt out by
+/// one listener (at the churn point every iocore server runs two workers,
+/// so that the accept strategy matters).
+pub const SERVERS: [&str; 9] = [
     "iocore-epoll",
     "iocore-uring",
+    "iocore-epoll-handoff",
+    "iocore-uring-handoff",
     "iocore-uring-basic",
     "tokio",
     "monoio",
@@ -60,6 +65,9 @@ pub enum Scenario {
     Echo,
     /// Chat servers (fan-out): the unit of work is a delivered message.
     Chat,
+    /// Echo servers under connection churn: the unit of work is a
+    /// connection (connect, one echo, close).
+    Churn,
 }
 
 impl Scenario {
@@ -68,6 +76,7 @@ impl Scenario {
         match self {
             Scenario::Echo => "round trip",
             Scenario::Chat => "delivery",
+            Scenario::Churn => "connection",
         }
     }
 
@@ -76,6 +85,7 @@ impl Scenario {
         match self {
             Scenario::Echo => "round trips",
             Scenario::Chat => "deliveries",
+            Scenario::Churn => "connections",
         }
     }
 }
@@ -259,6 +269,17 @@ fn points(quick: bool) -> Vec<Point> {
         true => points.extend([chat(100, 1, 10.0), chat(500, 5, 2.0)]),
         false => points.extend([chat(100, 1, 20.0), chat(1000, 10, 2.0), chat(1000, 10, 4.0)]),
     }
+    // Churn: 50 lanes each connecting, echoing 100 B and closing, again.
+    points.push(Point {
+        name: "churn-50p".into(),
+        scenario: Scenario::Churn,
+        connections: 50,
+        rooms: 0,
+        size: 100,
+        rate: None,
+        duration_secs: d,
+        warmup_secs: w,
+    });
     points
 }
 
@@ -272,10 +293,13 @@ fn bin_dir() -> io::Result<PathBuf> {
 fn program(server: &str, scenario: Scenario, dir: &Path) -> io::Result<Option<(PathBuf, Vec<String>)>> {
     let iocore = std::env::current_exe()?;
     let app = match scenario {
-        Scenario::Echo => "echo",
+        Scenario::Echo | Scenario::Churn => "echo",
         Scenario::Chat => "chat",
     };
-    let serve = |engine: &str| {
+    // At the churn point two workers, so that how connections are spread
+    // over them (reuse-port or hand-off) matters; one elsewhere.
+    let serve = |engine: &str, accept: &str| {
+        let threads = if scenario == Scenario::Churn { "2" } else { "1" };
         let args = [
             "serve",
             "--app",
@@ -283,7 +307,9 @@ fn program(server: &str, scenario: Scenario, dir: &Path) -> io::Result<Option<(P
             "--engine",
             engine,
             "--threads",
-            "1",
+            threads,
+            "--accept",
+            accept,
             "--max-sessions",
             "30000",
             "--log-level",
@@ -293,12 +319,16 @@ fn program(server: &str, scenario: Scenario, dir: &Path) -> io::Result<Option<(P
     };
     let peer = |name: &str| Some((dir.join(format!("peer-{name}")), vec![]));
     Ok(match (server, scenario) {
-        ("iocore-epoll", _) => serve("epoll"),
-        ("iocore-uring" | "iocore-uring-basic", _) => serve("uring"),
+        ("iocore-epoll", _) => serve("epoll", "reuse-port"),
+        ("iocore-uring" | "iocore-uring-basic", _) => serve("uring", "reuse-port"),
+        ("iocore-epoll-handoff", Scenario::Churn) => serve("epoll", "hand-off"),
+        ("iocore-uring-handoff", Scenario::Churn) => serve("uring", "hand-off"),
+        ("iocore-epoll-handoff" | "iocore-uring-handoff", _) => None,
         ("tokio", Scenario::Chat) => peer("tokio-chat"),
+        ("tokio", Scenario::Churn) => peer("tokio"),
         ("tokio" | "monoio" | "compio", Scenario::Echo) => peer(server),
         ("epoll-floor", Scenario::Echo) => peer("epoll"),
-        ("monoio" | "compio" | "epoll-floor", Scenario::Chat) => None,
+        ("monoio" | "compio" | "epoll-floor", Scenario::Chat | Scenario::Churn) => None,
         (other, _) => {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -416,9 +446,10 @@ fn measure(point: &Point, server: &str, dir: &Path, round: usize) -> io::Result<
         "--size",
         &point.size.to_string(),
     ]);
-    match point.rate {
-        Some(rate) => cmd.args(["--rate", &rate.to_string()]),
-        None => cmd.args(["--pipeline", "1"]),
+    match (point.scenario, point.rate) {
+        (Scenario::Churn, _) => cmd.args(["--scenario", "churn"]),
+        (_, Some(rate)) => cmd.args(["--rate", &rate.to_string()]),
+        (_, None) => cmd.args(["--pipeline", "1"]),
     };
     if point.scenario == Scenario::Chat {
         cmd.args(["--scenario", "chat", "--rooms", &point.rooms.to_string()]);
@@ -441,6 +472,10 @@ fn measure(point: &Point, server: &str, dir: &Path, round: usize) -> io::Result<
         Scenario::Echo => (
             v["round_trips_per_sec"].as_f64(),
             v["errors"] == 0 && v["connected"] == point.connections,
+        ),
+        Scenario::Churn => (
+            v["connections_per_sec"].as_f64(),
+            v["errors"] == 0 && v["mismatches"] == 0,
         ),
         Scenario::Chat => (
             v["deliveries_per_sec"].as_f64(),
@@ -594,6 +629,7 @@ pub fn run(opts: &BenchOptions) -> io::Result<Report> {
                 let unit = match point.scenario {
                     Scenario::Echo => "rt",
                     Scenario::Chat => "dlv",
+                    Scenario::Churn => "conn",
                 };
                 eprintln!(
                     "{:>9.0} {unit}/s  p99 {:>7} us  {:>5.2} us CPU/{unit}{}",
@@ -614,6 +650,9 @@ pub fn run(opts: &BenchOptions) -> io::Result<Report> {
         false => &[],
     };
     for s in servers {
+        if program(s, Scenario::Echo, &dir)?.is_none() {
+            continue; // a churn-only server
+        }
         eprint!("idle memory {s:<13} ");
         match idle_memory(s, &dir, idle) {
             Ok(m) => {
@@ -755,6 +794,9 @@ pub fn markdown(r: &Report) -> String {
             ),
             (Scenario::Echo, Some(rate)) => format!("open loop, {rate} msg/s per connection"),
             (Scenario::Echo, None) => "ping-pong".into(),
+            (Scenario::Churn, _) => {
+                "churn: each lane connects, echoes one message, resets, again; iocore with 2 workers".into()
+            }
         };
         s += &format!(
             "### {}: {} connections × {} B, {shape}, {}s (warmup {}s)\n\n",
