@@ -8,7 +8,11 @@
 //!   whatever the server does, and latency is measured from the
 //!   *scheduled* send time to the arrival of the message's last echoed
 //!   byte, so a stalled server cannot hide its delay (no coordinated
-//!   omission);
+//!   omission). The schedule is kept by a thread of its own with
+//!   microsecond waits (the session layer's timers tick in milliseconds,
+//!   which would add up to a millisecond to every latency): it hands each
+//!   message to its session's worker through the client's handle, and
+//!   reports how late each send left against its schedule;
 //! - **closed loop** (`pipeline` k): k messages in flight per connection,
 //!   the next sent when one comes back (k = 1 is ping-pong).
 //!
@@ -17,19 +21,20 @@
 //! by bytes that depend on `c`, `k` and the position, so a dropped,
 //! repeated, reordered or altered byte shows up as a mismatch.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::report::{self, new_histogram, server_usage, Latency, ServerUsage};
-use iocore::{Client, CloseReason, EngineKind, Handler, Session};
+use iocore::{Client, ClientHandle, CloseReason, EngineKind, Handler, Session, SessionId};
 
 const HELLO: &[u8] = b"Hello World";
 /// Most error lines kept in a [`Summary`].
@@ -133,6 +138,9 @@ pub struct Summary {
     pub mb_per_sec: f64,
     /// Latency of measured round trips.
     pub latency: Latency,
+    /// Open loop: how late each measured send was handed to its session
+    /// against its schedule (the client's own error, not the server's).
+    pub schedule_error: Option<Latency>,
     /// Server usage, with `server_pid`.
     pub server: Option<ServerUsage>,
     /// Whether echoes were checked.
@@ -192,6 +200,13 @@ impl fmt::Display for Summary {
             "latency us:  p50 {} p90 {} p99 {} p99.9 {} max {} ({} samples)",
             l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, l.samples
         )?;
+        if let Some(e) = &self.schedule_error {
+            writeln!(
+                f,
+                "schedule us: p50 {} p90 {} p99 {} p99.9 {} max {} late (the client's own error)",
+                e.p50_us, e.p90_us, e.p99_us, e.p999_us, e.max_us
+            )?;
+        }
         if let Some(s) = &self.server {
             writeln!(
                 f,
@@ -249,6 +264,27 @@ struct Shared {
     histogram: Mutex<Histogram<u64>>,
     done: Condvar,
     round_trips: AtomicU64,
+    /// Open loop: the scheduler's side.
+    schedule: Option<Schedule>,
+}
+
+/// A connection for the scheduler: its session once connected (`None`: it
+/// never connected) and its first due time.
+type Registration = (usize, Option<SessionId>, Instant);
+
+/// What the open-loop sessions and the scheduler thread share.
+struct Schedule {
+    /// A session, once connected, asks for its schedule: (connection,
+    /// session, first due time).
+    register: mpsc::Sender<Registration>,
+    /// Messages handed to each connection's session so far (counted
+    /// before the message is handed over, so an echo never arrives ahead
+    /// of its count).
+    sent: Vec<AtomicU64>,
+    /// The scheduler has stopped: `sent` is final.
+    over: AtomicBool,
+    /// How late the measured sends were, µs.
+    error: Mutex<Histogram<u64>>,
 }
 
 impl Shared {
@@ -322,21 +358,29 @@ impl LoadConn {
         true
     }
 
-    /// Open loop: sends every message whose time has come, then sleeps
-    /// until the next.
-    fn send_due(&mut self, s: &mut Session<'_>) {
-        let now = Instant::now();
-        while self.next_due <= now {
-            let at = self.next_due;
-            if !self.send_one(s, at) {
-                return;
+    /// Open loop: how often a session checks whether the scheduler is done.
+    fn poll(&self) -> Duration {
+        self.period
+            .clamp(Duration::from_millis(50), Duration::from_secs(1))
+    }
+
+    /// Open loop: takes the scheduler's count of messages sent.
+    fn sync_sent(&mut self) {
+        if let Some(sched) = &self.shared.schedule {
+            self.sent_msgs = sched.sent[self.index].load(Ordering::Acquire);
+            self.sent = self.sent_msgs * self.shared.opts.size as u64;
+        }
+    }
+
+    /// Whether every message sent came back (or, without `verify`, every
+    /// round trip completed).
+    fn all_back(&self) -> bool {
+        match self.shared.opts.mode {
+            Mode::OpenLoop { .. } => self.received >= self.sent,
+            Mode::ClosedLoop { .. } => {
+                self.received >= self.sent || !self.shared.opts.verify && self.in_flight.is_empty()
             }
-            self.next_due += self.period;
         }
-        if self.count_reached() {
-            return self.finish_sending(s);
-        }
-        s.set_timer(self.next_due - now);
     }
 
     fn finish_sending(&mut self, s: &mut Session<'_>) {
@@ -344,7 +388,7 @@ impl LoadConn {
             self.sending_done = true;
             s.set_timer(self.shared.opts.drain_timeout);
         }
-        if self.received >= self.sent || !self.shared.opts.verify && self.in_flight.is_empty() {
+        if self.all_back() {
             s.close();
         }
     }
@@ -373,15 +417,19 @@ impl Handler for LoadConn {
             }
             Mode::OpenLoop { .. } => {
                 // Spread the connections' schedules over one period so they
-                // do not all send at the same instant.
+                // do not all send at the same instant; the scheduler thread
+                // sends, this session checks now and then whether it is done.
                 let n = self.shared.opts.connections.max(1) as u32;
                 self.next_due = now + self.period * (self.index as u32 % n) / n;
-                self.send_due(s);
+                let sched = self.shared.schedule.as_ref().expect("open loop has a scheduler");
+                let _ = sched.register.send((self.index, Some(s.id()), self.next_due));
+                s.set_timer(self.poll());
             }
         }
     }
 
     fn on_recv(&mut self, s: &mut Session<'_>, data: &[u8]) -> usize {
+        self.sync_sent();
         let opts = &self.shared.opts;
         if opts.verify {
             for (i, &b) in data.iter().enumerate() {
@@ -407,14 +455,19 @@ impl Handler for LoadConn {
         while self.received >= (self.completed + 1) * size {
             self.completed += 1;
             let t = *now.get_or_insert_with(Instant::now);
-            if let Some(sent_at) = self.in_flight.pop_front() {
+            let sent_at = match closed_loop {
+                true => self.in_flight.pop_front(),
+                // Message k was due at the first due time plus k periods.
+                false => Some(self.next_due + self.period * (self.completed - 1) as u32),
+            };
+            if let Some(sent_at) = sent_at {
                 self.record(sent_at, t);
             }
             if closed_loop && !self.sending_done {
                 self.send_one(s, t);
             }
         }
-        if self.sending_done && (self.received >= self.sent || self.in_flight.is_empty()) {
+        if self.sending_done && self.all_back() {
             s.close();
         }
         data.len()
@@ -424,12 +477,22 @@ impl Handler for LoadConn {
         if self.sending_done {
             // The drain timeout: what has not come back is lost.
             s.close();
-        } else {
-            self.send_due(s);
+        } else if let Some(sched) = &self.shared.schedule {
+            if sched.over.load(Ordering::Acquire) {
+                self.sync_sent();
+                self.finish_sending(s);
+            } else {
+                s.set_timer(self.poll());
+            }
         }
     }
 
     fn on_disconnected(&mut self, reason: CloseReason) {
+        self.sync_sent();
+        if let (Some(sched), false) = (&self.shared.schedule, self.connected) {
+            // Never connected: the scheduler is not to wait for it.
+            let _ = sched.register.send((self.index, None, Instant::now()));
+        }
         report::local_leave(&self.shared.histogram);
         let mut guard = self.shared.summary.lock().unwrap_or_else(|p| p.into_inner());
         let (sum, done) = &mut *guard;
@@ -454,6 +517,81 @@ impl Handler for LoadConn {
         *done += 1;
         self.shared.done.notify_all();
     }
+}
+
+/// The open-loop schedule, on a thread of its own: each connected
+/// session's messages are handed to it at their due times (waits of
+/// microsecond resolution, not the session layer's millisecond ticks),
+/// until the count, the deadline or a stop; then `over` is set.
+fn run_schedule(
+    shared: &Shared,
+    client: &ClientHandle<LoadConn>,
+    registrations: mpsc::Receiver<Registration>,
+) {
+    let sched = shared.schedule.as_ref().expect("open loop has a scheduler");
+    let opts = &shared.opts;
+    let Mode::OpenLoop { rate } = opts.mode else {
+        unreachable!("only the open loop is scheduled")
+    };
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let n = opts.connections;
+    let mut due: BinaryHeap<Reverse<(Instant, usize)>> = BinaryHeap::new();
+    let mut ids: Vec<Option<SessionId>> = vec![None; n];
+    let mut seq = vec![0u64; n];
+    let mut heard = 0usize;
+    let mut late = new_histogram();
+    loop {
+        let mut next_registration = registrations.try_recv().ok();
+        let now = Instant::now();
+        if next_registration.is_none() && !shared.should_stop(now) {
+            let wait = match due.peek() {
+                None if heard >= n => break, // every connection's schedule is done
+                None => Some(Duration::from_millis(10)),
+                Some(Reverse((at, _))) if *at > now => Some(*at - now),
+                Some(_) => None,
+            };
+            if let Some(wait) = wait {
+                next_registration = registrations.recv_timeout(wait).ok();
+                if next_registration.is_none() {
+                    continue;
+                }
+            }
+        }
+        if let Some((i, id, first)) = next_registration {
+            heard += 1;
+            if let Some(id) = id {
+                ids[i] = Some(id);
+                due.push(Reverse((first, i)));
+            }
+            continue;
+        }
+        if shared.should_stop(Instant::now()) {
+            break;
+        }
+        let now = Instant::now();
+        let Some(Reverse((at, i))) = due.pop() else {
+            continue;
+        };
+        if shared.deadline.is_some_and(|d| at >= d) {
+            continue; // due after the end: that connection is done
+        }
+        let Some(id) = ids[i] else { continue };
+        sched.sent[i].fetch_add(1, Ordering::AcqRel);
+        if client.send(id, message(i, seq[i], opts.size)).is_err() {
+            // The session is gone: nothing more for it.
+            sched.sent[i].fetch_sub(1, Ordering::AcqRel);
+            continue;
+        }
+        if at >= shared.measure_from {
+            let _ = late.record((now - at).as_micros() as u64);
+        }
+        seq[i] += 1;
+        if opts.count.is_none_or(|c| seq[i] < c) {
+            due.push(Reverse((at + period, i)));
+        }
+    }
+    *sched.error.lock().unwrap_or_else(|p| p.into_inner()) = late;
+    sched.over.store(true, Ordering::Release);
 }
 
 fn invalid(msg: &str) -> io::Error {
@@ -482,6 +620,13 @@ pub fn run(opts: &ClientOptions, stop: Arc<AtomicBool>) -> io::Result<Summary> {
         .threads(opts.threads)
         .max_sessions(opts.connections)
         .start::<LoadConn>()?;
+    let (register, registrations) = mpsc::channel();
+    let schedule = matches!(opts.mode, Mode::OpenLoop { .. }).then(|| Schedule {
+        register,
+        sent: (0..opts.connections).map(|_| AtomicU64::new(0)).collect(),
+        over: AtomicBool::new(false),
+        error: Mutex::new(new_histogram()),
+    });
     let start = Instant::now();
     let shared = Arc::new(Shared {
         opts: opts.clone(),
@@ -493,7 +638,16 @@ pub fn run(opts: &ClientOptions, stop: Arc<AtomicBool>) -> io::Result<Summary> {
         histogram: Mutex::new(new_histogram()),
         done: Condvar::new(),
         round_trips: AtomicU64::new(0),
+        schedule,
     });
+    let client = Arc::new(client);
+    let scheduler = shared.schedule.is_some().then(|| {
+        let (shared, client) = (shared.clone(), client.clone());
+        std::thread::Builder::new()
+            .name("iocore-schedule".into())
+            .spawn(move || run_schedule(&shared, &client, registrations))
+    });
+    let scheduler = scheduler.transpose()?;
     for index in 0..opts.connections {
         let shared = shared.clone();
         client.connect(opts.addr, move || LoadConn::new(index, shared))?;
@@ -537,6 +691,11 @@ pub fn run(opts: &ClientOptions, stop: Arc<AtomicBool>) -> io::Result<Summary> {
     }
     let end = window.1.unwrap_or_else(Instant::now);
     let usage_to = server_usage(opts.server_pid);
+    if let Some(t) = scheduler {
+        let _ = t.join();
+    }
+    let client =
+        Arc::try_unwrap(client).map_err(|_| io::Error::other("the scheduler still holds the client"))?;
     client.shutdown(Duration::from_secs(1))?;
     let from = window.0.unwrap_or(shared.measure_from).min(end);
     summary.addr = opts.addr.to_string();
@@ -549,6 +708,10 @@ pub fn run(opts: &ClientOptions, stop: Arc<AtomicBool>) -> io::Result<Summary> {
     summary.round_trips_per_sec = summary.round_trips as f64 / secs;
     summary.mb_per_sec = summary.round_trips_per_sec * opts.size as f64 / 1e6;
     summary.latency = Latency::from_histogram(&shared.histogram.lock().unwrap_or_else(|p| p.into_inner()));
+    summary.schedule_error = shared
+        .schedule
+        .as_ref()
+        .map(|s| Latency::from_histogram(&s.error.lock().unwrap_or_else(|p| p.into_inner())));
     if let (Some(a), Some(b)) = (usage_from, usage_to) {
         summary.server = Some(ServerUsage::between(a, b, summary.round_trips, secs));
     }

@@ -202,6 +202,7 @@ fn cli_serve_echoes_and_stops_on_sigterm(engine: EngineKind) {
 }
 
 engine_suite!(
+    open_loop_keeps_its_schedule_and_reports_its_error,
     sink_counts_exactly_the_bytes_sent,
     client_verify_passes_against_echo,
     client_verify_catches_corruption_and_loss,
@@ -398,4 +399,38 @@ fn an_unknown_uring_feature_is_refused() {
         stderr.contains("unknown io_uring feature 'warp-drive'") && stderr.contains("plain-send"),
         "{stderr}"
     );
+}
+
+/// The open loop keeps its schedule on its own thread: every message is
+/// sent (none early: the run takes at least the schedule's length), each
+/// measured send's lateness is reported, and every echo is checked.
+fn open_loop_keeps_its_schedule_and_reports_its_error(engine: EngineKind) {
+    let echo = server(engine).start(|| Echo).unwrap();
+    let opts = ClientOptions {
+        connections: 10,
+        mode: client::Mode::OpenLoop { rate: 200.0 },
+        count: Some(40),
+        ..options(echo.local_addr(), engine)
+    };
+    let summary = client::run(&opts, Arc::new(AtomicBool::new(false))).unwrap();
+    assert!(summary.ok(), "{summary}");
+    assert_eq!(summary.messages, 400);
+    assert_eq!(summary.round_trips, 400);
+    assert_eq!(summary.latency.samples, 400);
+    let error = summary
+        .schedule_error
+        .as_ref()
+        .expect("open loop reports its error");
+    assert_eq!(error.samples, 400, "{summary}");
+    assert!(
+        summary.elapsed_secs >= 39.0 / 200.0,
+        "40 messages at 200/s take 195 ms at least: {summary}"
+    );
+    // Closed loop has no schedule.
+    let closed = ClientOptions {
+        mode: client::Mode::ClosedLoop { pipeline: 1 },
+        ..opts
+    };
+    let summary = client::run(&closed, Arc::new(AtomicBool::new(false))).unwrap();
+    assert!(summary.ok() && summary.schedule_error.is_none(), "{summary}");
 }
