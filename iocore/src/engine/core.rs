@@ -95,6 +95,22 @@ pub(crate) fn flush_gather<H: Handler>(
     cx: Context<'_>,
     mut send: impl FnMut(&[std::io::IoSlice<'_>]) -> io::Result<usize>,
 ) {
+    // What the handler corked while it was handed input goes first, straight
+    // from the worker's cork.
+    let corked = cx.hub.cork.borrow_mut().close_for(cx.id.token());
+    if let Some(corked) = corked {
+        if conn.takes_corked() {
+            let n = match *write_blocked {
+                true => 0,
+                false => {
+                    let sent = send(&[std::io::IoSlice::new(&corked)]);
+                    took(sent, conn, write_blocked, stats).unwrap_or(0)
+                }
+            };
+            conn.sent_corked(&corked, n, cx);
+        }
+        cx.hub.cork.borrow_mut().give_back(corked);
+    }
     while conn.has_unsent() && !*write_blocked {
         let sent = match conn.sole_unsent() {
             // One buffer (the common case): no gather array to fill.
@@ -105,20 +121,36 @@ pub(crate) fn flush_gather<H: Handler>(
                 send(&iov[..count])
             }
         };
-        match sent {
-            Ok(n) => {
-                stats.wrote(n);
-                conn.sent(n, cx);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                stats.write_attempt();
-                *write_blocked = true;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                stats.write_attempt();
-                conn.failed(io_close_reason(e));
-            }
+        if let Some(n) = took(sent, conn, write_blocked, stats) {
+            conn.sent(n, cx);
+        }
+    }
+}
+
+/// What a readiness-engine send did: the bytes the kernel took, or `None`
+/// after noting a full socket (`write_blocked`) or failing the session.
+#[inline(always)]
+fn took<H: Handler>(
+    sent: io::Result<usize>,
+    conn: &mut Conn<H>,
+    write_blocked: &mut bool,
+    stats: &WorkerStats,
+) -> Option<usize> {
+    match sent {
+        Ok(n) => {
+            stats.wrote(n);
+            Some(n)
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            stats.write_attempt();
+            *write_blocked = true;
+            None
+        }
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => None,
+        Err(e) => {
+            stats.write_attempt();
+            conn.failed(io_close_reason(e));
+            None
         }
     }
 }

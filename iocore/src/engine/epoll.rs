@@ -221,6 +221,9 @@ impl<H: Handler> Loop<H> {
         if conn.is_connecting() {
             return;
         }
+        // Replies copied out while handling this input wait in the cork for
+        // this session's flush (settle follows every read).
+        cx.hub.cork.borrow_mut().open_for(token);
         for _ in 0..READ_BUDGET {
             if !conn.wants_input() {
                 *read_stalled = true;

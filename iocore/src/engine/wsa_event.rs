@@ -111,6 +111,9 @@ impl<H: Handler> Loop<H> {
         if slot.conn.is_connecting() {
             return;
         }
+        // Replies copied out while handling this input wait in the cork for
+        // this session's flush (settle follows every call).
+        cx.hub.cork.borrow_mut().open_for(token);
         let socket = &slot.io.socket;
         let end = read_into_scratch(&mut slot.conn, &mut self.scratch, stats, cx, READ_BUDGET, |buf| {
             wsa::read(socket, buf)

@@ -587,9 +587,31 @@ impl<H: Handler> Conn<H> {
         if !self.is_open() {
             return Err(SendError::Closed);
         }
-        self.core.queue(buf, cx.now, cx.limits)?;
-        cx.hub.message_sent();
-        Ok(())
+        // Behind what the session's own handler corked, if it is the one
+        // being handed input now.
+        Self::session(&mut self.core, &cx).send(buf)
+    }
+
+    /// The engine wrote `n` bytes of `corked` (the worker's cork, held for
+    /// this session) straight to the socket: the rest is queued, then the
+    /// progress is counted as for a queued send. A session that ended
+    /// meanwhile drops them, as it dropped its queue.
+    pub fn sent_corked(&mut self, corked: &[u8], n: usize, cx: Context<'_>) {
+        if !matches!(self.core.phase, Phase::Open | Phase::Closing) {
+            return;
+        }
+        if n < corked.len() {
+            let rest = Bytes::copy_from_slice(&corked[n..]);
+            if self.core.queue(rest, cx.now, cx.limits).is_err() {
+                return;
+            }
+        }
+        self.send_progress(n, cx);
+    }
+
+    /// Whether corked bytes of this session would still be sent.
+    pub fn takes_corked(&self) -> bool {
+        matches!(self.core.phase, Phase::Open | Phase::Closing)
     }
 
     /// Closes gracefully from outside the session's callbacks.

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use super::close::{CloseReason, SendError};
 use super::conn::{Core, Flow, Phase};
 use crate::proxy::ProxyInfo;
-use crate::topic::{Hub, Pending};
+use crate::topic::{Cork, Hub, Pending};
 
 /// Per-session application logic, in the spirit of the seeds' `Session`.
 ///
@@ -320,9 +320,24 @@ impl Session<'_> {
         if !matches!(self.core.phase, Phase::Open) {
             return Err(SendError::Closed);
         }
+        self.uncork()?;
         self.core.queue(buf.into(), self.now, self.limits)?;
         self.hub.message_sent();
         Ok(())
+    }
+
+    /// Moves the bytes the worker's cork holds for this session into its
+    /// queue, ahead of what is queued next (see [`Cork`]).
+    #[inline]
+    fn uncork(&mut self) -> Result<(), SendError> {
+        let mut cork = self.hub.cork.borrow_mut();
+        if cork.buf.is_empty() || !cork.is_open_for(self.id.token()) {
+            return Ok(());
+        }
+        let corked = Bytes::copy_from_slice(&cork.buf);
+        cork.buf.clear();
+        drop(cork);
+        self.core.queue(corked, self.now, self.limits)
     }
 
     /// Counts one message received, for [`crate::Stats::messages_received`]
@@ -335,8 +350,22 @@ impl Session<'_> {
         self.hub.messages.set((i + 1, o));
     }
 
-    /// Copies `data` into a new buffer and queues it; see [`Session::send`].
+    /// Copies `data` and queues it; see [`Session::send`]. While the
+    /// session is handed input on a readiness engine (epoll, wsa-event)
+    /// and nothing is queued before it, the copy goes into the worker's
+    /// cork rather than a buffer of its own, and is written from there by
+    /// the session's flush (only what the kernel does not take is queued).
+    #[inline]
     pub fn send_copy(&mut self, data: &[u8]) -> Result<(), SendError> {
+        if matches!(self.core.phase, Phase::Open) && self.core.send.is_empty() {
+            let mut cork = self.hub.cork.borrow_mut();
+            if cork.is_open_for(self.id.token()) && cork.buf.len() + data.len() <= Cork::MAX {
+                cork.buf.extend_from_slice(data);
+                drop(cork);
+                self.hub.message_sent();
+                return Ok(());
+            }
+        }
         self.send(Bytes::copy_from_slice(data))
     }
 
@@ -401,9 +430,15 @@ impl Session<'_> {
         matches!(self.core.phase, Phase::Open)
     }
 
-    /// Unsent bytes in the send queue.
+    /// Unsent bytes in the send queue (and in the worker's cork, for this
+    /// session).
     pub fn queued_bytes(&self) -> usize {
-        self.core.send.len()
+        let cork = self.hub.cork.borrow();
+        let corked = match cork.is_open_for(self.id.token()) {
+            true => cork.buf.len(),
+            false => 0,
+        };
+        self.core.send.len() + corked
     }
 
     /// Calls [`Handler::on_timer`] once after `after`, replacing any timer
