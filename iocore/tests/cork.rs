@@ -130,7 +130,43 @@ fn large_copies_arrive_whole(engine: EngineKind) {
     server.shutdown(Duration::from_secs(1)).unwrap();
 }
 
+/// Copies once with a reply over the queue's cap, and says what
+/// `send_copy` answered.
+struct OverCap(Arc<std::sync::Mutex<Option<Result<(), iocore::SendError>>>>);
+impl Handler for OverCap {
+    fn on_recv(&mut self, s: &mut Session<'_>, data: &[u8]) -> usize {
+        let r = s.send_copy(&vec![b'x'; 20 * 1024]);
+        self.0.lock().unwrap().get_or_insert(r);
+        data.len()
+    }
+}
+
+/// The cap holds for copies as for queued buffers: with `max_send_queue`
+/// below the cork's size, a copy over it fails at once and closes the
+/// session (`SendQueueFull`), corked or not.
+fn a_copy_over_the_cap_fails_as_queued(engine: EngineKind) {
+    let limits = iocore::Limits {
+        max_send_queue: 16 * 1024,
+        send_high_watermark: 8 * 1024,
+        send_low_watermark: 4 * 1024,
+        ..iocore::Limits::default()
+    };
+    let answer = Arc::new(std::sync::Mutex::new(None));
+    let a = answer.clone();
+    let (events, factory) = recorded(move || OverCap(a.clone()));
+    let server = server(engine).limits(limits).start(factory).unwrap();
+    let mut c = connect(server.local_addr());
+    c.write_all(b"go").unwrap();
+    assert_eq!(events.wait_closed(1), [iocore::CloseKind::SendQueueFull]);
+    assert!(matches!(
+        *answer.lock().unwrap(),
+        Some(Err(iocore::SendError::QueueFull))
+    ));
+    server.shutdown(Duration::from_secs(1)).unwrap();
+}
+
 engine_suite!(
+    a_copy_over_the_cap_fails_as_queued,
     replies_keep_their_order,
     a_close_sends_the_copies_first,
     an_abort_drops_the_copies,

@@ -359,7 +359,10 @@ impl Session<'_> {
     pub fn send_copy(&mut self, data: &[u8]) -> Result<(), SendError> {
         if matches!(self.core.phase, Phase::Open) && self.core.send.is_empty() {
             let mut cork = self.hub.cork.borrow_mut();
-            if cork.is_open_for(self.id.token()) && cork.buf.len() + data.len() <= Cork::MAX {
+            // Within what the queue would take too: a copy over the cap
+            // fails here as it would queued.
+            let room = Cork::MAX.min(self.limits.max_send_queue);
+            if cork.is_open_for(self.id.token()) && cork.buf.len() + data.len() <= room {
                 cork.buf.extend_from_slice(data);
                 drop(cork);
                 self.hub.message_sent();
