@@ -22,54 +22,36 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::client::{expected_byte, message};
+use crate::load::{invalid, note_error, Load};
 use crate::report::{new_histogram, server_usage, Latency, ServerUsage};
-use iocore::{Client, CloseReason, EngineKind, Handler, Session};
-
-/// Most error lines kept in a [`ChurnSummary`].
-const MAX_ERRORS: usize = 20;
+use iocore::{CloseReason, Handler, Session};
 
 /// What the churn client does.
 #[derive(Clone, Debug)]
 pub struct ChurnOptions {
     /// Server address.
     pub addr: SocketAddr,
-    /// I/O model.
-    pub engine: EngineKind,
-    /// Worker threads.
-    pub threads: usize,
-    /// Connections in progress at once.
-    pub parallel: usize,
-    /// Bytes of the one message each connection sends.
-    pub size: usize,
-    /// Connections in all; `None`: until `duration` or a stop.
-    pub count: Option<u64>,
-    /// Stop starting connections after this long (warmup included).
-    pub duration: Option<Duration>,
-    /// Connections started in this first stretch are not measured.
-    pub warmup: Duration,
-    /// How long a connection may take in all before it counts as failed.
-    pub timeout: Duration,
+    /// Lanes (`connections`: connections in progress at once), bytes of
+    /// the one message each sends (`size`), connections in all (`count`),
+    /// duration, warmup (connections started in it are not measured),
+    /// how long one connection may take in all (`drain_timeout`), server
+    /// to measure (CPU per connection).
+    pub load: Load,
     /// Close each connection with FIN (leaving TIME_WAIT on the client)
     /// instead of a reset.
     pub graceful: bool,
-    /// Measure this process's (the server's) CPU per connection.
-    pub server_pid: Option<u32>,
 }
 
 impl Default for ChurnOptions {
     fn default() -> ChurnOptions {
         ChurnOptions {
             addr: SocketAddr::from(([127, 0, 0, 1], 7777)),
-            engine: EngineKind::Auto,
-            threads: 1,
-            parallel: 50,
-            size: 100,
-            count: Some(1000),
-            duration: None,
-            warmup: Duration::ZERO,
-            timeout: Duration::from_secs(5),
+            load: Load {
+                connections: 50,
+                count: Some(1000),
+                ..Load::default()
+            },
             graceful: false,
-            server_pid: None,
         }
     }
 }
@@ -114,10 +96,7 @@ impl ChurnSummary {
     }
 
     fn error(&mut self, line: String) {
-        self.errors += 1;
-        if self.error_lines.len() < MAX_ERRORS {
-            self.error_lines.push(line);
-        }
+        note_error(&mut self.errors, &mut self.error_lines, line);
     }
 }
 
@@ -238,31 +217,23 @@ impl Handler for ChurnConn {
     }
 }
 
-fn invalid(msg: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, msg.to_string())
-}
-
 /// Runs the churn until `count` connections are done, `duration` is over
 /// or `stop` is set, and every connection started has ended. Fails only if
 /// the client cannot start.
 pub fn run(opts: &ChurnOptions, stop: Arc<AtomicBool>) -> io::Result<ChurnSummary> {
-    if opts.size == 0 {
+    if opts.load.size == 0 {
         return Err(invalid("message size must be at least 1 byte"));
     }
-    if opts.parallel == 0 {
+    if opts.load.connections == 0 {
         return Err(invalid("connections (in parallel) must be at least 1"));
     }
-    if opts.count.is_none() && opts.duration.is_none() {
+    if opts.load.count.is_none() && opts.load.duration.is_none() {
         return Err(invalid("churn needs --count or --duration"));
     }
-    let client = Client::builder()
-        .engine(opts.engine)
-        .threads(opts.threads)
-        .max_sessions(opts.parallel)
-        .start::<ChurnConn>()?;
+    let client = opts.load.start_client::<ChurnConn>()?;
     let start = Instant::now();
-    let measure_from = start + opts.warmup;
-    let deadline = opts.duration.map(|d| start + d);
+    let measure_from = start + opts.load.warmup;
+    let deadline = opts.load.duration.map(|d| start + d);
     let (tx, rx) = mpsc::channel::<Done>();
     let mut summary = ChurnSummary::default();
     let mut histogram: Histogram<u64> = new_histogram();
@@ -270,16 +241,16 @@ pub fn run(opts: &ChurnOptions, stop: Arc<AtomicBool>) -> io::Result<ChurnSummar
     let mut in_progress = 0usize;
     let should_start = |started: u64| {
         !stop.load(Ordering::Relaxed)
-            && opts.count.is_none_or(|c| started < c)
+            && opts.load.count.is_none_or(|c| started < c)
             && deadline.is_none_or(|d| Instant::now() < d)
     };
     let connect = |lane: usize, seq: u64| {
         let mut conn = ChurnConn {
             lane,
             seq,
-            size: opts.size,
+            size: opts.load.size,
             started: Instant::now(),
-            timeout: opts.timeout,
+            timeout: opts.load.drain_timeout,
             graceful: opts.graceful,
             received: 0,
             first_byte: None,
@@ -293,7 +264,7 @@ pub fn run(opts: &ChurnOptions, stop: Arc<AtomicBool>) -> io::Result<ChurnSummar
             conn
         })
     };
-    for lane in 0..opts.parallel {
+    for lane in 0..opts.load.connections {
         if !should_start(next_seq) {
             break;
         }
@@ -307,12 +278,12 @@ pub fn run(opts: &ChurnOptions, stop: Arc<AtomicBool>) -> io::Result<ChurnSummar
     let mut last_start: Option<Instant> = None;
     // Every connection ends by itself (echo, failure or its timeout); the
     // extra second is for the worker to report it.
-    let patience = opts.timeout + Duration::from_secs(1);
+    let patience = opts.load.drain_timeout + Duration::from_secs(1);
     while in_progress > 0 {
         let now = Instant::now();
         if window.0.is_none() && now >= measure_from {
             window.0 = Some(now);
-            usage_from = server_usage(opts.server_pid);
+            usage_from = server_usage(opts.load.server_pid);
         }
         let done = match rx.recv_timeout(Duration::from_millis(20)) {
             Ok(done) => done,
@@ -355,12 +326,12 @@ pub fn run(opts: &ChurnOptions, stop: Arc<AtomicBool>) -> io::Result<ChurnSummar
         }
     }
     let end = window.1.unwrap_or_else(Instant::now);
-    let usage_to = server_usage(opts.server_pid);
+    let usage_to = server_usage(opts.load.server_pid);
     client.shutdown(Duration::from_secs(1))?;
     let from = window.0.unwrap_or(measure_from).min(end);
     summary.addr = opts.addr.to_string();
-    summary.parallel = opts.parallel;
-    summary.size = opts.size;
+    summary.parallel = opts.load.connections;
+    summary.size = opts.load.size;
     summary.started = next_seq;
     summary.window_secs = (end - from).as_secs_f64();
     summary.connections_per_sec = summary.measured as f64 / summary.window_secs.max(1e-9);

@@ -33,12 +33,11 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::load::{invalid, note_error, note_problem, Load};
 use crate::report::{self, new_histogram, server_usage, Latency, ServerUsage};
-use iocore::{Client, ClientHandle, CloseReason, EngineKind, Handler, Session, SessionId};
+use iocore::{ClientHandle, CloseReason, Handler, Session, SessionId};
 
 const HELLO: &[u8] = b"Hello World";
-/// Most error lines kept in a [`Summary`].
-const MAX_ERRORS: usize = 20;
 
 /// How messages are paced.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -61,30 +60,13 @@ pub enum Mode {
 pub struct ClientOptions {
     /// Server address.
     pub addr: SocketAddr,
-    /// I/O model.
-    pub engine: EngineKind,
-    /// Worker threads.
-    pub threads: usize,
-    /// Sessions opened at once.
-    pub connections: usize,
-    /// Bytes per message (the seed's 100).
-    pub size: usize,
+    /// Engine, sessions, message size, count, duration, warmup, drain
+    /// timeout, server to measure (the seed: one session, 100 bytes).
+    pub load: Load,
     /// Pacing (the seed: open loop, one message a second).
     pub mode: Mode,
-    /// Messages per session; `None`: until `duration` or a stop.
-    pub count: Option<u64>,
-    /// Stop sending after this long (warmup included); `None`: until
-    /// `count` or a stop.
-    pub duration: Option<Duration>,
-    /// Round trips in this first stretch are not measured.
-    pub warmup: Duration,
     /// Check every echoed byte.
     pub verify: bool,
-    /// After sending stopped, how long to wait for the last echoes before
-    /// counting missing bytes as lost (with `verify`) or giving up.
-    pub drain_timeout: Duration,
-    /// Measure this process's CPU time and memory (the server's).
-    pub server_pid: Option<u32>,
     /// Print a progress line every second to stderr.
     pub progress: bool,
 }
@@ -93,17 +75,9 @@ impl Default for ClientOptions {
     fn default() -> ClientOptions {
         ClientOptions {
             addr: SocketAddr::from(([127, 0, 0, 1], 7777)),
-            engine: EngineKind::Auto,
-            threads: 1,
-            connections: 1,
-            size: 100,
+            load: Load::default(),
             mode: Mode::OpenLoop { rate: 1.0 },
-            count: None,
-            duration: None,
-            warmup: Duration::ZERO,
             verify: false,
-            drain_timeout: Duration::from_secs(5),
-            server_pid: None,
             progress: false,
         }
     }
@@ -169,10 +143,7 @@ impl Summary {
     }
 
     fn error(&mut self, line: String) {
-        self.errors += 1;
-        if self.error_lines.len() < MAX_ERRORS {
-            self.error_lines.push(line);
-        }
+        note_error(&mut self.errors, &mut self.error_lines, line);
     }
 }
 
@@ -339,7 +310,7 @@ impl LoadConn {
     }
 
     fn count_reached(&self) -> bool {
-        self.shared.opts.count.is_some_and(|c| self.sent_msgs >= c)
+        self.shared.opts.load.count.is_some_and(|c| self.sent_msgs >= c)
     }
 
     /// Sends one message scheduled at `at`; false when sending is over.
@@ -348,7 +319,7 @@ impl LoadConn {
             self.finish_sending(s);
             return false;
         }
-        let size = self.shared.opts.size;
+        let size = self.shared.opts.load.size;
         if s.send(message(self.index, self.sent_msgs, size)).is_err() {
             return false;
         }
@@ -368,7 +339,7 @@ impl LoadConn {
     fn sync_sent(&mut self) {
         if let Some(sched) = &self.shared.schedule {
             self.sent_msgs = sched.sent[self.index].load(Ordering::Acquire);
-            self.sent = self.sent_msgs * self.shared.opts.size as u64;
+            self.sent = self.sent_msgs * self.shared.opts.load.size as u64;
         }
     }
 
@@ -386,7 +357,7 @@ impl LoadConn {
     fn finish_sending(&mut self, s: &mut Session<'_>) {
         if !self.sending_done {
             self.sending_done = true;
-            s.set_timer(self.shared.opts.drain_timeout);
+            s.set_timer(self.shared.opts.load.drain_timeout);
         }
         if self.all_back() {
             s.close();
@@ -419,7 +390,7 @@ impl Handler for LoadConn {
                 // Spread the connections' schedules over one period so they
                 // do not all send at the same instant; the scheduler thread
                 // sends, this session checks now and then whether it is done.
-                let n = self.shared.opts.connections.max(1) as u32;
+                let n = self.shared.opts.load.connections.max(1) as u32;
                 self.next_due = now + self.period * (self.index as u32 % n) / n;
                 let sched = self.shared.schedule.as_ref().expect("open loop has a scheduler");
                 let _ = sched.register.send((self.index, Some(s.id()), self.next_due));
@@ -434,7 +405,7 @@ impl Handler for LoadConn {
         if opts.verify {
             for (i, &b) in data.iter().enumerate() {
                 let at = self.received + i as u64;
-                let want = (at < self.sent).then(|| expected_byte(self.index, at, opts.size));
+                let want = (at < self.sent).then(|| expected_byte(self.index, at, opts.load.size));
                 if want != Some(b) {
                     self.mismatches += 1;
                     if self.first_mismatch.is_none() {
@@ -449,7 +420,7 @@ impl Handler for LoadConn {
             }
         }
         self.received += data.len() as u64;
-        let size = opts.size as u64;
+        let size = opts.load.size as u64;
         let closed_loop = matches!(opts.mode, Mode::ClosedLoop { .. });
         let mut now = None;
         while self.received >= (self.completed + 1) * size {
@@ -505,8 +476,7 @@ impl Handler for LoadConn {
         sum.round_trips += self.round_trips;
         sum.mismatches += self.mismatches;
         if let Some(m) = self.first_mismatch.take() {
-            sum.error_lines.truncate(MAX_ERRORS - 1);
-            sum.error_lines.push(m);
+            note_problem(&mut sum.error_lines, m);
         }
         if self.shared.opts.verify {
             sum.lost_bytes += self.sent.saturating_sub(self.received);
@@ -534,7 +504,7 @@ fn run_schedule(
         unreachable!("only the open loop is scheduled")
     };
     let period = Duration::from_secs_f64(1.0 / rate);
-    let n = opts.connections;
+    let n = opts.load.connections;
     let mut due: BinaryHeap<Reverse<(Instant, usize)>> = BinaryHeap::new();
     let mut ids: Vec<Option<SessionId>> = vec![None; n];
     let mut seq = vec![0u64; n];
@@ -577,7 +547,7 @@ fn run_schedule(
         }
         let Some(id) = ids[i] else { continue };
         sched.sent[i].fetch_add(1, Ordering::AcqRel);
-        if client.send(id, message(i, seq[i], opts.size)).is_err() {
+        if client.send(id, message(i, seq[i], opts.load.size)).is_err() {
             // The session is gone: nothing more for it.
             sched.sent[i].fetch_sub(1, Ordering::AcqRel);
             continue;
@@ -586,7 +556,7 @@ fn run_schedule(
             let _ = late.record((now - at).as_micros() as u64);
         }
         seq[i] += 1;
-        if opts.count.is_none_or(|c| seq[i] < c) {
+        if opts.load.count.is_none_or(|c| seq[i] < c) {
             due.push(Reverse((at + period, i)));
         }
     }
@@ -594,18 +564,14 @@ fn run_schedule(
     sched.over.store(true, Ordering::Release);
 }
 
-fn invalid(msg: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, msg.to_string())
-}
-
 /// Runs the client until every session is done (count or duration reached
 /// and, with `verify`, all echoes back) or `stop` is set; returns what
 /// happened. Fails only if the client cannot start.
 pub fn run(opts: &ClientOptions, stop: Arc<AtomicBool>) -> io::Result<Summary> {
-    if opts.size == 0 {
+    if opts.load.size == 0 {
         return Err(invalid("message size must be at least 1 byte"));
     }
-    if opts.connections == 0 {
+    if opts.load.connections == 0 {
         return Err(invalid("connections must be at least 1"));
     }
     match opts.mode {
@@ -615,15 +581,11 @@ pub fn run(opts: &ClientOptions, stop: Arc<AtomicBool>) -> io::Result<Summary> {
         Mode::ClosedLoop { pipeline: 0 } => return Err(invalid("pipeline must be at least 1")),
         _ => {}
     }
-    let client = Client::builder()
-        .engine(opts.engine)
-        .threads(opts.threads)
-        .max_sessions(opts.connections)
-        .start::<LoadConn>()?;
+    let client = opts.load.start_client::<LoadConn>()?;
     let (register, registrations) = mpsc::channel();
     let schedule = matches!(opts.mode, Mode::OpenLoop { .. }).then(|| Schedule {
         register,
-        sent: (0..opts.connections).map(|_| AtomicU64::new(0)).collect(),
+        sent: (0..opts.load.connections).map(|_| AtomicU64::new(0)).collect(),
         over: AtomicBool::new(false),
         error: Mutex::new(new_histogram()),
     });
@@ -632,8 +594,8 @@ pub fn run(opts: &ClientOptions, stop: Arc<AtomicBool>) -> io::Result<Summary> {
         opts: opts.clone(),
         stop,
         start,
-        measure_from: start + opts.warmup,
-        deadline: opts.duration.map(|d| start + d),
+        measure_from: start + opts.load.warmup,
+        deadline: opts.load.duration.map(|d| start + d),
         summary: Mutex::new((Summary::default(), 0)),
         histogram: Mutex::new(new_histogram()),
         done: Condvar::new(),
@@ -648,7 +610,7 @@ pub fn run(opts: &ClientOptions, stop: Arc<AtomicBool>) -> io::Result<Summary> {
             .spawn(move || run_schedule(&shared, &client, registrations))
     });
     let scheduler = scheduler.transpose()?;
-    for index in 0..opts.connections {
+    for index in 0..opts.load.connections {
         let shared = shared.clone();
         client.connect(opts.addr, move || LoadConn::new(index, shared))?;
     }
@@ -657,7 +619,7 @@ pub fn run(opts: &ClientOptions, stop: Arc<AtomicBool>) -> io::Result<Summary> {
     let mut window = (None, None);
     let mut last_progress = (Instant::now(), 0);
     let mut guard = shared.summary.lock().unwrap_or_else(|p| p.into_inner());
-    while guard.1 < opts.connections {
+    while guard.1 < opts.load.connections {
         guard = shared
             .done
             .wait_timeout(guard, Duration::from_millis(20))
@@ -666,7 +628,7 @@ pub fn run(opts: &ClientOptions, stop: Arc<AtomicBool>) -> io::Result<Summary> {
         let now = Instant::now();
         if window.0.is_none() && now >= shared.measure_from {
             window.0 = Some(now);
-            usage_from = server_usage(opts.server_pid);
+            usage_from = server_usage(opts.load.server_pid);
         }
         if window.1.is_none() && shared.should_stop(now) {
             window.1 = Some(now);
@@ -679,7 +641,7 @@ pub fn run(opts: &ClientOptions, stop: Arc<AtomicBool>) -> io::Result<Summary> {
                 (now - start).as_secs_f64(),
                 rate,
                 guard.1,
-                opts.connections
+                opts.load.connections
             );
             last_progress = (now, rt);
         }
@@ -690,7 +652,7 @@ pub fn run(opts: &ClientOptions, stop: Arc<AtomicBool>) -> io::Result<Summary> {
         eprintln!();
     }
     let end = window.1.unwrap_or_else(Instant::now);
-    let usage_to = server_usage(opts.server_pid);
+    let usage_to = server_usage(opts.load.server_pid);
     if let Some(t) = scheduler {
         let _ = t.join();
     }
@@ -700,13 +662,13 @@ pub fn run(opts: &ClientOptions, stop: Arc<AtomicBool>) -> io::Result<Summary> {
     let from = window.0.unwrap_or(shared.measure_from).min(end);
     summary.addr = opts.addr.to_string();
     summary.mode = Some(opts.mode);
-    summary.size = opts.size;
-    summary.connections = opts.connections;
+    summary.size = opts.load.size;
+    summary.connections = opts.load.connections;
     summary.verify = opts.verify;
     summary.window_secs = (end - from).as_secs_f64();
     let secs = summary.window_secs.max(1e-9);
     summary.round_trips_per_sec = summary.round_trips as f64 / secs;
-    summary.mb_per_sec = summary.round_trips_per_sec * opts.size as f64 / 1e6;
+    summary.mb_per_sec = summary.round_trips_per_sec * opts.load.size as f64 / 1e6;
     summary.latency = Latency::from_histogram(&shared.histogram.lock().unwrap_or_else(|p| p.into_inner()));
     summary.schedule_error = shared
         .schedule

@@ -8,6 +8,8 @@
 //!   generator: open or closed loop, latency percentiles, byte-exact checks.
 //! - [`chat`] — rooms on packets and topics: the server, a terminal client
 //!   for people, and the fan-out load client.
+//! - [`churn`] — connection churn (a login storm) for the load client.
+//! - [`load`] — what the load clients share: a load's shape, error lines.
 //! - [`report`] — latency percentiles and server usage, for the load
 //!   clients.
 //! - [`bench`](mod@bench) — iocore against tokio, monoio, compio and an epoll floor.
@@ -18,6 +20,7 @@ pub mod chat;
 pub mod churn;
 pub mod client;
 pub mod echo;
+pub mod load;
 pub mod report;
 pub mod sink;
 pub mod top;

@@ -494,6 +494,23 @@ fn print_report<T: serde::Serialize + std::fmt::Display>(
     Ok(())
 }
 
+impl ClientArgs {
+    /// The load's shape, the same for every scenario.
+    fn load(&self) -> iocore_cli::load::Load {
+        iocore_cli::load::Load {
+            engine: self.engine,
+            threads: self.threads,
+            connections: self.connections,
+            size: self.size,
+            count: self.count,
+            duration: self.duration,
+            warmup: self.warmup,
+            drain_timeout: self.drain_timeout,
+            server_pid: self.server_pid,
+        }
+    }
+}
+
 fn run_chat_load(args: ClientArgs) -> Result<bool, Box<dyn std::error::Error>> {
     if args.pipeline.is_some() {
         return Err("--pipeline is for the echo scenario; chat is open loop (--rate or --interval)".into());
@@ -504,18 +521,10 @@ fn run_chat_load(args: ClientArgs) -> Result<bool, Box<dyn std::error::Error>> {
         None => 1.0 / args.interval.as_secs_f64(),
     };
     let opts = chat::load::ChatOptions {
+        load: args.load(),
         addrs: args.addr,
-        engine: args.engine,
-        threads: args.threads,
-        connections: args.connections,
         rooms: args.rooms,
         rate,
-        size: args.size,
-        count: args.count,
-        duration: args.duration,
-        warmup: args.warmup,
-        drain_timeout: args.drain_timeout,
-        server_pid: args.server_pid,
     };
     let summary = chat::load::run(&opts, stop_flag()?)?;
     print_report(&summary, args.json)?;
@@ -531,16 +540,8 @@ fn run_churn(args: ClientArgs) -> Result<bool, Box<dyn std::error::Error>> {
     };
     let opts = iocore_cli::churn::ChurnOptions {
         addr,
-        engine: args.engine,
-        threads: args.threads,
-        parallel: args.connections,
-        size: args.size,
-        count: args.count,
-        duration: args.duration,
-        warmup: args.warmup,
-        timeout: args.drain_timeout,
+        load: args.load(),
         graceful: args.graceful_close,
-        server_pid: args.server_pid,
     };
     let summary = iocore_cli::churn::run(&opts, stop_flag()?)?;
     print_report(&summary, args.json)?;
@@ -566,17 +567,9 @@ fn run_client(args: ClientArgs) -> Result<bool, Box<dyn std::error::Error>> {
     };
     let opts = ClientOptions {
         addr,
-        engine: args.engine,
-        threads: args.threads,
-        connections: args.connections,
-        size: args.size,
+        load: args.load(),
         mode,
-        count: args.count,
-        duration: args.duration,
-        warmup: args.warmup,
         verify: args.verify,
-        drain_timeout: args.drain_timeout,
-        server_pid: args.server_pid,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     let summary = client::run(&opts, stop_flag()?)?;

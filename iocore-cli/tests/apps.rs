@@ -11,6 +11,7 @@ use std::time::Duration;
 use iocore::{CloseReason, EngineKind, Handler, Session};
 use iocore_cli::client::{self, ClientOptions};
 use iocore_cli::echo::Echo;
+use iocore_cli::load::Load;
 use iocore_cli::sink::Sink;
 use iocore_testkit::*;
 
@@ -51,12 +52,15 @@ fn sink_counts_exactly_the_bytes_sent(engine: EngineKind) {
 fn options(addr: std::net::SocketAddr, engine: EngineKind) -> ClientOptions {
     ClientOptions {
         addr,
-        engine,
-        connections: 20,
+        load: Load {
+            engine,
+            connections: 20,
+            count: Some(50),
+            drain_timeout: Duration::from_millis(500),
+            ..Load::default()
+        },
         mode: client::Mode::OpenLoop { rate: 1000.0 },
-        count: Some(50),
         verify: true,
-        drain_timeout: Duration::from_millis(500),
         ..ClientOptions::default()
     }
 }
@@ -406,12 +410,12 @@ fn an_unknown_uring_feature_is_refused() {
 /// measured send's lateness is reported, and every echo is checked.
 fn open_loop_keeps_its_schedule_and_reports_its_error(engine: EngineKind) {
     let echo = server(engine).start(|| Echo).unwrap();
-    let opts = ClientOptions {
-        connections: 10,
+    let mut opts = ClientOptions {
         mode: client::Mode::OpenLoop { rate: 200.0 },
-        count: Some(40),
         ..options(echo.local_addr(), engine)
     };
+    opts.load.connections = 10;
+    opts.load.count = Some(40);
     let summary = client::run(&opts, Arc::new(AtomicBool::new(false))).unwrap();
     assert!(summary.ok(), "{summary}");
     assert_eq!(summary.messages, 400);

@@ -13,6 +13,7 @@ use iocore::{CloseKind, EngineKind, ServerHandle, SessionId};
 use iocore_cli::chat::load::{self, ChatOptions};
 use iocore_cli::chat::protocol::{self as chat, FromServer};
 use iocore_cli::chat::server;
+use iocore_cli::load::Load;
 use iocore_testkit::*;
 
 /// A chat server with 3 workers (rooms span them) and the recorded
@@ -199,13 +200,15 @@ fn chat_load_delivers_every_message_exactly_once(engine: EngineKind) {
     let (server, _) = chat_server(engine);
     let opts = ChatOptions {
         addrs: vec![server.local_addr()],
-        engine,
-        connections: 40,
+        load: Load {
+            engine,
+            connections: 40,
+            size: 48,
+            count: Some(20),
+            ..Load::default()
+        },
         rooms: 4,
         rate: 100.0,
-        size: 48,
-        count: Some(20),
-        ..ChatOptions::default()
     };
     let summary = load::run(&opts, Arc::new(AtomicBool::new(false))).unwrap();
     assert!(summary.ok(), "{summary}");

@@ -10,6 +10,7 @@ use std::time::Duration;
 use iocore::{EngineKind, Handler, Session};
 use iocore_cli::churn::{self, ChurnOptions};
 use iocore_cli::echo::Echo;
+use iocore_cli::load::Load;
 use iocore_testkit::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_iocore");
@@ -17,11 +18,14 @@ const BIN: &str = env!("CARGO_BIN_EXE_iocore");
 fn options(addr: std::net::SocketAddr, engine: EngineKind) -> ChurnOptions {
     ChurnOptions {
         addr,
-        engine,
-        parallel: 20,
-        size: 300,
-        count: Some(400),
-        timeout: Duration::from_secs(10),
+        load: Load {
+            engine,
+            connections: 20,
+            size: 300,
+            count: Some(400),
+            drain_timeout: Duration::from_secs(10),
+            ..Load::default()
+        },
         ..ChurnOptions::default()
     }
 }
@@ -73,21 +77,17 @@ impl Handler for Mute {
 
 fn failures_are_reported(engine: EngineKind) {
     let flipping = server(engine).start(|| Flipping(0)).unwrap();
-    let opts = ChurnOptions {
-        count: Some(50),
-        ..options(flipping.local_addr(), engine)
-    };
+    let mut opts = options(flipping.local_addr(), engine);
+    opts.load.count = Some(50);
     let summary = churn::run(&opts, Arc::new(AtomicBool::new(false))).unwrap();
     assert!(!summary.ok());
     assert_eq!(summary.mismatches, 50 * 3, "{summary}");
 
     let mute = server(engine).start(|| Mute).unwrap();
-    let opts = ChurnOptions {
-        count: Some(5),
-        parallel: 5,
-        timeout: Duration::from_millis(300),
-        ..options(mute.local_addr(), engine)
-    };
+    let mut opts = options(mute.local_addr(), engine);
+    opts.load.count = Some(5);
+    opts.load.connections = 5;
+    opts.load.drain_timeout = Duration::from_millis(300);
     let summary = churn::run(&opts, Arc::new(AtomicBool::new(false))).unwrap();
     assert!(!summary.ok());
     assert_eq!((summary.completed, summary.errors), (0, 5), "{summary}");

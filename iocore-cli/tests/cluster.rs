@@ -25,6 +25,7 @@ use iocore::packet::HEADER;
 use iocore::EngineKind;
 use iocore_cli::chat::load::{self, ChatOptions};
 use iocore_cli::chat::protocol::{self as chat, FromServer};
+use iocore_cli::load::Load;
 use iocore_testkit::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_iocore");
@@ -206,13 +207,15 @@ fn chat_across_instances(engine: EngineKind) {
     // 60 members of one room, spread over the three, 20 messages each.
     let opts = ChatOptions {
         addrs: chats.iter().map(|c| c.addr).collect(),
-        engine,
-        connections: 60,
+        load: Load {
+            engine,
+            connections: 60,
+            size: 40,
+            count: Some(20),
+            ..Load::default()
+        },
         rooms: 1,
         rate: 50.0,
-        size: 40,
-        count: Some(20),
-        ..ChatOptions::default()
     };
     let summary = load::run(&opts, Arc::new(AtomicBool::new(false))).unwrap();
     assert!(summary.ok(), "{summary}");

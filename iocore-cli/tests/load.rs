@@ -8,6 +8,7 @@ use std::time::Duration;
 use iocore::{EngineKind, Handler, Session};
 use iocore_cli::client::{self, ClientOptions, Mode};
 use iocore_cli::echo::Echo;
+use iocore_cli::load::Load;
 use iocore_testkit::*;
 
 const DELAY: Duration = Duration::from_millis(40);
@@ -43,10 +44,13 @@ impl Handler for Delayed {
 fn run_against(addr: std::net::SocketAddr, mode: Mode, engine: EngineKind) -> client::Summary {
     let opts = ClientOptions {
         addr,
-        engine,
-        connections: 4,
+        load: Load {
+            engine,
+            connections: 4,
+            count: Some(10),
+            ..Load::default()
+        },
         mode,
-        count: Some(10),
         verify: true,
         ..ClientOptions::default()
     };
@@ -111,10 +115,12 @@ fn open_loop_counts_a_stall_from_the_schedule(engine: EngineKind) {
     let server = server(engine).start(Stall::default).unwrap();
     let opts = ClientOptions {
         addr: server.local_addr(),
-        engine,
-        connections: 1,
+        load: Load {
+            engine,
+            count: Some(20),
+            ..Load::default()
+        },
         mode: Mode::OpenLoop { rate: 100.0 },
-        count: Some(20),
         ..ClientOptions::default()
     };
     let s = client::run(&opts, Arc::new(AtomicBool::new(false))).unwrap();

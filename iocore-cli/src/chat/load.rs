@@ -17,15 +17,14 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use iocore::packet::{PacketHandler, Packets, MAX_PACKET};
-use iocore::{Client, CloseReason, EngineKind, Session};
+use iocore::{CloseReason, Session};
 
 use super::protocol::{self, FromServer};
+use crate::load::{invalid, note_error, note_problem, Load};
 use crate::report::{self, new_histogram, server_usage, Latency, ServerUsage};
 
 /// Bytes of the stamp that starts every text: sender, number, time.
 const STAMP: usize = 6 + 1 + 10 + 1 + 13;
-/// Most error lines kept.
-const MAX_ERRORS: usize = 20;
 
 /// What the chat load client does.
 #[derive(Clone, Debug)]
@@ -33,46 +32,28 @@ pub struct ChatOptions {
     /// The chat server, or the instances of one (member `i` connects to
     /// `addrs[i % addrs.len()]`).
     pub addrs: Vec<SocketAddr>,
-    /// I/O model of the client.
-    pub engine: EngineKind,
-    /// Client worker threads.
-    pub threads: usize,
-    /// Members.
-    pub connections: usize,
+    /// Members (`connections`), bytes of text per message (`size`, at
+    /// least the 31-byte stamp), messages per member, duration, warmup
+    /// (deliveries of messages scheduled in it are not measured), drain
+    /// timeout, server to measure.
+    pub load: Load,
     /// Rooms (member `i` joins room `i % rooms`).
     pub rooms: usize,
     /// Messages each member says per second.
     pub rate: f64,
-    /// Bytes of text per message (at least the 31-byte stamp).
-    pub size: usize,
-    /// Messages per member; `None`: until `duration` or a stop.
-    pub count: Option<u64>,
-    /// Stop saying after this long, warmup included.
-    pub duration: Option<Duration>,
-    /// Deliveries of messages scheduled in this first stretch are not
-    /// measured.
-    pub warmup: Duration,
-    /// After saying stopped, how long to wait for the last deliveries.
-    pub drain_timeout: Duration,
-    /// Measure this process's CPU and memory (the server's).
-    pub server_pid: Option<u32>,
 }
 
 impl Default for ChatOptions {
     fn default() -> ChatOptions {
         ChatOptions {
             addrs: vec![SocketAddr::from(([127, 0, 0, 1], 7777))],
-            engine: EngineKind::Auto,
-            threads: 1,
-            connections: 10,
+            load: Load {
+                connections: 10,
+                size: 32,
+                ..Load::default()
+            },
             rooms: 1,
             rate: 1.0,
-            size: 32,
-            count: None,
-            duration: None,
-            warmup: Duration::ZERO,
-            drain_timeout: Duration::from_secs(5),
-            server_pid: None,
         }
     }
 }
@@ -125,10 +106,7 @@ impl ChatSummary {
     }
 
     fn error(&mut self, line: String) {
-        self.errors += 1;
-        if self.error_lines.len() < MAX_ERRORS {
-            self.error_lines.push(line);
-        }
+        note_error(&mut self.errors, &mut self.error_lines, line);
     }
 }
 
@@ -222,14 +200,18 @@ impl Shared {
     }
 
     fn all_said(&self) -> bool {
-        self.done_saying.load(Ordering::Acquire) == self.opts.connections
+        self.done_saying.load(Ordering::Acquire) == self.opts.load.connections
     }
 
     /// Saying stops: by count, the duration, or a stop.
     fn should_stop(&self, seq: u64, at_us: u64) -> bool {
         self.stop.load(Ordering::Relaxed)
-            || self.opts.count.is_some_and(|c| seq >= c)
-            || self.opts.duration.is_some_and(|d| at_us >= d.as_micros() as u64)
+            || self.opts.load.count.is_some_and(|c| seq >= c)
+            || self
+                .opts
+                .load
+                .duration
+                .is_some_and(|d| at_us >= d.as_micros() as u64)
     }
 }
 
@@ -260,7 +242,7 @@ impl Member {
         report::local_join();
         let rooms = shared.opts.rooms;
         let room = index % rooms;
-        let members = (shared.opts.connections - room).div_ceil(rooms);
+        let members = (shared.opts.load.connections - room).div_ceil(rooms);
         let period_us = 1e6 / shared.opts.rate;
         Member {
             index,
@@ -294,7 +276,7 @@ impl Member {
             if self.shared.should_stop(self.said, self.due_us) {
                 return self.stop_saying(s);
             }
-            let t = text(self.index, self.said, self.due_us, self.shared.opts.size);
+            let t = text(self.index, self.said, self.due_us, self.shared.opts.load.size);
             if s.send(protocol::say(&t)).is_err() {
                 return;
             }
@@ -309,13 +291,13 @@ impl Member {
     /// This member's place in the schedule: members are spread over one
     /// period so that they do not all say at once.
     fn offset_us(&self) -> u64 {
-        (self.period_us * self.index as f64 / self.shared.opts.connections as f64) as u64
+        (self.period_us * self.index as f64 / self.shared.opts.load.connections as f64) as u64
     }
 
     fn stop_saying(&mut self, s: &mut Session<'_>) {
         self.saying = false;
         self.publish_said();
-        self.drain_until = Some(Instant::now() + self.shared.opts.drain_timeout);
+        self.drain_until = Some(Instant::now() + self.shared.opts.load.drain_timeout);
         s.set_timer(Duration::from_millis(5));
     }
 
@@ -344,7 +326,7 @@ impl Member {
             return self.problem(format!("a message without a stamp: {text:?}"));
         };
         let rooms = self.shared.opts.rooms;
-        if sender >= self.shared.opts.connections || sender % rooms != self.room {
+        if sender >= self.shared.opts.load.connections || sender % rooms != self.room {
             return self.problem(format!("message from member {sender}, not of room {}", self.room));
         }
         let want = &mut self.next[sender / rooms];
@@ -355,7 +337,7 @@ impl Member {
         }
         *want += 1;
         self.received += 1;
-        if at_us >= self.shared.opts.warmup.as_micros() as u64 {
+        if at_us >= self.shared.opts.load.warmup.as_micros() as u64 {
             self.shared.measured.fetch_add(1, Ordering::Relaxed);
             report::local_record(self.shared.now_us().saturating_sub(at_us));
         }
@@ -371,7 +353,8 @@ impl PacketHandler for Member {
         match protocol::from_server(id, body) {
             Ok(FromServer::Joined { .. }) if !self.joined => {
                 self.joined = true;
-                if self.shared.joined.fetch_add(1, Ordering::AcqRel) + 1 == self.shared.opts.connections {
+                if self.shared.joined.fetch_add(1, Ordering::AcqRel) + 1 == self.shared.opts.load.connections
+                {
                     self.shared
                         .go_us
                         .store(self.shared.now_us() + 10_000, Ordering::Release);
@@ -400,7 +383,7 @@ impl PacketHandler for Member {
         }
         if !self.saying {
             // Waiting for every member to join.
-            if self.shared.joined.load(Ordering::Acquire) < self.shared.opts.connections {
+            if self.shared.joined.load(Ordering::Acquire) < self.shared.opts.load.connections {
                 if self.shared.stop.load(Ordering::Relaxed) {
                     return self.stop_saying(s);
                 }
@@ -423,8 +406,7 @@ impl PacketHandler for Member {
         sum.deliveries += self.received;
         sum.misdelivered += self.misdelivered;
         if let Some(p) = self.first_problem.take() {
-            sum.error_lines.truncate(MAX_ERRORS - 1);
-            sum.error_lines.push(p);
+            note_problem(&mut sum.error_lines, p);
         }
         if !matches!(reason, CloseReason::LocalClose) {
             sum.error(format!("member {}: {reason}", self.index));
@@ -434,15 +416,11 @@ impl PacketHandler for Member {
     }
 }
 
-fn invalid(msg: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, msg.to_string())
-}
-
 /// Runs the chat load until every member is done (said its count or the
 /// duration, and received what its room said, or the drain timeout), or
 /// `stop` is set. Fails only if the client cannot start.
 pub fn run(opts: &ChatOptions, stop: Arc<AtomicBool>) -> io::Result<ChatSummary> {
-    if opts.connections == 0 || opts.rooms == 0 || opts.rooms > opts.connections {
+    if opts.load.connections == 0 || opts.rooms == 0 || opts.rooms > opts.load.connections {
         return Err(invalid("need at least one member per room and one room"));
     }
     if opts.addrs.is_empty() {
@@ -451,34 +429,30 @@ pub fn run(opts: &ChatOptions, stop: Arc<AtomicBool>) -> io::Result<ChatSummary>
     if !(opts.rate > 0.0 && opts.rate.is_finite()) {
         return Err(invalid("rate must be a positive number of messages per second"));
     }
-    if opts.size < STAMP || opts.size > MAX_PACKET - 64 {
+    if opts.load.size < STAMP || opts.load.size > MAX_PACKET - 64 {
         return Err(invalid(&format!(
             "text size must be between {STAMP} and {} bytes",
             MAX_PACKET - 64
         )));
     }
-    if opts.count.is_none() && opts.duration.is_none() {
+    if opts.load.count.is_none() && opts.load.duration.is_none() {
         return Err(invalid("give --count or --duration: the chat load needs an end"));
     }
-    let client = Client::builder()
-        .engine(opts.engine)
-        .threads(opts.threads)
-        .max_sessions(opts.connections)
-        .start::<Packets<Member>>()?;
+    let client = opts.load.start_client::<Packets<Member>>()?;
     let shared = Arc::new(Shared {
         opts: opts.clone(),
         stop,
         start: Instant::now(),
         go_us: AtomicU64::new(0),
         joined: AtomicUsize::new(0),
-        said: (0..opts.connections).map(|_| AtomicU64::new(0)).collect(),
+        said: (0..opts.load.connections).map(|_| AtomicU64::new(0)).collect(),
         done_saying: AtomicUsize::new(0),
         measured: AtomicU64::new(0),
         summary: Mutex::new((ChatSummary::default(), 0)),
         histogram: Mutex::new(new_histogram()),
         done: Condvar::new(),
     });
-    for index in 0..opts.connections {
+    for index in 0..opts.load.connections {
         let shared = shared.clone();
         let addr = opts.addrs[index % opts.addrs.len()];
         client.connect(addr, move || {
@@ -488,7 +462,7 @@ pub fn run(opts: &ChatOptions, stop: Arc<AtomicBool>) -> io::Result<ChatSummary>
     // Measure between the warmup's end and the end of saying.
     let (mut window, mut usage_from, mut measured_from) = ((None, None), None, 0);
     let mut guard = shared.summary.lock().unwrap_or_else(|p| p.into_inner());
-    while guard.1 < opts.connections {
+    while guard.1 < opts.load.connections {
         guard = shared
             .done
             .wait_timeout(guard, Duration::from_millis(20))
@@ -499,16 +473,16 @@ pub fn run(opts: &ChatOptions, stop: Arc<AtomicBool>) -> io::Result<ChatSummary>
             continue;
         }
         let now = Instant::now();
-        if window.0.is_none() && shared.now_us() >= go + opts.warmup.as_micros() as u64 {
+        if window.0.is_none() && shared.now_us() >= go + opts.load.warmup.as_micros() as u64 {
             window.0 = Some(now);
-            usage_from = server_usage(opts.server_pid);
+            usage_from = server_usage(opts.load.server_pid);
             measured_from = shared.measured.load(Ordering::Relaxed);
         }
         if window.0.is_some() && window.1.is_none() && shared.all_said() {
             window.1 = Some((
                 now,
                 shared.measured.load(Ordering::Relaxed),
-                server_usage(opts.server_pid),
+                server_usage(opts.load.server_pid),
             ));
         }
     }
@@ -521,12 +495,12 @@ pub fn run(opts: &ChatOptions, stop: Arc<AtomicBool>) -> io::Result<ChatSummary>
         .map(|a| a.to_string())
         .collect::<Vec<_>>()
         .join(",");
-    summary.connections = opts.connections;
+    summary.connections = opts.load.connections;
     summary.rooms = opts.rooms;
     let said: Vec<u64> = shared.said.iter().map(|s| s.load(Ordering::Acquire)).collect();
     summary.expected_deliveries = (0..opts.rooms)
         .map(|r| {
-            let members = (opts.connections - r).div_ceil(opts.rooms) as u64;
+            let members = (opts.load.connections - r).div_ceil(opts.rooms) as u64;
             let room_said: u64 = said.iter().skip(r).step_by(opts.rooms).sum();
             room_said * members
         })
