@@ -597,7 +597,8 @@ impl<H: Handler> Conn<H> {
     /// progress is counted as for a queued send. A session that ended
     /// meanwhile drops them, as it dropped its queue.
     pub fn sent_corked(&mut self, corked: &[u8], n: usize, cx: Context<'_>) {
-        if !matches!(self.core.phase, Phase::Open | Phase::Closing) {
+        // The send may have failed the session meanwhile.
+        if !self.takes_corked() {
             return;
         }
         if n < corked.len() {
