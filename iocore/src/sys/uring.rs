@@ -859,8 +859,19 @@ fn unregister_ring_fd(ring: RawFd, index: u32) -> io::Result<()> {
 }
 
 /// Checks that a worker could run the io_uring engine here.
+///
+/// The throwaway ring lives on a thread of its own: a thread that used a
+/// ring (registering its descriptor is enough) gets task work queued by
+/// the kernel's asynchronous teardown of that ring, and the signal-like
+/// notification interrupts whatever that thread blocks in next — in the
+/// caller's thread, a socket read with a timeout would fail with EINTR.
+/// A thread that has exited has no such state left.
 pub fn probe() -> io::Result<()> {
-    Uring::new(8, 1, 64).map(drop)
+    std::thread::Builder::new()
+        .name("iocore-uring-probe".into())
+        .spawn(|| Uring::new(8, 1, 64).map(drop))?
+        .join()
+        .map_err(|_| io::Error::other("the io_uring probe thread panicked"))?
 }
 
 #[cfg(test)]
