@@ -28,9 +28,12 @@
 //! The ring uses, where the kernel has them, deferred task work (the
 //! kernel runs completions' task work only inside this worker's own
 //! `io_uring_enter`, which always asks for events), a registered ring
-//! descriptor, and a plain `send` for a single buffer; in-flight sends are
-//! kept in a slab. `IOCORE_URING_OFF` turns each off (see
-//! [`crate::engine::UringFeatures`]).
+//! descriptor, a plain `send` for a single buffer, and a registered file
+//! table that sessions' operations name their socket by (the descriptor
+//! stays open beside it, for socket options, the peer's address and
+//! shutdown; the session's socket closes when both are let go);
+//! in-flight sends are kept in a slab. `IOCORE_URING_OFF` turns each off
+//! (see [`crate::engine::UringFeatures`]).
 
 use std::io;
 use std::net::SocketAddr;
@@ -38,7 +41,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use crate::session::{CloseReason, Conn, Handler, Step, Tick};
 use crate::sys::socket;
-use crate::sys::uring::{Completion, SendKey, SendOp, Uring, RECV_CAP};
+use crate::sys::uring::{Completion, FileRef, SendKey, SendOp, Uring, RECV_CAP};
 
 use super::core::{io_close_reason, Core, Driver, ACCEPT_BACKOFF};
 use super::{EngineKind, Worker};
@@ -69,6 +72,9 @@ fn user_data(op: u64, token: u64) -> u64 {
 /// This engine's per-session state.
 struct Sock {
     fd: OwnedFd,
+    /// How the ring's operations name the socket (in the ring's file
+    /// table, or by `fd`); detached when the session is freed.
+    file: FileRef,
     /// Operations posted and not finally completed.
     inflight: u8,
     recv_posted: bool,
@@ -254,7 +260,7 @@ impl<H: Handler> Loop<H> {
         if wanted && !io.recv_posted {
             let target = user_data(OP_RECV, token);
             let cap = self.multishot_recv.then_some(RECV_CAP);
-            self.ring.recv(io.fd.as_raw_fd(), cap, target)?;
+            self.ring.recv(io.file, cap, target)?;
             io.recv_posted = true;
             io.inflight += 1;
         } else if !wanted && io.recv_posted && slot.conn.is_open() {
@@ -364,9 +370,7 @@ impl<H: Handler> Loop<H> {
         }
         let mut op = self.spare_sends.pop().unwrap_or_else(SendOp::new);
         op.offset = slot.conn.lend_unsent(&mut op.bufs, SendOp::MAX_IOV);
-        let key = self
-            .ring
-            .send(slot.io.fd.as_raw_fd(), op, user_data(OP_SEND, token))?;
+        let key = self.ring.send(slot.io.file, op, user_data(OP_SEND, token))?;
         slot.io.sending = Some(key);
         slot.io.inflight += 1;
         Ok(())
@@ -382,7 +386,8 @@ impl<H: Handler> Driver<H> for Loop<H> {
 
     /// Registers an established session; settling starts its receive.
     fn open_accepted(&mut self, conn: Conn<H>, fd: OwnedFd) -> io::Result<()> {
-        let token = self.core.insert(conn, Sock::new(fd));
+        let file = self.ring.attach(fd.as_raw_fd())?;
+        let token = self.core.insert(conn, Sock::new(fd, file));
         let (cx, slot) = self.core.slot(token).expect("just inserted");
         slot.conn.start(cx);
         self.settle(token)
@@ -392,10 +397,11 @@ impl<H: Handler> Driver<H> for Loop<H> {
         let Some((conn, fd)) = self.core.outbound(addr, handler, socket::stream_for) else {
             return Ok(());
         };
-        let token = self.core.insert(conn, Sock::new(fd));
+        let file = self.ring.attach(fd.as_raw_fd())?;
+        let token = self.core.insert(conn, Sock::new(fd, file));
         let (_, slot) = self.core.slot(token).expect("just inserted");
         self.ring
-            .connect(slot.io.fd.as_raw_fd(), &addr, user_data(OP_CONNECT, token))?;
+            .connect(slot.io.file, &addr, user_data(OP_CONNECT, token))?;
         slot.io.inflight += 1;
         self.settle(token)
     }
@@ -436,13 +442,15 @@ impl<H: Handler> Driver<H> for Loop<H> {
             if rst {
                 let _ = socket::set_linger_zero(&slot.io.fd);
             }
+            // The socket closes when both the table's reference and the
+            // descriptor are gone.
+            self.ring.detach(slot.io.file)?;
             drop(slot.io.fd);
             self.core.finish(Some(token), slot.conn, reason);
         } else if !slot.io.cancel_posted {
             // Rule 3: cancel what is in flight; free after the last
             // completion.
-            self.ring
-                .cancel_fd(slot.io.fd.as_raw_fd(), user_data(OP_CANCEL, token))?;
+            self.ring.cancel_file(slot.io.file, user_data(OP_CANCEL, token))?;
             slot.io.cancel_posted = true;
             slot.io.inflight += 1;
         }
@@ -461,9 +469,10 @@ impl<H: Handler> Driver<H> for Loop<H> {
 }
 
 impl Sock {
-    fn new(fd: OwnedFd) -> Sock {
+    fn new(fd: OwnedFd, file: FileRef) -> Sock {
         Sock {
             fd,
+            file,
             inflight: 0,
             recv_posted: false,
             recv_cancel_posted: false,

@@ -29,6 +29,11 @@
 //! 5. A full submission queue is flushed to the kernel and the push
 //!    retried; an empty buffer ring makes a receive complete with
 //!    `ENOBUFS`, which the caller treats as "post the receive again".
+//! 6. **A socket in the registered file table stays there until the
+//!    caller detaches it**, after its last completion ([`Uring::attach`],
+//!    [`Uring::detach`]). The table holds its own reference to the socket,
+//!    so the socket closes when both the caller's descriptor is closed and
+//!    the detach has reached the kernel (at the next submit).
 
 use std::alloc::{self, Layout};
 use std::collections::HashMap;
@@ -131,17 +136,24 @@ pub struct Features {
     /// A send of one buffer is a plain `IORING_OP_SEND` rather than a
     /// one-element `SENDMSG` (the kernel copies no header).
     pub plain_send: bool,
+    /// Sessions' sockets sit in a registered file table (a sparse
+    /// `IORING_REGISTER_FILES`, 5.19) and operations name them by slot:
+    /// the kernel skips looking the descriptor up and taking a reference
+    /// to the socket per operation. Sessions beyond the table's size
+    /// (the soft `RLIMIT_NOFILE`, at most 65,536) go by descriptor.
+    pub fixed_files: bool,
 }
 
 impl Features {
     /// The names [`FEATURES_OFF_VAR`] takes.
-    pub const NAMES: [&'static str; 3] = ["defer-taskrun", "ring-fd", "plain-send"];
+    pub const NAMES: [&'static str; 4] = ["defer-taskrun", "ring-fd", "plain-send", "fixed-files"];
 
     /// Every feature, as asked when nothing is turned off.
     pub const ALL: Features = Features {
         defer_taskrun: true,
         ring_fd: true,
         plain_send: true,
+        fixed_files: true,
     };
 
     /// The features left after turning off those `off` names (a
@@ -154,6 +166,7 @@ impl Features {
                 "defer-taskrun" => f.defer_taskrun = false,
                 "ring-fd" => f.ring_fd = false,
                 "plain-send" => f.plain_send = false,
+                "fixed-files" => f.fixed_files = false,
                 _ => {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidInput,
@@ -180,7 +193,12 @@ impl Features {
 impl fmt::Display for Features {
     /// `defer-taskrun=on ring-fd=off ...`
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let on = [self.defer_taskrun, self.ring_fd, self.plain_send];
+        let on = [
+            self.defer_taskrun,
+            self.ring_fd,
+            self.plain_send,
+            self.fixed_files,
+        ];
         for (i, (name, on)) in Features::NAMES.iter().zip(on).enumerate() {
             let sep = if i == 0 { "" } else { " " };
             write!(f, "{sep}{name}={}", if on { "on" } else { "off" })?;
@@ -193,6 +211,72 @@ impl fmt::Display for Features {
 /// operation until [`Uring::take_send`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SendKey(u32);
+
+/// A socket as the ring's operations name it: by its slot in the ring's
+/// registered file table ([`Features::fixed_files`]), or by descriptor.
+/// [`Uring::attach`] gives it; [`Uring::detach`] ends it (rule 6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileRef {
+    fd: RawFd,
+    slot: Option<u32>,
+}
+
+impl FileRef {
+    /// A socket named by descriptor only (not in the table).
+    pub fn by_fd(fd: RawFd) -> FileRef {
+        FileRef { fd, slot: None }
+    }
+}
+
+/// Builds an entry with `$file` as a `types::Fixed` slot or a `types::Fd`
+/// (the opcode builders take either, as different types).
+macro_rules! on_file {
+    ($file:expr, |$t:ident| $build:expr) => {
+        match $file.slot {
+            Some(slot) => {
+                let $t = types::Fixed(slot);
+                $build
+            }
+            None => {
+                let $t = types::Fd($file.fd);
+                $build
+            }
+        }
+    };
+}
+
+/// `user_data` of the ring's own operations (file-table updates), whose
+/// completions [`Uring::completions`] does not return; and of the cancel
+/// that Drop posts. Callers' `user_data` must stay below both.
+const OWN_OP: u64 = u64::MAX - 1;
+const DROP_CANCEL: u64 = u64::MAX;
+
+/// What a detach writes into a table slot: no file.
+static NO_FILE: RawFd = -1;
+
+/// The registered file table: per slot the descriptor its install update
+/// reads (rule 1: the cells live as long as the ring), and the free
+/// slots.
+struct FileTable {
+    fds: Box<[RawFd]>,
+    free: Vec<u32>,
+    full_logged: bool,
+}
+
+/// Slots in a worker's file table: the soft `RLIMIT_NOFILE` (the kernel
+/// refuses a larger table), at most 65,536.
+fn file_table_size() -> u32 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid rlimit the call writes.
+    let res = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    if res != 0 {
+        return 1024;
+    }
+    limit.rlim_cur.clamp(1, 1 << 16) as u32
+}
 
 /// One completion, copied out of the completion queue.
 #[derive(Clone, Copy, Debug)]
@@ -358,6 +442,8 @@ pub struct Uring {
     ring_index: Option<u32>,
     /// Connect addresses in flight, by `user_data` (rule 1).
     connects: HashMap<u64, Box<super::socket::RawAddr>>,
+    /// The registered file table, with [`Features::fixed_files`].
+    files: Option<FileTable>,
     /// Submission entries the kernel took, in all.
     submitted: u64,
     /// Completions reaped, in all.
@@ -426,9 +512,26 @@ impl Uring {
             features,
             ring_index: None,
             connects: HashMap::new(),
+            files: None,
             submitted: 0,
             reaped: 0,
         };
+        if features.fixed_files {
+            let size = file_table_size();
+            match uring.ring.submitter().register_files_sparse(size) {
+                Ok(()) => {
+                    uring.files = Some(FileTable {
+                        fds: vec![-1; size as usize].into_boxed_slice(),
+                        free: (0..size).rev().collect(),
+                        full_logged: false,
+                    })
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "io_uring cannot register a file table (needs Linux 5.19): operations name sockets by descriptor");
+                    uring.features.fixed_files = false;
+                }
+            }
+        }
         if features.ring_fd {
             match register_ring_fd(uring.ring.as_raw_fd()) {
                 Ok(index) => uring.ring_index = Some(index),
@@ -581,13 +684,14 @@ impl Uring {
     /// multishot receive that ends after that many bytes (Linux 6.17;
     /// older kernels complete it with `EINVAL`); without, one buffer's
     /// worth.
-    pub fn recv(&mut self, fd: RawFd, multishot_cap: Option<u32>, user_data: u64) -> io::Result<()> {
+    pub fn recv(&mut self, file: FileRef, multishot_cap: Option<u32>, user_data: u64) -> io::Result<()> {
+        let size = self.bufs.size as u32;
         let entry = match multishot_cap {
-            Some(cap) => with_optlen(opcode::RecvMulti::new(types::Fd(fd), BGID).build(), cap),
-            None => opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), self.bufs.size as u32)
+            Some(cap) => with_optlen(on_file!(file, |f| opcode::RecvMulti::new(f, BGID).build()), cap),
+            None => on_file!(file, |f| opcode::Recv::new(f, std::ptr::null_mut(), size)
                 .buf_group(BGID)
-                .build()
-                .flags(squeue::Flags::BUFFER_SELECT),
+                .build())
+            .flags(squeue::Flags::BUFFER_SELECT),
         };
         // SAFETY: the receive writes only into the ring's own provided
         // buffers, which live as long as the ring (rule 2).
@@ -607,19 +711,19 @@ impl Uring {
     /// [`Features::plain_send`]), more with one gather `sendmsg`. The ring
     /// keeps `op` until the completion; take it back with
     /// [`Uring::take_send`] and the key returned here.
-    pub fn send(&mut self, fd: RawFd, mut op: Box<SendOp>, user_data: u64) -> io::Result<SendKey> {
+    pub fn send(&mut self, file: FileRef, mut op: Box<SendOp>, user_data: u64) -> io::Result<SendKey> {
         let entry = match (self.features.plain_send, op.bufs.as_slice()) {
             (true, [only]) => {
                 let rest = &only[op.offset..];
-                opcode::Send::new(types::Fd(fd), rest.as_ptr(), rest.len() as u32)
+                on_file!(file, |f| opcode::Send::new(f, rest.as_ptr(), rest.len() as u32)
                     .flags(libc::MSG_NOSIGNAL)
-                    .build()
+                    .build())
             }
             _ => {
                 op.prepare();
-                opcode::SendMsg::new(types::Fd(fd), &op.msg)
+                on_file!(file, |f| opcode::SendMsg::new(f, &op.msg)
                     .flags(libc::MSG_NOSIGNAL as u32)
-                    .build()
+                    .build())
             }
         };
         // SAFETY: the bytes sent (and for SENDMSG the header and its
@@ -649,10 +753,10 @@ impl Uring {
     }
 
     /// Connects the non-blocking socket `fd` to `addr`.
-    pub fn connect(&mut self, fd: RawFd, addr: &SocketAddr, user_data: u64) -> io::Result<()> {
+    pub fn connect(&mut self, file: FileRef, addr: &SocketAddr, user_data: u64) -> io::Result<()> {
         let raw = Box::new(super::socket::RawAddr::from_addr(addr));
         let (ptr, len) = raw.as_ptr();
-        let entry = opcode::Connect::new(types::Fd(fd), ptr, len).build();
+        let entry = on_file!(file, |f| opcode::Connect::new(f, ptr, len).build());
         // SAFETY: the address is boxed and kept until the completion is
         // taken (rule 1).
         unsafe { self.push(&entry.user_data(user_data))? };
@@ -660,11 +764,67 @@ impl Uring {
         Ok(())
     }
 
-    /// Cancels every operation on `fd` (rule 3). Completes itself too.
-    pub fn cancel_fd(&mut self, fd: RawFd, user_data: u64) -> io::Result<()> {
-        let entry = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all()).build();
+    /// Cancels every operation on `file` (rule 3). Completes itself too.
+    pub fn cancel_file(&mut self, file: FileRef, user_data: u64) -> io::Result<()> {
+        let entry = on_file!(file, |f| opcode::AsyncCancel2::new(
+            types::CancelBuilder::fd(f).all()
+        )
+        .build());
         // SAFETY: no pointer into caller memory.
         unsafe { self.push(&entry.user_data(user_data)) }
+    }
+
+    /// Puts socket `fd` into a free slot of the file table, if there is a
+    /// table and a free slot, so that operations name it by slot (the
+    /// install reaches the kernel with the next submit, before any
+    /// operation posted after it); else it stays named by descriptor.
+    /// Detach it after its last completion (rule 6).
+    pub fn attach(&mut self, fd: RawFd) -> io::Result<FileRef> {
+        let Some(table) = &mut self.files else {
+            return Ok(FileRef::by_fd(fd));
+        };
+        let Some(slot) = table.free.pop() else {
+            if !table.full_logged {
+                table.full_logged = true;
+                tracing::info!(
+                    slots = table.fds.len(),
+                    "io_uring file table full: further sessions are named by descriptor"
+                );
+            }
+            return Ok(FileRef::by_fd(fd));
+        };
+        table.fds[slot as usize] = fd;
+        let cell: *const RawFd = &table.fds[slot as usize];
+        let entry = opcode::FilesUpdate::new(cell, 1).offset(slot as i32).build();
+        // SAFETY: the kernel reads one descriptor from `cell`, a slot of
+        // the table's boxed array, which lives as long as the ring (Drop
+        // waits for every operation first, rule 4). The cell is written
+        // again only when the slot is reused after a detach; updates are
+        // applied in submission order, so even an install not yet
+        // submitted then leaves the table as the last update says.
+        if let Err(e) = unsafe { self.push(&entry.user_data(OWN_OP)) } {
+            if let Some(table) = &mut self.files {
+                table.free.push(slot);
+            }
+            return Err(e);
+        }
+        Ok(FileRef { fd, slot: Some(slot) })
+    }
+
+    /// Takes `file` out of the file table (rule 6), freeing its slot; the
+    /// socket closes once the caller has closed its descriptor too. Call
+    /// it after the last completion of the socket's operations.
+    pub fn detach(&mut self, file: FileRef) -> io::Result<()> {
+        let Some(slot) = file.slot else {
+            return Ok(());
+        };
+        let entry = opcode::FilesUpdate::new(&NO_FILE, 1).offset(slot as i32).build();
+        // SAFETY: the kernel reads one descriptor from a static.
+        unsafe { self.push(&entry.user_data(OWN_OP))? };
+        if let Some(table) = &mut self.files {
+            table.free.push(slot);
+        }
+        Ok(())
     }
 
     /// Cancels the operation posted with `target`. Completes itself too.
@@ -702,22 +862,29 @@ impl Uring {
     }
 
     fn reap(&mut self) {
-        let start = self.completions.len();
-        self.completions
-            .extend(self.ring.completion().map(|c| Completion {
+        for c in self.ring.completion() {
+            let c = Completion {
                 user_data: c.user_data(),
                 result: c.result(),
                 flags: c.flags(),
-            }));
-        self.reaped += (self.completions.len() - start) as u64;
-        for c in &self.completions[start..] {
-            if c.buffer_id().is_some() {
-                self.held += 1;
-            }
+            };
+            self.reaped += 1;
             if !c.more() {
                 self.outstanding -= 1;
                 self.connects.remove(&c.user_data);
             }
+            if c.user_data == OWN_OP {
+                if c.result < 0 {
+                    // The session's operations then fail with EBADF and
+                    // close it: nothing is sent to the wrong socket.
+                    tracing::error!(error = %io::Error::from_raw_os_error(-c.result), "io_uring file table update failed");
+                }
+                continue;
+            }
+            if c.buffer_id().is_some() {
+                self.held += 1;
+            }
+            self.completions.push(c);
         }
     }
 
@@ -776,7 +943,7 @@ impl Drop for Uring {
         if self.outstanding > 0 {
             let entry = opcode::AsyncCancel2::new(types::CancelBuilder::any()).build();
             // SAFETY: no pointer into caller memory.
-            let _ = unsafe { self.push(&entry.user_data(u64::MAX)) };
+            let _ = unsafe { self.push(&entry.user_data(DROP_CANCEL)) };
             let start = Instant::now();
             while self.outstanding > 0 && start.elapsed() < Duration::from_secs(1) {
                 let _ = self.submit_and_wait(Some(Duration::from_millis(10)));
@@ -791,6 +958,7 @@ impl Drop for Uring {
             );
             std::mem::forget(std::mem::take(&mut self.sends));
             std::mem::forget(std::mem::take(&mut self.connects));
+            std::mem::forget(self.files.take());
             let bufs = std::mem::replace(&mut self.bufs.memory, Box::new([]));
             std::mem::forget(bufs);
             return;
@@ -883,7 +1051,10 @@ mod tests {
         assert_eq!(Features::without("").unwrap(), Features::ALL);
         let f = Features::without(" ring-fd,plain-send ").unwrap();
         assert!(f.defer_taskrun && !f.ring_fd && !f.plain_send);
-        assert_eq!(f.to_string(), "defer-taskrun=on ring-fd=off plain-send=off");
+        assert_eq!(
+            f.to_string(),
+            "defer-taskrun=on ring-fd=off plain-send=off fixed-files=on"
+        );
         let e = Features::without("defer-taskrun,nope").unwrap_err();
         assert!(
             e.to_string().contains("'nope'") && e.to_string().contains("ring-fd"),
@@ -904,8 +1075,17 @@ mod tests {
             let mut op = SendOp::new();
             op.bufs.push(Bytes::from_static(b"xhello"));
             op.offset = 1;
-            let key = ring.send(a.as_raw_fd(), op, 1).unwrap();
-            ring.recv(b.as_raw_fd(), None, 2).unwrap();
+            // One free slot left in the table: `a` goes in it, `b` (the
+            // table full) by descriptor; both kinds move bytes together.
+            if let Some(table) = &mut ring.files {
+                table.free.drain(..table.free.len() - 1);
+            }
+            let a_file = ring.attach(a.as_raw_fd()).unwrap();
+            let b_file = ring.attach(b.as_raw_fd()).unwrap();
+            assert_eq!(a_file.slot.is_some(), asked.fixed_files && ring.files.is_some());
+            assert!(b_file.slot.is_none(), "the table was full");
+            let key = ring.send(a_file, op, 1).unwrap();
+            ring.recv(b_file, None, 2).unwrap();
             let mut got = Vec::new();
             let mut sent = false;
             let start = Instant::now();
@@ -932,6 +1112,8 @@ mod tests {
                 ring.features().ring_fd,
                 asked.ring_fd && ring.ring_index.is_some()
             );
+            ring.detach(a_file).unwrap();
+            ring.detach(b_file).unwrap();
         }
     }
 }
