@@ -28,7 +28,8 @@
 //! The ring uses, where the kernel has them, deferred task work (the
 //! kernel runs completions' task work only inside this worker's own
 //! `io_uring_enter`, which always asks for events), a registered ring
-//! descriptor, a plain `send` for a single buffer, and a registered file
+//! descriptor, a plain `send` for a single buffer, receive bundles (one
+//! completion for a burst over several provided buffers), and a registered file
 //! table that sessions' operations name their socket by (the descriptor
 //! stays open beside it, for socket options, the peer's address and
 //! shutdown; the session's socket closes when both are let go);
@@ -284,20 +285,21 @@ impl<H: Handler> Loop<H> {
         match op {
             OP_RECV => {
                 slot.io.recv_posted = c.more();
-                let result = match (c.io_result(), c.buffer_id()) {
-                    (Ok(0), _) => Ok(0),
-                    (Ok(n), Some(bid)) => {
+                let result = match c.io_result() {
+                    Ok(0) => Ok(0),
+                    Ok(n) if c.buffer_count() > 0 => {
                         stats.read(n);
-                        slot.conn.received(self.ring.buffer(bid, n), cx);
+                        // A bundle's bytes span several buffers.
+                        for bytes in self.ring.buffers(&c) {
+                            slot.conn.received(bytes, cx);
+                        }
                         Ok(n)
                     }
-                    (Ok(_), None) => Err(io::Error::other("receive completion without a buffer")),
-                    (Err(e), _) => Err(e),
+                    Ok(_) => Err(io::Error::other("receive completion without a buffer")),
+                    Err(e) => Err(e),
                 };
                 // Every buffer a completion names goes back to the ring.
-                if let Some(bid) = c.buffer_id() {
-                    self.ring.recycle(bid);
-                }
+                self.ring.recycle(&c);
                 // A receive that ended is posted again by settle (sync_recv)
                 // if input is still wanted.
                 match result {

@@ -15,9 +15,14 @@
 //!    every function here is safe to call.
 //! 2. **Receive memory is the ring's own** (a provided-buffer ring): a
 //!    receive picks a free buffer only when data arrives, so an idle
-//!    socket holds none. A completion names the buffer it filled; the
-//!    caller reads it with [`Uring::buffer`] and gives it back with
-//!    [`Uring::recycle`]. Until then the kernel will not reuse it.
+//!    socket holds none. A completion names the buffers it filled (one,
+//!    or with a receive bundle several, which the kernel takes in ring
+//!    order: the ring resolves which when it reaps the completion, right
+//!    after the `io_uring_enter` that completed it and before any buffer
+//!    is put back, so the entries it reads are still the ones the kernel
+//!    took); the caller reads them with [`Uring::buffers`] and gives them
+//!    back with [`Uring::recycle`]. Until then the kernel will not reuse
+//!    them.
 //! 3. **Closing a session cancels its operations** ([`Uring::cancel_fd`])
 //!    and the caller frees the session only after the last of its
 //!    completions (each posted operation yields exactly one final
@@ -142,11 +147,23 @@ pub struct Features {
     /// to the socket per operation. Sessions beyond the table's size
     /// (the soft `RLIMIT_NOFILE`, at most 65,536) go by descriptor.
     pub fixed_files: bool,
+    /// Multishot receives take a bundle of provided buffers per
+    /// completion (`IORING_RECVSEND_BUNDLE`, 6.10) rather than one: a
+    /// burst larger than a buffer is one completion. Only with
+    /// [`Features::defer_taskrun`], where the kernel takes buffers only
+    /// inside the worker's own `io_uring_enter` (rule 2).
+    pub recv_bundle: bool,
 }
 
 impl Features {
     /// The names [`FEATURES_OFF_VAR`] takes.
-    pub const NAMES: [&'static str; 4] = ["defer-taskrun", "ring-fd", "plain-send", "fixed-files"];
+    pub const NAMES: [&'static str; 5] = [
+        "defer-taskrun",
+        "ring-fd",
+        "plain-send",
+        "fixed-files",
+        "recv-bundle",
+    ];
 
     /// Every feature, as asked when nothing is turned off.
     pub const ALL: Features = Features {
@@ -154,6 +171,7 @@ impl Features {
         ring_fd: true,
         plain_send: true,
         fixed_files: true,
+        recv_bundle: true,
     };
 
     /// The features left after turning off those `off` names (a
@@ -167,6 +185,7 @@ impl Features {
                 "ring-fd" => f.ring_fd = false,
                 "plain-send" => f.plain_send = false,
                 "fixed-files" => f.fixed_files = false,
+                "recv-bundle" => f.recv_bundle = false,
                 _ => {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidInput,
@@ -198,6 +217,7 @@ impl fmt::Display for Features {
             self.ring_fd,
             self.plain_send,
             self.fixed_files,
+            self.recv_bundle,
         ];
         for (i, (name, on)) in Features::NAMES.iter().zip(on).enumerate() {
             let sep = if i == 0 { "" } else { " " };
@@ -286,6 +306,10 @@ pub struct Completion {
     /// The result: a count or a new descriptor (≥ 0), or `-errno`.
     pub result: i32,
     flags: u32,
+    /// The provided buffers it names: `bids[first..first + count]` of the
+    /// ring that reaped it.
+    first: u32,
+    count: u32,
 }
 
 impl Completion {
@@ -293,9 +317,9 @@ impl Completion {
     pub fn more(&self) -> bool {
         cqueue::more(self.flags)
     }
-    /// The provided buffer this receive filled.
-    pub fn buffer_id(&self) -> Option<u16> {
-        cqueue::buffer_select(self.flags)
+    /// How many provided buffers this receive filled (0: none).
+    pub fn buffer_count(&self) -> usize {
+        self.count as usize
     }
     /// The result as an I/O result.
     pub fn io_result(&self) -> io::Result<usize> {
@@ -359,6 +383,11 @@ struct BufRing {
     size: usize,
     memory: Box<[u8]>,
     tail: u16,
+    /// Our copy of the ring: the buffer id pushed at each entry, and the
+    /// position (tail value) each buffer was last pushed at — what a
+    /// bundle's first buffer id is resolved through to the ones after it.
+    order: Box<[u16]>,
+    position: Box<[u16]>,
 }
 
 impl BufRing {
@@ -380,6 +409,8 @@ impl BufRing {
             size,
             memory,
             tail: 0,
+            order: vec![0; count as usize].into_boxed_slice(),
+            position: vec![0; count as usize].into_boxed_slice(),
         };
         for bid in 0..count {
             ring.push(bid);
@@ -398,7 +429,17 @@ impl BufRing {
         entry.set_addr(self.memory[bid as usize * self.size..].as_ptr() as u64);
         entry.set_len(self.size as u32);
         entry.set_bid(bid);
+        self.order[index] = bid;
+        self.position[bid as usize] = self.tail;
         self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// The buffers a receive of `len` bytes filled, starting with `first`:
+    /// full buffers in the order the ring held them, the last one partly.
+    fn filled(&self, first: u16, len: usize) -> impl Iterator<Item = u16> + '_ {
+        let n = len.div_ceil(self.size).max(1);
+        let start = self.position[first as usize];
+        (0..n).map(move |i| self.order[(start.wrapping_add(i as u16) & (self.count - 1)) as usize])
     }
 
     /// Makes pushed buffers visible to the kernel.
@@ -432,6 +473,9 @@ pub struct Uring {
     outstanding: usize,
     /// Provided buffers named by completions and not yet recycled.
     held: usize,
+    /// The buffer ids that completions name (by range), resolved when
+    /// reaped; cleared when no completion still refers to it.
+    bids: Vec<u16>,
     /// Sends in flight, by [`SendKey`] (rule 1), and the free keys.
     #[allow(clippy::vec_box)] // boxed on purpose: the kernel points into them
     sends: Vec<Option<Box<SendOp>>>,
@@ -492,6 +536,12 @@ impl Uring {
             tracing::info!("io_uring lacks IORING_OP_SEND: one-buffer sends use SENDMSG");
             features.plain_send = false;
         }
+        if features.recv_bundle && !(features.defer_taskrun && ring.params().is_feature_recvsend_bundle()) {
+            tracing::info!(
+                "io_uring receive bundles unused (they need Linux 6.10 and deferred task work): one buffer per receive completion"
+            );
+            features.recv_bundle = false;
+        }
         let bufs = BufRing::new(buffers, buffer_size)?;
         // SAFETY: `bufs.entries` is a page-aligned array of `count` entries
         // that stays allocated until Drop, which unregisters it first.
@@ -507,6 +557,7 @@ impl Uring {
             completions: Vec::with_capacity(1024),
             outstanding: 0,
             held: 0,
+            bids: Vec::with_capacity(1024),
             sends: Vec::new(),
             free_sends: Vec::new(),
             features,
@@ -656,9 +707,13 @@ impl Uring {
                 self.outstanding += 1;
                 return Ok(());
             }
-            match self.submit_queued() {
+            let res = self.submit_queued();
+            // What the enter completed is reaped before any buffer is put
+            // back (rule 2), and makes room if the queue was full (EBUSY).
+            self.reap();
+            match res {
                 Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => self.reap(),
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
@@ -687,6 +742,10 @@ impl Uring {
     pub fn recv(&mut self, file: FileRef, multishot_cap: Option<u32>, user_data: u64) -> io::Result<()> {
         let size = self.bufs.size as u32;
         let entry = match multishot_cap {
+            Some(cap) if self.features.recv_bundle => with_optlen(
+                on_file!(file, |f| opcode::RecvMultiBundle::new(f, BGID).build()),
+                cap,
+            ),
             Some(cap) => with_optlen(on_file!(file, |f| opcode::RecvMulti::new(f, BGID).build()), cap),
             None => on_file!(file, |f| opcode::Recv::new(f, std::ptr::null_mut(), size)
                 .buf_group(BGID)
@@ -863,10 +922,12 @@ impl Uring {
 
     fn reap(&mut self) {
         for c in self.ring.completion() {
-            let c = Completion {
+            let mut c = Completion {
                 user_data: c.user_data(),
                 result: c.result(),
                 flags: c.flags(),
+                first: 0,
+                count: 0,
             };
             self.reaped += 1;
             if !c.more() {
@@ -881,15 +942,24 @@ impl Uring {
                 }
                 continue;
             }
-            if c.buffer_id().is_some() {
-                self.held += 1;
+            if let Some(first) = cqueue::buffer_select(c.flags) {
+                c.first = self.bids.len() as u32;
+                let len = c.result.max(0) as usize;
+                self.bids.extend(self.bufs.filled(first, len));
+                c.count = self.bids.len() as u32 - c.first;
+                self.held += c.count as usize;
             }
             self.completions.push(c);
         }
     }
 
-    /// Takes every completion that arrived.
+    /// Takes every completion that arrived. The buffers they name can be
+    /// read until the next call.
     pub fn completions(&mut self) -> Vec<Completion> {
+        if self.completions.is_empty() {
+            // Every completion handed out before was handled.
+            self.bids.clear();
+        }
         self.reap();
         std::mem::take(&mut self.completions)
     }
@@ -902,18 +972,28 @@ impl Uring {
         }
     }
 
-    /// The first `len` bytes of provided buffer `bid`, as filled by a
-    /// receive completion (rule 2).
-    pub fn buffer(&self, bid: u16, len: usize) -> &[u8] {
-        let start = bid as usize * self.bufs.size;
-        &self.bufs.memory[start..start + len.min(self.bufs.size)]
+    /// The bytes receive completion `c` carries, in order: one slice per
+    /// provided buffer it filled (rule 2).
+    pub fn buffers<'a>(&'a self, c: &Completion) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let size = self.bufs.size;
+        let mut left = c.result.max(0) as usize;
+        let bids = &self.bids[c.first as usize..(c.first + c.count) as usize];
+        bids.iter().map(move |&bid| {
+            let n = left.min(size);
+            left -= n;
+            let start = bid as usize * size;
+            &self.bufs.memory[start..start + n]
+        })
     }
 
-    /// Returns buffer `bid` to the kernel (published at the next submit).
-    pub fn recycle(&mut self, bid: u16) {
-        self.bufs.push(bid);
-        self.held -= 1;
-        self.recycled = true;
+    /// Returns the buffers completion `c` named to the kernel (published
+    /// at the next submit).
+    pub fn recycle(&mut self, c: &Completion) {
+        for i in c.first..c.first + c.count {
+            self.bufs.push(self.bids[i as usize]);
+        }
+        self.held -= c.count as usize;
+        self.recycled |= c.count > 0;
     }
 
     /// Provided buffers that completions handed out and that were not
@@ -1053,13 +1133,113 @@ mod tests {
         assert!(f.defer_taskrun && !f.ring_fd && !f.plain_send);
         assert_eq!(
             f.to_string(),
-            "defer-taskrun=on ring-fd=off plain-send=off fixed-files=on"
+            "defer-taskrun=on ring-fd=off plain-send=off fixed-files=on recv-bundle=on"
         );
         let e = Features::without("defer-taskrun,nope").unwrap_err();
         assert!(
             e.to_string().contains("'nope'") && e.to_string().contains("ring-fd"),
             "{e}"
         );
+    }
+
+    /// The buffers after a bundle's first are the ones after it in the
+    /// ring's order, which differs from the ids' order once buffers came
+    /// back out of order; the ring's positions wrap.
+    #[test]
+    fn a_bundle_is_resolved_in_ring_order() {
+        let mut ring = BufRing::new(4, 10).unwrap(); // positions 0..4: ids 0 1 2 3
+        for bid in [3, 1, 0, 2] {
+            ring.push(bid); // positions 4..8 (entries 0..4 again)
+        }
+        let ids = |ring: &BufRing, first, len| ring.filled(first, len).collect::<Vec<u16>>();
+        assert_eq!(ids(&ring, 3, 10), [3]);
+        assert_eq!(ids(&ring, 1, 25), [1, 0, 2]);
+        assert_eq!(ids(&ring, 0, 11), [0, 2]);
+        assert_eq!(ids(&ring, 2, 0), [2], "an empty receive still names its buffer");
+        ring.push(3); // position 8, entry 0
+        assert_eq!(ids(&ring, 2, 20), [2, 3], "wraps past the last entry");
+    }
+
+    /// A multishot receive with bundles (where the kernel has them) takes
+    /// several provided buffers per completion; the bytes of two
+    /// connections come out in order even though buffers go back to the
+    /// ring out of order (so the ring's order is not the ids' order), and
+    /// every buffer comes back.
+    #[test]
+    fn receive_bundles_keep_the_bytes_in_order() {
+        let one_by_one = Features::without("recv-bundle").unwrap();
+        for asked in [Features::ALL, one_by_one] {
+            receive_in_order(asked);
+        }
+    }
+
+    fn receive_in_order(asked: Features) {
+        let Ok(mut ring) = Uring::with_features(8, 16, 64, asked) else {
+            return; // io_uring unusable here (the engine tests say so)
+        };
+        const LEN: usize = 20_000;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut readers = Vec::new();
+        let mut writers = Vec::new();
+        for k in 0..2u32 {
+            let mut a = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (b, _) = listener.accept().unwrap();
+            let file = ring.attach(b.as_raw_fd()).unwrap();
+            readers.push((b, file, Vec::new(), false));
+            let sent: Vec<u8> = (0..LEN as u32).map(|i| (i * 7 + i / 251 + k) as u8).collect();
+            writers.push(std::thread::spawn(move || {
+                use std::io::Write;
+                for chunk in sent.chunks(2_500) {
+                    a.write_all(chunk).unwrap();
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                sent
+            }));
+        }
+        let mut widest = 0;
+        let start = Instant::now();
+        while readers.iter().any(|r| r.2.len() < LEN) && start.elapsed() < Duration::from_secs(10) {
+            for (k, (_, file, _, posted)) in readers.iter_mut().enumerate() {
+                if !*posted {
+                    ring.recv(*file, Some(RECV_CAP), k as u64).unwrap();
+                    *posted = true;
+                }
+            }
+            ring.submit_and_wait(Some(Duration::from_millis(100))).unwrap();
+            let batch = ring.completions();
+            for c in &batch {
+                let (_, _, got, posted) = &mut readers[c.user_data as usize];
+                *posted &= c.more();
+                if c.result > 0 {
+                    widest = widest.max(c.buffer_count());
+                    let before = got.len();
+                    for bytes in ring.buffers(c) {
+                        got.extend_from_slice(bytes);
+                    }
+                    assert_eq!(got.len() - before, c.result as usize);
+                }
+            }
+            for c in batch.iter().rev() {
+                ring.recycle(c);
+            }
+            assert_eq!(ring.buffers_held(), 0);
+        }
+        for ((_, file, got, _), writer) in readers.iter().zip(writers) {
+            let sent = writer.join().unwrap();
+            assert!(
+                *got == sent,
+                "{} bytes of {} came in order ({asked})",
+                got.len(),
+                sent.len()
+            );
+            let _ = ring.cancel_file(*file, 9);
+            ring.detach(*file).unwrap();
+        }
+        if ring.features().recv_bundle {
+            assert!(widest > 1, "no completion carried a bundle");
+        } else {
+            assert_eq!(widest, 1);
+        }
     }
 
     /// A ring asked for every feature and one asked for none both move
@@ -1100,9 +1280,11 @@ mod tests {
                             sent = true;
                         }
                         _ => {
-                            let bid = c.buffer_id().unwrap();
-                            got.extend_from_slice(ring.buffer(bid, c.result as usize));
-                            ring.recycle(bid);
+                            assert_eq!(c.buffer_count(), 1);
+                            for bytes in ring.buffers(&c) {
+                                got.extend_from_slice(bytes);
+                            }
+                            ring.recycle(&c);
                         }
                     }
                 }
