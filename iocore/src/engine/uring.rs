@@ -446,9 +446,10 @@ impl<H: Handler> Driver<H> for Loop<H> {
             }
             // The socket closes when both the table's reference and the
             // descriptor are gone.
-            self.ring.detach(slot.io.file)?;
+            let detached = self.ring.detach(slot.io.file);
             drop(slot.io.fd);
             self.core.finish(Some(token), slot.conn, reason);
+            detached?;
         } else if !slot.io.cancel_posted {
             // Rule 3: cancel what is in flight; free after the last
             // completion.
