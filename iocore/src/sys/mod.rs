@@ -6,11 +6,11 @@
 //! Everything exported from here is safe to call. Each wrapper owns the
 //! kernel resource it creates ([`std::os::fd::OwnedFd`] closes on drop) and
 //! turns the C convention "-1 and errno" into [`std::io::Error`] through one
-//! helper, [`syscall!`]. No wrapper keeps a pointer into a caller's buffer
+//! helper, `syscall!`. No wrapper keeps a pointer into a caller's buffer
 //! past the call that received it: where a kernel operation outlives the
 //! call (io_uring, IOCP, overlapped I/O), the wrapper takes ownership of
 //! the memory the operation uses and gives it back with the completion
-//! (rules written at the top of `uring.rs`, `iocp.rs`, `overlapped.rs`).
+//! (rules written at the top of `uring/mod.rs`, `iocp.rs`, `overlapped.rs`).
 //!
 //! Readiness (epoll) and completion (io_uring) differ in who owns the buffer
 //! while an operation is pending: with readiness the kernel only says "try
@@ -38,7 +38,7 @@ macro_rules! syscall {
 }
 
 /// Makes a Linux system call directly through `syscall(2)`, turning `-1`
-/// into `errno` like [`syscall!`]. For the per-message calls only (`read`,
+/// into `errno` like `syscall!`. For the per-message calls only (`read`,
 /// `sendmsg`, `epoll_pwait`): libc's own wrappers of these are thread
 /// cancellation points and pay two extra calls each time, a twentieth of
 /// iocore's user-space work per echoed message; iocore never cancels

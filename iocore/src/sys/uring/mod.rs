@@ -23,7 +23,7 @@
 //!    took); the caller reads them with [`Uring::buffers`] and gives them
 //!    back with [`Uring::recycle`]. Until then the kernel will not reuse
 //!    them.
-//! 3. **Closing a session cancels its operations** ([`Uring::cancel_fd`])
+//! 3. **Closing a session cancels its operations** ([`Uring::cancel_file`])
 //!    and the caller frees the session only after the last of its
 //!    completions (each posted operation yields exactly one final
 //!    completion: one without [`Completion::more`]).
@@ -40,19 +40,25 @@
 //!    so the socket closes when both the caller's descriptor is closed and
 //!    the detach has reached the kernel (at the next submit).
 
-use std::alloc::{self, Layout};
+mod bufring;
+mod enter;
+mod features;
+mod files;
+
 use std::collections::HashMap;
-use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::time::Duration;
-
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+use bufring::BufRing;
+use enter::{enter, register_ring_fd, unregister_ring_fd};
+pub use features::{Features, FEATURES_OFF_VAR};
+pub use files::FileRef;
+use files::{file_table_size, FileTable, NO_FILE};
 
 /// Buffer group id of the worker's provided-buffer ring.
 const BGID: u16 = 0;
@@ -92,161 +98,10 @@ const REQUIRED: [(u8, &str); 7] = [
     (opcode::Shutdown::CODE, "SHUTDOWN"),
 ];
 
-/// `io_uring_enter` flags and `io_uring_register` opcodes
-/// (`include/uapi/linux/io_uring.h`) the io-uring crate does not expose
-/// for a ring descriptor it did not register itself.
-const ENTER_GETEVENTS: u32 = 1 << 0;
-const ENTER_EXT_ARG: u32 = 1 << 3;
-const ENTER_REGISTERED_RING: u32 = 1 << 4;
-const REGISTER_RING_FDS: u32 = 20;
-const UNREGISTER_RING_FDS: u32 = 21;
-
-/// The kernel's `io_uring_getevents_arg`: the wait's timeout (with
-/// `IORING_ENTER_EXT_ARG`).
-#[repr(C)]
-struct GetEventsArg {
-    sigmask: u64,
-    sigmask_sz: u32,
-    min_wait_usec: u32,
-    ts: u64,
-}
-
-/// The kernel's `io_uring_rsrc_update`, as `IORING_REGISTER_RING_FDS`
-/// reads and writes it.
-#[repr(C)]
-struct RsrcUpdate {
-    offset: u32,
-    resv: u32,
-    data: u64,
-}
-
-/// The environment variable that turns optional io_uring features off, a
-/// comma-separated list of [`Features::NAMES`] (for tests of the fallback
-/// paths, and for operators who suspect one of them).
-pub const FEATURES_OFF_VAR: &str = "IOCORE_URING_OFF";
-
-/// The optional io_uring features a ring uses: each is used where the
-/// kernel has it, unless [`FEATURES_OFF_VAR`] names it; a kernel that
-/// lacks one falls back to what it replaces (logged once per ring).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Features {
-    /// `IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN` (6.1):
-    /// completions' task work runs only when the worker asks for events,
-    /// in its own `io_uring_enter`, never by interrupting it. Without it:
-    /// `COOP_TASKRUN | SINGLE_ISSUER` (5.19, 6.0), else neither.
-    pub defer_taskrun: bool,
-    /// A registered ring descriptor (`IORING_REGISTER_RING_FDS`, 5.18):
-    /// `io_uring_enter` skips looking the ring's descriptor up.
-    pub ring_fd: bool,
-    /// A send of one buffer is a plain `IORING_OP_SEND` rather than a
-    /// one-element `SENDMSG` (the kernel copies no header).
-    pub plain_send: bool,
-    /// Sessions' sockets sit in a registered file table (a sparse
-    /// `IORING_REGISTER_FILES`, 5.19) and operations name them by slot:
-    /// the kernel skips looking the descriptor up and taking a reference
-    /// to the socket per operation. Sessions beyond the table's size
-    /// (the soft `RLIMIT_NOFILE`, at most 65,536) go by descriptor.
-    pub fixed_files: bool,
-    /// Multishot receives take a bundle of provided buffers per
-    /// completion (`IORING_RECVSEND_BUNDLE`, 6.10) rather than one: a
-    /// burst larger than a buffer is one completion. Only with
-    /// [`Features::defer_taskrun`], where the kernel takes buffers only
-    /// inside the worker's own `io_uring_enter` (rule 2).
-    pub recv_bundle: bool,
-}
-
-impl Features {
-    /// The names [`FEATURES_OFF_VAR`] takes.
-    pub const NAMES: [&'static str; 5] = [
-        "defer-taskrun",
-        "ring-fd",
-        "plain-send",
-        "fixed-files",
-        "recv-bundle",
-    ];
-
-    /// Every feature, as asked when nothing is turned off.
-    pub const ALL: Features = Features {
-        defer_taskrun: true,
-        ring_fd: true,
-        plain_send: true,
-        fixed_files: true,
-        recv_bundle: true,
-    };
-
-    /// The features left after turning off those `off` names (a
-    /// comma-separated list); an unknown name is an error that lists the
-    /// known ones.
-    pub fn without(off: &str) -> io::Result<Features> {
-        let mut f = Features::ALL;
-        for name in off.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            match name {
-                "defer-taskrun" => f.defer_taskrun = false,
-                "ring-fd" => f.ring_fd = false,
-                "plain-send" => f.plain_send = false,
-                "fixed-files" => f.fixed_files = false,
-                "recv-bundle" => f.recv_bundle = false,
-                _ => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        format!(
-                            "unknown io_uring feature '{name}' in {FEATURES_OFF_VAR} (known: {})",
-                            Features::NAMES.join(", ")
-                        ),
-                    ))
-                }
-            }
-        }
-        Ok(f)
-    }
-
-    /// The features asked for: all, less what [`FEATURES_OFF_VAR`] names.
-    pub fn from_env() -> io::Result<Features> {
-        match std::env::var(FEATURES_OFF_VAR) {
-            Ok(off) => Features::without(&off),
-            Err(_) => Ok(Features::ALL),
-        }
-    }
-}
-
-impl fmt::Display for Features {
-    /// `defer-taskrun=on ring-fd=off ...`
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let on = [
-            self.defer_taskrun,
-            self.ring_fd,
-            self.plain_send,
-            self.fixed_files,
-            self.recv_bundle,
-        ];
-        for (i, (name, on)) in Features::NAMES.iter().zip(on).enumerate() {
-            let sep = if i == 0 { "" } else { " " };
-            write!(f, "{sep}{name}={}", if on { "on" } else { "off" })?;
-        }
-        Ok(())
-    }
-}
-
 /// Identifies a send in flight (rule 1): where the ring keeps its
 /// operation until [`Uring::take_send`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SendKey(u32);
-
-/// A socket as the ring's operations name it: by its slot in the ring's
-/// registered file table ([`Features::fixed_files`]), or by descriptor.
-/// [`Uring::attach`] gives it; [`Uring::detach`] ends it (rule 6).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FileRef {
-    fd: RawFd,
-    slot: Option<u32>,
-}
-
-impl FileRef {
-    /// A socket named by descriptor only (not in the table).
-    pub fn by_fd(fd: RawFd) -> FileRef {
-        FileRef { fd, slot: None }
-    }
-}
 
 /// Builds an entry with `$file` as a `types::Fixed` slot or a `types::Fd`
 /// (the opcode builders take either, as different types).
@@ -270,33 +125,6 @@ macro_rules! on_file {
 /// that Drop posts. Callers' `user_data` must stay below both.
 const OWN_OP: u64 = u64::MAX - 1;
 const DROP_CANCEL: u64 = u64::MAX;
-
-/// What a detach writes into a table slot: no file.
-static NO_FILE: RawFd = -1;
-
-/// The registered file table: per slot the descriptor its install update
-/// reads (rule 1: the cells live as long as the ring), and the free
-/// slots.
-struct FileTable {
-    fds: Box<[RawFd]>,
-    free: Vec<u32>,
-    full_logged: bool,
-}
-
-/// Slots in a worker's file table: the soft `RLIMIT_NOFILE` (the kernel
-/// refuses a larger table), at most 65,536.
-fn file_table_size() -> u32 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `limit` is a valid rlimit the call writes.
-    let res = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
-    if res != 0 {
-        return 1024;
-    }
-    limit.rlim_cur.clamp(1, 1 << 16) as u32
-}
 
 /// One completion, copied out of the completion queue.
 #[derive(Clone, Copy, Debug)]
@@ -371,95 +199,6 @@ impl SendOp {
         }
         self.msg.msg_iov = self.iov.as_mut_ptr();
         self.msg.msg_iovlen = n as _;
-    }
-}
-
-/// The provided-buffer ring: `count` buffers of `size` bytes that the
-/// kernel picks from when data arrives.
-struct BufRing {
-    entries: *mut types::BufRingEntry,
-    layout: Layout,
-    count: u16,
-    size: usize,
-    memory: Box<[u8]>,
-    tail: u16,
-    /// Our copy of the ring: the buffer id pushed at each entry, and the
-    /// position (tail value) each buffer was last pushed at — what a
-    /// bundle's first buffer id is resolved through to the ones after it.
-    order: Box<[u16]>,
-    position: Box<[u16]>,
-}
-
-impl BufRing {
-    fn new(count: u16, size: usize) -> io::Result<BufRing> {
-        assert!(count.is_power_of_two(), "buffer ring size must be a power of two");
-        let layout =
-            Layout::from_size_align(count as usize * std::mem::size_of::<types::BufRingEntry>(), 4096)
-                .map_err(io::Error::other)?;
-        // SAFETY: the layout has a non-zero size.
-        let entries = unsafe { alloc::alloc_zeroed(layout) } as *mut types::BufRingEntry;
-        if entries.is_null() {
-            return Err(io::Error::from(io::ErrorKind::OutOfMemory));
-        }
-        let memory = vec![0u8; count as usize * size].into_boxed_slice();
-        let mut ring = BufRing {
-            entries,
-            layout,
-            count,
-            size,
-            memory,
-            tail: 0,
-            order: vec![0; count as usize].into_boxed_slice(),
-            position: vec![0; count as usize].into_boxed_slice(),
-        };
-        for bid in 0..count {
-            ring.push(bid);
-        }
-        ring.publish();
-        Ok(ring)
-    }
-
-    /// Puts buffer `bid` back at the tail (visible after `publish`).
-    fn push(&mut self, bid: u16) {
-        let index = (self.tail & (self.count - 1)) as usize;
-        // SAFETY: index < count, the number of entries allocated; only
-        // this thread writes entries, and the kernel reads only entries
-        // before the published tail, which this one is not yet.
-        let entry = unsafe { &mut *self.entries.add(index) };
-        entry.set_addr(self.memory[bid as usize * self.size..].as_ptr() as u64);
-        entry.set_len(self.size as u32);
-        entry.set_bid(bid);
-        self.order[index] = bid;
-        self.position[bid as usize] = self.tail;
-        self.tail = self.tail.wrapping_add(1);
-    }
-
-    /// The buffers a receive of `len` bytes filled, starting with `first`:
-    /// full buffers in the order the ring held them, the last one partly.
-    fn filled(&self, first: u16, len: usize) -> impl Iterator<Item = u16> + '_ {
-        let n = len.div_ceil(self.size).max(1);
-        let start = self.position[first as usize];
-        (0..n).map(move |i| self.order[(start.wrapping_add(i as u16) & (self.count - 1)) as usize])
-    }
-
-    /// Makes pushed buffers visible to the kernel.
-    fn publish(&self) {
-        // SAFETY: `entries` is the ring base; the tail field lives in the
-        // first entry's reserved word, written by us and read by the
-        // kernel; AtomicU16 has the same layout as u16, and the release
-        // store orders the entry writes before it.
-        unsafe {
-            let tail = types::BufRingEntry::tail(self.entries) as *mut u16;
-            AtomicU16::from_ptr(tail).store(self.tail, Ordering::Release);
-        }
-    }
-}
-
-impl Drop for BufRing {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout; the owner (Uring)
-        // unregistered the ring from the kernel before dropping it.
-        unsafe { alloc::dealloc(self.entries as *mut u8, self.layout) };
     }
 }
 
@@ -633,66 +372,10 @@ impl Uring {
         self.features
     }
 
-    /// `io_uring_enter`: submits `to_submit` entries and asks for events
-    /// (running deferred task work), waiting for `min_complete`
-    /// completions or `timeout`. Through the registered ring descriptor
-    /// when there is one.
-    fn enter(&self, to_submit: u32, min_complete: u32, timeout: Option<Duration>) -> io::Result<usize> {
-        let mut flags = ENTER_GETEVENTS;
-        let fd = match self.ring_index {
-            Some(index) => {
-                flags |= ENTER_REGISTERED_RING;
-                index as libc::c_int
-            }
-            None => self.ring.as_raw_fd(),
-        };
-        let ts;
-        let arg;
-        let (argp, argsz) = match timeout {
-            Some(t) => {
-                ts = libc::timespec {
-                    tv_sec: t.as_secs() as libc::time_t,
-                    tv_nsec: t.subsec_nanos() as libc::c_long,
-                };
-                arg = GetEventsArg {
-                    sigmask: 0,
-                    sigmask_sz: 0,
-                    min_wait_usec: 0,
-                    ts: &ts as *const libc::timespec as u64,
-                };
-                flags |= ENTER_EXT_ARG;
-                (
-                    &arg as *const GetEventsArg as *const libc::c_void,
-                    std::mem::size_of::<GetEventsArg>(),
-                )
-            }
-            None => (std::ptr::null(), 0),
-        };
-        // SAFETY: `fd` is this ring's descriptor or its registered index
-        // (registered by this thread, the only one that enters); the
-        // argument, when given, is a valid `io_uring_getevents_arg` whose
-        // timespec outlives the call, with its size.
-        let res = unsafe {
-            libc::syscall(
-                libc::SYS_io_uring_enter,
-                fd,
-                to_submit,
-                min_complete,
-                flags,
-                argp,
-                argsz,
-            )
-        };
-        if res < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(res as usize)
-    }
-
     /// Submits every entry queued so far, without waiting.
     fn submit_queued(&mut self) -> io::Result<usize> {
         let queued = self.ring.submission().len() as u32;
-        self.enter(queued, 0, None)
+        enter(self.ring.as_raw_fd(), self.ring_index, queued, 0, None)
     }
 
     /// Pushes one entry, flushing the submission queue if it is full.
@@ -899,9 +582,9 @@ impl Uring {
         self.publish_buffers();
         let queued = self.ring.submission().len() as u32;
         let res = match timeout {
-            Some(t) if t.is_zero() => self.enter(queued, 0, None),
-            Some(t) => self.enter(queued, 1, Some(t)),
-            None => self.enter(queued, 1, None),
+            Some(t) if t.is_zero() => enter(self.ring.as_raw_fd(), self.ring_index, queued, 0, None),
+            Some(t) => enter(self.ring.as_raw_fd(), self.ring_index, queued, 1, Some(t)),
+            None => enter(self.ring.as_raw_fd(), self.ring_index, queued, 1, None),
         };
         match res {
             Ok(n) => {
@@ -1059,53 +742,6 @@ impl AsRawFd for Uring {
     }
 }
 
-/// Registers `ring`'s descriptor for this thread; returns its index.
-fn register_ring_fd(ring: RawFd) -> io::Result<u32> {
-    let mut update = RsrcUpdate {
-        offset: u32::MAX, // any free index
-        resv: 0,
-        data: ring as u64,
-    };
-    // SAFETY: `update` is a valid `io_uring_rsrc_update` array of one,
-    // which the kernel reads and writes (the index) during the call only.
-    let res = unsafe {
-        libc::syscall(
-            libc::SYS_io_uring_register,
-            ring,
-            REGISTER_RING_FDS,
-            &mut update as *mut RsrcUpdate,
-            1u32,
-        )
-    };
-    if res < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(update.offset)
-}
-
-/// Unregisters the registered ring descriptor `index` of this thread.
-fn unregister_ring_fd(ring: RawFd, index: u32) -> io::Result<()> {
-    let update = RsrcUpdate {
-        offset: index,
-        resv: 0,
-        data: 0,
-    };
-    // SAFETY: as in `register_ring_fd`; the kernel only reads `update`.
-    let res = unsafe {
-        libc::syscall(
-            libc::SYS_io_uring_register,
-            ring,
-            UNREGISTER_RING_FDS,
-            &update as *const RsrcUpdate,
-            1u32,
-        )
-    };
-    if res < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// Checks that a worker could run the io_uring engine here.
 ///
 /// The throwaway ring lives on a thread of its own: a thread that used a
@@ -1125,40 +761,6 @@ pub fn probe() -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn features_are_turned_off_by_name() {
-        assert_eq!(Features::without("").unwrap(), Features::ALL);
-        let f = Features::without(" ring-fd,plain-send ").unwrap();
-        assert!(f.defer_taskrun && !f.ring_fd && !f.plain_send);
-        assert_eq!(
-            f.to_string(),
-            "defer-taskrun=on ring-fd=off plain-send=off fixed-files=on recv-bundle=on"
-        );
-        let e = Features::without("defer-taskrun,nope").unwrap_err();
-        assert!(
-            e.to_string().contains("'nope'") && e.to_string().contains("ring-fd"),
-            "{e}"
-        );
-    }
-
-    /// The buffers after a bundle's first are the ones after it in the
-    /// ring's order, which differs from the ids' order once buffers came
-    /// back out of order; the ring's positions wrap.
-    #[test]
-    fn a_bundle_is_resolved_in_ring_order() {
-        let mut ring = BufRing::new(4, 10).unwrap(); // positions 0..4: ids 0 1 2 3
-        for bid in [3, 1, 0, 2] {
-            ring.push(bid); // positions 4..8 (entries 0..4 again)
-        }
-        let ids = |ring: &BufRing, first, len| ring.filled(first, len).collect::<Vec<u16>>();
-        assert_eq!(ids(&ring, 3, 10), [3]);
-        assert_eq!(ids(&ring, 1, 25), [1, 0, 2]);
-        assert_eq!(ids(&ring, 0, 11), [0, 2]);
-        assert_eq!(ids(&ring, 2, 0), [2], "an empty receive still names its buffer");
-        ring.push(3); // position 8, entry 0
-        assert_eq!(ids(&ring, 2, 20), [2, 3], "wraps past the last entry");
-    }
 
     /// A multishot receive with bundles (where the kernel has them) takes
     /// several provided buffers per completion; the bytes of two
