@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use crate::client::{expected_byte, message};
 use crate::load::{invalid, note_error, Load};
-use crate::report::{new_histogram, server_usage, Latency, ServerUsage};
+use crate::report::{new_histogram, server_usage, write_outcome, Latency, ServerUsage};
 use iocore::{CloseReason, Handler, Session};
 
 /// What the churn client does.
@@ -102,7 +102,6 @@ impl ChurnSummary {
 
 impl fmt::Display for ChurnSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let l = &self.latency;
         writeln!(
             f,
             "connections: {} started, {} completed ({} in parallel), {} bytes echoed each",
@@ -113,29 +112,12 @@ impl fmt::Display for ChurnSummary {
             "rate:        {:.0} connections/s over {:.2}s ({} measured)",
             self.connections_per_sec, self.window_secs, self.measured
         )?;
-        writeln!(
-            f,
-            "connect to first byte us: p50 {} p90 {} p99 {} p99.9 {} max {} ({} samples)",
-            l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, l.samples
-        )?;
+        self.latency.write_sampled(f, "connect to first byte us:")?;
         if let Some(s) = &self.server {
-            writeln!(
-                f,
-                "server:      {:.2} us CPU per connection, {:.1}% CPU, {} KiB RSS",
-                s.cpu_us_per_round_trip, s.cpu_percent, s.rss_kib
-            )?;
+            s.write_line(f, "connection")?;
         }
         writeln!(f, "verify:      {} mismatched", self.mismatches)?;
-        writeln!(f, "errors:      {}", self.errors)?;
-        for line in &self.error_lines {
-            writeln!(f, "  {line}")?;
-        }
-        write!(
-            f,
-            "elapsed:     {:.3}s — {}",
-            self.elapsed_secs,
-            if self.ok() { "OK" } else { "FAILED" }
-        )
+        write_outcome(f, self.errors, &self.error_lines, self.elapsed_secs, self.ok())
     }
 }
 

@@ -34,7 +34,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::load::{invalid, note_error, note_problem, Load};
-use crate::report::{self, new_histogram, server_usage, Latency, ServerUsage};
+use crate::report::{self, new_histogram, server_usage, write_outcome, Latency, ServerUsage};
 use iocore::{ClientHandle, CloseReason, Handler, Session, SessionId};
 
 const HELLO: &[u8] = b"Hello World";
@@ -149,7 +149,6 @@ impl Summary {
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let l = &self.latency;
         writeln!(
             f,
             "connections: {} requested, {} connected",
@@ -166,24 +165,12 @@ impl fmt::Display for Summary {
             "throughput:  {:.0} round trips/s, {:.2} MB/s over {:.2}s",
             self.round_trips_per_sec, self.mb_per_sec, self.window_secs
         )?;
-        writeln!(
-            f,
-            "latency us:  p50 {} p90 {} p99 {} p99.9 {} max {} ({} samples)",
-            l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, l.samples
-        )?;
+        self.latency.write_sampled(f, "latency us: ")?;
         if let Some(e) = &self.schedule_error {
-            writeln!(
-                f,
-                "schedule us: p50 {} p90 {} p99 {} p99.9 {} max {} late (the client's own error)",
-                e.p50_us, e.p90_us, e.p99_us, e.p999_us, e.max_us
-            )?;
+            e.write_line(f, "schedule us:", " late (the client's own error)")?;
         }
         if let Some(s) = &self.server {
-            writeln!(
-                f,
-                "server:      {:.2} us CPU per round trip, {:.1}% CPU, {} KiB RSS",
-                s.cpu_us_per_round_trip, s.cpu_percent, s.rss_kib
-            )?;
+            s.write_line(f, "round trip")?;
         }
         if self.verify {
             writeln!(
@@ -192,16 +179,7 @@ impl fmt::Display for Summary {
                 self.mismatches, self.lost_bytes
             )?;
         }
-        writeln!(f, "errors:      {}", self.errors)?;
-        for line in &self.error_lines {
-            writeln!(f, "  {line}")?;
-        }
-        write!(
-            f,
-            "elapsed:     {:.3}s — {}",
-            self.elapsed_secs,
-            if self.ok() { "OK" } else { "FAILED" }
-        )
+        write_outcome(f, self.errors, &self.error_lines, self.elapsed_secs, self.ok())
     }
 }
 

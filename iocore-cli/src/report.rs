@@ -4,6 +4,7 @@
 //! the measured window.
 
 use std::cell::RefCell;
+use std::fmt;
 use std::sync::Mutex;
 
 use hdrhistogram::Histogram;
@@ -48,6 +49,23 @@ impl Latency {
             p999_us: h.value_at_quantile(0.999),
             max_us: h.max(),
         }
+    }
+}
+
+impl Latency {
+    /// Writes one summary line: `label`, the percentiles, then `tail`
+    /// (e.g. the sample count).
+    pub fn write_line(&self, f: &mut fmt::Formatter<'_>, label: &str, tail: &str) -> fmt::Result {
+        writeln!(
+            f,
+            "{label} p50 {} p90 {} p99 {} p99.9 {} max {}{tail}",
+            self.p50_us, self.p90_us, self.p99_us, self.p999_us, self.max_us
+        )
+    }
+
+    /// [`Latency::write_line`] ending with the sample count.
+    pub fn write_sampled(&self, f: &mut fmt::Formatter<'_>, label: &str) -> fmt::Result {
+        self.write_line(f, label, &format!(" ({} samples)", self.samples))
     }
 }
 
@@ -118,6 +136,37 @@ impl ServerUsage {
             rss_kib: to.rss_kib,
         }
     }
+}
+
+impl ServerUsage {
+    /// Writes the summary's `server:` line, CPU counted per `unit`.
+    pub fn write_line(&self, f: &mut fmt::Formatter<'_>, unit: &str) -> fmt::Result {
+        writeln!(
+            f,
+            "server:      {:.2} us CPU per {unit}, {:.1}% CPU, {} KiB RSS",
+            self.cpu_us_per_round_trip, self.cpu_percent, self.rss_kib
+        )
+    }
+}
+
+/// Writes the end every summary shares: the error count and lines, then
+/// the elapsed time with OK or FAILED.
+pub fn write_outcome(
+    f: &mut fmt::Formatter<'_>,
+    errors: u64,
+    error_lines: &[String],
+    elapsed_secs: f64,
+    ok: bool,
+) -> fmt::Result {
+    writeln!(f, "errors:      {errors}")?;
+    for line in error_lines {
+        writeln!(f, "  {line}")?;
+    }
+    write!(
+        f,
+        "elapsed:     {elapsed_secs:.3}s — {}",
+        if ok { "OK" } else { "FAILED" }
+    )
 }
 
 /// Reads the server's usage, if a pid was given and the OS tells.

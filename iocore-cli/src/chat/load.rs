@@ -21,7 +21,7 @@ use iocore::{CloseReason, Session};
 
 use super::protocol::{self, FromServer};
 use crate::load::{invalid, note_error, note_problem, Load};
-use crate::report::{self, new_histogram, server_usage, Latency, ServerUsage};
+use crate::report::{self, new_histogram, server_usage, write_outcome, Latency, ServerUsage};
 
 /// Bytes of the stamp that starts every text: sender, number, time.
 const STAMP: usize = 6 + 1 + 10 + 1 + 13;
@@ -112,7 +112,6 @@ impl ChatSummary {
 
 impl fmt::Display for ChatSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let l = &self.latency;
         writeln!(
             f,
             "members:     {} requested, {} joined, {} rooms",
@@ -128,33 +127,16 @@ impl fmt::Display for ChatSummary {
             "throughput:  {:.0} deliveries/s over {:.2}s",
             self.deliveries_per_sec, self.window_secs
         )?;
-        writeln!(
-            f,
-            "latency us:  p50 {} p90 {} p99 {} p99.9 {} max {} ({} samples)",
-            l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, l.samples
-        )?;
+        self.latency.write_sampled(f, "latency us: ")?;
         if let Some(s) = &self.server {
-            writeln!(
-                f,
-                "server:      {:.2} us CPU per delivery, {:.1}% CPU, {} KiB RSS",
-                s.cpu_us_per_round_trip, s.cpu_percent, s.rss_kib
-            )?;
+            s.write_line(f, "delivery")?;
         }
         writeln!(
             f,
             "verify:      {} lost, {} misdelivered",
             self.lost, self.misdelivered
         )?;
-        writeln!(f, "errors:      {}", self.errors)?;
-        for line in &self.error_lines {
-            writeln!(f, "  {line}")?;
-        }
-        write!(
-            f,
-            "elapsed:     {:.3}s — {}",
-            self.elapsed_secs,
-            if self.ok() { "OK" } else { "FAILED" }
-        )
+        write_outcome(f, self.errors, &self.error_lines, self.elapsed_secs, self.ok())
     }
 }
 
