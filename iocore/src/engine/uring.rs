@@ -42,7 +42,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use crate::session::{CloseReason, Conn, Handler, Step, Tick};
 use crate::sys::socket;
-use crate::sys::uring::{Completion, FileRef, SendKey, SendOp, Uring, RECV_CAP};
+use crate::sys::uring::{Completion, FileRef, FileSlot, SendKey, SendOp, Uring, RECV_CAP};
 
 use super::core::{io_close_reason, Core, Driver, ACCEPT_BACKOFF};
 use super::{EngineKind, Worker};
@@ -73,9 +73,10 @@ fn user_data(op: u64, token: u64) -> u64 {
 /// This engine's per-session state.
 struct Sock {
     fd: OwnedFd,
-    /// How the ring's operations name the socket (in the ring's file
-    /// table, or by `fd`); detached when the session is freed.
-    file: FileRef,
+    /// The socket's slot in the ring's file table, if it has one (then
+    /// operations name it by slot, else by `fd`); detached when the
+    /// session is freed.
+    slot: FileSlot,
     /// Operations posted and not finally completed.
     inflight: u8,
     recv_posted: bool,
@@ -261,7 +262,7 @@ impl<H: Handler> Loop<H> {
         if wanted && !io.recv_posted {
             let target = user_data(OP_RECV, token);
             let cap = self.multishot_recv.then_some(RECV_CAP);
-            self.ring.recv(io.file, cap, target)?;
+            self.ring.recv(io.file(), cap, target)?;
             io.recv_posted = true;
             io.inflight += 1;
         } else if !wanted && io.recv_posted && slot.conn.is_open() {
@@ -372,7 +373,7 @@ impl<H: Handler> Loop<H> {
         }
         let mut op = self.spare_sends.pop().unwrap_or_else(SendOp::new);
         op.offset = slot.conn.lend_unsent(&mut op.bufs, SendOp::MAX_IOV);
-        let key = self.ring.send(slot.io.file, op, user_data(OP_SEND, token))?;
+        let key = self.ring.send(slot.io.file(), op, user_data(OP_SEND, token))?;
         slot.io.sending = Some(key);
         slot.io.inflight += 1;
         Ok(())
@@ -388,8 +389,8 @@ impl<H: Handler> Driver<H> for Loop<H> {
 
     /// Registers an established session; settling starts its receive.
     fn open_accepted(&mut self, conn: Conn<H>, fd: OwnedFd) -> io::Result<()> {
-        let file = self.ring.attach(fd.as_raw_fd())?;
-        let token = self.core.insert(conn, Sock::new(fd, file));
+        let slot = self.ring.attach(fd.as_raw_fd())?;
+        let token = self.core.insert(conn, Sock::new(fd, slot));
         let (cx, slot) = self.core.slot(token).expect("just inserted");
         slot.conn.start(cx);
         self.settle(token)
@@ -399,11 +400,11 @@ impl<H: Handler> Driver<H> for Loop<H> {
         let Some((conn, fd)) = self.core.outbound(addr, handler, socket::stream_for) else {
             return Ok(());
         };
-        let file = self.ring.attach(fd.as_raw_fd())?;
-        let token = self.core.insert(conn, Sock::new(fd, file));
+        let slot = self.ring.attach(fd.as_raw_fd())?;
+        let token = self.core.insert(conn, Sock::new(fd, slot));
         let (_, slot) = self.core.slot(token).expect("just inserted");
         self.ring
-            .connect(slot.io.file, &addr, user_data(OP_CONNECT, token))?;
+            .connect(slot.io.file(), &addr, user_data(OP_CONNECT, token))?;
         slot.io.inflight += 1;
         self.settle(token)
     }
@@ -446,14 +447,15 @@ impl<H: Handler> Driver<H> for Loop<H> {
             }
             // The socket closes when both the table's reference and the
             // descriptor are gone.
-            let detached = self.ring.detach(slot.io.file);
+            let detached = self.ring.detach(slot.io.slot);
             drop(slot.io.fd);
             self.core.finish(Some(token), slot.conn, reason);
             detached?;
         } else if !slot.io.cancel_posted {
             // Rule 3: cancel what is in flight; free after the last
             // completion.
-            self.ring.cancel_file(slot.io.file, user_data(OP_CANCEL, token))?;
+            self.ring
+                .cancel_file(slot.io.file(), user_data(OP_CANCEL, token))?;
             slot.io.cancel_posted = true;
             slot.io.inflight += 1;
         }
@@ -472,10 +474,10 @@ impl<H: Handler> Driver<H> for Loop<H> {
 }
 
 impl Sock {
-    fn new(fd: OwnedFd, file: FileRef) -> Sock {
+    fn new(fd: OwnedFd, slot: FileSlot) -> Sock {
         Sock {
             fd,
-            file,
+            slot,
             inflight: 0,
             recv_posted: false,
             recv_cancel_posted: false,
@@ -483,5 +485,10 @@ impl Sock {
             closing: None,
             cancel_posted: false,
         }
+    }
+
+    /// The socket as the ring's operations name it.
+    fn file(&self) -> FileRef {
+        FileRef::new(self.fd.as_raw_fd(), self.slot)
     }
 }

@@ -3,20 +3,42 @@
 
 use std::os::fd::RawFd;
 
-/// A socket as the ring's operations name it: by its slot in the ring's
-/// registered file table ([`Features::fixed_files`](super::Features::fixed_files)),
-/// or by descriptor. [`Uring::attach`](super::Uring::attach) gives it;
+/// A socket's slot in the ring's registered file table
+/// ([`Features::fixed_files`](super::Features::fixed_files)), or
+/// [`FileSlot::NONE`]: what a session keeps beside its descriptor (4
+/// bytes). [`Uring::attach`](super::Uring::attach) gives it;
 /// [`Uring::detach`](super::Uring::detach) ends it (rule 6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileSlot(u32);
+
+impl FileSlot {
+    /// Not in the table: operations name the socket by descriptor. (A
+    /// table has at most 65,536 slots, so this is never a real one.)
+    pub const NONE: FileSlot = FileSlot(u32::MAX);
+
+    pub(super) fn new(slot: u32) -> FileSlot {
+        debug_assert!(slot != u32::MAX);
+        FileSlot(slot)
+    }
+
+    /// The slot, if the socket is in the table.
+    pub(super) fn get(self) -> Option<u32> {
+        (self != FileSlot::NONE).then_some(self.0)
+    }
+}
+
+/// A socket as the ring's operations name it: its descriptor and its
+/// [`FileSlot`]; by slot when it has one, else by descriptor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FileRef {
     pub(super) fd: RawFd,
-    pub(super) slot: Option<u32>,
+    pub(super) slot: FileSlot,
 }
 
 impl FileRef {
-    /// A socket named by descriptor only (not in the table).
-    pub fn by_fd(fd: RawFd) -> FileRef {
-        FileRef { fd, slot: None }
+    /// Socket `fd`, in the table at `slot` (or not: [`FileSlot::NONE`]).
+    pub fn new(fd: RawFd, slot: FileSlot) -> FileRef {
+        FileRef { fd, slot }
     }
 }
 

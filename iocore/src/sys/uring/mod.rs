@@ -57,8 +57,8 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use bufring::BufRing;
 use enter::{enter, register_ring_fd, unregister_ring_fd};
 pub use features::{Features, FEATURES_OFF_VAR};
-pub use files::FileRef;
 use files::{file_table_size, FileTable, NO_FILE};
+pub use files::{FileRef, FileSlot};
 
 /// Buffer group id of the worker's provided-buffer ring.
 const BGID: u16 = 0;
@@ -107,7 +107,7 @@ pub struct SendKey(u32);
 /// (the opcode builders take either, as different types).
 macro_rules! on_file {
     ($file:expr, |$t:ident| $build:expr) => {
-        match $file.slot {
+        match $file.slot.get() {
             Some(slot) => {
                 let $t = types::Fixed(slot);
                 $build
@@ -519,11 +519,12 @@ impl Uring {
     /// Puts socket `fd` into a free slot of the file table, if there is a
     /// table and a free slot, so that operations name it by slot (the
     /// install reaches the kernel with the next submit, before any
-    /// operation posted after it); else it stays named by descriptor.
+    /// operation posted after it); else it stays named by descriptor
+    /// ([`FileSlot::NONE`]). Operations take it as [`FileRef::new`]`(fd, slot)`.
     /// Detach it after its last completion (rule 6).
-    pub fn attach(&mut self, fd: RawFd) -> io::Result<FileRef> {
+    pub fn attach(&mut self, fd: RawFd) -> io::Result<FileSlot> {
         let Some(table) = &mut self.files else {
-            return Ok(FileRef::by_fd(fd));
+            return Ok(FileSlot::NONE);
         };
         let Some(slot) = table.free.pop() else {
             if !table.full_logged {
@@ -533,7 +534,7 @@ impl Uring {
                     "io_uring file table full: further sessions are named by descriptor"
                 );
             }
-            return Ok(FileRef::by_fd(fd));
+            return Ok(FileSlot::NONE);
         };
         table.fds[slot as usize] = fd;
         let cell: *const RawFd = &table.fds[slot as usize];
@@ -550,14 +551,15 @@ impl Uring {
             }
             return Err(e);
         }
-        Ok(FileRef { fd, slot: Some(slot) })
+        Ok(FileSlot::new(slot))
     }
 
-    /// Takes `file` out of the file table (rule 6), freeing its slot; the
+    /// Takes the socket at `slot` out of the file table (rule 6), freeing
+    /// the slot (nothing for [`FileSlot::NONE`]); the
     /// socket closes once the caller has closed its descriptor too. Call
     /// it after the last completion of the socket's operations.
-    pub fn detach(&mut self, file: FileRef) -> io::Result<()> {
-        let Some(slot) = file.slot else {
+    pub fn detach(&mut self, slot: FileSlot) -> io::Result<()> {
+        let Some(slot) = slot.get() else {
             return Ok(());
         };
         let entry = opcode::FilesUpdate::new(&NO_FILE, 1).offset(slot as i32).build();
@@ -786,7 +788,8 @@ mod tests {
         for k in 0..2u32 {
             let mut a = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
             let (b, _) = listener.accept().unwrap();
-            let file = ring.attach(b.as_raw_fd()).unwrap();
+            let slot = ring.attach(b.as_raw_fd()).unwrap();
+            let file = FileRef::new(b.as_raw_fd(), slot);
             readers.push((b, file, Vec::new(), false));
             let sent: Vec<u8> = (0..LEN as u32).map(|i| (i * 7 + i / 251 + k) as u8).collect();
             writers.push(std::thread::spawn(move || {
@@ -835,7 +838,7 @@ mod tests {
                 sent.len()
             );
             let _ = ring.cancel_file(*file, 9);
-            ring.detach(*file).unwrap();
+            ring.detach(file.slot).unwrap();
         }
         if ring.features().recv_bundle {
             assert!(widest > 1, "no completion carried a bundle");
@@ -862,10 +865,14 @@ mod tests {
             if let Some(table) = &mut ring.files {
                 table.free.drain(..table.free.len() - 1);
             }
-            let a_file = ring.attach(a.as_raw_fd()).unwrap();
-            let b_file = ring.attach(b.as_raw_fd()).unwrap();
-            assert_eq!(a_file.slot.is_some(), asked.fixed_files && ring.files.is_some());
-            assert!(b_file.slot.is_none(), "the table was full");
+            let a_slot = ring.attach(a.as_raw_fd()).unwrap();
+            let b_slot = ring.attach(b.as_raw_fd()).unwrap();
+            assert_eq!(a_slot.get().is_some(), asked.fixed_files && ring.files.is_some());
+            assert_eq!(b_slot, FileSlot::NONE, "the table was full");
+            let (a_file, b_file) = (
+                FileRef::new(a.as_raw_fd(), a_slot),
+                FileRef::new(b.as_raw_fd(), b_slot),
+            );
             let key = ring.send(a_file, op, 1).unwrap();
             ring.recv(b_file, None, 2).unwrap();
             let mut got = Vec::new();
@@ -896,8 +903,8 @@ mod tests {
                 ring.features().ring_fd,
                 asked.ring_fd && ring.ring_index.is_some()
             );
-            ring.detach(a_file).unwrap();
-            ring.detach(b_file).unwrap();
+            ring.detach(a_slot).unwrap();
+            ring.detach(b_slot).unwrap();
         }
     }
 }
