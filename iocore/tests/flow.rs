@@ -81,6 +81,64 @@ fn backpressure_holds_a_non_reader_and_delivers_every_byte(engine: EngineKind) {
     assert_eq!(events.wait_closed(1), [CloseKind::PeerClosed]);
 }
 
+/// Twelve peers with a 4 KiB receive buffer (a phone on a bad link) each
+/// write 4 MiB to the echo server and read nothing until the server holds
+/// them back (or 3 s), then read while they write the rest, half-close
+/// and read to the end: every byte comes back in order, and every session
+/// ends because its peer closed it. Three rounds. (The io_uring engine
+/// closed such sessions as an I/O error when the kernel gave a send back
+/// with EAGAIN: a round met it about four times in five.)
+fn small_window_peers_get_every_byte_echoed(engine: EngineKind) {
+    const PEERS: u64 = 12;
+    const TOTAL: u64 = 4 << 20;
+    const ROUNDS: u64 = 3;
+    let (events, factory) = recorded(|| Echo);
+    let server = server(engine).start(factory).unwrap();
+    for round in 0..ROUNDS {
+        let clients: Vec<_> = (0..PEERS)
+            .map(|peer| {
+                let seed = round * PEERS + peer;
+                let client = connect_with_rcvbuf(server.local_addr(), 4096);
+                let mut writer = client.try_clone().unwrap();
+                let w = std::thread::spawn(move || {
+                    write_pattern(&mut writer, seed, TOTAL)?;
+                    writer.shutdown(std::net::Shutdown::Write)
+                });
+                (seed, client, w)
+            })
+            .collect();
+        let start = Instant::now();
+        while server.stats().paused_sessions < PEERS && start.elapsed() < Duration::from_secs(3) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let readers: Vec<_> = clients
+            .into_iter()
+            .map(|(seed, mut client, w)| {
+                std::thread::spawn(move || {
+                    read_pattern(&mut client, seed, TOTAL);
+                    let (rest, err) = read_to_end(&mut client);
+                    assert!(err.is_none(), "stream {seed}: a clean end, not {err:?}");
+                    assert!(
+                        rest.is_empty(),
+                        "stream {seed}: {} bytes past the end",
+                        rest.len()
+                    );
+                    w.join().unwrap().expect("the writer finished");
+                })
+            })
+            .collect();
+        for r in readers {
+            r.join().unwrap();
+        }
+        let closed = events.wait_closed(((round + 1) * PEERS) as usize);
+        let reasons = events.reasons.lock().unwrap().clone();
+        assert!(
+            closed.iter().all(|k| *k == CloseKind::PeerClosed),
+            "every session ends as its peer closed it: {reasons:?}"
+        );
+    }
+}
+
 /// Echoes lines; "pause" pauses its input for 300 ms (resumed by a timer).
 /// Counts any `on_recv` while paused.
 struct Pausing {
@@ -240,6 +298,7 @@ fn close_with_and_abort_with_name_the_reason(engine: EngineKind) {
 
 engine_suite!(
     backpressure_holds_a_non_reader_and_delivers_every_byte,
+    small_window_peers_get_every_byte_echoed,
     pause_and_resume_from_the_handler,
     stall_timeout_closes_a_non_reader_not_a_slow_reader,
     close_with_and_abort_with_name_the_reason,

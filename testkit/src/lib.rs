@@ -91,6 +91,20 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
     s
 }
 
+/// A connected client socket whose receive buffer is `rcvbuf` bytes, set
+/// before the connect (so the window it advertises from the handshake on
+/// is that small: a phone on a bad link), with generous timeouts.
+pub fn connect_with_rcvbuf(addr: SocketAddr, rcvbuf: usize) -> TcpStream {
+    let domain = socket2::Domain::for_address(addr);
+    let s = socket2::Socket::new(domain, socket2::Type::STREAM, None).expect("socket");
+    s.set_recv_buffer_size(rcvbuf).expect("SO_RCVBUF");
+    s.connect(&addr.into()).expect("connect");
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s.set_write_timeout(Some(PATIENCE)).unwrap();
+    s
+}
+
 /// Reads exactly `n` bytes.
 pub fn read_exact(s: &mut TcpStream, n: usize) -> Vec<u8> {
     let mut buf = vec![0; n];

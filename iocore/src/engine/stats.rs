@@ -67,6 +67,8 @@ pub struct WorkerStats {
     events: AtomicU64,
     uring_submissions: AtomicU64,
     uring_completions: AtomicU64,
+    uring_retries: AtomicU64,
+    uring_unexpected: AtomicU64,
     stale_requests: AtomicU64,
     publishes: AtomicU64,
     deliveries: AtomicU64,
@@ -156,6 +158,18 @@ impl WorkerStats {
         self.uring_submissions.store(submissions, Relaxed);
         self.uring_completions.store(completions, Relaxed);
     }
+    /// The kernel gave an io_uring operation back with "not now" (EAGAIN,
+    /// EINTR, ENOBUFS) and it is posted again.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))] // uring only
+    pub(crate) fn uring_retry(&self) {
+        bump(&self.uring_retries, 1);
+    }
+    /// A completion named no operation the engine had posted (logged and
+    /// dropped instead of ending the worker).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))] // uring only
+    pub(crate) fn uring_unexpected(&self) {
+        bump(&self.uring_unexpected, 1);
+    }
     /// A session's input became paused (`true`) or resumed.
     pub(crate) fn paused_changed(&self, paused: bool) {
         bump(&self.paused, if paused { 1 } else { u64::MAX });
@@ -220,6 +234,8 @@ impl WorkerStats {
             events: self.events.load(Relaxed),
             uring_submissions: self.uring_submissions.load(Relaxed),
             uring_completions: self.uring_completions.load(Relaxed),
+            uring_retries: self.uring_retries.load(Relaxed),
+            uring_unexpected: self.uring_unexpected.load(Relaxed),
             stale_requests: self.stale_requests.load(Relaxed),
             publishes: self.publishes.load(Relaxed),
             deliveries: self.deliveries.load(Relaxed),
@@ -283,6 +299,14 @@ pub struct Stats {
     pub uring_submissions: u64,
     /// io_uring completions reaped (uring engine only).
     pub uring_completions: u64,
+    /// io_uring operations the kernel gave back with "not now" (EAGAIN,
+    /// EINTR, ENOBUFS) that were posted again, the bytes kept in order
+    /// (uring engine only).
+    pub uring_retries: u64,
+    /// io_uring completions that named no operation the engine had
+    /// posted: logged and dropped (uring engine only; 0 unless the kernel
+    /// or the engine has a bug).
+    pub uring_unexpected: u64,
     /// Requests from other threads (`send`, `close`) that named a session
     /// that had ended (its slot free or reused): dropped, never delivered
     /// to another session.
@@ -358,6 +382,8 @@ impl Stats {
         self.events += o.events;
         self.uring_submissions += o.uring_submissions;
         self.uring_completions += o.uring_completions;
+        self.uring_retries += o.uring_retries;
+        self.uring_unexpected += o.uring_unexpected;
         self.stale_requests += o.stale_requests;
         self.publishes += o.publishes;
         self.deliveries += o.deliveries;

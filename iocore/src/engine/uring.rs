@@ -42,7 +42,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use crate::session::{CloseReason, Conn, Handler, Step, Tick};
 use crate::sys::socket;
-use crate::sys::uring::{Completion, FileRef, FileSlot, SendKey, SendOp, Uring, RECV_CAP};
+use crate::sys::uring::{is_not_now, Completion, FileRef, FileSlot, SendKey, SendOp, Uring, RECV_CAP};
 
 use super::core::{io_close_reason, Core, Driver, ACCEPT_BACKOFF};
 use super::{EngineKind, Worker};
@@ -64,6 +64,9 @@ const OP_ACCEPT: u64 = 5;
 const OP_WAKER: u64 = 6;
 const OP_ENGINE_CANCEL: u64 = 7;
 const OP_RECV_CANCEL: u64 = 8;
+/// The pause before a send the kernel gave back with "not now" is posted
+/// again (rule 7 of `sys::uring`).
+const OP_SEND_RETRY: u64 = 9;
 
 fn user_data(op: u64, token: u64) -> u64 {
     debug_assert!(token <= TOKEN_MASK);
@@ -84,6 +87,9 @@ struct Sock {
     recv_cancel_posted: bool,
     /// The send in flight, if any (the ring holds its buffers).
     sending: Option<SendKey>,
+    /// The kernel gave the last send back with "not now": the next one
+    /// waits for the pause (`OP_SEND_RETRY`) to end.
+    send_paused: bool,
     /// The session ended; it is freed when `inflight` reaches 0.
     closing: Option<Box<(CloseReason, bool)>>,
     cancel_posted: bool,
@@ -277,11 +283,11 @@ impl<H: Handler> Loop<H> {
     fn session_completion(&mut self, op: u64, token: u64, c: Completion) -> io::Result<()> {
         let Some((cx, slot, stats)) = self.core.slot_stats(token) else {
             // Every operation is counted in its slot, which outlives it.
-            debug_assert!(false, "completion for a freed session: op {op}");
+            self.unexpected(op, token, c, "no session has this token");
             return Ok(());
         };
         if !c.more() {
-            slot.io.inflight -= 1;
+            slot.io.inflight = slot.io.inflight.saturating_sub(1);
         }
         match op {
             OP_RECV => {
@@ -309,10 +315,14 @@ impl<H: Handler> Loop<H> {
                         slot.conn.eof();
                     }
                     Ok(_) => {}
+                    Err(e) if is_not_now(&e) => {
+                        // The buffer ring ran dry, or the kernel said "not
+                        // now" (rule 7): posted again below.
+                        stats.uring_retry();
+                    }
                     Err(e) => match e.raw_os_error() {
-                        // Cancelled (input paused, or closing), or the
-                        // buffer ring ran dry.
-                        Some(libc::ECANCELED) | Some(libc::ENOBUFS) => {}
+                        // Cancelled (input paused, or closing).
+                        Some(libc::ECANCELED) => {}
                         Some(libc::EINVAL) if self.multishot_recv => {
                             tracing::info!(
                                 "capped multishot receive unsupported (needs Linux 6.17): receiving single-shot"
@@ -328,16 +338,23 @@ impl<H: Handler> Loop<H> {
             }
             OP_RECV_CANCEL => slot.io.recv_cancel_posted = false,
             OP_SEND => {
-                let mut op = slot
-                    .io
-                    .sending
-                    .take()
-                    .and_then(|key| self.ring.take_send(key))
-                    .expect("a send completion has its operation");
+                let Some(mut op) = slot.io.sending.take().and_then(|key| self.ring.take_send(key)) else {
+                    self.unexpected(op, token, c, "the session has no send in flight");
+                    return Ok(());
+                };
                 let sent = match c.io_result() {
                     Ok(n) => {
                         stats.wrote(n);
                         n
+                    }
+                    Err(e) if is_not_now(&e) => {
+                        // Rule 7: the same bytes go again, after a pause.
+                        stats.write_attempt();
+                        stats.uring_retry();
+                        self.ring.delay(user_data(OP_SEND_RETRY, token))?;
+                        slot.io.send_paused = true;
+                        slot.io.inflight += 1;
+                        0
                     }
                     Err(e) => {
                         stats.write_attempt();
@@ -358,9 +375,29 @@ impl<H: Handler> Loop<H> {
                 Err(e) => slot.conn.failed(CloseReason::ConnectFailed(e)),
             },
             OP_CANCEL => {}
-            _ => unreachable!("unknown operation {op}"),
+            _ => self.unexpected(op, token, c, "unknown operation"),
         }
         Ok(())
+    }
+
+    /// A completion the engine cannot place: the kernel's completions are
+    /// input, so it is logged and counted (and stops a debug build), and
+    /// the worker goes on serving its other sessions.
+    #[cold]
+    fn unexpected(&self, op: u64, token: u64, c: Completion, why: &str) {
+        self.core.w.stats.uring_unexpected();
+        tracing::error!(
+            worker = self.core.w.index,
+            op,
+            token,
+            result = c.result,
+            why,
+            "io_uring completion dropped"
+        );
+        debug_assert!(
+            false,
+            "io_uring completion dropped: {why} (op {op}, token {token})"
+        );
     }
 
     /// Posts the queued buffers as one gather send, unless one is in flight.
@@ -368,7 +405,11 @@ impl<H: Handler> Loop<H> {
         let Some((_, slot)) = self.core.slot(token) else {
             return Ok(());
         };
-        if slot.io.sending.is_some() || !slot.conn.can_lend() || slot.io.closing.is_some() {
+        if slot.io.sending.is_some()
+            || slot.io.send_paused
+            || !slot.conn.can_lend()
+            || slot.io.closing.is_some()
+        {
             return Ok(());
         }
         let mut op = self.spare_sends.pop().unwrap_or_else(SendOp::new);
@@ -482,6 +523,7 @@ impl Sock {
             recv_posted: false,
             recv_cancel_posted: false,
             sending: None,
+            send_paused: false,
             closing: None,
             cancel_posted: false,
         }

@@ -40,6 +40,8 @@
 //! | `iocore_accept_shortage` | 1 while the worker is out of descriptors or memory for accepts |
 //! | `iocore_loop_wakeups_total`, `iocore_loop_events_total` | event-loop turns and the events they brought (events per wake-up = the ratio of their rates) |
 //! | `iocore_uring_submissions_total`, `iocore_uring_completions_total` | io_uring entries submitted and completions reaped (uring engine only) |
+//! | `iocore_uring_retries_total` | io_uring operations the kernel gave back with "not now" (EAGAIN, EINTR, ENOBUFS), posted again (uring engine only) |
+//! | `iocore_uring_unexpected_completions_total` | io_uring completions naming no posted operation, logged and dropped (uring engine only; 0 unless something has a bug) |
 //! | `iocore_recv_buffers_held` | provided receive buffers held at the end of a loop turn (uring engine only) |
 //! | `iocore_stale_requests_total` | sends and closes from other threads naming a session that had ended (dropped) |
 //! | `iocore_topic_publishes_total` | messages the worker's sessions published |
@@ -458,6 +460,16 @@ impl Collector for Source {
             f.counter("iocore_uring_completions", "io_uring completions reaped", |s| {
                 s.uring_completions
             })?;
+            f.counter(
+                "iocore_uring_retries",
+                "io_uring operations the kernel gave back with EAGAIN, EINTR or ENOBUFS, posted again",
+                |s| s.uring_retries,
+            )?;
+            f.counter(
+                "iocore_uring_unexpected_completions",
+                "io_uring completions that named no posted operation (logged and dropped)",
+                |s| s.uring_unexpected,
+            )?;
             f.gauge(
                 "iocore_recv_buffers_held",
                 "Provided receive buffers held at the end of a loop turn",

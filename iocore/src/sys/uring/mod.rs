@@ -39,6 +39,21 @@
 //!    [`Uring::detach`]). The table holds its own reference to the socket,
 //!    so the socket closes when both the caller's descriptor is closed and
 //!    the detach has reached the kernel (at the next submit).
+//! 7. **EAGAIN, EINTR and ENOBUFS from an operation on a session's socket
+//!    mean "not now", never "failed"**: the caller posts the operation
+//!    again, with the same bytes in the same order. The kernel does return
+//!    them: a send (plain or gather, by slot or by descriptor) whose socket
+//!    polls writable while `tcp_sendmsg` still finds no room (seen with a
+//!    peer that advertises a 4 KiB window) is retried by io_uring's poll
+//!    128 times (`APOLL_MAX_RETRY`); then io_uring gives up polling and
+//!    issues it once more from an io-wq worker in blocking mode, where a
+//!    socket opened `O_NONBLOCK` answers EAGAIN, and that result is final
+//!    (traced with the `io_uring_local_work_run` and
+//!    `io_uring_queue_async_work` events: 127 task-work runs between the
+//!    submit and the punt, then -11). A receive can end the same way;
+//!    ENOBUFS is an empty buffer ring (rule 5); EINTR an interrupted
+//!    worker. A caller that posts again at once may meet the same state
+//!    again: [`Uring::delay`] paces the retry.
 
 mod bufring;
 mod enter;
@@ -68,6 +83,11 @@ const BGID: u16 = 0;
 /// read-ahead for a session is bounded by this (plus one buffer).
 pub const RECV_CAP: u32 = 64 * 1024;
 
+/// How long [`Uring::delay`] waits: an operation refused with "not now"
+/// is posted again after this (rule 7), so that a state the kernel keeps
+/// for a while costs a thousand retries a second, not a busy loop.
+pub const RETRY_DELAY: Duration = Duration::from_millis(1);
+
 /// Byte offset of `optlen` in the kernel's 64-byte `io_uring_sqe`
 /// (`include/uapi/linux/io_uring.h`), the field Linux 6.17 reads as a
 /// multishot receive's total-byte cap.
@@ -88,7 +108,8 @@ fn with_optlen(entry: squeue::Entry, optlen: u32) -> squeue::Entry {
 }
 
 /// Opcodes the engine cannot work without.
-const REQUIRED: [(u8, &str); 7] = [
+const REQUIRED: [(u8, &str); 8] = [
+    (opcode::Timeout::CODE, "TIMEOUT"),
     (opcode::Accept::CODE, "ACCEPT"),
     (opcode::Recv::CODE, "RECV"),
     (opcode::SendMsg::CODE, "SENDMSG"),
@@ -97,6 +118,15 @@ const REQUIRED: [(u8, &str); 7] = [
     (opcode::PollAdd::CODE, "POLL_ADD"),
     (opcode::Shutdown::CODE, "SHUTDOWN"),
 ];
+
+/// Whether an operation's error means "not now" (rule 7): post it again
+/// rather than fail the session.
+pub fn is_not_now(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EAGAIN) | Some(libc::EINTR) | Some(libc::ENOBUFS)
+    )
+}
 
 /// Identifies a send in flight (rule 1): where the ring keeps its
 /// operation until [`Uring::take_send`].
@@ -569,6 +599,17 @@ impl Uring {
             table.free.push(slot);
         }
         Ok(())
+    }
+
+    /// Completes after [`RETRY_DELAY`] (with `ETIME`): paces an operation
+    /// the kernel gave back with "not now" (rule 7). Not tied to a socket,
+    /// so [`Uring::cancel_file`] leaves it; it ends by itself.
+    pub fn delay(&mut self, user_data: u64) -> io::Result<()> {
+        static DELAY: types::Timespec = types::Timespec::new().nsec(RETRY_DELAY.subsec_nanos());
+        let entry = opcode::Timeout::new(&DELAY).build();
+        // SAFETY: the kernel copies the timespec when it takes the entry;
+        // it is a static anyway.
+        unsafe { self.push(&entry.user_data(user_data)) }
     }
 
     /// Cancels the operation posted with `target`. Completes itself too.
