@@ -87,13 +87,15 @@ const MAX_IOV: usize = 64;
 /// The readiness engines' send: gathers the queued buffers into one
 /// `send` call after another until the queue is empty or the socket is
 /// full (then `write_blocked` is set: wait for writability — EPOLLOUT,
-/// FD_WRITE — instead of retrying).
+/// FD_WRITE — instead of retrying, and `full` is told: see
+/// [`Conn::send_blocked`]).
 pub(crate) fn flush_gather<H: Handler>(
     conn: &mut Conn<H>,
     write_blocked: &mut bool,
     stats: &WorkerStats,
     cx: Context<'_>,
     mut send: impl FnMut(&[std::io::IoSlice<'_>]) -> io::Result<usize>,
+    mut full: impl FnMut(&mut Conn<H>),
 ) {
     // What the handler corked while it was handed input goes first, straight
     // from the worker's cork.
@@ -104,7 +106,7 @@ pub(crate) fn flush_gather<H: Handler>(
                 true => 0,
                 false => {
                     let sent = send(&[std::io::IoSlice::new(&corked)]);
-                    took(sent, conn, write_blocked, stats).unwrap_or(0)
+                    took(sent, conn, write_blocked, stats, &mut full).unwrap_or(0)
                 }
             };
             conn.sent_corked(&corked, n, cx);
@@ -121,20 +123,22 @@ pub(crate) fn flush_gather<H: Handler>(
                 send(&iov[..count])
             }
         };
-        if let Some(n) = took(sent, conn, write_blocked, stats) {
+        if let Some(n) = took(sent, conn, write_blocked, stats, &mut full) {
             conn.sent(n, cx);
         }
     }
 }
 
 /// What a readiness-engine send did: the bytes the kernel took, or `None`
-/// after noting a full socket (`write_blocked`) or failing the session.
+/// after noting a full socket (`write_blocked`, and `full` is told) or
+/// failing the session.
 #[inline(always)]
 fn took<H: Handler>(
     sent: io::Result<usize>,
     conn: &mut Conn<H>,
     write_blocked: &mut bool,
     stats: &WorkerStats,
+    full: &mut impl FnMut(&mut Conn<H>),
 ) -> Option<usize> {
     match sent {
         Ok(n) => {
@@ -144,6 +148,7 @@ fn took<H: Handler>(
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
             stats.write_attempt();
             *write_blocked = true;
+            full(conn);
             None
         }
         Err(e) if e.kind() == io::ErrorKind::Interrupted => None,
@@ -178,6 +183,18 @@ pub(crate) trait Driver<H: Handler> {
 
     /// Stops watching the listener, which the worker no longer holds.
     fn close_listener(&mut self, listener: OwnedSocket) -> io::Result<()>;
+
+    /// Session `token`'s stall check is due ([`Conn::stall_check_due`]):
+    /// an engine that writes again only after a writable report tries a
+    /// write now (bytes the kernel takes are progress: the peer made room).
+    fn before_stall_check(&mut self, _token: u64) {}
+
+    /// How many bytes the peer of this socket has acknowledged, where the
+    /// OS tells (see [`Conn::wake`]): the stall timeout's measure of
+    /// progress. `None`: the engine's own view of progress decides.
+    fn bytes_acked(_io: &Self::Io) -> Option<u64> {
+        None
+    }
 
     /// Runs what other threads asked for, in the order asked.
     fn commands(&mut self) -> io::Result<()> {
@@ -304,8 +321,16 @@ pub(crate) trait Driver<H: Handler> {
             self.settle(token)?;
         }
         for (at, token) in self.core().due() {
+            if self
+                .core()
+                .slot(token)
+                .is_some_and(|(cx, slot)| slot.conn.stall_check_due(at, cx))
+            {
+                self.before_stall_check(token);
+            }
             if let Some((cx, slot)) = self.core().slot(token) {
-                slot.conn.wake(at, cx);
+                let io = &slot.io;
+                slot.conn.wake(at, cx, || Self::bytes_acked(io));
                 self.settle(token)?;
             }
         }

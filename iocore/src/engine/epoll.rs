@@ -287,6 +287,10 @@ impl<H: Handler> Driver<H> for Loop<H> {
         self.settle_at_once(token)
     }
 
+    fn bytes_acked(io: &Sock) -> Option<u64> {
+        socket::bytes_acked(&io.fd).ok()
+    }
+
     fn close_listener(&mut self, listener: OwnedFd) -> io::Result<()> {
         // Closing it would remove it from epoll too; say so explicitly.
         let _ = self.epoll.delete(&listener);
@@ -303,9 +307,17 @@ impl<H: Handler> CloseAtOnce<H> for Loop<H> {
         let Sock {
             fd, write_blocked, ..
         } = &mut slot.io;
-        flush_gather(&mut slot.conn, write_blocked, stats, cx, |iov| {
-            socket::send_vectored(fd, iov)
-        });
+        flush_gather(
+            &mut slot.conn,
+            write_blocked,
+            stats,
+            cx,
+            |iov| socket::send_vectored(fd, iov),
+            // The socket is full: note the peer's progress for the stall
+            // timeout, which the next write report may be long in coming
+            // to show.
+            |conn| conn.send_blocked(socket::bytes_acked(fd).ok()),
+        );
     }
 
     fn shutdown_write(io: &Sock) -> io::Result<()> {

@@ -366,7 +366,14 @@ impl<H: Handler> Loop<H> {
                 };
                 slot.conn.send_completed(&mut op.bufs, op.offset, sent, cx);
                 self.spare_sends.push(op);
+                if slot.conn.has_unsent() {
+                    // The next send may wait for room: note the peer's
+                    // progress for the stall timeout, which that send's
+                    // completion may be long in coming to show.
+                    slot.conn.send_blocked(socket::bytes_acked(&slot.io.fd).ok());
+                }
             }
+            OP_SEND_RETRY => slot.io.send_paused = false,
             OP_CONNECT => match c.io_result() {
                 Ok(_) => {
                     slot.conn.connected(cx);
@@ -501,6 +508,10 @@ impl<H: Handler> Driver<H> for Loop<H> {
             slot.io.inflight += 1;
         }
         Ok(())
+    }
+
+    fn bytes_acked(io: &Sock) -> Option<u64> {
+        socket::bytes_acked(&io.fd).ok()
     }
 
     fn close_listener(&mut self, listener: OwnedFd) -> io::Result<()> {

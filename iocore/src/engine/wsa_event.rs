@@ -165,6 +165,18 @@ impl<H: Handler> Driver<H> for Loop<H> {
         self.shell.close_listener(listener);
         Ok(())
     }
+
+    /// Winsock gives no acknowledged count here, and FD_WRITE may be long
+    /// in coming while a slow peer reads (under Wine it is Linux's
+    /// writability, a third of the buffer free): a send attempted now is
+    /// the kernel's answer. Bytes it takes count as progress; WOULDBLOCK
+    /// leaves FD_WRITE armed as before.
+    fn before_stall_check(&mut self, token: u64) {
+        if let Some((_, slot)) = self.core.slot(token) {
+            slot.io.write_blocked = false;
+        }
+        self.flush(token);
+    }
 }
 
 impl<H: Handler> EventEngine<H> for Loop<H> {
@@ -219,9 +231,15 @@ impl<H: Handler> CloseAtOnce<H> for Loop<H> {
             write_blocked,
             ..
         } = &mut slot.io;
-        flush_gather(&mut slot.conn, write_blocked, stats, cx, |iov| {
-            wsa::send_vectored(socket, iov)
-        });
+        flush_gather(
+            &mut slot.conn,
+            write_blocked,
+            stats,
+            cx,
+            |iov| wsa::send_vectored(socket, iov),
+            // No acknowledged count here: the stall check writes instead.
+            |_| {},
+        );
     }
 
     fn shutdown_write(io: &Sock) -> io::Result<()> {

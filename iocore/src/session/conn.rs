@@ -17,7 +17,11 @@
 //! or the send queue went over its high watermark and has not yet drained
 //! to its low one ([`Conn::wants_input`]); engines stop reading the socket
 //! meanwhile. A queue that makes no progress for the stall timeout ends
-//! the session.
+//! the session — progress as the kernel sees it: the engine notes the
+//! peer's acknowledged byte count when the socket is full
+//! ([`Conn::send_blocked`]) and reads it again at every quarter of the
+//! timeout without progress ([`Conn::wake`]); a count that moved starts
+//! the timeout again.
 
 use std::io::IoSlice;
 use std::net::SocketAddr;
@@ -125,6 +129,12 @@ pub(crate) struct Rare {
     proxy: Option<ProxyInfo>,
     /// The engine admitted the session behind a proxy ([`Conn::admit`]).
     admitted: bool,
+    /// The bytes the peer had acknowledged, as the kernel counts them,
+    /// when the socket was last found full ([`Conn::send_blocked`]) or at
+    /// the last stall check: the stall timeout compares with it.
+    acked: Option<u64>,
+    /// When the kernel's count was last checked for the stall timeout.
+    stall_checked: Tick,
 }
 
 impl Core {
@@ -640,6 +650,17 @@ impl<H: Handler> Conn<H> {
         self.core.send.sole()
     }
 
+    /// The kernel took all it could of the queue: the socket is full and
+    /// bytes wait. `acked` is how many bytes the peer has acknowledged so
+    /// far, where the OS tells (`TCP_INFO` on Linux); the stall timeout
+    /// compares it with the count when it comes (see [`Conn::wake`]).
+    #[cold]
+    pub fn send_blocked(&mut self, acked: Option<u64>) {
+        if let Some(acked) = acked {
+            self.core.rare().acked = Some(acked);
+        }
+    }
+
     /// The kernel took `n` more bytes. When the queue drains to its low
     /// watermark after being over the high one the handler hears
     /// [`Handler::on_writable`]; when it empties, [`Handler::on_sent`].
@@ -757,13 +778,52 @@ impl<H: Handler> Conn<H> {
         self.handler.on_disconnected(reason);
     }
 
-    /// When the queue's lack of progress ends the session, if it is not
-    /// empty.
+    /// Whether the timer entry `at` is this session's stall check, due
+    /// now (see [`Conn::wake`]): an engine that writes again only after a
+    /// writable report tries a write first, for the kernel may have made
+    /// room without reporting it.
+    pub fn stall_check_due(&self, at: Tick, cx: Context<'_>) -> bool {
+        at == self.core.wake_at
+            && matches!(self.core.phase, Phase::Open | Phase::Closing)
+            && cx.now >= self.stall_check_at(cx.limits)
+    }
+
+    /// When the queue's lack of progress is next checked (see
+    /// [`Conn::wake`]), if it is not empty: a quarter of the stall timeout
+    /// after the last progress or the last check.
     #[inline]
-    fn stall_deadline(&self, limits: &Limits) -> Tick {
+    fn stall_check_at(&self, limits: &Limits) -> Tick {
         match limits.send_stall_timeout {
-            Some(t) if !self.core.send.is_empty() => self.core.last_sent.after(t),
+            Some(t) if !self.core.send.is_empty() => {
+                let since = match &self.core.rare {
+                    Some(r) => r.stall_checked.max(self.core.last_sent),
+                    None => self.core.last_sent,
+                };
+                since.after(t / 4)
+            }
             _ => Tick::NEVER,
+        }
+    }
+
+    /// The stall check (see [`Conn::wake`]): if the peer's acknowledged
+    /// count moved since it was noted (or was never noted), progress
+    /// counts from `now`; a queue without progress for the whole timeout
+    /// ends the session.
+    #[cold]
+    fn stall_check(&mut self, acked: Option<u64>, now: Tick, limits: &Limits) {
+        let rare = self.core.rare();
+        rare.stall_checked = now;
+        if let Some(acked) = acked {
+            if rare.acked.replace(acked) != Some(acked) {
+                self.core.last_sent = now;
+                return;
+            }
+        }
+        let Some(timeout) = limits.send_stall_timeout else {
+            return;
+        };
+        if now >= self.core.last_sent.after(timeout) {
+            self.core.abort(CloseReason::SendStalled);
         }
     }
 
@@ -772,7 +832,7 @@ impl<H: Handler> Conn<H> {
     fn next_deadline(&self, limits: &Limits) -> Tick {
         match self.core.phase {
             Phase::Open => {
-                let mut at = self.core.timer_at.min(self.stall_deadline(limits));
+                let mut at = self.core.timer_at.min(self.stall_check_at(limits));
                 if let Some(t) = limits.idle_timeout {
                     if self.wants_input() {
                         at = at.min(self.core.last_active.after(t));
@@ -780,7 +840,7 @@ impl<H: Handler> Conn<H> {
                 }
                 at
             }
-            Phase::Closing => self.stall_deadline(limits),
+            Phase::Closing => self.stall_check_at(limits),
             Phase::Connecting | Phase::Lingering | Phase::AwaitingProxy => self.core.timer_at,
             _ => Tick::NEVER,
         }
@@ -809,7 +869,21 @@ impl<H: Handler> Conn<H> {
 
     /// A timer entry for this connection fired at `at`. Stale entries
     /// (superseded by an earlier one) are ignored.
-    pub fn wake(&mut self, at: Tick, cx: Context<'_>) {
+    ///
+    /// The stall check: `acked` asks the socket how many bytes the peer
+    /// has acknowledged. While bytes wait, the engine learns of progress
+    /// only when the socket has room for a good part of its buffer again,
+    /// which a peer reading slowly (through a small window, say) may take
+    /// longer than [`Limits::send_stall_timeout`] to make, though it reads
+    /// all along. So after each quarter of the timeout without progress
+    /// the count is read: if it moved since it was last noted (when the
+    /// socket was found full, or at the last check), or was never noted,
+    /// the timeout starts again; a session ends as stalled once the count
+    /// has stood still for the whole timeout — between one and one and a
+    /// quarter timeouts after the peer's last acknowledgment. Where the OS
+    /// gives no count (`None`), the engine's own view decides: the kernel
+    /// took none of the queue for the timeout.
+    pub fn wake(&mut self, at: Tick, cx: Context<'_>, acked: impl FnOnce() -> Option<u64>) {
         if at != self.core.wake_at {
             return;
         }
@@ -825,8 +899,10 @@ impl<H: Handler> Conn<H> {
                 self.recv.clear();
                 self.core.abort_with(CloseReason::ProxyTimeout, false);
             }
-            Phase::Open | Phase::Closing if now >= self.stall_deadline(cx.limits) => {
-                self.core.abort(CloseReason::SendStalled);
+            Phase::Open | Phase::Closing if now >= self.stall_check_at(cx.limits) => {
+                self.stall_check(acked(), now, cx.limits);
+                // A handler's timer due now is armed again and fires
+                // next turn.
             }
             Phase::Open => {
                 if let Some(idle) = cx.limits.idle_timeout {
@@ -1042,7 +1118,7 @@ mod tests {
         assert!(timers.pop_due(Tick(at.0 - 1)).is_none());
         let (due, token) = timers.pop_due(at).unwrap();
         assert_eq!(token, 7);
-        c.wake(due, cx(&l, at.0));
+        c.wake(due, cx(&l, at.0), || None);
         assert!(matches!(
             c.step(cx(&l, at.0)),
             Step::Close {
@@ -1115,7 +1191,7 @@ mod tests {
         while let Some(at) = timers.next() {
             now = at.0;
             let (due, _) = timers.pop_due(at).unwrap();
-            c.wake(due, cx(&l, now));
+            c.wake(due, cx(&l, now), || None);
             if !c.is_open() {
                 break;
             }
@@ -1136,7 +1212,7 @@ mod tests {
         let mut timers = Timers::default();
         c.arm(3, &mut timers, &l);
         let (at, _) = timers.pop_due(Tick::NEVER).unwrap();
-        c.wake(at, cx(&l, at.0));
+        c.wake(at, cx(&l, at.0), || None);
         let Step::Close { reason, .. } = c.step(cx(&l, at.0)) else {
             panic!()
         };
@@ -1212,23 +1288,78 @@ mod tests {
         let mut c = conn();
         let mut timers = Timers::default();
         c.received(b"hello\n", cx(&l, 0));
-        c.arm(1, &mut timers, &l);
-        assert_eq!(timers.next(), Some(Tick(100)));
-        // The kernel takes two bytes at 50 ms: the stall starts again.
+        // No count from the OS: the engine's view decides. The kernel
+        // takes two bytes at 50 ms: the stall starts again then, and the
+        // queue is checked every 25 ms until 100 ms have passed without.
         c.sent(2, cx(&l, 50));
-        let (at, _) = timers.pop_due(Tick(100)).unwrap();
-        c.wake(at, cx(&l, 100));
-        assert!(c.is_open(), "progress at 50 ms");
-        c.arm(1, &mut timers, &l);
-        let (at, _) = timers.pop_due(Tick(150)).expect("re-armed for 150 ms");
-        c.wake(at, cx(&l, 150));
-        match c.step(cx(&l, 150)) {
-            Step::Close {
-                reason: CloseReason::SendStalled,
-                rst: true,
-            } => {}
-            other => panic!("{other:?}"),
+        let closed = run_stall_checks(&mut c, &mut timers, &l, |_| None);
+        assert_eq!(closed, 150);
+    }
+
+    /// Fires the session's deadlines in order with `acked(now)` as the
+    /// kernel's count, until the session closes as stalled; returns when.
+    fn run_stall_checks(
+        c: &mut Conn<Probe>,
+        timers: &mut Timers,
+        l: &Limits,
+        mut acked: impl FnMut(u64) -> Option<u64>,
+    ) -> u64 {
+        let mut checks = Vec::new();
+        loop {
+            c.arm(1, timers, l);
+            let at = timers.next().expect("a deadline while bytes wait");
+            let (due, _) = timers.pop_due(at).unwrap();
+            c.wake(due, cx(l, at.0), || acked(at.0));
+            if c.core.phase == Phase::Resetting {
+                let Step::Close { reason, rst } = c.step(cx(l, at.0)) else {
+                    panic!("closing")
+                };
+                assert!(matches!(reason, CloseReason::SendStalled) && rst);
+                return at.0;
+            }
+            checks.push(at.0);
+            assert!(checks.len() < 100, "never closed; checks at {checks:?}");
         }
+    }
+
+    /// The stall is judged from the peer's acknowledged count when the OS
+    /// gives it: a peer whose count moves is kept however long the engine
+    /// sees no progress; once it stands still, the session is closed one
+    /// timeout after the check that last saw it move — between one and one
+    /// and a quarter timeouts after the peer's last acknowledgment.
+    #[test]
+    fn the_stall_timeout_counts_what_the_peer_acknowledged() {
+        let l = Limits {
+            send_stall_timeout: Some(Duration::from_millis(100)),
+            ..limits()
+        };
+        // The socket is found full at 0 with 1000 bytes acknowledged; the
+        // peer acknowledges 10 more bytes every 40 ms until 500 ms, then
+        // nothing. Checks come every 25 ms.
+        let mut c = conn();
+        let mut timers = Timers::default();
+        c.received(b"hello\n", cx(&l, 0));
+        c.send_blocked(Some(1000));
+        let count = |now: u64| 1000 + 10 * (now.min(500) / 40);
+        let closed = run_stall_checks(&mut c, &mut timers, &l, |now| Some(count(now)));
+        // The last acknowledgment came at 480; the check at 500 saw it.
+        assert_eq!(closed, 600);
+        assert!(c.core.bytes_out == 0, "the engine itself saw no progress");
+
+        // A peer that takes nothing after the socket filled: the count
+        // stands still from the first check, closed after one timeout.
+        let mut c = conn();
+        let mut timers = Timers::default();
+        c.received(b"hello\n", cx(&l, 0));
+        c.send_blocked(Some(7));
+        assert_eq!(run_stall_checks(&mut c, &mut timers, &l, |_| Some(7)), 100);
+
+        // The count was never noted (the socket filled unseen): the first
+        // check notes it and the timeout starts again.
+        let mut c = conn();
+        let mut timers = Timers::default();
+        c.received(b"hello\n", cx(&l, 0));
+        assert_eq!(run_stall_checks(&mut c, &mut timers, &l, |_| Some(7)), 125);
     }
 
     #[test]

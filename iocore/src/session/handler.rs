@@ -200,7 +200,11 @@ pub struct Limits {
     pub send_low_watermark: usize,
     /// Close a session whose peer took none of its queued bytes for this
     /// long ([`CloseReason::SendStalled`]): the write side of slowloris.
-    /// `None` waits forever. Default 30 s.
+    /// Judged by what the peer acknowledged where the OS tells (Linux:
+    /// the session ends between one and one and a quarter timeouts after
+    /// the peer's last acknowledgment, however seldom the socket reports
+    /// room), else by the engine's view of the kernel taking bytes; see
+    /// [`crate::session::Conn::wake`]. `None` waits forever. Default 30 s.
     pub send_stall_timeout: Option<Duration>,
     /// Close sessions that receive nothing for this long (time with input
     /// paused does not count). Default: never.

@@ -237,6 +237,33 @@ pub fn take_error(fd: &OwnedFd) -> io::Result<Option<io::Error>> {
     Ok((value != 0).then(|| io::Error::from_raw_os_error(value)))
 }
 
+/// Bytes of this connection's data the peer has acknowledged so far
+/// (`TCP_INFO`'s `tcpi_bytes_acked`, Linux 4.1): it moves whenever the
+/// peer takes bytes, whatever the engine was told. An error on kernels
+/// without the field.
+pub fn bytes_acked(fd: &OwnedFd) -> io::Result<u64> {
+    // SAFETY: tcp_info is plain old data; zero is a valid value.
+    let mut info: libc::tcp_info = unsafe { mem::zeroed() };
+    let mut len = mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the pointers describe `info` and `len`, live locals; the
+    // kernel writes at most `len` bytes.
+    syscall!(getsockopt(
+        fd.as_raw_fd(),
+        libc::IPPROTO_TCP,
+        libc::TCP_INFO,
+        &mut info as *mut libc::tcp_info as *mut libc::c_void,
+        &mut len
+    ))?;
+    let end = mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + mem::size_of::<u64>();
+    if (len as usize) < end {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "TCP_INFO without tcpi_bytes_acked (needs Linux 4.1)",
+        ));
+    }
+    Ok(info.tcpi_bytes_acked)
+}
+
 /// Disables Nagle's algorithm: a session's sends go out as soon as queued.
 pub fn set_nodelay(fd: &OwnedFd) -> io::Result<()> {
     set_int_opt(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)
