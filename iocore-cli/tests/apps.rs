@@ -242,9 +242,7 @@ fn cli_rejects_unknown_and_unavailable_engines() {
 /// Listening on an address in use is a clear error, not a silent share.
 #[test]
 fn serve_on_a_busy_port_fails_clearly() {
-    if require(EngineKind::Auto).is_none() {
-        return;
-    }
+    require(EngineKind::Auto);
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let err = iocore::Server::builder()
         .addr(taken.local_addr().unwrap())
@@ -279,10 +277,9 @@ fn serve_on_a_busy_port_fails_clearly() {
 /// When io_uring is unusable (forced here), `auto` says why and serves on
 /// epoll, and an explicit `--engine uring` fails with the reason.
 #[test]
+#[cfg(target_os = "linux")]
 fn auto_falls_back_to_epoll_when_uring_is_unusable() {
-    if require(EngineKind::Epoll).is_none() {
-        return;
-    }
+    require(EngineKind::Epoll);
     let env = [("IOCORE_DISABLE_URING", "1")];
     let server = CliServer::start(BIN, &["--engine", "auto", "--threads", "1"], &env);
     let log = server.log.join("\n");
@@ -312,10 +309,9 @@ fn auto_falls_back_to_epoll_when_uring_is_unusable() {
 
 /// Where io_uring is usable, `auto` picks it and says so.
 #[test]
+#[cfg(target_os = "linux")]
 fn auto_prefers_uring_when_usable() {
-    if require(EngineKind::Uring).is_none() {
-        return;
-    }
+    require(EngineKind::Uring);
     let server = CliServer::start(BIN, &["--engine", "auto", "--threads", "1"], &[]);
     let log = server.log.join("\n");
     assert!(
@@ -328,10 +324,9 @@ fn auto_prefers_uring_when_usable() {
 /// The uring engine's single-shot fallback (for kernels without multishot
 /// accept/receive) passes the verified seed client.
 #[test]
+#[cfg(target_os = "linux")]
 fn uring_single_shot_mode_passes_verification() {
-    if require(EngineKind::Uring).is_none() {
-        return;
-    }
+    require(EngineKind::Uring);
     let server = CliServer::start(
         BIN,
         &["--engine", "uring", "--threads", "2"],
@@ -353,9 +348,7 @@ fn uring_single_shot_mode_passes_verification() {
 #[test]
 #[cfg(target_os = "linux")]
 fn uring_fallbacks_pass_verification() {
-    if require(EngineKind::Uring).is_none() {
-        return;
-    }
+    require(EngineKind::Uring);
     let all = iocore::engine::UringFeatures::NAMES.join(",");
     let mut cases: Vec<&str> = iocore::engine::UringFeatures::NAMES.to_vec();
     cases.push(&all);
@@ -388,10 +381,9 @@ fn uring_fallbacks_pass_verification() {
 /// A feature name `IOCORE_URING_OFF` does not know is refused with the
 /// names it knows.
 #[test]
+#[cfg(target_os = "linux")]
 fn an_unknown_uring_feature_is_refused() {
-    if require(EngineKind::Uring).is_none() {
-        return;
-    }
+    require(EngineKind::Uring);
     let out = Command::new(BIN)
         .args(["serve", "--engine", "uring", "--addr", "127.0.0.1:0"])
         .env("IOCORE_URING_OFF", "ring-fd,warp-drive")

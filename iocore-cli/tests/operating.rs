@@ -143,9 +143,7 @@ fn open_in_top(screen: &str) -> Option<u64> {
 }
 
 fn top_shows_the_live_session_count(engine: EngineKind) {
-    let Some(tmux) = Tmux::new(&format!("top-{}", engine.name())) else {
-        return;
-    };
+    let tmux = Tmux::new(&format!("top-{}", engine.name()));
     let server = CliServer::start(
         BIN,
         &[

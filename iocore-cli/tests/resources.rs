@@ -165,36 +165,31 @@ fn a_non_reader_leaves_the_server_rss_bounded(engine: EngineKind, env: &[(&str, 
 
 #[test]
 fn epoll_out_of_descriptors() {
-    if require(EngineKind::Epoll).is_some() {
-        out_of_descriptors_closes_excess_clients_and_recovers(EngineKind::Epoll, &[]);
-    }
+    require(EngineKind::Epoll);
+    out_of_descriptors_closes_excess_clients_and_recovers(EngineKind::Epoll, &[]);
 }
 
 #[test]
 fn uring_out_of_descriptors() {
-    if require(EngineKind::Uring).is_some() {
-        out_of_descriptors_closes_excess_clients_and_recovers(EngineKind::Uring, &[]);
-    }
+    require(EngineKind::Uring);
+    out_of_descriptors_closes_excess_clients_and_recovers(EngineKind::Uring, &[]);
 }
 
 #[test]
 fn epoll_non_reader_rss() {
-    if require(EngineKind::Epoll).is_some() {
-        a_non_reader_leaves_the_server_rss_bounded(EngineKind::Epoll, &[]);
-    }
+    require(EngineKind::Epoll);
+    a_non_reader_leaves_the_server_rss_bounded(EngineKind::Epoll, &[]);
 }
 
 #[test]
 fn uring_non_reader_rss() {
-    if require(EngineKind::Uring).is_some() {
-        a_non_reader_leaves_the_server_rss_bounded(EngineKind::Uring, &[]);
-    }
+    require(EngineKind::Uring);
+    a_non_reader_leaves_the_server_rss_bounded(EngineKind::Uring, &[]);
 }
 
 /// The fallback of kernels without capped multishot receives (forced).
 #[test]
 fn uring_single_shot_non_reader_rss() {
-    if require(EngineKind::Uring).is_some() {
-        a_non_reader_leaves_the_server_rss_bounded(EngineKind::Uring, &[("IOCORE_URING_SINGLESHOT", "1")]);
-    }
+    require(EngineKind::Uring);
+    a_non_reader_leaves_the_server_rss_bounded(EngineKind::Uring, &[("IOCORE_URING_SINGLESHOT", "1")]);
 }

@@ -11,16 +11,24 @@ use std::time::{Duration, Instant};
 
 use iocore::{CloseKind, CloseReason, EngineKind, Handler, ServerBuilder, Session};
 
-/// Runs each listed `fn name(engine: EngineKind)` once per engine, as
-/// `epoll::name`, `uring::name`, ... An engine this system cannot run is
-/// skipped with a message saying why.
+/// Runs each listed `fn name(engine: EngineKind)` once per engine of this
+/// OS, as `epoll::name`, `uring::name` on Linux and `iocp::name`,
+/// `wsa_event::name`, `overlapped::name` on Windows: the other OS's cases
+/// are not compiled, so the count of passed tests is what ran. An engine
+/// of this OS that cannot run on the machine fails its tests with the
+/// reason (see [`require`]).
 #[macro_export]
 macro_rules! engine_suite {
     ($($test:ident),* $(,)?) => {
+        #[cfg(target_os = "linux")]
         $crate::engine_suite!(@engine epoll, iocore::EngineKind::Epoll, $($test),*);
+        #[cfg(target_os = "linux")]
         $crate::engine_suite!(@engine uring, iocore::EngineKind::Uring, $($test),*);
+        #[cfg(windows)]
         $crate::engine_suite!(@engine iocp, iocore::EngineKind::Iocp, $($test),*);
+        #[cfg(windows)]
         $crate::engine_suite!(@engine wsa_event, iocore::EngineKind::WsaEvent, $($test),*);
+        #[cfg(windows)]
         $crate::engine_suite!(@engine overlapped, iocore::EngineKind::Overlapped, $($test),*);
         // Each further engine is one line here.
     };
@@ -29,23 +37,25 @@ macro_rules! engine_suite {
             $(
                 #[test]
                 fn $test() {
-                    if let Some(engine) = $crate::require($kind) {
-                        super::$test(engine);
-                    }
+                    super::$test($crate::require($kind));
                 }
             )*
         }
     };
 }
 
-/// The engine if it can run here; otherwise says why and returns `None`.
-pub fn require(engine: EngineKind) -> Option<EngineKind> {
+/// The engine, resolved. One this machine cannot run (io_uring forbidden
+/// by a sandbox, say) fails the test with the reason: a test that did not
+/// run must not count as passed. Leave such an engine's tests out by name
+/// (`cargo test -- --skip uring::`).
+pub fn require(engine: EngineKind) -> EngineKind {
     match engine.resolve() {
-        Ok(e) => Some(e),
-        Err(why) => {
-            eprintln!("SKIPPED on engine {engine}: {why}");
-            None
-        }
+        Ok(e) => e,
+        Err(why) => panic!(
+            "engine {engine} cannot run on this machine: {why}. Its tests cannot pass here; \
+             leave them out with `cargo test -- --skip {}::`",
+            engine.name().replace('-', "_")
+        ),
     }
 }
 
@@ -462,20 +472,16 @@ pub struct Tmux {
 
 #[cfg(unix)]
 impl Tmux {
-    /// A tmux server for one test, or `None` (test skipped) if tmux is
-    /// missing outside CI; in CI a missing tmux fails the test.
-    pub fn new(tag: &str) -> Option<Tmux> {
-        if std::process::Command::new("tmux").arg("-V").output().is_err() {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "tmux is missing (.ci/run installs it)"
-            );
-            eprintln!("SKIPPED: tmux is not installed");
-            return None;
-        }
-        Some(Tmux {
+    /// A tmux server for one test; fails the test if tmux is missing.
+    pub fn new(tag: &str) -> Tmux {
+        let found = std::process::Command::new("tmux").arg("-V").output().is_ok();
+        assert!(
+            found,
+            "tmux is missing: install the Debian package tmux (`.ci/test` installs what the tests need)"
+        );
+        Tmux {
             socket: format!("iocore-test-{}-{tag}", std::process::id()),
-        })
+        }
     }
 
     /// Runs `tmux args` on this server; returns its stdout.
@@ -642,23 +648,20 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Whether `program` can be run; in CI a missing one fails the test (the
-/// component is installed by `.ci/run`), elsewhere the caller skips.
-pub fn have_program(program: &str, package: &str) -> bool {
+/// Fails the test, naming the Debian package, unless `program` can be
+/// run: a test that needs a real component and did not run must not count
+/// as passed. `.ci/test` (the README's test command) installs them all.
+pub fn require_program(program: &str, package: &str) {
     let found = std::process::Command::new(program)
         .arg("--version")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
         .is_ok();
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{program} is missing (.ci/run installs the Debian package {package})"
-        );
-        eprintln!("SKIPPED: {program} is not installed (Debian package {package})");
-    }
-    found
+    assert!(
+        found,
+        "{program} is missing: install the Debian package {package} (`.ci/test` installs what the tests need)"
+    );
 }
 
 /// A real `redis-server` on a free loopback port, no persistence; killed
@@ -671,17 +674,15 @@ pub struct RedisServer {
 
 #[cfg(unix)]
 impl RedisServer {
-    /// Starts one, or `None` (skip) when redis-server is missing outside CI.
-    pub fn start() -> Option<RedisServer> {
-        if !have_program("redis-server", "redis-server") {
-            return None;
-        }
+    /// Starts one; fails the test if redis-server is missing.
+    pub fn start() -> RedisServer {
+        require_program("redis-server", "redis-server");
         let mut r = RedisServer {
             child: None,
             port: free_port(),
         };
         r.restart();
-        Some(r)
+        r
     }
 
     /// `redis://127.0.0.1:PORT`.
@@ -772,17 +773,10 @@ pub struct Haproxy {
 #[cfg(unix)]
 impl Haproxy {
     /// Starts HAProxy with `config` (a file) and `env` (the ports it
-    /// names), and waits until its statistics page answers. `None` (skip)
-    /// when haproxy is missing outside CI.
-    pub fn start(
-        config: &std::path::Path,
-        front: u16,
-        stats: u16,
-        env: &[(&str, String)],
-    ) -> Option<Haproxy> {
-        if !have_program("haproxy", "haproxy") {
-            return None;
-        }
+    /// names), and waits until its statistics page answers; fails the test
+    /// if haproxy is missing.
+    pub fn start(config: &std::path::Path, front: u16, stats: u16, env: &[(&str, String)]) -> Haproxy {
+        require_program("haproxy", "haproxy");
         let child = std::process::Command::new("haproxy")
             .arg("-db")
             .arg("-f")
@@ -800,7 +794,7 @@ impl Haproxy {
             stats: ([127, 0, 0, 1], stats).into(),
         };
         wait_until("haproxy's statistics page", || h.try_servers().is_some());
-        Some(h)
+        h
     }
 
     fn try_servers(&self) -> Option<Vec<(String, String)>> {
