@@ -1279,15 +1279,21 @@ mod tests {
         assert!(c.recv.is_empty());
     }
 
-    #[test]
-    fn a_queue_without_progress_ends_the_session_after_the_stall_timeout() {
+    /// Limits with a 100 ms stall timeout, and a session with bytes queued
+    /// at 0 ms (its echo of a line).
+    fn stalling() -> (Limits, Conn<Probe>, Timers) {
         let l = Limits {
             send_stall_timeout: Some(Duration::from_millis(100)),
             ..limits()
         };
         let mut c = conn();
-        let mut timers = Timers::default();
         c.received(b"hello\n", cx(&l, 0));
+        (l, c, Timers::default())
+    }
+
+    #[test]
+    fn a_queue_without_progress_ends_the_session_after_the_stall_timeout() {
+        let (l, mut c, mut timers) = stalling();
         // No count from the OS: the engine's view decides. The kernel
         // takes two bytes at 50 ms: the stall starts again then, and the
         // queue is checked every 25 ms until 100 ms have passed without.
@@ -1329,16 +1335,10 @@ mod tests {
     /// and a quarter timeouts after the peer's last acknowledgment.
     #[test]
     fn the_stall_timeout_counts_what_the_peer_acknowledged() {
-        let l = Limits {
-            send_stall_timeout: Some(Duration::from_millis(100)),
-            ..limits()
-        };
         // The socket is found full at 0 with 1000 bytes acknowledged; the
         // peer acknowledges 10 more bytes every 40 ms until 500 ms, then
         // nothing. Checks come every 25 ms.
-        let mut c = conn();
-        let mut timers = Timers::default();
-        c.received(b"hello\n", cx(&l, 0));
+        let (l, mut c, mut timers) = stalling();
         c.send_blocked(Some(1000));
         let count = |now: u64| 1000 + 10 * (now.min(500) / 40);
         let closed = run_stall_checks(&mut c, &mut timers, &l, |now| Some(count(now)));
@@ -1348,17 +1348,13 @@ mod tests {
 
         // A peer that takes nothing after the socket filled: the count
         // stands still from the first check, closed after one timeout.
-        let mut c = conn();
-        let mut timers = Timers::default();
-        c.received(b"hello\n", cx(&l, 0));
+        let (l, mut c, mut timers) = stalling();
         c.send_blocked(Some(7));
         assert_eq!(run_stall_checks(&mut c, &mut timers, &l, |_| Some(7)), 100);
 
         // The count was never noted (the socket filled unseen): the first
         // check notes it and the timeout starts again.
-        let mut c = conn();
-        let mut timers = Timers::default();
-        c.received(b"hello\n", cx(&l, 0));
+        let (l, mut c, mut timers) = stalling();
         assert_eq!(run_stall_checks(&mut c, &mut timers, &l, |_| Some(7)), 125);
     }
 
