@@ -62,6 +62,25 @@ impl RedisBridge {
             queue: 65_536,
         }
     }
+
+    /// Checks the URL (without connecting): `redis://HOST[:PORT][/DB]`,
+    /// with `USER:PASSWORD@` if needed, `rediss://` for TLS (if the
+    /// `redis` crate was built with it) or `unix:///PATH`.
+    pub fn validate(&self) -> Result<(), crate::ConfigError> {
+        self.client().map(drop)
+    }
+
+    fn client(&self) -> Result<redis::Client, crate::ConfigError> {
+        redis::Client::open(self.url.as_str()).map_err(|_| {
+            crate::ConfigError::new(
+                crate::Setting::RedisUrl,
+                format!(
+                    "'{}' is not a Redis URL: use redis://HOST[:PORT][/DB] (with USER:PASSWORD@ before HOST if needed) or unix:///PATH",
+                    self.url
+                ),
+            )
+        })
+    }
 }
 
 /// A bridge's counters.
@@ -197,12 +216,7 @@ impl Bridge {
     /// only on a malformed configuration: an unreachable Redis is retried
     /// in the background.
     pub fn new(config: &RedisBridge, registry: Arc<Registry>) -> io::Result<Bridge> {
-        let client = redis::Client::open(config.url.as_str()).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("redis URL '{}': {e}", config.url),
-            )
-        })?;
+        let client = config.client()?;
         if config.queue == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,

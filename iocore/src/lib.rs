@@ -130,6 +130,7 @@
 
 #[cfg(feature = "redis")]
 pub mod bridge;
+pub mod config;
 pub mod engine;
 #[cfg(feature = "metrics")]
 pub mod metrics;
@@ -142,6 +143,7 @@ mod sys;
 pub mod topic;
 
 pub use bytes::Bytes;
+pub use config::{ConfigError, Setting};
 pub use engine::{AcceptErrorKind, EngineError, EngineKind, Keepalive, Stats};
 pub use service::{
     Accept, Client, ClientBuilder, ClientHandle, Server, ServerBuilder, ServerHandle, ToSessionError,

@@ -138,6 +138,18 @@ impl EngineKind {
         match self {
             #[cfg(windows)]
             EngineKind::Auto => EngineKind::Iocp.resolve(),
+            // A feature switch with a typo is a mistake to report, not a
+            // reason to fall back.
+            #[cfg(target_os = "linux")]
+            EngineKind::Auto | EngineKind::Uring if crate::sys::uring::Features::from_env().is_err() => {
+                let why = crate::sys::uring::Features::from_env()
+                    .err()
+                    .map(|e| e.to_string());
+                Err(EngineError::Misconfigured {
+                    engine: EngineKind::Uring,
+                    why: why.unwrap_or_default(),
+                })
+            }
             #[cfg(not(windows))]
             EngineKind::Auto => match EngineKind::Uring.resolve() {
                 Ok(chosen) => {
@@ -205,6 +217,14 @@ pub enum EngineError {
     Unknown(String),
     /// The engine is not part of this build of iocore.
     NotBuilt(EngineKind),
+    /// The engine's settings from the environment are wrong (for
+    /// io_uring, an unknown name in `IOCORE_URING_OFF`).
+    Misconfigured {
+        /// The engine concerned.
+        engine: EngineKind,
+        /// What is wrong.
+        why: String,
+    },
     /// The engine exists but this system cannot run it.
     Unsupported {
         /// The engine asked for.
@@ -222,6 +242,7 @@ impl fmt::Display for EngineError {
                 write!(f, "unknown engine '{s}' (expected one of: {})", names.join(", "))
             }
             EngineError::NotBuilt(e) => write!(f, "engine '{e}' is not available in this build of iocore"),
+            EngineError::Misconfigured { engine, why } => write!(f, "engine '{engine}': {why}"),
             EngineError::Unsupported { engine, why } => {
                 write!(f, "engine '{engine}' cannot run on this system: {why}")
             }
@@ -233,7 +254,11 @@ impl std::error::Error for EngineError {}
 
 impl From<EngineError> for io::Error {
     fn from(e: EngineError) -> io::Error {
-        io::Error::new(io::ErrorKind::Unsupported, e)
+        let kind = match e {
+            EngineError::Unknown(_) | EngineError::Misconfigured { .. } => io::ErrorKind::InvalidInput,
+            EngineError::NotBuilt(_) | EngineError::Unsupported { .. } => io::ErrorKind::Unsupported,
+        };
+        io::Error::new(kind, e)
     }
 }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::runtime::{Runtime, ToSessionError, WorkerSpec};
+use crate::config::{check_threads, ConfigError, Setting};
 use crate::engine::{Command, EngineKind, Inbox, Keepalive, Remote, Settings, Stats};
 use crate::session::{Handler, Limits, SessionId};
 
@@ -69,16 +70,20 @@ impl ClientBuilder {
         self
     }
 
+    /// Checks the configuration without starting anything; the error
+    /// names the setting at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_threads(self.threads)?;
+        if self.max_sessions == 0 {
+            return Err(ConfigError::new(Setting::MaxSessions, "must be at least 1"));
+        }
+        self.limits.validate()
+    }
+
     /// Starts the workers. `H` is the handler type of every connection;
     /// use `Box<dyn Handler>` to mix kinds.
     pub fn start<H: Handler>(self) -> io::Result<ClientHandle<H>> {
-        let bad = |msg: String| Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
-        if self.threads == 0 || self.threads > 255 {
-            return bad("threads must be between 1 and 255".into());
-        }
-        if let Err(e) = self.limits.validate() {
-            return bad(e);
-        }
+        self.validate()?;
         let engine = self.engine.resolve()?;
         let specs = (0..self.threads)
             .map(|_| WorkerSpec {

@@ -22,6 +22,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::runtime::{Runtime, ToSessionError, WorkerSpec};
+use crate::config::{check_threads, ConfigError, Setting};
 use crate::engine::{EngineKind, Keepalive, Remote, Settings, Stats};
 use crate::session::SessionId;
 use crate::session::{Handler, Limits};
@@ -250,29 +251,36 @@ impl ServerBuilder {
         self
     }
 
-    fn validate(&self) -> io::Result<()> {
-        let bad = |msg: &str| Err(io::Error::new(io::ErrorKind::InvalidInput, msg.to_string()));
-        if self.threads == 0 || self.threads > 255 {
-            return bad("threads must be between 1 and 255");
-        }
+    /// Checks the configuration without starting anything; the error
+    /// names the setting at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |setting, problem: &str| Err(ConfigError::new(setting, problem));
+        check_threads(self.threads)?;
         if self.threads > 1 && self.accept == Accept::ReusePort && !socket::REUSE_PORT {
-            return bad("accept strategy reuse-port needs SO_REUSEPORT, which this OS lacks: use hand-off");
+            return bad(
+                Setting::Accept,
+                "reuse-port needs SO_REUSEPORT, which this OS lacks: use hand-off",
+            );
         }
         if self.max_sessions == 0 {
-            return bad("max_sessions must be at least 1");
+            return bad(Setting::MaxSessions, "must be at least 1");
         }
         if self.max_sessions_per_ip == Some(0) {
-            return bad("max_sessions_per_ip must be at least 1 (None turns the cap off)");
+            return bad(Setting::MaxSessionsPerIp, "must be at least 1 (or no cap)");
         }
         if let Some(p) = &self.proxy {
             if p.trusted.is_empty() {
-                return bad("proxy_protocol needs at least one trusted proxy network");
+                return bad(Setting::TrustedProxies, "must name at least one network");
             }
             if p.header_timeout.is_zero() {
-                return bad("the PROXY header timeout must be above zero");
+                return bad(Setting::ProxyHeaderTimeout, "must be above zero");
             }
         }
-        self.limits.validate().or_else(|e| bad(&e))
+        #[cfg(feature = "redis")]
+        if let Some(bridge) = &self.redis {
+            bridge.validate()?;
+        }
+        self.limits.validate()
     }
 
     /// Binds, starts the workers and returns once they serve. `factory`

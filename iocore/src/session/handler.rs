@@ -10,6 +10,7 @@ use bytes::Bytes;
 
 use super::close::{CloseReason, SendError};
 use super::conn::{Core, Flow, Phase};
+use crate::config::{ConfigError, Setting};
 use crate::proxy::ProxyInfo;
 use crate::topic::{Cork, Hub, Pending};
 
@@ -219,29 +220,56 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// Checks that the limits make sense together; the error says which
-    /// does not.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.max_recv_buffer == 0 || self.max_recv_buffer > u32::MAX as usize / 2 {
-            return Err("max_recv_buffer must be between 1 byte and 2 GiB".into());
+    /// Checks that the limits make sense together; the error names the
+    /// one that does not.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        // Both are counted in 32 bits (cursors, the per-session gauges).
+        const MAX: usize = 1 << 31;
+        if self.max_recv_buffer == 0 || self.max_recv_buffer > MAX {
+            return Err(ConfigError::new(
+                Setting::MaxRecvBuffer,
+                "must be between 1 byte and 2 GiB",
+            ));
         }
-        if self.max_send_queue == 0 || self.max_send_queue > u32::MAX as usize {
-            return Err("max_send_queue must be between 1 byte and 4 GiB".into());
+        if self.max_send_queue == 0 || self.max_send_queue > MAX {
+            return Err(ConfigError::new(
+                Setting::MaxSendQueue,
+                "must be between 1 byte and 2 GiB",
+            ));
         }
         if self.send_high_watermark > self.max_send_queue {
-            return Err(format!(
-                "send_high_watermark ({}) must not exceed max_send_queue ({}): lower the watermarks too",
-                self.send_high_watermark, self.max_send_queue
+            return Err(ConfigError::new(
+                Setting::SendHighWatermark,
+                format!(
+                    "({} bytes) must not exceed the send queue's cap ({} bytes): lower the watermarks too",
+                    self.send_high_watermark, self.max_send_queue
+                ),
             ));
         }
         if self.send_low_watermark >= self.send_high_watermark {
-            return Err(format!(
-                "send_low_watermark ({}) must be below send_high_watermark ({})",
-                self.send_low_watermark, self.send_high_watermark
+            return Err(ConfigError::new(
+                Setting::SendLowWatermark,
+                format!(
+                    "({} bytes) must be below the high watermark ({} bytes)",
+                    self.send_low_watermark, self.send_high_watermark
+                ),
             ));
         }
-        if self.send_stall_timeout == Some(Duration::ZERO) {
-            return Err("send_stall_timeout must be above zero (None turns it off)".into());
+        let zero = |d: Option<Duration>| d == Some(Duration::ZERO);
+        if zero(self.send_stall_timeout) {
+            return Err(ConfigError::new(
+                Setting::SendStallTimeout,
+                "must be above zero (or off)",
+            ));
+        }
+        if zero(self.idle_timeout) {
+            return Err(ConfigError::new(Setting::IdleTimeout, "must be above zero"));
+        }
+        if self.linger.is_zero() {
+            return Err(ConfigError::new(Setting::Linger, "must be above zero"));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(ConfigError::new(Setting::ConnectTimeout, "must be above zero"));
         }
         Ok(())
     }
