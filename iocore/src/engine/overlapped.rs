@@ -234,7 +234,14 @@ impl<H: Handler> CloseAtOnce<H> for Loop<H> {
         if rst {
             let _ = crate::sys::socket::set_linger_zero(io.ov.socket());
         }
-        let Sock { ov, group, slot, .. } = io;
+        let Sock {
+            mut ov, group, slot, ..
+        } = io;
+        // A send that finished before its event was handled (the session
+        // ended in the meantime) still took its bytes: count them.
+        if let Some((Ok(n), _)) = ov.poll_send() {
+            self.core.w.stats.wrote(n);
+        }
         // Dropping cancels posted operations and waits for them.
         drop(ov);
         self.shell.groups.release(group, slot);
