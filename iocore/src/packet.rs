@@ -166,6 +166,15 @@ pub trait PacketHandler: 'static {
     /// or closing the session here stops the packets that follow.
     fn on_packet(&mut self, session: &mut Session<'_>, id: u16, body: &[u8]);
 
+    /// The stream broke the framing (`why`: a size below the header or
+    /// over the limit): the session is closed with
+    /// [`CloseReason::ProtocolViolation`] right after this returns. A
+    /// handler may queue a last packet saying why (it is sent before the
+    /// FIN).
+    fn on_malformed(&mut self, session: &mut Session<'_>, why: &str) {
+        let _ = (session, why);
+    }
+
     /// See [`Handler::on_sent`].
     fn on_sent(&mut self, session: &mut Session<'_>) {
         let _ = session;
@@ -251,7 +260,9 @@ impl<P: PacketHandler> Handler for Packets<P> {
                 }
                 Ok(None) => return used,
                 Err(e) => {
-                    s.close_with(CloseReason::protocol(e.to_string()));
+                    let why = e.to_string();
+                    self.inner.on_malformed(s, &why);
+                    s.close_with(CloseReason::protocol(why));
                     return data.len();
                 }
             }

@@ -6,10 +6,10 @@
 //! | 1 | client → server | JOIN | room name (1–64 bytes); leaves the room joined before |
 //! | 2 | client → server | SAY | text, relayed verbatim to every member of the room |
 //! | 3 | client → server | LEAVE | — |
-//! | 101 | server → client | JOINED | `u32` members (after joining), room name |
+//! | 101 | server → client | JOINED | `u32` members (after joining), `u32` longest text a SAY may carry, room name |
 //! | 102 | server → client | MSG | `u64` sender's session id, text |
 //! | 103 | server → client | LEFT | — |
-//! | 199 | server → client | ERROR | text (the session stays open) |
+//! | 199 | server → client | ERROR | text: a request that cannot be served (the session stays open), or why the server closes the session (it closes right after) |
 
 use bytes::Bytes;
 use iocore::packet;
@@ -53,9 +53,12 @@ pub fn leave() -> Bytes {
     encode(LEAVE, &[])
 }
 
-/// JOINED `members` `room`.
-pub fn joined(members: u32, room: &str) -> Bytes {
-    encode(JOINED, &[&members.to_le_bytes(), room.as_bytes()])
+/// JOINED `members` `max_text` `room`.
+pub fn joined(members: u32, max_text: u32, room: &str) -> Bytes {
+    encode(
+        JOINED,
+        &[&members.to_le_bytes(), &max_text.to_le_bytes(), room.as_bytes()],
+    )
 }
 
 /// MSG from session `from`: `text`.
@@ -80,6 +83,8 @@ pub enum FromServer<'a> {
     Joined {
         /// Members of the room, this one included.
         members: u32,
+        /// The longest text a SAY may carry on this server.
+        max_text: u32,
         /// The room.
         room: &'a str,
     },
@@ -103,9 +108,10 @@ pub fn from_server(id: u16, body: &[u8]) -> Result<FromServer<'_>, String> {
     }
     let text = |b| utf8(id, b);
     match id {
-        JOINED if body.len() >= 4 => Ok(FromServer::Joined {
+        JOINED if body.len() >= 8 => Ok(FromServer::Joined {
             members: u32::from_le_bytes(body[..4].try_into().expect("4 bytes")),
-            room: text(&body[4..])?,
+            max_text: u32::from_le_bytes(body[4..8].try_into().expect("4 bytes")),
+            room: text(&body[8..])?,
         }),
         MSG if body.len() >= MSG_OVERHEAD => Ok(FromServer::Msg {
             from: u64::from_le_bytes(body[..8].try_into().expect("8 bytes")),
@@ -129,11 +135,12 @@ mod tests {
 
     #[test]
     fn server_messages_decode_to_what_was_encoded() {
-        let (id, body) = roundtrip(joined(3, "lobby"));
+        let (id, body) = roundtrip(joined(3, 4084, "lobby"));
         assert_eq!(
             from_server(id, &body),
             Ok(FromServer::Joined {
                 members: 3,
+                max_text: 4084,
                 room: "lobby"
             })
         );

@@ -44,7 +44,11 @@ pub fn handler(max_packet: usize) -> Packets<ChatSession> {
     Packets::new(session).max_packet(max_packet)
 }
 
+/// Closes the session for a request it could not have made in good
+/// faith, telling the client why first (an ERROR before the FIN).
 fn violation(s: &mut Session<'_>, what: impl Into<Cow<'static, str>>) {
+    let what = what.into();
+    let _ = s.send(protocol::error(&what));
     s.close_with(CloseReason::protocol(what));
 }
 
@@ -81,7 +85,8 @@ impl ChatSession {
         }
         self.joined_owed = false;
         let members = s.subscribers(topic).min(u32::MAX as u64) as u32;
-        let _ = s.send(protocol::joined(members, &topic[ROOM.len()..]));
+        let max_text = self.max_text.min(u32::MAX as usize) as u32;
+        let _ = s.send(protocol::joined(members, max_text, &topic[ROOM.len()..]));
     }
 
     fn say(&mut self, s: &mut Session<'_>, body: &[u8]) {
@@ -132,5 +137,9 @@ impl PacketHandler for ChatSession {
 
     fn on_timer(&mut self, s: &mut Session<'_>) {
         self.send_joined(s);
+    }
+
+    fn on_malformed(&mut self, s: &mut Session<'_>, why: &str) {
+        let _ = s.send(protocol::error(why));
     }
 }

@@ -7,7 +7,8 @@
 //!
 //! Packets: u16 size (header included), u16 id, little-endian, then the
 //! body. JOIN 1 {room}, SAY 2 {text}, LEAVE 3; JOINED 101 {u32 members,
-//! room}, MSG 102 {u64 from, text}, LEFT 103, ERROR 199 {text}.
+//! u32 longest text, room}, MSG 102 {u64 from, text}, LEFT 103, ERROR 199
+//! {text}.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -90,7 +91,11 @@ async fn member(mut stream: TcpStream, id: u64, rooms: Rooms) {
                     let rx = tx.subscribe();
                     let members = tx.receiver_count() as u32;
                     room = Some((name.to_string(), tx, rx));
-                    packet(JOINED, &[&members.to_le_bytes(), name.as_bytes()])
+                    let max_text = (MAX_PACKET - 12) as u32;
+                    packet(
+                        JOINED,
+                        &[&members.to_le_bytes(), &max_text.to_le_bytes(), name.as_bytes()],
+                    )
                 }
                 SAY => match &room {
                     Some((_, tx, _)) => {
