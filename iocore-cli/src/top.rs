@@ -27,6 +27,34 @@ pub struct TopOptions {
     pub interval: Duration,
 }
 
+/// The table's columns and their widths: each as wide as its header or
+/// its widest value (`999.9k`, `999.9MiB`), together (with the borders and a
+/// space between columns) within 120 columns.
+const COLUMNS: [(&str, u16); 13] = [
+    ("worker", 6),
+    ("open", 7),
+    ("paused", 7),
+    ("accepts/s", 9),
+    ("closes/s", 8),
+    ("in/s", 8),
+    ("out/s", 8),
+    ("msgs in/s", 9),
+    ("msgs out/s", 10),
+    ("queued", 8),
+    ("recv buf", 8),
+    ("wakeups/s", 9),
+    ("ev/wake", 7),
+];
+const _: () = {
+    let mut width = 2 + (COLUMNS.len() - 1);
+    let mut i = 0;
+    while i < COLUMNS.len() {
+        width += COLUMNS[i].1 as usize;
+        i += 1;
+    }
+    assert!(width <= 120, "the table must fit 120 columns");
+};
+
 /// How long one scrape may take.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Largest answer read.
@@ -42,8 +70,26 @@ pub fn fetch(addr: SocketAddr) -> io::Result<String> {
         "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: iocore-top\r\nConnection: close\r\n\r\n"
     )?;
     let mut answer = Vec::new();
-    stream.take(MAX_ANSWER).read_to_end(&mut answer)?;
     let bad = |msg: String| io::Error::new(io::ErrorKind::InvalidData, msg);
+    if let Err(e) = stream.take(MAX_ANSWER).read_to_end(&mut answer) {
+        // A server that is not an HTTP endpoint (an echo server, say) keeps
+        // the connection open without an answer, or answers otherwise.
+        let http = answer.starts_with(b"HTTP/");
+        return Err(match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut if !http => bad(format!(
+                "{addr} did not answer HTTP within {SCRAPE_TIMEOUT:?}: is it a metrics endpoint (`serve --metrics`)?"
+            )),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                bad(format!("{addr} did not finish its answer within {SCRAPE_TIMEOUT:?}"))
+            }
+            _ => e,
+        });
+    }
+    if !answer.is_empty() && !answer.starts_with(b"HTTP/") {
+        return Err(bad(format!(
+            "{addr} answered something that is not HTTP: is it a metrics endpoint (`serve --metrics`)?"
+        )));
+    }
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut response = httparse::Response::new(&mut headers);
     let head = match response.parse(&answer) {
@@ -359,22 +405,7 @@ fn draw(frame: &mut ratatui::Frame<'_>, opts: &TopOptions, view: Option<&View>, 
         head,
     );
 
-    let header = Row::new([
-        "worker",
-        "open",
-        "paused",
-        "accepts/s",
-        "closes/s",
-        "in/s",
-        "out/s",
-        "msgs in/s",
-        "msgs out/s",
-        "queued",
-        "recv buf",
-        "wakeups/s",
-        "ev/wake",
-    ])
-    .style(Style::new().add_modifier(Modifier::REVERSED));
+    let header = Row::new(COLUMNS.map(|(name, _)| name)).style(Style::new().add_modifier(Modifier::REVERSED));
     let rows = view
         .map(|v| v.rows.as_slice())
         .unwrap_or_default()
@@ -401,9 +432,7 @@ fn draw(frame: &mut ratatui::Frame<'_>, opts: &TopOptions, view: Option<&View>, 
                 _ => row,
             }
         });
-    let widths = [Constraint::Length(6)]
-        .into_iter()
-        .chain(std::iter::repeat_n(Constraint::Length(10), 12));
+    let widths = COLUMNS.map(|(_, width)| Constraint::Length(width));
     frame.render_widget(
         Table::new(rows, widths)
             .header(header)

@@ -166,6 +166,28 @@ fn top_shows_the_live_session_count(engine: EngineKind) {
     let screen = tmux.screen("top");
     assert!(screen.contains(&format!("engine {}", engine.name())), "{screen}");
     assert!(screen.contains("sessions per worker"), "{screen}");
+    // At 120 columns every header shows whole.
+    let header = screen
+        .lines()
+        .find(|l| l.contains("worker") && l.contains("open"))
+        .unwrap_or_else(|| panic!("no table header: {screen}"));
+    for name in [
+        "worker",
+        "open",
+        "paused",
+        "accepts/s",
+        "closes/s",
+        "in/s",
+        "out/s",
+        "msgs in/s",
+        "msgs out/s",
+        "queued",
+        "recv buf",
+        "wakeups/s",
+        "ev/wake",
+    ] {
+        assert!(header.contains(name), "header {name:?} cut: {header}");
+    }
 
     clients.extend((0..2).map(|_| connect(server.addr)));
     tmux.wait_until("top", "5 open sessions", |s| open_in_top(s) == Some(5));
@@ -185,6 +207,27 @@ fn top_shows_the_live_session_count(engine: EngineKind) {
         "#{alternate_on} #{cursor_flag}",
     ]);
     assert_eq!(state.trim(), "0 1");
+    assert!(server.stop().0.success());
+}
+
+/// `iocore top` pointed at a port that is not a metrics endpoint (the
+/// echo server, which keeps the request and never answers HTTP) says so
+/// in its status line, and keeps trying.
+#[test]
+fn top_says_when_the_endpoint_is_not_http() {
+    let tmux = Tmux::new("top-not-http");
+    let server = CliServer::start(BIN, &["--threads", "1"], &[]);
+    tmux.start(
+        "top",
+        &format!(
+            "{BIN} top --metrics {} --interval 200ms; echo EXIT=$?; sleep 60",
+            server.addr.port()
+        ),
+    );
+    let screen = tmux.wait_for("top", "did not answer HTTP");
+    assert!(screen.contains("metrics endpoint"), "{screen}");
+    tmux.run(&["send-keys", "-t", "top", "q"]);
+    tmux.wait_for("top", "EXIT=0");
     assert!(server.stop().0.success());
 }
 
