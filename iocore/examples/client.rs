@@ -39,16 +39,34 @@ impl Handler for Hello {
     }
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:7777".into())
-        .parse()?;
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:7777".into());
+    let addr = addr
+        .parse()
+        .map_err(|_| format!("'{addr}' is not an address (e.g. 127.0.0.1:7777)"))?;
     let client = Client::builder().start::<Hello>()?;
     let (done, ended) = mpsc::channel();
     client.connect(addr, move || Hello { received: 0, done })?;
-    let reason = ended.recv_timeout(Duration::from_secs(10))?;
-    println!("session ended: {reason}");
+    let reason = ended
+        .recv_timeout(Duration::from_secs(10))
+        .map_err(|_| "no answer within 10 s")?;
     client.shutdown(Duration::from_secs(1))?;
-    Ok(())
+    match reason {
+        // Our own close, once every echo came back.
+        CloseReason::LocalClose => {
+            println!("done: every echo came back");
+            Ok(())
+        }
+        other => Err(format!("the session ended early: {other}").into()),
+    }
 }

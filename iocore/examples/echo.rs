@@ -14,9 +14,22 @@ impl Handler for Echo {
     }
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let addr = args.next().unwrap_or_else(|| "127.0.0.1:7777".into()).parse()?;
+    let addr = args.next().unwrap_or_else(|| "127.0.0.1:7777".into());
+    let addr = addr
+        .parse()
+        .map_err(|_| format!("'{addr}' is not an address (e.g. 127.0.0.1:7777)"))?;
     let engine: EngineKind = args.next().unwrap_or_else(|| "auto".into()).parse()?;
     let server = Server::builder().addr(addr).engine(engine).start(|| Echo)?;
     println!(

@@ -37,18 +37,36 @@ impl PacketHandler for Member {
     }
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:7777".into())
-        .parse()?;
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:7777".into());
+    let addr = addr
+        .parse()
+        .map_err(|_| format!("'{addr}' is not an address (e.g. 127.0.0.1:7777)"))?;
     let server = Server::builder()
         .addr(addr)
         .start(|| Packets::new(Member::default()))?;
     println!("rooms on {}", server.local_addr());
     loop {
         std::thread::sleep(Duration::from_secs(1));
-        let now = format!("{:?}", std::time::SystemTime::now());
-        server.publish("news", packet::encode(HEARD, now.as_bytes())?)?;
+        server.publish("news", packet::encode(HEARD, utc_time().as_bytes())?)?;
     }
+}
+
+/// The time of day, UTC: "14:03:27 UTC".
+fn utc_time() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let day = secs % 86_400;
+    format!("{:02}:{:02}:{:02} UTC", day / 3600, day / 60 % 60, day % 60)
 }
