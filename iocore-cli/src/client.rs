@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::load::{invalid, note_error, note_problem, Load};
+use crate::load::{invalid, note_error, note_problem, HardEnd, Load};
 use crate::report::{self, new_histogram, server_usage, write_outcome, Latency, ServerUsage};
 use iocore::{ClientHandle, CloseReason, Handler, Session, SessionId};
 
@@ -124,6 +124,8 @@ pub struct Summary {
     pub mismatches: u64,
     /// Sent bytes never echoed back (with `verify`).
     pub lost_bytes: u64,
+    /// Messages sent whose echo never came back whole.
+    pub unanswered: u64,
     /// Sessions that failed or ended other than by the client's own close.
     pub errors: u64,
     /// The first few error descriptions.
@@ -139,6 +141,7 @@ impl Summary {
         self.errors == 0
             && self.mismatches == 0
             && self.lost_bytes == 0
+            && self.unanswered == 0
             && self.connected == self.connections as u64
     }
 
@@ -154,7 +157,11 @@ impl fmt::Display for Summary {
             "connections: {} requested, {} connected",
             self.connections, self.connected
         )?;
-        writeln!(f, "messages:    {} sent, {} bytes each", self.messages, self.size)?;
+        writeln!(
+            f,
+            "messages:    {} sent, {} bytes each, {} never came back",
+            self.messages, self.size, self.unanswered
+        )?;
         writeln!(
             f,
             "bytes:       {} sent, {} received",
@@ -215,6 +222,8 @@ struct Shared {
     round_trips: AtomicU64,
     /// Open loop: the scheduler's side.
     schedule: Option<Schedule>,
+    /// The run is past its hard end: sessions still open are closed.
+    over: AtomicBool,
 }
 
 /// A connection for the scheduler: its session once connected (`None`: it
@@ -232,15 +241,23 @@ struct Schedule {
     sent: Vec<AtomicU64>,
     /// The scheduler has stopped: `sent` is final.
     over: AtomicBool,
+    /// Each connection's session has ended: nothing more is sent to it.
+    ended: Vec<AtomicBool>,
     /// How late the measured sends were, µs.
     error: Mutex<Histogram<u64>>,
 }
 
 impl Shared {
     fn should_stop(&self, now: Instant) -> bool {
-        self.stop.load(Ordering::Relaxed) || self.deadline.is_some_and(|d| now >= d)
+        self.stop.load(Ordering::Relaxed)
+            || self.over.load(Ordering::Relaxed)
+            || self.deadline.is_some_and(|d| now >= d)
     }
 }
+
+/// How often a session checks whether sending is over (a stop, the
+/// deadline, the scheduler done) or its server stopped answering.
+const POLL: Duration = Duration::from_millis(100);
 
 /// One client session.
 struct LoadConn {
@@ -260,6 +277,10 @@ struct LoadConn {
     mismatches: u64,
     first_mismatch: Option<String>,
     sending_done: bool,
+    /// When the last echo came (or the connection opened).
+    last_reply: Instant,
+    /// Closed because the server stopped answering.
+    silent: bool,
 }
 
 impl LoadConn {
@@ -284,6 +305,8 @@ impl LoadConn {
             mismatches: 0,
             first_mismatch: None,
             sending_done: false,
+            last_reply: Instant::now(),
+            silent: false,
         }
     }
 
@@ -305,12 +328,6 @@ impl LoadConn {
         self.sent_msgs += 1;
         self.sent += size as u64;
         true
-    }
-
-    /// Open loop: how often a session checks whether the scheduler is done.
-    fn poll(&self) -> Duration {
-        self.period
-            .clamp(Duration::from_millis(50), Duration::from_secs(1))
     }
 
     /// Open loop: takes the scheduler's count of messages sent.
@@ -356,12 +373,16 @@ impl Handler for LoadConn {
     fn on_connected(&mut self, s: &mut Session<'_>) {
         self.connected = true;
         let now = Instant::now();
+        self.last_reply = now;
         match self.shared.opts.mode {
             Mode::ClosedLoop { pipeline } => {
                 for _ in 0..pipeline {
                     if !self.send_one(s, now) {
                         break;
                     }
+                }
+                if !self.sending_done {
+                    s.set_timer(POLL);
                 }
             }
             Mode::OpenLoop { .. } => {
@@ -372,7 +393,7 @@ impl Handler for LoadConn {
                 self.next_due = now + self.period * (self.index as u32 % n) / n;
                 let sched = self.shared.schedule.as_ref().expect("open loop has a scheduler");
                 let _ = sched.register.send((self.index, Some(s.id()), self.next_due));
-                s.set_timer(self.poll());
+                s.set_timer(POLL);
             }
         }
     }
@@ -404,6 +425,7 @@ impl Handler for LoadConn {
         while self.received >= (self.completed + 1) * size {
             self.completed += 1;
             let t = *now.get_or_insert_with(Instant::now);
+            self.last_reply = t;
             let sent_at = match closed_loop {
                 true => self.in_flight.pop_front(),
                 // Message k was due at the first due time plus k periods.
@@ -425,22 +447,37 @@ impl Handler for LoadConn {
     fn on_timer(&mut self, s: &mut Session<'_>) {
         if self.sending_done {
             // The drain timeout: what has not come back is lost.
-            s.close();
-        } else if let Some(sched) = &self.shared.schedule {
-            if sched.over.load(Ordering::Acquire) {
+            return s.close();
+        }
+        let now = Instant::now();
+        match &self.shared.schedule {
+            Some(sched) if sched.over.load(Ordering::Acquire) => {
                 self.sync_sent();
-                self.finish_sending(s);
-            } else {
-                s.set_timer(self.poll());
+                return self.finish_sending(s);
+            }
+            Some(_) => {}
+            None if self.shared.should_stop(now) => return self.finish_sending(s),
+            None => {
+                // Closed loop: a server that takes messages and never
+                // answers would keep every one in flight for ever.
+                let waited = now - self.last_reply;
+                if !self.in_flight.is_empty() && waited >= self.shared.opts.load.drain_timeout {
+                    self.silent = true;
+                    return s.close();
+                }
             }
         }
+        s.set_timer(POLL);
     }
 
     fn on_disconnected(&mut self, reason: CloseReason) {
         self.sync_sent();
-        if let (Some(sched), false) = (&self.shared.schedule, self.connected) {
-            // Never connected: the scheduler is not to wait for it.
-            let _ = sched.register.send((self.index, None, Instant::now()));
+        if let Some(sched) = &self.shared.schedule {
+            sched.ended[self.index].store(true, Ordering::Release);
+            if !self.connected {
+                // Never connected: the scheduler is not to wait for it.
+                let _ = sched.register.send((self.index, None, Instant::now()));
+            }
         }
         report::local_leave(&self.shared.histogram);
         let mut guard = self.shared.summary.lock().unwrap_or_else(|p| p.into_inner());
@@ -459,7 +496,20 @@ impl Handler for LoadConn {
         if self.shared.opts.verify {
             sum.lost_bytes += self.sent.saturating_sub(self.received);
         }
-        if !matches!(reason, CloseReason::LocalClose) {
+        sum.unanswered += self.sent_msgs.saturating_sub(self.completed);
+        if self.silent {
+            let waited = self.shared.opts.load.drain_timeout;
+            sum.error(format!(
+                "connection {}: no echo for {waited:?} with {} messages in flight: the server stopped answering",
+                self.index,
+                self.in_flight.len()
+            ));
+        } else if self.shared.over.load(Ordering::Relaxed) && !matches!(reason, CloseReason::LocalClose) {
+            sum.error(format!(
+                "connection {}: still open at the end of the run (--duration or the stop, then --drain-timeout): closed",
+                self.index
+            ));
+        } else if !matches!(reason, CloseReason::LocalClose) {
             sum.error(format!("connection {}: {reason}", self.index));
         }
         *done += 1;
@@ -524,6 +574,9 @@ fn run_schedule(
             continue; // due after the end: that connection is done
         }
         let Some(id) = ids[i] else { continue };
+        if sched.ended[i].load(Ordering::Acquire) {
+            continue; // its session is gone (the server closed it, say)
+        }
         sched.sent[i].fetch_add(1, Ordering::AcqRel);
         if client.send(id, message(i, seq[i], opts.load.size)).is_err() {
             // The session is gone: nothing more for it.
@@ -565,6 +618,9 @@ pub fn run(opts: &ClientOptions, stop: Arc<AtomicBool>) -> io::Result<Summary> {
         register,
         sent: (0..opts.load.connections).map(|_| AtomicU64::new(0)).collect(),
         over: AtomicBool::new(false),
+        ended: (0..opts.load.connections)
+            .map(|_| AtomicBool::new(false))
+            .collect(),
         error: Mutex::new(new_histogram()),
     });
     let start = Instant::now();
@@ -579,6 +635,7 @@ pub fn run(opts: &ClientOptions, stop: Arc<AtomicBool>) -> io::Result<Summary> {
         done: Condvar::new(),
         round_trips: AtomicU64::new(0),
         schedule,
+        over: AtomicBool::new(false),
     });
     let client = Arc::new(client);
     let scheduler = shared.schedule.is_some().then(|| {
@@ -592,7 +649,9 @@ pub fn run(opts: &ClientOptions, stop: Arc<AtomicBool>) -> io::Result<Summary> {
         let shared = shared.clone();
         client.connect(opts.addr, move || LoadConn::new(index, shared))?;
     }
-    // Wait, sampling the server at the window's edges.
+    // Wait, sampling the server at the window's edges, until every session
+    // is done or the run is past its hard end.
+    let mut hard_end = HardEnd::new(&opts.load, start);
     let mut usage_from = None;
     let mut window = (None, None);
     let mut last_progress = (Instant::now(), 0);
@@ -611,6 +670,12 @@ pub fn run(opts: &ClientOptions, stop: Arc<AtomicBool>) -> io::Result<Summary> {
         if window.1.is_none() && shared.should_stop(now) {
             window.1 = Some(now);
         }
+        if hard_end.passed(now, shared.stop.load(Ordering::Relaxed)) {
+            // Sessions still open (a server that keeps them and does not
+            // answer) are closed below; they report as they end.
+            shared.over.store(true, Ordering::Relaxed);
+            break;
+        }
         if opts.progress && now - last_progress.0 >= Duration::from_secs(1) {
             let rt = shared.round_trips.load(Ordering::Relaxed);
             let rate = (rt - last_progress.1) as f64 / (now - last_progress.0).as_secs_f64();
@@ -624,7 +689,6 @@ pub fn run(opts: &ClientOptions, stop: Arc<AtomicBool>) -> io::Result<Summary> {
             last_progress = (now, rt);
         }
     }
-    let mut summary = guard.0.clone();
     drop(guard);
     if opts.progress {
         eprintln!();
@@ -636,7 +700,9 @@ pub fn run(opts: &ClientOptions, stop: Arc<AtomicBool>) -> io::Result<Summary> {
     }
     let client =
         Arc::try_unwrap(client).map_err(|_| io::Error::other("the scheduler still holds the client"))?;
-    client.shutdown(Duration::from_secs(1))?;
+    // Every session has ended, or is closed now (past the hard end).
+    client.shutdown(Duration::ZERO)?;
+    let mut summary = shared.summary.lock().unwrap_or_else(|p| p.into_inner()).0.clone();
     let from = window.0.unwrap_or(shared.measure_from).min(end);
     summary.addr = opts.addr.to_string();
     summary.mode = Some(opts.mode);
@@ -656,6 +722,12 @@ pub fn run(opts: &ClientOptions, stop: Arc<AtomicBool>) -> io::Result<Summary> {
         summary.server = Some(ServerUsage::between(a, b, summary.round_trips, secs));
     }
     summary.elapsed_secs = shared.start.elapsed().as_secs_f64();
+    if !opts.load.warmup.is_zero() && summary.round_trips == 0 && summary.messages > 0 {
+        summary.error(format!(
+            "the warmup ({:?}) covered the whole run: nothing was measured",
+            opts.load.warmup
+        ));
+    }
     Ok(summary)
 }
 

@@ -3,7 +3,7 @@
 //! error lines.
 
 use std::io;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use iocore::{Client, ClientHandle, EngineKind, Handler};
 
@@ -34,6 +34,9 @@ pub struct Load {
     pub drain_timeout: Duration,
     /// Measure this process's (the server's) CPU time and memory.
     pub server_pid: Option<u32>,
+    /// Most bytes a session queues for sending (what is in flight, with
+    /// room): over it the session is closed, as the server not reading.
+    pub max_send_queue: usize,
 }
 
 impl Default for Load {
@@ -49,19 +52,66 @@ impl Default for Load {
             warmup: Duration::ZERO,
             drain_timeout: Duration::from_secs(5),
             server_pid: None,
+            max_send_queue: 1 << 20,
         }
     }
 }
 
 impl Load {
     /// Starts the client workers for this load: its engine and threads,
-    /// room for `connections` sessions.
+    /// room for `connections` sessions, each queueing up to
+    /// `max_send_queue` bytes. A client never pauses its own input (the
+    /// echoes it waits for would stall behind its sends): its watermarks
+    /// sit at the cap.
     pub fn start_client<H: Handler>(&self) -> io::Result<ClientHandle<H>> {
+        let limits = iocore::Limits {
+            max_send_queue: self.max_send_queue,
+            send_high_watermark: self.max_send_queue,
+            send_low_watermark: self.max_send_queue / 2,
+            ..iocore::Limits::default()
+        };
         Client::builder()
             .engine(self.engine)
             .threads(self.threads)
             .max_sessions(self.connections)
+            .limits(limits)
             .start::<H>()
+    }
+}
+
+/// The time the workers get, past a run's hard end, to report how its
+/// sessions ended (see [`HardEnd`]).
+pub const REPORT_GRACE: Duration = Duration::from_secs(1);
+
+/// When a run must be over whatever the server does: sending ends at
+/// `duration` or at a stop (Ctrl-C), and what did not come back
+/// `drain_timeout` later is lost; the workers get [`REPORT_GRACE`] more
+/// to say so. The load clients' driving loops ask [`HardEnd::passed`]
+/// and, once it has, close every session still open and report.
+#[derive(Clone, Copy, Debug)]
+pub struct HardEnd {
+    sending_ends: Option<Instant>,
+    drain: Duration,
+}
+
+impl HardEnd {
+    /// For a run of `load` that started at `start`.
+    pub fn new(load: &Load, start: Instant) -> HardEnd {
+        HardEnd {
+            sending_ends: load.duration.and_then(|d| start.checked_add(d)),
+            drain: load.drain_timeout,
+        }
+    }
+
+    /// Whether the run is past its hard end at `now`; `stopped`: it was
+    /// told to stop (sending ends now, if not before).
+    pub fn passed(&mut self, now: Instant, stopped: bool) -> bool {
+        if stopped && self.sending_ends.is_none_or(|t| now < t) {
+            self.sending_ends = Some(now);
+        }
+        self.sending_ends
+            .and_then(|t| t.checked_add(self.drain + REPORT_GRACE))
+            .is_some_and(|end| now >= end)
     }
 }
 
@@ -78,6 +128,26 @@ pub fn note_error(errors: &mut u64, lines: &mut Vec<String>, line: String) {
 pub fn note_problem(lines: &mut Vec<String>, line: String) {
     lines.truncate(MAX_ERRORS - 1);
     lines.push(line);
+}
+
+/// Parses a byte count: "65536", "64KiB", "64k", "1MiB", "1m", "2GiB".
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: usize = num
+        .parse()
+        .map_err(|_| format!("invalid size '{s}' (bytes, or with a unit: 64KiB, 1MiB)"))?;
+    let scale: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("invalid size unit in '{s}' (use KiB, MiB or GiB)")),
+    };
+    value
+        .checked_mul(scale)
+        .ok_or_else(|| format!("size '{s}' is too large"))
 }
 
 /// An invalid option, as an error.

@@ -7,7 +7,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use iocore::{Accept, EngineKind, Keepalive, Server, ServerHandle};
+use iocore::{Accept, ConfigError, EngineKind, Keepalive, Server, ServerBuilder, ServerHandle, Setting};
 use iocore_cli::client::{self, ClientOptions, Mode};
 use iocore_cli::{chat, echo::Echo, sink::Sink, App};
 
@@ -18,13 +18,19 @@ use iocore_cli::{chat, echo::Echo, sink::Sink, App};
     about = "TCP session servers and clients on epoll and io_uring"
 )]
 struct Cli {
-    /// Log filter: error, warn, info, debug, trace (or a tracing filter).
-    #[arg(long, global = true, default_value = "info")]
-    log_level: String,
+    /// Log filter: error, warn, info, debug, trace or off, or
+    /// target=level directives (iocore=debug,warn). Default: info; for
+    /// chat and top, warn (their screen is the terminal).
+    #[arg(long, global = true, value_parser = parse_log_level)]
+    log_level: Option<String>,
     /// Log lines as `human` text or `json` (one object per line, for log
     /// shippers).
     #[arg(long, global = true, value_enum, default_value = "human")]
     log_format: LogFormat,
+    /// Check the arguments (ranges, addresses, limits, files) and exit
+    /// without running anything.
+    #[arg(long, global = true)]
+    check: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -56,25 +62,26 @@ enum Command {
 
 #[derive(clap::Args)]
 struct TopArgs {
-    /// The metrics endpoint (`serve --metrics`): ADDR:PORT or a port on
+    /// The metrics endpoint (`serve --metrics`): HOST:PORT, or a port on
     /// 127.0.0.1.
-    #[arg(long, default_value = "127.0.0.1:9464", value_parser = parse_metrics_addr)]
+    #[arg(long, default_value = "127.0.0.1:9464", value_parser = parse_addr)]
     metrics: SocketAddr,
-    /// How often to poll.
+    /// How often to poll (above 0).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     interval: Duration,
 }
 
 #[derive(clap::Args)]
 struct BenchArgs {
-    /// Interleaved, rotated rounds.
-    #[arg(long, default_value_t = 5)]
-    rounds: usize,
+    /// Interleaved, rotated rounds (1 to 100).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=100))]
+    rounds: u16,
     /// One short round with fewer connections, to try it out.
     #[arg(long)]
     quick: bool,
-    /// Directory for the JSON, Markdown and SVG results.
-    #[arg(long, default_value = "bench/results")]
+    /// Directory for the JSON, Markdown and SVG results (the committed
+    /// ones are in bench/results; a run writes under target/ unless told).
+    #[arg(long, default_value = "target/bench-results")]
     out: std::path::PathBuf,
     /// Servers, comma-separated.
     #[arg(
@@ -91,11 +98,11 @@ struct BenchArgs {
 
 #[derive(clap::Args)]
 struct ChatArgs {
-    /// The chat server.
-    #[arg(long, default_value = "127.0.0.1:7777")]
+    /// The chat server: HOST:PORT, or a port on 127.0.0.1.
+    #[arg(long, default_value = "127.0.0.1:7777", value_parser = parse_addr)]
     addr: SocketAddr,
-    /// The room to join.
-    #[arg(long, default_value = "lobby")]
+    /// The room to join (a name of 1 to 64 bytes).
+    #[arg(long, default_value = "lobby", value_parser = parse_room)]
     room: String,
     /// I/O model: auto, epoll or uring (Windows: iocp, wsa-event, overlapped).
     #[arg(long, default_value = "auto")]
@@ -125,29 +132,30 @@ struct ServeArgs {
     /// Application: echo, sink or chat.
     #[arg(long, default_value = "echo")]
     app: App,
-    /// Chat: the largest packet accepted, header included (4 to 65535).
-    #[arg(long, default_value_t = iocore::packet::DEFAULT_MAX_PACKET)]
-    max_packet: usize,
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:7777")]
+    /// Chat only: the largest packet accepted, header included (13 to
+    /// 65535; default 4096).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(13..))]
+    max_packet: Option<u16>,
+    /// Address to listen on: HOST:PORT, or a port on 127.0.0.1.
+    #[arg(long, default_value = "127.0.0.1:7777", value_parser = parse_addr)]
     addr: SocketAddr,
-    /// Worker threads (default: one per CPU).
-    #[arg(long)]
-    threads: Option<usize>,
+    /// Worker threads (1 to 255; default: one per CPU).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=255))]
+    threads: Option<u16>,
     /// How connections are spread over the workers: reuse-port (a
     /// listener per worker, the kernel picks; Linux default) or hand-off
     /// (one listener deals them out in turn; Windows default).
     #[arg(long)]
     accept: Option<Accept>,
-    /// Most sessions at once; more connections are reset.
-    #[arg(long, default_value_t = 10_000)]
-    max_sessions: usize,
-    /// Most sessions at once from one client address; more connections
-    /// from it are reset (default: no cap).
-    #[arg(long)]
-    max_sessions_per_ip: Option<usize>,
-    /// Most unsent bytes per session before it is closed (bytes, or with
-    /// a unit: 64KiB, 1MiB).
+    /// Most sessions at once (at least 1); more connections are reset.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    max_sessions: u64,
+    /// Most sessions at once from one client address (at least 1); more
+    /// connections from it are reset (default: no cap).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_sessions_per_ip: Option<u64>,
+    /// Most unsent bytes per session before it is closed (1 to 2GiB, and
+    /// at least --send-high-watermark; bytes, or with a unit: 64KiB, 1MiB).
     #[arg(long, default_value = "1MiB", value_parser = parse_size)]
     max_send_queue: usize,
     /// Backpressure: stop reading a session while its send queue holds
@@ -157,14 +165,15 @@ struct ServeArgs {
     /// Resume reading once the queue has drained to this.
     #[arg(long, default_value = "32KiB", value_parser = parse_size)]
     send_low_watermark: usize,
-    /// Close a session whose peer takes none of its queued bytes for this
-    /// long ("off": never).
+    /// Close a session whose peer acknowledges none of its queued bytes
+    /// for this long (above 0, or "off": never).
     #[arg(long, default_value = "30s", value_parser = parse_optional_duration)]
     send_stall_timeout: MaybeDuration,
-    /// Most unconsumed received bytes per session before it is closed.
+    /// Most unconsumed received bytes per session before it is closed (1
+    /// to 2GiB).
     #[arg(long, default_value = "64KiB", value_parser = parse_size)]
     max_recv_buffer: usize,
-    /// Close sessions idle this long (e.g. 30s); default never.
+    /// Close sessions idle this long (above 0, e.g. 30s); default never.
     #[arg(long, value_parser = parse_duration)]
     idle_timeout: Option<Duration>,
     /// TCP keepalive: IDLE[,INTERVAL[,COUNT]], e.g. 60s or 60s,10s,5
@@ -176,18 +185,19 @@ struct ServeArgs {
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     grace: Duration,
     /// Share topics (chat rooms) with the server's other instances through
-    /// this Redis (redis://HOST:PORT): messages said on one instance reach
-    /// members on every instance. Local delivery goes on if Redis is away.
+    /// this Redis (redis://HOST[:PORT][/DB]): messages said on one instance
+    /// reach members on every instance. Local delivery goes on if Redis is
+    /// away.
     #[arg(long)]
     redis: Option<String>,
     /// With --redis: the prefix of the topics' Redis channels (instances
     /// share rooms when they share it).
     #[arg(long, requires = "redis", default_value = "iocore:topic:")]
     redis_prefix: String,
-    /// Serve Prometheus metrics at http://ADDR/metrics: ADDR:PORT, or a
+    /// Serve Prometheus metrics at http://ADDR/metrics: HOST:PORT, or a
     /// port on 127.0.0.1 (e.g. 9464). Bind another address only on a
     /// network you trust: the endpoint has no authentication.
-    #[arg(long, value_parser = parse_metrics_addr)]
+    #[arg(long, value_parser = parse_addr)]
     metrics: Option<SocketAddr>,
     /// Every connection starts with a PROXY protocol header (v1 or v2),
     /// as HAProxy's `send-proxy`/`send-proxy-v2` sends it: sessions see
@@ -211,49 +221,56 @@ struct ClientArgs {
     /// (connect, one echo, close, again).
     #[arg(long, value_enum, default_value = "echo")]
     scenario: Scenario,
-    /// Chat: rooms; connection i joins room i % ROOMS.
-    #[arg(long, default_value_t = 1)]
-    rooms: usize,
+    /// Chat: rooms (at least 1, at most --connections); connection i
+    /// joins room i % ROOMS.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    rooms: u64,
     /// I/O model: auto, epoll or uring (Windows: iocp, wsa-event, overlapped).
     #[arg(long, default_value = "auto")]
     engine: EngineKind,
-    /// Server address; the chat scenario takes several (comma-separated:
-    /// the instances of a cluster), member i connecting to the i-th in
-    /// turn.
-    #[arg(long, default_value = "127.0.0.1:7777", value_delimiter = ',')]
+    /// Server address: HOST:PORT, or a port on 127.0.0.1; the chat
+    /// scenario takes several (comma-separated: the instances of a
+    /// cluster), member i connecting to the i-th in turn.
+    #[arg(long, default_value = "127.0.0.1:7777", value_delimiter = ',', value_parser = parse_addr)]
     addr: Vec<SocketAddr>,
-    /// Bytes per message.
-    #[arg(long, default_value_t = 100)]
+    /// Bytes per message (1 to 64MiB; bytes, or with a unit: 4KiB, 1MiB).
+    #[arg(long, default_value = "100", value_parser = parse_size)]
     size: usize,
-    /// Open loop: pause between messages on a connection (e.g. 1s, 10ms).
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    interval: Duration,
-    /// Open loop: messages per second per connection (instead of --interval).
+    /// Open loop: pause between messages on a connection (default 1s;
+    /// at least 1us, e.g. 10ms).
+    #[arg(long, value_parser = parse_duration, conflicts_with_all = ["rate", "pipeline"])]
+    interval: Option<Duration>,
+    /// Open loop: messages per second per connection, instead of
+    /// --interval (above 0, at most 1000000).
     #[arg(long, conflicts_with = "pipeline")]
     rate: Option<f64>,
-    /// Closed loop: messages in flight per connection (1 = ping-pong).
-    #[arg(long)]
-    pipeline: Option<usize>,
-    /// Connections.
-    #[arg(long, default_value_t = 1)]
-    connections: usize,
-    /// Messages per connection (default: until --duration or Ctrl-C).
-    #[arg(long)]
+    /// Closed loop: messages in flight per connection (1 to 65536; 1 =
+    /// ping-pong).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pipeline: Option<u32>,
+    /// Connections (at least 1; at most what the open-file limit allows).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    connections: u64,
+    /// Messages per connection (at least 1; default: until --duration or
+    /// Ctrl-C).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     count: Option<u64>,
     /// Stop sending after this long, warmup included (e.g. 10s).
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
-    /// Do not measure round trips in this first stretch (e.g. 1s).
+    /// Do not measure what happens in this first stretch (e.g. 1s; less
+    /// than --duration).
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     warmup: Duration,
     /// Check every echoed byte; exit non-zero on any mismatch or loss.
     #[arg(long)]
     verify: bool,
-    /// After sending stops, wait this long for the last echoes (churn: how
-    /// long one connection may take in all).
+    /// After sending stops, wait this long for the last echoes (above 0;
+    /// churn: how long one connection may take in all).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     drain_timeout: Duration,
-    /// Report this process's (the server's) CPU per round trip and RSS.
+    /// Report this process's (the server's) CPU per round trip and RSS
+    /// (Linux; a process that exists).
     #[arg(long)]
     server_pid: Option<u32>,
     /// Churn: close each connection with FIN (TIME_WAIT piles up on the
@@ -263,28 +280,71 @@ struct ClientArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
-    /// Worker threads.
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
+    /// Worker threads (1 to 255).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=255))]
+    threads: u16,
 }
 
-/// Parses "250ms", "1.5s", "2m", "1h" or a bare number of seconds.
+/// The longest duration any flag takes: a year (a deadline further off is
+/// a typo, and would overflow the clock's arithmetic).
+const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// Parses "250ms", "1.5s", "2m", "1h", "1d" or a bare number of seconds,
+/// up to [`MAX_DURATION`].
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let value: f64 = num.parse().map_err(|_| format!("invalid duration '{s}'"))?;
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration '{s}' (e.g. 250ms, 1.5s, 2m)"))?;
     let secs = match unit {
         "" | "s" => value,
         "ms" => value / 1e3,
         "us" => value / 1e6,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        _ => return Err(format!("invalid duration unit in '{s}' (use ms, s, m or h)")),
+        "d" => value * 86400.0,
+        _ => {
+            return Err(format!(
+                "invalid duration unit in '{s}' (use us, ms, s, m, h or d)"
+            ))
+        }
     };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration '{s}': {e}"))
+    match Duration::try_from_secs_f64(secs) {
+        Ok(d) if d <= MAX_DURATION => Ok(d),
+        _ => Err(format!("duration '{s}' is longer than a year")),
+    }
+}
+
+/// The levels `--log-level` takes.
+const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+
+/// Checks a `--log-level`: levels, or `target=level` directives,
+/// comma-separated. A bare word that is not a level (`warning`) would be
+/// read as a target and silence everything: refused.
+fn parse_log_level(s: &str) -> Result<String, String> {
+    let valid = LEVELS.join(", ");
+    for directive in s.split(',').map(str::trim) {
+        let level = match directive.rsplit_once('=') {
+            Some((_, level)) => level,
+            None => directive,
+        };
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "unknown log level '{level}' (expected {valid}, or target=level directives like iocore=debug)"
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(s).map_err(|e| format!("invalid log filter '{s}': {e}"))?;
+    Ok(s.to_string())
+}
+
+/// Checks a chat room name: 1 to 64 bytes.
+fn parse_room(s: &str) -> Result<String, String> {
+    chat::term::check_room(s).map(|()| s.to_string())
 }
 
 /// Networks of trusted proxies (`--trusted-proxies`).
@@ -298,14 +358,29 @@ fn parse_trusted(s: &str) -> Result<Trusted, String> {
     }
 }
 
-/// Parses ADDR:PORT, or a bare port (on 127.0.0.1).
-fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
+/// Parses HOST:PORT (an address or a name: `localhost:7777`; a name's
+/// IPv4 address is taken when it has one), or a bare port (on 127.0.0.1).
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     let s = s.trim();
+    let usage = "use HOST:PORT, e.g. 127.0.0.1:7777 or localhost:7777, or a port for 127.0.0.1";
     if let Ok(port) = s.parse::<u16>() {
         return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
     }
-    s.parse()
-        .map_err(|_| format!("invalid address '{s}' (use ADDR:PORT, e.g. 127.0.0.1:9464, or a port)"))
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if !s.contains(':') {
+        return Err(format!("invalid address '{s}': no port ({usage})"));
+    }
+    let found: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(s)
+        .map_err(|e| format!("invalid address '{s}': {e} ({usage})"))?
+        .collect();
+    found
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(found.first())
+        .copied()
+        .ok_or_else(|| format!("'{s}' names no address ({usage})"))
 }
 
 /// A duration, or none ("off").
@@ -323,20 +398,7 @@ fn parse_optional_duration(s: &str) -> Result<MaybeDuration, String> {
 
 /// Parses a byte count: "65536", "64KiB", "64k", "1MiB", "1m", "2GiB".
 fn parse_size(s: &str) -> Result<usize, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let value: usize = num.parse().map_err(|_| format!("invalid size '{s}'"))?;
-    let scale: usize = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        _ => return Err(format!("invalid size unit in '{s}' (use KiB, MiB or GiB)")),
-    };
-    value
-        .checked_mul(scale)
-        .ok_or_else(|| format!("size '{s}' is too large"))
+    iocore_cli::load::parse_size(s)
 }
 
 /// Parses IDLE[,INTERVAL[,COUNT]] (see `--tcp-keepalive`).
@@ -378,16 +440,45 @@ fn signals() -> Result<mpsc::Receiver<()>, ctrlc::Error> {
     Ok(rx)
 }
 
-fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
-    match iocore_cli::usage::raise_fd_limit() {
-        Ok(limit) => tracing::debug!(limit, "open-file limit"),
-        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+/// The `serve` flag that sets a library setting, for errors in the
+/// user's words.
+fn serve_flag(setting: Setting) -> &'static str {
+    match setting {
+        Setting::Threads => "--threads",
+        Setting::Accept => "--accept",
+        Setting::MaxSessions => "--max-sessions",
+        Setting::MaxSessionsPerIp => "--max-sessions-per-ip",
+        Setting::MaxRecvBuffer => "--max-recv-buffer",
+        Setting::MaxSendQueue => "--max-send-queue",
+        Setting::SendHighWatermark => "--send-high-watermark",
+        Setting::SendLowWatermark => "--send-low-watermark",
+        Setting::SendStallTimeout => "--send-stall-timeout",
+        Setting::IdleTimeout => "--idle-timeout",
+        Setting::TrustedProxies => "--trusted-proxies",
+        Setting::ProxyHeaderTimeout => "--proxy-header-timeout",
+        Setting::RedisUrl => "--redis",
+        _ => "an option",
+    }
+}
+
+/// A configuration the library refused, in the words of the flags.
+fn flag_error(e: &ConfigError, flag: impl Fn(Setting) -> &'static str) -> String {
+    format!("{} {}", flag(e.setting), e.problem)
+}
+
+/// The server `args` ask for, checked (the error names the flag).
+fn serve_builder(args: &ServeArgs) -> Result<ServerBuilder, String> {
+    if args.max_packet.is_some() && args.app != App::Chat {
+        return Err(format!(
+            "--max-packet is for --app chat (the {} app has no packets)",
+            args.app
+        ));
     }
     let mut builder = Server::builder()
         .addr(args.addr)
         .engine(args.engine)
-        .max_sessions(args.max_sessions)
-        .max_sessions_per_ip(args.max_sessions_per_ip)
+        .max_sessions(args.max_sessions as usize)
+        .max_sessions_per_ip(args.max_sessions_per_ip.map(|n| n as usize))
         .max_send_queue(args.max_send_queue)
         .send_watermarks(args.send_high_watermark, args.send_low_watermark)
         .send_stall_timeout(args.send_stall_timeout.0)
@@ -395,7 +486,7 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         .idle_timeout(args.idle_timeout)
         .tcp_keepalive(args.tcp_keepalive);
     if let Some(t) = args.threads {
-        builder = builder.threads(t);
+        builder = builder.threads(t.into());
     }
     if let Some(a) = args.accept {
         builder = builder.accept(a);
@@ -418,21 +509,29 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
         builder = builder.proxy_protocol(Some(proxy));
     }
+    builder.validate().map_err(|e| flag_error(&e, serve_flag))?;
+    args.engine.resolve().map_err(|e| e.to_string())?;
+    Ok(builder)
+}
+
+fn serve(args: ServeArgs, check: bool) -> Result<(), Box<dyn std::error::Error>> {
+    let builder = serve_builder(&args)?;
+    if check {
+        println!("arguments OK");
+        return Ok(());
+    }
+    match iocore_cli::usage::raise_fd_limit() {
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
     let stop = signals()?;
     let server: ServerHandle = match args.app {
         App::Echo => builder.start(|| Echo)?,
         App::Sink => builder.start(Sink::default)?,
         App::Chat => {
-            if !(iocore::packet::HEADER + 8 < args.max_packet
-                && args.max_packet <= iocore::packet::MAX_PACKET)
-            {
-                return Err(format!(
-                    "--max-packet must be between 13 and {}",
-                    iocore::packet::MAX_PACKET
-                )
-                .into());
-            }
-            let max = args.max_packet;
+            let max = args
+                .max_packet
+                .map_or(iocore::packet::DEFAULT_MAX_PACKET, usize::from);
             builder.start(move || chat::server::handler(max))?
         }
     };
@@ -494,84 +593,202 @@ fn print_report<T: serde::Serialize + std::fmt::Display>(
     Ok(())
 }
 
+/// The most connections one client process takes, whatever its limits.
+const MAX_CONNECTIONS: u64 = 1_000_000;
+/// The largest message.
+const MAX_SIZE: usize = 64 << 20;
+/// The highest open-loop rate per connection: the scheduler's wait has
+/// microsecond resolution.
+const MAX_RATE: f64 = 1_000_000.0;
+/// Descriptors a client needs besides its connections (its workers'
+/// rings or epoll and wake-up descriptors, the standard streams, logs).
+const FD_RESERVE: u64 = 64;
+
 impl ClientArgs {
-    /// The load's shape, the same for every scenario.
-    fn load(&self) -> iocore_cli::load::Load {
-        iocore_cli::load::Load {
+    /// The load's shape, checked against the flags' ranges and the
+    /// machine (open files): the error names the flag.
+    fn load(&self, in_flight: usize) -> Result<iocore_cli::load::Load, String> {
+        if self.size == 0 || self.size > MAX_SIZE {
+            return Err(format!(
+                "--size must be between 1 byte and 64MiB, not {}",
+                self.size
+            ));
+        }
+        if self.connections > MAX_CONNECTIONS {
+            return Err(format!(
+                "--connections {} is more than one client process holds (at most {MAX_CONNECTIONS})",
+                self.connections
+            ));
+        }
+        check_open_files(self.connections)?;
+        if self.drain_timeout.is_zero() {
+            return Err("--drain-timeout must be above 0".into());
+        }
+        if let Some(d) = self.duration {
+            if d.is_zero() {
+                return Err("--duration must be above 0".into());
+            }
+            if self.warmup >= d {
+                return Err(format!(
+                    "--warmup ({:?}) must be shorter than --duration ({d:?}): nothing would be measured",
+                    self.warmup
+                ));
+            }
+        }
+        if let Some(pid) = self.server_pid {
+            iocore_cli::usage::usage(pid).map_err(|e| match e.kind() {
+                std::io::ErrorKind::Unsupported => format!("--server-pid: {e}"),
+                _ => format!("--server-pid {pid}: no such process to measure (is the server running?)"),
+            })?;
+        }
+        // A session's send queue holds what is in flight; the client
+        // never pauses its own input, so its watermarks sit at the cap.
+        let queue = in_flight
+            .checked_mul(self.size)
+            .and_then(|n| n.checked_mul(2))
+            .filter(|&n| n <= 1 << 31)
+            .ok_or_else(|| {
+                format!(
+                    "--size {} with --pipeline {in_flight} would queue more than 2GiB per connection",
+                    self.size
+                )
+            })?
+            .max(1 << 20);
+        Ok(iocore_cli::load::Load {
             engine: self.engine,
-            threads: self.threads,
-            connections: self.connections,
+            threads: self.threads.into(),
+            connections: self.connections as usize,
             size: self.size,
             count: self.count,
             duration: self.duration,
             warmup: self.warmup,
             drain_timeout: self.drain_timeout,
             server_pid: self.server_pid,
+            max_send_queue: queue,
+        })
+    }
+
+    /// Open loop: messages per second per connection, from --rate or
+    /// --interval (default 1 s), checked.
+    fn rate(&self) -> Result<f64, String> {
+        let rate = match (self.rate, self.interval) {
+            (Some(rate), _) => rate,
+            (None, Some(interval)) if interval < Duration::from_micros(1) => {
+                return Err("--interval must be at least 1us".into())
+            }
+            (None, Some(interval)) => 1.0 / interval.as_secs_f64(),
+            (None, None) => 1.0,
+        };
+        if !(rate > 0.0 && rate <= MAX_RATE) {
+            return Err(format!(
+                "--rate must be above 0 and at most {MAX_RATE} messages per second per connection"
+            ));
         }
+        Ok(rate)
     }
 }
 
-fn run_chat_load(args: ClientArgs) -> Result<bool, Box<dyn std::error::Error>> {
+/// Raises the open-file limit as far as the hard limit allows and checks
+/// that `connections` fit in it, before any is made.
+fn check_open_files(connections: u64) -> Result<(), String> {
+    let limit =
+        iocore_cli::usage::raise_fd_limit().map_err(|e| format!("cannot raise the open-file limit: {e}"))?;
+    let need = connections + FD_RESERVE;
+    if need > limit {
+        return Err(format!(
+            "--connections {connections} needs about {need} open files, and this process may open {limit} \
+             (the hard limit, `ulimit -Hn`): raise it, or use fewer connections"
+        ));
+    }
+    Ok(())
+}
+
+fn run_chat_load(args: ClientArgs, check: bool) -> Result<bool, Box<dyn std::error::Error>> {
     if args.pipeline.is_some() {
         return Err("--pipeline is for the echo scenario; chat is open loop (--rate or --interval)".into());
     }
-    let rate = match args.rate {
-        Some(rate) => rate,
-        None if args.interval.is_zero() => return Err("--interval must be above 0".into()),
-        None => 1.0 / args.interval.as_secs_f64(),
-    };
+    if args.rooms > args.connections {
+        return Err(format!(
+            "--rooms {} is more than --connections {}: every room needs a member",
+            args.rooms, args.connections
+        )
+        .into());
+    }
+    if args.count.is_none() && args.duration.is_none() {
+        return Err("give --count or --duration: the chat load needs an end".into());
+    }
     let opts = chat::load::ChatOptions {
-        load: args.load(),
+        load: args.load(4)?,
+        rate: args.rate()?,
         addrs: args.addr,
-        rooms: args.rooms,
-        rate,
+        rooms: args.rooms as usize,
     };
+    opts.check()?;
+    if check {
+        println!("arguments OK");
+        return Ok(true);
+    }
     let summary = chat::load::run(&opts, stop_flag()?)?;
     print_report(&summary, args.json)?;
     Ok(summary.ok())
 }
 
-fn run_churn(args: ClientArgs) -> Result<bool, Box<dyn std::error::Error>> {
-    if args.pipeline.is_some() || args.rate.is_some() {
-        return Err("churn sends one message per connection: no --pipeline or --rate".into());
+fn run_churn(args: ClientArgs, check: bool) -> Result<bool, Box<dyn std::error::Error>> {
+    if args.pipeline.is_some() || args.rate.is_some() || args.interval.is_some() {
+        return Err("churn sends one message per connection: no --pipeline, --rate or --interval".into());
     }
     let [addr] = args.addr[..] else {
         return Err("the churn scenario takes one --addr".into());
     };
+    if args.count.is_none() && args.duration.is_none() {
+        return Err("give --count or --duration: churn needs an end".into());
+    }
     let opts = iocore_cli::churn::ChurnOptions {
         addr,
-        load: args.load(),
+        load: args.load(1)?,
         graceful: args.graceful_close,
     };
+    if check {
+        println!("arguments OK");
+        return Ok(true);
+    }
     let summary = iocore_cli::churn::run(&opts, stop_flag()?)?;
     print_report(&summary, args.json)?;
     Ok(summary.ok())
 }
 
-fn run_client(args: ClientArgs) -> Result<bool, Box<dyn std::error::Error>> {
+fn run_client(args: ClientArgs, check: bool) -> Result<bool, Box<dyn std::error::Error>> {
     match args.scenario {
-        Scenario::Chat => return run_chat_load(args),
-        Scenario::Churn => return run_churn(args),
+        Scenario::Chat => return run_chat_load(args, check),
+        Scenario::Churn => return run_churn(args, check),
         Scenario::Echo => {}
     }
-    let mode = match (args.pipeline, args.rate) {
-        (Some(pipeline), _) => Mode::ClosedLoop { pipeline },
-        (None, Some(rate)) => Mode::OpenLoop { rate },
-        (None, None) if args.interval.is_zero() => return Err("--interval must be above 0".into()),
-        (None, None) => Mode::OpenLoop {
-            rate: 1.0 / args.interval.as_secs_f64(),
-        },
+    if args.rooms != 1 {
+        return Err("--rooms is for the chat scenario".into());
+    }
+    let (mode, in_flight) = match args.pipeline {
+        Some(pipeline) => (
+            Mode::ClosedLoop {
+                pipeline: pipeline as usize,
+            },
+            pipeline as usize,
+        ),
+        None => (Mode::OpenLoop { rate: args.rate()? }, 4),
     };
     let [addr] = args.addr[..] else {
         return Err("the echo scenario takes one --addr (several are for --scenario chat)".into());
     };
     let opts = ClientOptions {
         addr,
-        load: args.load(),
+        load: args.load(in_flight)?,
         mode,
         verify: args.verify,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
+    if check {
+        println!("arguments OK");
+        return Ok(true);
+    }
     let summary = client::run(&opts, stop_flag()?)?;
     print_report(&summary, args.json)?;
     Ok(summary.ok())
@@ -579,8 +796,14 @@ fn run_client(args: ClientArgs) -> Result<bool, Box<dyn std::error::Error>> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level).unwrap_or_else(|e| {
-        eprintln!("invalid --log-level '{}': {e}", cli.log_level);
+    // The terminal programs draw on the screen the logs would go to.
+    let quiet = matches!(cli.command, Command::Chat(_) | Command::Top(_));
+    let level = cli
+        .log_level
+        .clone()
+        .unwrap_or_else(|| if quiet { "warn" } else { "info" }.to_string());
+    let filter = tracing_subscriber::EnvFilter::try_new(&level).unwrap_or_else(|e| {
+        eprintln!("error: invalid --log-level '{level}': {e}");
         std::process::exit(2);
     });
     let logs = tracing_subscriber::fmt()
@@ -592,9 +815,17 @@ fn main() -> ExitCode {
             .init(),
         LogFormat::Json => logs.json().flatten_event(true).with_current_span(false).init(),
     }
+    let check = cli.check;
+    let done = |()| {
+        if check {
+            println!("arguments OK");
+        }
+        true
+    };
     let result = match cli.command {
-        Command::Serve(args) => serve(args).map(|()| true),
-        Command::Client(args) => run_client(args),
+        Command::Serve(args) => serve(args, check).map(|()| true),
+        Command::Client(args) => run_client(args, check),
+        Command::Chat(args) if check => args.engine.resolve().map(|_| done(())).map_err(Into::into),
         Command::Chat(args) => chat::term::run(
             &chat::term::TermOptions {
                 addr: args.addr,
@@ -605,18 +836,27 @@ fn main() -> ExitCode {
         )
         .map(|()| true)
         .map_err(Into::into),
-        Command::Bench(args) => iocore_cli::bench::run(&iocore_cli::bench::BenchOptions {
-            rounds: args.rounds,
-            quick: args.quick,
-            out: args.out,
-            servers: args.servers,
-            points: args.points,
-        })
-        .map(|report| {
-            println!("{}", iocore_cli::bench::markdown(&report));
-            true
-        })
-        .map_err(Into::into),
+        Command::Bench(args) => {
+            let opts = iocore_cli::bench::BenchOptions {
+                rounds: args.rounds.into(),
+                quick: args.quick,
+                out: args.out,
+                servers: args.servers,
+                points: args.points,
+            };
+            match opts.check() {
+                Err(e) => Err(e.into()),
+                Ok(()) if check => Ok(done(())),
+                Ok(()) => iocore_cli::bench::run(&opts)
+                    .map(|report| {
+                        println!("{}", iocore_cli::bench::markdown(&report));
+                        true
+                    })
+                    .map_err(Into::into),
+            }
+        }
+        Command::Top(args) if args.interval.is_zero() => Err("--interval must be above 0".into()),
+        Command::Top(_) if check => Ok(done(())),
         Command::Top(args) => stop_flag()
             .and_then(|stop| {
                 let opts = iocore_cli::top::TopOptions {

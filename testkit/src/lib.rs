@@ -374,7 +374,8 @@ pub struct CliServer {
     pub metrics: Option<SocketAddr>,
     /// The log lines up to and including the "ready" line.
     pub log: Vec<String>,
-    rest: Option<std::io::Lines<std::io::BufReader<std::process::ChildStderr>>>,
+    /// The log lines after it, read by a thread of their own.
+    rest: std::sync::mpsc::Receiver<String>,
 }
 
 impl CliServer {
@@ -402,22 +403,36 @@ impl CliServer {
     }
 
     /// Runs `cmd` (an `iocore serve` command line) and waits for its ready
-    /// line.
+    /// line (at most [`PATIENCE`]).
     pub fn spawn(mut cmd: std::process::Command) -> CliServer {
         use std::io::BufRead;
-        let child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let mut child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rest) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
         // Owned by the guard from here on, so a failure kills it (Drop).
         let mut server = CliServer {
             child,
             addr: ([0, 0, 0, 0], 0).into(),
             metrics: None,
             log: Vec::new(),
-            rest: None,
+            rest,
         };
-        let mut lines = std::io::BufReader::new(server.child.stderr.take().unwrap()).lines();
+        let start = Instant::now();
         loop {
-            let Some(Ok(line)) = lines.next() else {
-                panic!("server exited before ready: {:?}", server.log)
+            let left = PATIENCE.saturating_sub(start.elapsed());
+            let line = match server.rest.recv_timeout(left) {
+                Ok(line) => line,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("no ready line within {PATIENCE:?}: {:?}", server.log)
+                }
+                Err(_) => panic!("server exited before ready: {:?}", server.log),
             };
             server.log.push(line.clone());
             if line.contains("ready") {
@@ -427,7 +442,6 @@ impl CliServer {
                     let host = url.trim_start_matches("http://").trim_end_matches("/metrics");
                     host.parse().unwrap()
                 });
-                server.rest = Some(lines);
                 return server;
             }
         }
@@ -438,20 +452,23 @@ impl CliServer {
         self.child.id()
     }
 
-    /// The next log line (blocking), if the server's stderr is still open.
+    /// The next log line (waiting at most [`PATIENCE`]), if the server's
+    /// stderr is still open.
     pub fn next_log_line(&mut self) -> Option<String> {
-        self.rest.as_mut()?.next()?.ok()
+        self.rest.recv_timeout(PATIENCE).ok()
     }
 
-    /// SIGTERM, then wait: returns the exit status and the remaining log.
+    /// SIGTERM, then wait (at most [`PATIENCE`]): returns the exit status
+    /// and the remaining log.
     pub fn stop(mut self) -> (std::process::ExitStatus, Vec<String>) {
         let kill = std::process::Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
         assert!(kill.unwrap().success());
-        let status = self.child.wait().unwrap();
-        let rest = self.rest.take().into_iter().flatten();
-        (status, rest.map_while(Result::ok).collect())
+        let status = wait_bounded(&mut self.child, PATIENCE).expect("the server ends after SIGTERM");
+        // The reader thread ends with the pipe.
+        let rest = std::iter::from_fn(|| self.rest.recv_timeout(PATIENCE).ok()).collect();
+        (status, rest)
     }
 }
 
@@ -460,6 +477,77 @@ impl Drop for CliServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Waits at most `limit` for `child` to end; `None` (and the child killed)
+/// if it did not.
+pub fn wait_bounded(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if start.elapsed() >= limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What a command line run to its end printed.
+#[derive(Debug)]
+pub struct Run {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    /// Wall time from start to end.
+    pub took: Duration,
+}
+
+impl Run {
+    /// Stdout and stderr, for assertion messages.
+    pub fn output(&self) -> String {
+        format!(
+            "{:?}\n--- stdout\n{}--- stderr\n{}",
+            self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `cmd` with its output captured; fails the test, killing it, if it
+/// has not ended by itself within `limit` (a hang is a failure).
+pub fn run_bounded(cmd: &mut std::process::Command, limit: Duration) -> Run {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read both pipes while it runs (a full pipe would block it).
+    let read = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut out = String::new();
+            let _ = pipe.read_to_string(&mut out);
+            out
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().unwrap()));
+    let stderr = read(Box::new(child.stderr.take().unwrap()));
+    let status = wait_bounded(&mut child, limit);
+    let took = start.elapsed();
+    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    let Some(status) = status else {
+        panic!("{cmd:?} did not end within {limit:?}: killed\n--- stdout\n{stdout}--- stderr\n{stderr}")
+    };
+    Run {
+        status,
+        stdout,
+        stderr,
+        took,
     }
 }
 

@@ -586,9 +586,37 @@ fn aggregate(points: &[Point], servers: &[String], runs: &[Run]) -> Vec<Aggregat
     out
 }
 
+impl BenchOptions {
+    /// Checks the options without running anything: known servers and
+    /// points, at least one round.
+    pub fn check(&self) -> io::Result<()> {
+        let bad = |msg: String| Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
+        if self.rounds == 0 {
+            return bad("--rounds must be at least 1".into());
+        }
+        if let Some(s) = self.servers.iter().find(|s| !SERVERS.contains(&s.as_str())) {
+            return bad(format!("unknown server '{s}' (known: {})", SERVERS.join(", ")));
+        }
+        let all = points(false);
+        let names: Vec<&str> = all.iter().map(|p| p.name.as_str()).collect();
+        if let Some(p) = self
+            .points
+            .iter()
+            .find(|p| !names.iter().any(|n| n.starts_with(p.as_str())))
+        {
+            return bad(format!(
+                "no bench point is named '{p}' or starts so (known: {})",
+                names.join(", ")
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Runs the benchmark, writes `<out>/<date>.{json,md}` and SVG charts, and
 /// returns the report.
 pub fn run(opts: &BenchOptions) -> io::Result<Report> {
+    opts.check()?;
     // Server CPU and memory come from the OS (/proc on Linux).
     crate::usage::usage(std::process::id())
         .map_err(|e| io::Error::new(e.kind(), format!("iocore bench cannot measure servers here: {e}")))?;

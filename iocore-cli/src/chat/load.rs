@@ -20,11 +20,13 @@ use iocore::packet::{PacketHandler, Packets, MAX_PACKET};
 use iocore::{CloseReason, Session};
 
 use super::protocol::{self, FromServer};
-use crate::load::{invalid, note_error, note_problem, Load};
+use crate::load::{invalid, note_error, note_problem, HardEnd, Load};
 use crate::report::{self, new_histogram, server_usage, write_outcome, Latency, ServerUsage};
 
 /// Bytes of the stamp that starts every text: sender, number, time.
 const STAMP: usize = 6 + 1 + 10 + 1 + 13;
+/// The longest text: a MSG must fit the largest packet.
+const MAX_TEXT: usize = MAX_PACKET - 64;
 
 /// What the chat load client does.
 #[derive(Clone, Debug)]
@@ -41,6 +43,30 @@ pub struct ChatOptions {
     pub rooms: usize,
     /// Messages each member says per second.
     pub rate: f64,
+}
+
+impl ChatOptions {
+    /// Checks the options without running anything.
+    pub fn check(&self) -> io::Result<()> {
+        if self.load.connections == 0 || self.rooms == 0 || self.rooms > self.load.connections {
+            return Err(invalid("need at least one member per room and one room"));
+        }
+        if self.addrs.is_empty() {
+            return Err(invalid("need a server address"));
+        }
+        if !(self.rate > 0.0 && self.rate.is_finite()) {
+            return Err(invalid("rate must be a positive number of messages per second"));
+        }
+        if self.load.size < STAMP || self.load.size > MAX_TEXT {
+            return Err(invalid(&format!(
+                "--size must be between {STAMP} and {MAX_TEXT} bytes for the chat scenario (a text's stamp, and within a packet)"
+            )));
+        }
+        if self.load.count.is_none() && self.load.duration.is_none() {
+            return Err(invalid("give --count or --duration: the chat load needs an end"));
+        }
+        Ok(())
+    }
 }
 
 impl Default for ChatOptions {
@@ -174,6 +200,10 @@ struct Shared {
     summary: Mutex<(ChatSummary, usize)>,
     histogram: Mutex<Histogram<u64>>,
     done: Condvar,
+    /// Members that ended before they joined: the others cannot all start.
+    never_joined: AtomicUsize,
+    /// The run is past its hard end: members still open are closed.
+    over: AtomicBool,
 }
 
 impl Shared {
@@ -188,6 +218,7 @@ impl Shared {
     /// Saying stops: by count, the duration, or a stop.
     fn should_stop(&self, seq: u64, at_us: u64) -> bool {
         self.stop.load(Ordering::Relaxed)
+            || self.over.load(Ordering::Relaxed)
             || self.opts.load.count.is_some_and(|c| seq >= c)
             || self
                 .opts
@@ -217,6 +248,8 @@ struct Member {
     due_us: u64,
     period_us: f64,
     drain_until: Option<Instant>,
+    /// Why it gave up, if it did (no JOINED in time).
+    failure: Option<String>,
 }
 
 impl Member {
@@ -240,6 +273,7 @@ impl Member {
             due_us: 0,
             period_us,
             drain_until: None,
+            failure: None,
             shared,
         }
     }
@@ -329,6 +363,8 @@ impl Member {
 impl PacketHandler for Member {
     fn on_connected(&mut self, s: &mut Session<'_>) {
         let _ = s.send(protocol::join(&format!("room-{}", self.room)));
+        // A server that is not a chat server never says JOINED.
+        s.set_timer(self.shared.opts.load.drain_timeout);
     }
 
     fn on_packet(&mut self, s: &mut Session<'_>, id: u16, body: &[u8]) {
@@ -363,10 +399,21 @@ impl PacketHandler for Member {
             }
             return;
         }
+        if !self.joined {
+            let waited = self.shared.opts.load.drain_timeout;
+            self.failure = Some(format!(
+                "member {}: no JOINED from the server within {waited:?} (is it a chat server, `serve --app chat`?)",
+                self.index
+            ));
+            return s.close();
+        }
         if !self.saying {
-            // Waiting for every member to join.
+            // Waiting for every member to join; a member that ended
+            // without joining never will, and then nobody starts.
             if self.shared.joined.load(Ordering::Acquire) < self.shared.opts.load.connections {
-                if self.shared.stop.load(Ordering::Relaxed) {
+                if self.shared.should_stop(0, self.shared.now_us())
+                    || self.shared.never_joined.load(Ordering::Acquire) > 0
+                {
                     return self.stop_saying(s);
                 }
                 s.set_timer(Duration::from_millis(1));
@@ -380,6 +427,9 @@ impl PacketHandler for Member {
 
     fn on_disconnected(&mut self, reason: CloseReason) {
         report::local_leave(&self.shared.histogram);
+        if !self.joined {
+            self.shared.never_joined.fetch_add(1, Ordering::AcqRel);
+        }
         self.publish_said();
         let mut guard = self.shared.summary.lock().unwrap_or_else(|p| p.into_inner());
         let (sum, done) = &mut *guard;
@@ -390,7 +440,14 @@ impl PacketHandler for Member {
         if let Some(p) = self.first_problem.take() {
             note_problem(&mut sum.error_lines, p);
         }
-        if !matches!(reason, CloseReason::LocalClose) {
+        if let Some(f) = self.failure.take() {
+            sum.error(f);
+        } else if self.shared.over.load(Ordering::Relaxed) && !matches!(reason, CloseReason::LocalClose) {
+            sum.error(format!(
+                "member {}: still open at the end of the run (--duration or the stop, then --drain-timeout): closed",
+                self.index
+            ));
+        } else if !matches!(reason, CloseReason::LocalClose) {
             sum.error(format!("member {}: {reason}", self.index));
         }
         *done += 1;
@@ -402,24 +459,7 @@ impl PacketHandler for Member {
 /// duration, and received what its room said, or the drain timeout), or
 /// `stop` is set. Fails only if the client cannot start.
 pub fn run(opts: &ChatOptions, stop: Arc<AtomicBool>) -> io::Result<ChatSummary> {
-    if opts.load.connections == 0 || opts.rooms == 0 || opts.rooms > opts.load.connections {
-        return Err(invalid("need at least one member per room and one room"));
-    }
-    if opts.addrs.is_empty() {
-        return Err(invalid("need a server address"));
-    }
-    if !(opts.rate > 0.0 && opts.rate.is_finite()) {
-        return Err(invalid("rate must be a positive number of messages per second"));
-    }
-    if opts.load.size < STAMP || opts.load.size > MAX_PACKET - 64 {
-        return Err(invalid(&format!(
-            "text size must be between {STAMP} and {} bytes",
-            MAX_PACKET - 64
-        )));
-    }
-    if opts.load.count.is_none() && opts.load.duration.is_none() {
-        return Err(invalid("give --count or --duration: the chat load needs an end"));
-    }
+    opts.check()?;
     let client = opts.load.start_client::<Packets<Member>>()?;
     let shared = Arc::new(Shared {
         opts: opts.clone(),
@@ -433,6 +473,8 @@ pub fn run(opts: &ChatOptions, stop: Arc<AtomicBool>) -> io::Result<ChatSummary>
         summary: Mutex::new((ChatSummary::default(), 0)),
         histogram: Mutex::new(new_histogram()),
         done: Condvar::new(),
+        never_joined: AtomicUsize::new(0),
+        over: AtomicBool::new(false),
     });
     for index in 0..opts.load.connections {
         let shared = shared.clone();
@@ -441,7 +483,9 @@ pub fn run(opts: &ChatOptions, stop: Arc<AtomicBool>) -> io::Result<ChatSummary>
             Packets::new(Member::new(index, shared)).max_packet(MAX_PACKET)
         })?;
     }
-    // Measure between the warmup's end and the end of saying.
+    // Measure between the warmup's end and the end of saying; stop at the
+    // run's hard end whatever the server does.
+    let mut hard_end = HardEnd::new(&opts.load, shared.start);
     let (mut window, mut usage_from, mut measured_from) = ((None, None), None, 0);
     let mut guard = shared.summary.lock().unwrap_or_else(|p| p.into_inner());
     while guard.1 < opts.load.connections {
@@ -450,6 +494,10 @@ pub fn run(opts: &ChatOptions, stop: Arc<AtomicBool>) -> io::Result<ChatSummary>
             .wait_timeout(guard, Duration::from_millis(20))
             .unwrap_or_else(|p| p.into_inner())
             .0;
+        if hard_end.passed(Instant::now(), shared.stop.load(Ordering::Relaxed)) {
+            shared.over.store(true, Ordering::Relaxed);
+            break;
+        }
         let go = shared.go_us.load(Ordering::Acquire);
         if go == 0 {
             continue;
@@ -468,9 +516,10 @@ pub fn run(opts: &ChatOptions, stop: Arc<AtomicBool>) -> io::Result<ChatSummary>
             ));
         }
     }
-    let mut summary = guard.0.clone();
     drop(guard);
-    client.shutdown(Duration::from_secs(1))?;
+    // Every member has ended, or is closed now (past the hard end).
+    client.shutdown(Duration::ZERO)?;
+    let mut summary = shared.summary.lock().unwrap_or_else(|p| p.into_inner()).0.clone();
     summary.addr = opts
         .addrs
         .iter()
@@ -503,6 +552,12 @@ pub fn run(opts: &ChatOptions, stop: Arc<AtomicBool>) -> io::Result<ChatSummary>
     }
     summary.latency = Latency::from_histogram(&shared.histogram.lock().unwrap_or_else(|p| p.into_inner()));
     summary.elapsed_secs = shared.start.elapsed().as_secs_f64();
+    if !opts.load.warmup.is_zero() && summary.measured_deliveries == 0 && summary.deliveries > 0 {
+        summary.error(format!(
+            "the warmup ({:?}) covered the whole run: nothing was measured",
+            opts.load.warmup
+        ));
+    }
     Ok(summary)
 }
 
