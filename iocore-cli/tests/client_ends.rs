@@ -94,32 +94,34 @@ fn the_chat_scenario_against_a_server_that_is_not_a_chat_server_ends_and_fails()
     }
 }
 
+/// Starts `iocore client ARGS`, does `meanwhile`, then waits (bounded) for
+/// the client to end by itself: it must fail (exit 1) with its summary.
+fn ends_failing_after(args: &[&str], meanwhile: impl FnOnce(u32), why: &str) {
+    let mut child = client(args).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    meanwhile(child.id());
+    let status = wait_bounded(&mut child, LIMIT).unwrap_or_else(|| panic!("{why}: killed after {LIMIT:?}"));
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    assert_eq!(status.code(), Some(1), "{why}: {out}");
+    assert!(
+        out.contains("connections:") && out.contains("FAILED"),
+        "{why}: {out}"
+    );
+}
+
 /// One Ctrl-C (SIGINT) ends a run that has no end of its own, against a
 /// server that never answers, with its summary.
 #[test]
 fn one_ctrl_c_ends_the_run_with_its_summary() {
     let sink = CliServer::start(BIN, &["--app", "sink", "--threads", "1"], &[]);
-    let mut child = client(&[
-        "--addr",
-        &sink.addr.to_string(),
-        "--pipeline",
-        "1",
-        "--drain-timeout",
-        "1s",
-    ])
-    .stdout(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    let kill = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status();
-    assert!(kill.unwrap().success());
-    let status = wait_bounded(&mut child, LIMIT).expect("one Ctrl-C ends the run");
-    let mut out = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
-    assert_eq!(status.code(), Some(1), "{out}");
-    assert!(out.contains("connections:") && out.contains("FAILED"), "{out}");
+    let addr = sink.addr.to_string();
+    let ctrl_c = |pid: u32| {
+        std::thread::sleep(Duration::from_millis(500));
+        let kill = Command::new("kill").args(["-INT", &pid.to_string()]).status();
+        assert!(kill.unwrap().success());
+    };
+    let args = ["--addr", &addr, "--pipeline", "1", "--drain-timeout", "1s"];
+    ends_failing_after(&args, ctrl_c, "one Ctrl-C ends the run");
 }
 
 /// The open loop (no count, no duration) notices when every connection is
@@ -127,24 +129,17 @@ fn one_ctrl_c_ends_the_run_with_its_summary() {
 #[test]
 fn the_open_loop_ends_when_every_connection_is_gone() {
     let server = CliServer::start(BIN, &["--threads", "1"], &[]);
-    let mut child = client(&[
-        "--addr",
-        &server.addr.to_string(),
-        "--connections",
-        "3",
-        "--interval",
-        "10ms",
-    ])
-    .stdout(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
-    std::thread::sleep(Duration::from_secs(1));
-    assert!(server.stop().0.success());
-    let status = wait_bounded(&mut child, LIMIT).expect("the client ends once its connections are gone");
-    let mut out = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
-    assert_eq!(status.code(), Some(1), "{out}");
-    assert!(out.contains("FAILED"), "{out}");
+    let addr = server.addr.to_string();
+    let stop_server = move |_| {
+        std::thread::sleep(Duration::from_secs(1));
+        assert!(server.stop().0.success());
+    };
+    let args = ["--addr", &addr, "--connections", "3", "--interval", "10ms"];
+    ends_failing_after(
+        &args,
+        stop_server,
+        "the client ends once its connections are gone",
+    );
 }
 
 /// Counts no machine can serve are refused before anything starts, with a
