@@ -349,8 +349,8 @@ fn uring_single_shot_mode_passes_verification() {
 #[cfg(target_os = "linux")]
 fn uring_fallbacks_pass_verification() {
     require(EngineKind::Uring);
-    let all = iocore::engine::UringFeatures::NAMES.join(",");
-    let mut cases: Vec<&str> = iocore::engine::UringFeatures::NAMES.to_vec();
+    let all = iocore::UringFeatures::NAMES.join(",");
+    let mut cases: Vec<&str> = iocore::UringFeatures::NAMES.to_vec();
     cases.push(&all);
     for off in cases {
         let server = CliServer::start(

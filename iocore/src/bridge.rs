@@ -215,7 +215,7 @@ impl Bridge {
     /// subscription changes and publishes wait for [`Bridge::run`]. Fails
     /// only on a malformed configuration: an unreachable Redis is retried
     /// in the background.
-    pub fn new(config: &RedisBridge, registry: Arc<Registry>) -> io::Result<Bridge> {
+    pub(crate) fn new(config: &RedisBridge, registry: Arc<Registry>) -> io::Result<Bridge> {
         let client = config.client()?;
         if config.queue == 0 {
             return Err(io::Error::new(
@@ -254,7 +254,7 @@ impl Bridge {
 
     /// Starts the bridge's threads; messages from other instances go to
     /// `inject`.
-    pub fn run(&mut self, inject: impl Fn(Arc<str>, Bytes) + Send + 'static) -> io::Result<()> {
+    pub(crate) fn run(&mut self, inject: impl Fn(Arc<str>, Bytes) + Send + 'static) -> io::Result<()> {
         let pending = self.pending.get_mut().unwrap_or_else(|p| p.into_inner()).take();
         let Some((changes, outbox)) = pending else {
             return Ok(());
@@ -275,19 +275,19 @@ impl Bridge {
     }
 
     /// The bridge's counters now.
-    pub fn stats(&self) -> BridgeStats {
+    pub(crate) fn stats(&self) -> BridgeStats {
         self.shared.stats()
     }
 
     /// Reads the bridge's counters from anywhere (the metrics).
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-    pub fn stats_reader(&self) -> Arc<dyn Fn() -> BridgeStats + Send + Sync> {
+    pub(crate) fn stats_reader(&self) -> Arc<dyn Fn() -> BridgeStats + Send + Sync> {
         let shared = self.shared.clone();
         Arc::new(move || shared.stats())
     }
 
     /// Stops the threads (within [`POLL`] or so) and waits for them.
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         self.shared.stop.store(true, Relaxed);
         for t in self.threads.drain(..) {
             let _ = t.join();

@@ -13,23 +13,34 @@
 //! | Overlapped I/O + events           | `uring` (io_uring completions)   | `overlapped`      |
 //! | IOCP: completion port + workers   | `uring`, one ring per worker     | `iocp`            |
 //!
-//! ## Layers
+//! ## What a user works with
 //!
-//! Dependencies point down only:
+//! - [`Handler`] (one per session: `on_connected`, `on_recv`, `on_sent`,
+//!   `on_writable`, `on_timer`, `on_disconnected`) and the [`Session`]
+//!   handle its callbacks get: send, close, timers, flow control, topics.
+//! - [`Server`] / [`Client`] and their builders: bind or connect, worker
+//!   threads, [`Limits`], graceful stop; the [`ServerHandle`] /
+//!   [`ClientHandle`] send, close and publish from any thread by
+//!   [`SessionId`].
+//! - Why sessions end ([`CloseReason`], [`CloseKind`]), counters
+//!   ([`Stats`], [`TopicStats`]), the engine choice ([`EngineKind`]) and
+//!   configuration errors ([`ConfigError`]).
+//! - [`packet`]: the course's size + id header, as a handler adaptor;
+//!   [`proxy`]: PROXY protocol headers from a load balancer; with their
+//!   features, `metrics` (Prometheus) and `bridge` (topics across instances
+//!   through Redis).
+//! - `testing`: sessions driven without sockets, on a clock you move, to
+//!   test a handler's logic.
 //!
-//! 1. [`service`] — [`Server`] and [`Client`]: threads, limits, stop;
-//!    sends, closes and publishes from any thread.
-//! 2. [`session`] — engine-independent connection logic: [`RecvBuffer`],
-//!    [`SendQueue`], lifecycle and [`CloseReason`], calls into [`Handler`].
-//! 3. `engine` — one event loop per worker thread; moves bytes.
-//! 4. `sys` — the only module with `unsafe`: epoll, io_uring, eventfd,
-//!    sockets; IOCP and Winsock on Windows.
+//! ## Layers inside
 //!
-//! Between sessions, on top of the session API: [`packet`] (the course's
-//! size + id header, as a handler adaptor) and [`topic`] (pub/sub with one
-//! shared buffer per publish). Around the server: [`proxy`] (PROXY
-//! protocol headers from a load balancer), and with their features the
-//! `metrics` and `bridge` (Redis) modules.
+//! Dependencies point down only: the service (threads, limits, stop) over
+//! the session core (engine-independent connection logic: receive buffer,
+//! send queue, lifecycle and close reasons, flow control, timers; no
+//! sockets, no clocks) over the engines (one event loop per worker
+//! thread; they move bytes) over `sys`, the only module with `unsafe`
+//! (epoll, io_uring, eventfd, sockets; IOCP and Winsock on Windows).
+//! Packets and topics sit on top of sessions.
 //!
 //! The applications (echo, sink, chat, the load clients, benchmarks) and
 //! the `iocore` command live in the `iocore-cli` crate of the same
@@ -127,28 +138,29 @@
 //! | `redis` | the `bridge` module: topics across server instances through Redis pub/sub (`ServerBuilder::redis`) | `redis` (synchronous, default features off) |
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
+#![warn(unreachable_pub)]
 
 #[cfg(feature = "redis")]
 pub mod bridge;
-pub mod config;
-pub mod engine;
+mod config;
+mod engine;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 pub mod packet;
 pub mod proxy;
-pub mod service;
-pub mod session;
+mod service;
+mod session;
 #[allow(unsafe_code)]
 mod sys;
-pub mod topic;
+mod topic;
 
 pub use bytes::Bytes;
 pub use config::{ConfigError, Setting};
 pub use engine::{AcceptErrorKind, EngineError, EngineKind, Keepalive, Stats};
+#[cfg(target_os = "linux")]
+pub use engine::{UringFeatures, URING_FEATURES_OFF_VAR};
 pub use service::{
     Accept, Client, ClientBuilder, ClientHandle, Server, ServerBuilder, ServerHandle, ToSessionError,
 };
-pub use session::{
-    CloseKind, CloseReason, Handler, Limits, RecvBuffer, SendError, SendQueue, Session, SessionId,
-};
+pub use session::{CloseKind, CloseReason, Handler, Limits, SendError, Session, SessionId};
 pub use topic::TopicStats;

@@ -289,8 +289,8 @@ impl<P: PacketHandler> Handler for Packets<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::Hub;
     use crate::session::{Conn, Context, Limits, SessionId, Step, Tick};
-    use crate::topic::Hub;
     use std::cell::RefCell;
     use std::rc::Rc;
 

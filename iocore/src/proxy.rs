@@ -109,7 +109,7 @@ pub(crate) struct ProxySettings {
 impl ProxySettings {
     /// Whether a connection from `ip` may send a header. An IPv4 peer seen
     /// through an IPv6 socket counts as itself.
-    pub fn trusts(&self, ip: IpAddr) -> bool {
+    pub(crate) fn trusts(&self, ip: IpAddr) -> bool {
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,

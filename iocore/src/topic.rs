@@ -14,7 +14,6 @@
 //! Nothing here costs a session anything until it subscribes: the tables
 //! are per worker, keyed by topic and by subscribed session.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -60,7 +59,7 @@ impl Counters {
 /// subscriber somewhere. An entry goes when its last subscriber does, so a
 /// server whose rooms come and go does not grow.
 #[derive(Default)]
-pub struct Registry {
+pub(crate) struct Registry {
     topics: Mutex<HashMap<Arc<str>, Arc<Counters>>>,
     /// Carries the server's topics to other instances (a Redis bridge),
     /// if it has one.
@@ -147,7 +146,7 @@ impl Registry {
 
     /// Whether messages published to `topic` on other instances reach
     /// this server now: always without a relay.
-    pub fn remote_ready(&self, topic: &str) -> bool {
+    pub(crate) fn remote_ready(&self, topic: &str) -> bool {
         self.relay.get().map_or(true, |r| r.ready(topic))
     }
 
@@ -158,17 +157,18 @@ impl Registry {
     }
 
     /// The counters of `name`, if it has a subscriber somewhere.
-    pub fn stats(&self, name: &str) -> Option<TopicStats> {
+    pub(crate) fn stats(&self, name: &str) -> Option<TopicStats> {
         self.lock().get(name).map(|c| c.snapshot())
     }
 
     /// Sessions subscribed to `name` across the server.
-    pub fn subscribers(&self, name: &str) -> u64 {
+    pub(crate) fn subscribers(&self, name: &str) -> u64 {
         self.lock().get(name).map_or(0, |c| c.subscribers.load(Relaxed))
     }
 
     /// Topics with a subscriber, and subscriptions over all of them.
-    pub fn totals(&self) -> (usize, u64) {
+    #[cfg(feature = "metrics")]
+    pub(crate) fn totals(&self) -> (usize, u64) {
         let topics = self.lock();
         let subscriptions = topics.values().map(|c| c.subscribers.load(Relaxed)).sum();
         (topics.len(), subscriptions)
@@ -211,7 +211,7 @@ pub(crate) struct Topics {
 }
 
 impl Topics {
-    pub fn new(registry: Arc<Registry>) -> Topics {
+    pub(crate) fn new(registry: Arc<Registry>) -> Topics {
         Topics {
             registry,
             by_name: HashMap::new(),
@@ -219,12 +219,12 @@ impl Topics {
         }
     }
 
-    pub fn registry(&self) -> &Arc<Registry> {
+    pub(crate) fn registry(&self) -> &Arc<Registry> {
         &self.registry
     }
 
     /// Subscribes session `token`; false if it already was.
-    pub fn subscribe(&mut self, token: u64, name: &str) -> bool {
+    pub(crate) fn subscribe(&mut self, token: u64, name: &str) -> bool {
         if self.is_subscribed(token, name) {
             return false;
         }
@@ -252,7 +252,7 @@ impl Topics {
     }
 
     /// Unsubscribes session `token`; false if it was not subscribed.
-    pub fn unsubscribe(&mut self, token: u64, name: &str) -> bool {
+    pub(crate) fn unsubscribe(&mut self, token: u64, name: &str) -> bool {
         let Some(topics) = self.by_session.get_mut(&token) else {
             return false;
         };
@@ -280,7 +280,7 @@ impl Topics {
     }
 
     /// Session `token` ended: it leaves all its topics.
-    pub fn remove_session(&mut self, token: u64) {
+    pub(crate) fn remove_session(&mut self, token: u64) {
         if let Some(topics) = self.by_session.remove(&token) {
             for name in topics {
                 self.drop_subscriber(token, &name);
@@ -289,7 +289,7 @@ impl Topics {
     }
 
     /// Whether session `token` subscribes to `name`.
-    pub fn is_subscribed(&self, token: u64, name: &str) -> bool {
+    pub(crate) fn is_subscribed(&self, token: u64, name: &str) -> bool {
         self.by_session
             .get(&token)
             .is_some_and(|topics| topics.iter().any(|t| &**t == name))
@@ -297,12 +297,12 @@ impl Topics {
 
     /// The topics session `token` subscribes to.
     #[cfg(test)]
-    pub fn topics_of(&self, token: u64) -> &[Arc<str>] {
+    pub(crate) fn topics_of(&self, token: u64) -> &[Arc<str>] {
         self.by_session.get(&token).map_or(&[], |t| t.as_slice())
     }
 
     /// `name` as a shared string (this worker's, if it has the topic).
-    pub fn shared_name(&self, name: &str) -> Arc<str> {
+    pub(crate) fn shared_name(&self, name: &str) -> Arc<str> {
         match self.by_name.get_key_value(name) {
             Some((n, _)) => n.clone(),
             None => name.into(),
@@ -311,7 +311,7 @@ impl Topics {
 
     /// Counts a publish to `name` made on this worker: without a lock if
     /// the worker has the topic.
-    pub fn count_publish(&self, name: &str) {
+    pub(crate) fn count_publish(&self, name: &str) {
         match self.by_name.get(name) {
             Some(local) => {
                 local.counters.publishes.fetch_add(1, Relaxed);
@@ -322,7 +322,7 @@ impl Topics {
 
     /// The publisher's own copy of a publish was queued (`ok`) or took its
     /// queue over the cap.
-    pub fn count_own_delivery(&self, name: &str, ok: bool) {
+    pub(crate) fn count_own_delivery(&self, name: &str, ok: bool) {
         if let Some(local) = self.by_name.get(name) {
             match ok {
                 true => local.counters.delivered(1),
@@ -333,7 +333,7 @@ impl Topics {
 
     /// Copies the tokens of `name`'s subscribers on this worker into
     /// `out` (cleared first) and returns the topic's counters.
-    pub fn subscribers_into(&self, name: &str, out: &mut Vec<u64>) -> Option<Arc<Counters>> {
+    pub(crate) fn subscribers_into(&self, name: &str, out: &mut Vec<u64>) -> Option<Arc<Counters>> {
         out.clear();
         let local = self.by_name.get(name)?;
         out.extend_from_slice(&local.subscribers);
@@ -353,112 +353,82 @@ impl Counters {
     }
 }
 
-/// What a worker's sessions reach during their callbacks: the worker's
-/// topics (subscriptions take effect at once) and its publishes waiting to
-/// be fanned out.
-pub(crate) struct Hub {
-    pub topics: RefCell<Topics>,
-    pub pending: RefCell<Vec<Pending>>,
-    /// Publishers' own copies queued since the worker last counted them.
-    pub own_deliveries: std::cell::Cell<u64>,
-    /// Messages the sessions counted in ([`crate::Session::count_received_message`])
-    /// and buffers they queued, since the worker last counted them.
-    pub messages: std::cell::Cell<(u64, u64)>,
-    /// Replies copied during one session's dispatch, written with its
-    /// flush (see [`Cork`]).
-    pub cork: RefCell<Cork>,
-}
+/// The topic side of a session's handle: its subscriptions and publishes
+/// (topics sit on top of sessions: the session core knows nothing of them
+/// but the worker's tables its context carries).
+impl crate::session::Session<'_> {
+    /// Subscribes this session to `topic`, at once: it gets every message
+    /// published to the topic from now on, wherever it is published, until
+    /// it unsubscribes or ends. False if it already was subscribed.
+    pub fn subscribe(&mut self, topic: &str) -> bool {
+        self.hub.topics.borrow_mut().subscribe(self.id.token(), topic)
+    }
 
-/// The worker's cork, after uWebSockets': while a readiness engine hands
-/// one session its input, the bytes that session's handler copies out
-/// ([`crate::Session::send_copy`]) with nothing queued before them are
-/// gathered here instead of in a buffer of their own, and the engine's
-/// flush of that same session writes them straight from here; only what
-/// the kernel does not take is copied into the session's queue (and
-/// counts against its limits there). So an echo costs no allocation, and
-/// several replies of one dispatch leave in one write.
-///
-/// The engine opens the cork for one session ([`Cork::open_for`]) right
-/// before giving it input and takes it back in that session's flush, so
-/// the cork never holds bytes of another session: a session that finds it
-/// open for someone else queues as usual. Any other queueing by the owner
-/// (a shared buffer, a delivery) first moves the corked bytes into the
-/// queue, so order is kept.
-#[derive(Debug)]
-pub(crate) struct Cork {
-    /// The session the cork is open for, if any.
-    owner: Option<u64>,
-    /// Its bytes (capacity kept between dispatches).
-    pub buf: Vec<u8>,
-}
+    /// Ends this session's subscription to `topic`; false if it had none.
+    pub fn unsubscribe(&mut self, topic: &str) -> bool {
+        self.hub.topics.borrow_mut().unsubscribe(self.id.token(), topic)
+    }
 
-impl Cork {
-    /// Most bytes one dispatch gathers; beyond, they go to the queue.
-    pub const MAX: usize = 64 * 1024;
+    /// Whether this session subscribes to `topic`.
+    pub fn is_subscribed(&self, topic: &str) -> bool {
+        self.hub.topics.borrow().is_subscribed(self.id.token(), topic)
+    }
 
-    /// Opens the cork for session `token` (a readiness engine, before
-    /// handing it input).
-    #[inline]
-    pub fn open_for(&mut self, token: u64) {
-        if !self.buf.is_empty() {
-            // Its owner's flush has not taken it (a bug): keep it for that
-            // owner rather than hand it to another session; this one
-            // queues as usual.
-            debug_assert!(false, "a cork left full");
-            return;
+    /// Whether messages published to `topic` on other server instances
+    /// reach this server now: with a Redis bridge
+    /// (`ServerBuilder::redis`, feature `redis`), once the bridge's subscription
+    /// to the topic's channel is confirmed (or while Redis is away, when
+    /// nothing can come); always without one. A chat server can wait for
+    /// it before telling a member "joined".
+    pub fn topic_ready(&self, topic: &str) -> bool {
+        self.hub.topics.borrow().registry().remote_ready(topic)
+    }
+
+    /// Sessions subscribed to `topic` across the whole server now.
+    pub fn subscribers(&self, topic: &str) -> u64 {
+        self.hub.topics.borrow().registry().subscribers(topic)
+    }
+
+    /// Publishes `buf` to every subscriber of `topic` on every worker,
+    /// this session included if it subscribes. The one buffer is shared by
+    /// all (a reference count each, no copy).
+    ///
+    /// Ordering: messages one session publishes reach each subscriber in
+    /// the order published. This session's own copy is queued at once (in
+    /// order with its [`Session::send`](crate::Session::send)s); the others are queued after the
+    /// callback returns. A subscriber whose send queue would go over its
+    /// cap is closed ([`CloseReason::SendQueueFull`](crate::CloseReason::SendQueueFull)) without holding the
+    /// others up.
+    pub fn publish(&mut self, topic: &str, buf: impl Into<Bytes>) {
+        let buf = buf.into();
+        let me = self.id.token();
+        if self.is_subscribed(topic) && self.is_open() {
+            let delivered = self.core.queue(buf.clone(), self.now, self.limits);
+            self.hub
+                .topics
+                .borrow()
+                .count_own_delivery(topic, delivered.is_ok());
+            if delivered.is_ok() {
+                self.hub.own_deliveries.set(self.hub.own_deliveries.get() + 1);
+                self.hub.message_sent();
+            }
         }
-        self.owner = Some(token);
+        self.defer_publish(topic, buf, me);
     }
 
-    /// Whether the cork is open for `token`.
-    #[inline]
-    pub fn is_open_for(&self, token: u64) -> bool {
-        self.owner == Some(token)
+    /// Publishes `buf` to every subscriber of `topic` but this session; see
+    /// [`Session::publish`](crate::Session::publish).
+    pub fn publish_except_self(&mut self, topic: &str, buf: impl Into<Bytes>) {
+        self.defer_publish(topic, buf.into(), self.id.token());
     }
 
-    /// Closes the cork if it is open for `token`; returns its bytes (to
-    /// write, then to give back with [`Cork::give_back`]) if it holds any.
-    #[inline]
-    pub fn close_for(&mut self, token: u64) -> Option<Vec<u8>> {
-        if self.owner != Some(token) {
-            return None;
-        }
-        self.owner = None;
-        (!self.buf.is_empty()).then(|| std::mem::take(&mut self.buf))
-    }
-
-    /// Returns the buffer [`Cork::close_for`] took, emptied, for its
-    /// capacity (kept up to [`Cork::MAX`]).
-    #[inline]
-    pub fn give_back(&mut self, mut buf: Vec<u8>) {
-        buf.clear();
-        if buf.capacity() <= Cork::MAX && self.buf.capacity() == 0 {
-            self.buf = buf;
-        }
-    }
-}
-
-impl Hub {
-    /// A session queued a buffer for sending.
-    #[inline]
-    pub fn message_sent(&self) {
-        let (i, o) = self.messages.get();
-        self.messages.set((i, o + 1));
-    }
-}
-
-impl Hub {
-    pub fn new(registry: Arc<Registry>) -> Hub {
-        Hub {
-            topics: RefCell::new(Topics::new(registry)),
-            pending: RefCell::new(Vec::new()),
-            own_deliveries: std::cell::Cell::new(0),
-            messages: std::cell::Cell::new((0, 0)),
-            cork: RefCell::new(Cork {
-                owner: None,
-                buf: Vec::new(),
-            }),
-        }
+    fn defer_publish(&mut self, topic: &str, buf: Bytes, skip: u64) {
+        let topic = self.hub.topics.borrow().shared_name(topic);
+        self.hub.pending.borrow_mut().push(Pending {
+            topic,
+            buf,
+            skip: Some(skip),
+        });
     }
 }
 

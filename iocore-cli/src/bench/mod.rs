@@ -391,8 +391,8 @@ impl Running {
         #[cfg(target_os = "linux")]
         if server == "iocore-uring-basic" {
             cmd.env(
-                iocore::engine::URING_FEATURES_OFF_VAR,
-                iocore::engine::UringFeatures::NAMES.join(","),
+                iocore::URING_FEATURES_OFF_VAR,
+                iocore::UringFeatures::NAMES.join(","),
             );
         }
         let child = cmd

@@ -23,7 +23,10 @@ use crate::session::{CloseReason, Conn, Handler, Tick, RESERVED};
 use crate::sys::epoll::{Epoll, Event, Interest};
 use crate::sys::socket;
 
-use super::core::{flush_gather, io_close_reason, CloseAtOnce, Core, Driver};
+use super::core::Core;
+use super::driver::{CloseAtOnce, Driver};
+use super::readiness::flush_gather;
+use super::sockets::io_close_reason;
 use super::{EngineKind, Worker};
 
 const WAKER: u64 = RESERVED;

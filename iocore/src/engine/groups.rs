@@ -24,7 +24,8 @@ use crate::session::Handler;
 use crate::sys::wsaevent::{self as wsa, Interest, NetEvent, Waitable};
 use crate::sys::OwnedSocket;
 
-use super::core::{Core, Driver};
+use super::core::Core;
+use super::driver::Driver;
 
 /// How often a listening worker also tries to accept: under Wine a
 /// listener's FD_ACCEPT can be lost (its event is shared with freshly
@@ -43,7 +44,7 @@ pub(crate) struct Shell {
 impl Shell {
     /// Ties `listener` (if any) to its event for FD_ACCEPT; waiter threads
     /// are named `name-<group>`.
-    pub fn new(listener: Option<&OwnedSocket>, name: String) -> io::Result<Shell> {
+    pub(super) fn new(listener: Option<&OwnedSocket>, name: String) -> io::Result<Shell> {
         let listen_event = NetEvent::new()?;
         if let Some(l) = listener {
             wsa::select(l, &listen_event, Interest::LISTENER)?;
@@ -55,7 +56,7 @@ impl Shell {
     }
 
     /// Stops watching the listener and closes it.
-    pub fn close_listener(&self, listener: OwnedSocket) {
+    pub(super) fn close_listener(&self, listener: OwnedSocket) {
         wsa::deselect(&listener);
         drop(listener);
         self.listen_event.reset();
@@ -198,7 +199,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Groups {
     /// No groups yet; waiter threads are named `name-<group>`.
-    pub fn new(name: String) -> io::Result<Groups> {
+    pub(super) fn new(name: String) -> io::Result<Groups> {
         Ok(Groups {
             groups: Vec::new(),
             reports: Arc::new(Reports {
@@ -210,13 +211,13 @@ impl Groups {
     }
 
     /// Signaled when a group has reported; the worker waits on it.
-    pub fn report_event(&self) -> &NetEvent {
+    pub(super) fn report_event(&self) -> &NetEvent {
         &self.reports.event
     }
 
     /// A free slot `(group, slot)`, adding a group (and its waiter) when
     /// all are full.
-    pub fn acquire(&mut self) -> io::Result<(usize, usize)> {
+    pub(super) fn acquire(&mut self) -> io::Result<(usize, usize)> {
         if let Some(g) = self.groups.iter().position(|g| !g.free.is_empty()) {
             return Ok((g, self.groups[g].free.pop().expect("has a free slot")));
         }
@@ -241,17 +242,17 @@ impl Groups {
     }
 
     /// The event object of a slot.
-    pub fn event(&self, group: usize, slot: usize) -> &NetEvent {
+    pub(super) fn event(&self, group: usize, slot: usize) -> &NetEvent {
         &self.groups[group].shared.events[slot]
     }
 
     /// Records that session `token` uses the slot.
-    pub fn assign(&mut self, group: usize, slot: usize, token: u64) {
+    pub(super) fn assign(&mut self, group: usize, slot: usize, token: u64) {
         self.groups[group].slots[slot] = Some(token);
     }
 
     /// Frees a slot (its socket no longer signals the event).
-    pub fn release(&mut self, group: usize, slot: usize) {
+    pub(super) fn release(&mut self, group: usize, slot: usize) {
         let g = &mut self.groups[group];
         g.shared.events[slot].reset();
         g.slots[slot] = None;
@@ -260,7 +261,7 @@ impl Groups {
 
     /// The sessions whose events the waiters reported, by group. Call
     /// [`Groups::resume`] for each group once they are handled.
-    pub fn take_reports(&mut self) -> Vec<(usize, Vec<u64>)> {
+    pub(super) fn take_reports(&mut self) -> Vec<(usize, Vec<u64>)> {
         self.reports.event.reset();
         let groups = std::mem::take(&mut *lock(&self.reports.groups));
         groups
@@ -279,7 +280,7 @@ impl Groups {
     }
 
     /// Lets group `g`'s waiter wait again.
-    pub fn resume(&self, g: usize) {
+    pub(super) fn resume(&self, g: usize) {
         self.groups[g].shared.resume.set();
     }
 }

@@ -18,7 +18,10 @@ use crate::session::{CloseReason, Conn, Handler, Step, Tick};
 use crate::sys::iocp::{self, Done, Port, SendOp};
 use crate::sys::{socket, OwnedSocket};
 
-use super::core::{io_close_reason, read_into_scratch, Core, Driver, ACCEPT_BACKOFF};
+use super::core::Core;
+use super::driver::Driver;
+use super::readiness::read_into_scratch;
+use super::sockets::{io_close_reason, ACCEPT_BACKOFF};
 use super::{EngineKind, Worker};
 
 /// Accepts kept posted on the listener.

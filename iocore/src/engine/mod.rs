@@ -28,9 +28,10 @@
 //! - runs [`Timers`] with the time it reads once per loop turn, and serves
 //!   its inbox (connect requests, connections handed over by the worker
 //!   that accepted them, stop);
-//! - implements `core::Driver`, which does the parts that are the same for
-//!   every engine: commands, accepted connections (served here or handed
-//!   to another worker), deadlines and stop.
+//! - implements `driver::Driver`, which does the parts that are the same
+//!   for every engine: commands, accepted connections (served here or
+//!   handed to another worker), deadlines and stop; who is admitted is a
+//!   decision of `admission`, which `sockets` carries out on the socket.
 //!
 //! How the models differ:
 //!
@@ -67,7 +68,9 @@ use crate::session::{Handler, Limits, SessionId, Tick};
 use crate::sys::{OwnedSocket, Waker};
 use bytes::Bytes;
 
+mod admission;
 mod core;
+mod driver;
 #[cfg(target_os = "linux")]
 mod epoll;
 #[cfg(windows)]
@@ -76,6 +79,8 @@ mod groups;
 mod iocp;
 #[cfg(windows)]
 mod overlapped;
+mod readiness;
+mod sockets;
 mod stats;
 #[cfg(target_os = "linux")]
 mod uring;
@@ -86,7 +91,8 @@ mod wsa_event;
 /// variable that turns them off (`IOCORE_URING_OFF=ring-fd,plain-send`).
 #[cfg(target_os = "linux")]
 pub use crate::sys::uring::{Features as UringFeatures, FEATURES_OFF_VAR as URING_FEATURES_OFF_VAR};
-pub use stats::{AcceptErrorKind, Stats, WorkerStats};
+pub(crate) use stats::WorkerStats;
+pub use stats::{AcceptErrorKind, Stats};
 
 /// Which I/O model runs the sessions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]

@@ -25,8 +25,11 @@ use crate::sys::overlapped::OvSocket;
 use crate::sys::wsaevent as wsa;
 use crate::sys::OwnedSocket;
 
-use super::core::{io_close_reason, read_into_scratch, CloseAtOnce, Core, Driver, ReadEnd};
+use super::core::Core;
+use super::driver::{CloseAtOnce, Driver};
 use super::groups::{EventEngine, Shell};
+use super::readiness::{read_into_scratch, ReadEnd};
+use super::sockets::io_close_reason;
 use super::{EngineKind, Worker};
 
 const SCRATCH: usize = 64 * 1024;

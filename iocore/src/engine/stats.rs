@@ -53,7 +53,7 @@ impl AcceptErrorKind {
 /// One worker's counters. Only the worker writes them (plain load+store,
 /// no read-modify-write on the hot path); anyone may read.
 #[derive(Default, Debug)]
-pub struct WorkerStats {
+pub(crate) struct WorkerStats {
     accepted: AtomicU64,
     connected: AtomicU64,
     rejected: AtomicU64,
@@ -215,7 +215,7 @@ impl WorkerStats {
     }
 
     /// A copy of the counters.
-    pub fn snapshot(&self) -> Stats {
+    pub(crate) fn snapshot(&self) -> Stats {
         let closed = std::array::from_fn(|i| self.closed[i].load(Relaxed));
         let accept_errors: [u64; AcceptErrorKind::ALL.len()] =
             std::array::from_fn(|i| self.accept_errors[i].load(Relaxed));

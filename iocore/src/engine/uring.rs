@@ -44,7 +44,9 @@ use crate::session::{CloseReason, Conn, Handler, Step, Tick};
 use crate::sys::socket;
 use crate::sys::uring::{is_not_now, Completion, FileRef, FileSlot, SendKey, SendOp, Uring, RECV_CAP};
 
-use super::core::{io_close_reason, Core, Driver, ACCEPT_BACKOFF};
+use super::core::Core;
+use super::driver::Driver;
+use super::sockets::{io_close_reason, ACCEPT_BACKOFF};
 use super::{EngineKind, Worker};
 
 /// Submission queue size.

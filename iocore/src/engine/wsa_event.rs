@@ -29,8 +29,11 @@ use crate::session::{CloseReason, Conn, Handler};
 use crate::sys::wsaevent::{self as wsa, Interest};
 use crate::sys::OwnedSocket;
 
-use super::core::{flush_gather, io_close_reason, read_into_scratch, CloseAtOnce, Core, Driver, ReadEnd};
+use super::core::Core;
+use super::driver::{CloseAtOnce, Driver};
 use super::groups::{EventEngine, Shell};
+use super::readiness::{flush_gather, read_into_scratch, ReadEnd};
+use super::sockets::io_close_reason;
 use super::{EngineKind, Worker};
 
 const SCRATCH: usize = 64 * 1024;

@@ -19,12 +19,12 @@ use super::{Exporter, Format};
 use crate::session::{CloseReason, Handler, Session};
 
 /// Most bytes of a request head (request line and headers).
-pub const MAX_REQUEST: usize = 8 * 1024;
+pub(crate) const MAX_REQUEST: usize = 8 * 1024;
 /// Most header lines of a request.
-pub const MAX_HEADERS: usize = 32;
+pub(crate) const MAX_HEADERS: usize = 32;
 /// How long a connection may take to send a whole request, and may stay
 /// idle between requests.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One connection to the metrics endpoint.
 pub(crate) struct Endpoint {
@@ -34,7 +34,7 @@ pub(crate) struct Endpoint {
 }
 
 impl Endpoint {
-    pub fn new(exporter: Arc<Exporter>) -> Endpoint {
+    pub(crate) fn new(exporter: Arc<Exporter>) -> Endpoint {
         Endpoint {
             exporter,
             partial: false,

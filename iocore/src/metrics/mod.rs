@@ -120,14 +120,14 @@ pub(crate) struct Exporter {
 
 impl Exporter {
     /// An exporter of `source`'s metrics, with `app`'s (if any) after them.
-    pub fn new(source: Source, app: Option<Arc<Registry>>) -> Exporter {
+    pub(crate) fn new(source: Source, app: Option<Arc<Registry>>) -> Exporter {
         let mut ours = Registry::default();
         ours.register_collector(Box::new(source));
         Exporter { ours, app }
     }
 
     /// The text of a scrape.
-    pub fn encode(&self, format: Format) -> String {
+    pub(crate) fn encode(&self, format: Format) -> String {
         use prometheus_client::encoding::{prometheus_text, text};
         let mut out = String::with_capacity(16 * 1024);
         let registries = std::iter::once(&self.ours).chain(self.app.as_deref());

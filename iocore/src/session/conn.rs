@@ -30,11 +30,11 @@ use bytes::Bytes;
 
 use super::close::{CloseReason, SendError};
 use super::handler::{Handler, Limits, Session, SessionId, Tick};
+use super::hub::Hub;
 use super::recv_buffer::RecvBuffer;
 use super::send_queue::SendQueue;
 use super::timers::Timers;
 use crate::proxy::ProxyInfo;
-use crate::topic::Hub;
 
 /// Where a connection is in its life. Plain, so that the checks made for
 /// every message are one comparison; the close reason of the closing
@@ -91,7 +91,7 @@ impl Flow {
 
 /// The parts of a connection a [`Session`] handle may touch.
 #[derive(Debug)]
-pub struct Core {
+pub(crate) struct Core {
     pub(crate) peer: SocketAddr,
     pub(crate) send: SendQueue,
     pub(crate) phase: Phase,
@@ -219,7 +219,7 @@ impl Core {
 
 /// What the engine must do next for a connection.
 #[derive(Debug)]
-pub enum Step {
+pub(crate) enum Step {
     /// Nothing: wait for the socket or a timer.
     Wait,
     /// The session did work of its own (it offered input kept while
@@ -244,7 +244,7 @@ pub enum Step {
 /// What a connection's callbacks need from their worker: who it is, what
 /// time it is, and the limits.
 #[derive(Clone, Copy)]
-pub struct Context<'a> {
+pub(crate) struct Context<'a> {
     /// The session's id.
     pub id: SessionId,
     /// The worker's current time.
@@ -256,7 +256,7 @@ pub struct Context<'a> {
 }
 
 /// One connection: protocol-free state plus the application's handler.
-pub struct Conn<H> {
+pub(crate) struct Conn<H> {
     core: Core,
     recv: RecvBuffer,
     handler: H,
@@ -286,7 +286,7 @@ impl<H: Handler> Conn<H> {
     }
 
     /// An accepted connection; call [`Conn::start`] once it is registered.
-    pub fn accepted(peer: SocketAddr, handler: H, now: Tick) -> Conn<H> {
+    pub(crate) fn accepted(peer: SocketAddr, handler: H, now: Tick) -> Conn<H> {
         Conn::new(peer, handler, Phase::Open, Tick::NEVER, now)
     }
 
@@ -294,13 +294,13 @@ impl<H: Handler> Conn<H> {
     /// header before `header_deadline` (see [`crate::proxy`]);
     /// when it has, [`Conn::step`] says [`Step::Admit`]. [`Conn::start`]
     /// does nothing for it.
-    pub fn behind_proxy(peer: SocketAddr, handler: H, now: Tick, header_deadline: Tick) -> Conn<H> {
+    pub(crate) fn behind_proxy(peer: SocketAddr, handler: H, now: Tick, header_deadline: Tick) -> Conn<H> {
         Conn::new(peer, handler, Phase::AwaitingProxy, header_deadline, now)
     }
 
     /// An outbound connection whose connect is in progress; call
     /// [`Conn::connected`] when it completes.
-    pub fn connecting(peer: SocketAddr, handler: H, now: Tick, limits: &Limits) -> Conn<H> {
+    pub(crate) fn connecting(peer: SocketAddr, handler: H, now: Tick, limits: &Limits) -> Conn<H> {
         let deadline = now.after(limits.connect_timeout);
         Conn::new(peer, handler, Phase::Connecting, deadline, now)
     }
@@ -316,28 +316,28 @@ impl<H: Handler> Conn<H> {
     }
 
     /// The peer's address.
-    pub fn peer_addr(&self) -> SocketAddr {
+    pub(crate) fn peer_addr(&self) -> SocketAddr {
         self.core.peer
     }
 
     /// Bytes read from the socket so far.
-    pub fn bytes_received(&self) -> u64 {
+    pub(crate) fn bytes_received(&self) -> u64 {
         self.core.bytes_in
     }
 
     /// Bytes the kernel took for sending so far.
-    pub fn bytes_sent(&self) -> u64 {
+    pub(crate) fn bytes_sent(&self) -> u64 {
         self.core.bytes_out
     }
 
     /// When the connection was accepted, or its connect began.
-    pub fn opened_at(&self) -> Tick {
+    pub(crate) fn opened_at(&self) -> Tick {
         self.core.opened
     }
 
     /// The connection is established and registered: tells the handler
     /// (not yet for one awaiting its PROXY header).
-    pub fn start(&mut self, cx: Context<'_>) {
+    pub(crate) fn start(&mut self, cx: Context<'_>) {
         if self.core.phase == Phase::AwaitingProxy {
             return;
         }
@@ -348,7 +348,7 @@ impl<H: Handler> Conn<H> {
     /// The engine admitted a session whose PROXY header was read
     /// ([`Step::Admit`]): it opens, the handler hears of it, and the bytes
     /// that came after the header are offered.
-    pub fn admit(&mut self, cx: Context<'_>) {
+    pub(crate) fn admit(&mut self, cx: Context<'_>) {
         if self.core.phase != Phase::ProxyReady {
             return;
         }
@@ -364,18 +364,18 @@ impl<H: Handler> Conn<H> {
     /// The engine refused a session whose PROXY header was read (a limit
     /// for the client's address): it ends at once with RST, before the
     /// handler heard of it.
-    pub fn refuse(&mut self, reason: CloseReason) {
+    pub(crate) fn refuse(&mut self, reason: CloseReason) {
         self.recv.clear();
         self.core.abort_with(reason, true);
     }
 
     /// What the PROXY header said, if the session came through a proxy.
-    pub fn proxy(&self) -> Option<&ProxyInfo> {
+    pub(crate) fn proxy(&self) -> Option<&ProxyInfo> {
         self.core.proxy()
     }
 
     /// Whether the engine admitted this session after its PROXY header.
-    pub fn proxy_admitted(&self) -> bool {
+    pub(crate) fn proxy_admitted(&self) -> bool {
         self.core.rare.as_ref().is_some_and(|r| r.admitted)
     }
 
@@ -417,12 +417,12 @@ impl<H: Handler> Conn<H> {
     }
 
     /// Whether an outbound connect is still in progress.
-    pub fn is_connecting(&self) -> bool {
+    pub(crate) fn is_connecting(&self) -> bool {
         matches!(self.core.phase, Phase::Connecting)
     }
 
     /// The outbound connect completed: the session opens.
-    pub fn connected(&mut self, cx: Context<'_>) {
+    pub(crate) fn connected(&mut self, cx: Context<'_>) {
         if self.is_connecting() {
             self.core.phase = Phase::Open;
             self.core.last_active = cx.now;
@@ -433,7 +433,7 @@ impl<H: Handler> Conn<H> {
 
     /// Whether the handler still takes input.
     #[inline]
-    pub fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         matches!(self.core.phase, Phase::Open)
     }
 
@@ -442,7 +442,7 @@ impl<H: Handler> Conn<H> {
     /// handler, or by a send queue over its high watermark). A closing
     /// session reads (and discards) until the peer's FIN.
     #[inline]
-    pub fn wants_input(&self) -> bool {
+    pub(crate) fn wants_input(&self) -> bool {
         match self.core.phase {
             Phase::Open => !self.core.input_done && !self.core.flow.intersects(Flow::STOPS_INPUT),
             Phase::Closing | Phase::Lingering | Phase::AwaitingProxy => !self.core.input_done,
@@ -453,14 +453,14 @@ impl<H: Handler> Conn<H> {
     /// Memory the receive buffer holds (bytes a handler left unconsumed,
     /// and room kept for them).
     #[inline]
-    pub fn recv_capacity(&self) -> usize {
+    pub(crate) fn recv_capacity(&self) -> usize {
         self.recv.capacity()
     }
 
     /// Whether the session is open with its input paused, by the handler
     /// or by its send queue.
     #[inline]
-    pub fn input_paused(&self) -> bool {
+    pub(crate) fn input_paused(&self) -> bool {
         self.is_open() && self.core.flow.intersects(Flow::STOPS_INPUT)
     }
 
@@ -489,7 +489,8 @@ impl<H: Handler> Conn<H> {
 
     /// Whether the session is closed, with FIN sent and awaiting only the
     /// peer's FIN.
-    pub fn is_lingering(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_lingering(&self) -> bool {
         self.core.phase == Phase::Lingering
     }
 
@@ -497,7 +498,8 @@ impl<H: Handler> Conn<H> {
     /// partial message waits there (then the bytes land behind it without a
     /// copy), else `None`: read into the worker's shared scratch buffer and
     /// pass the bytes to [`Conn::received`].
-    pub fn read_target(&mut self, want: usize, limits: &Limits) -> Option<&mut [u8]> {
+    #[cfg_attr(windows, allow(dead_code))] // the Linux engines
+    pub(crate) fn read_target(&mut self, want: usize, limits: &Limits) -> Option<&mut [u8]> {
         if self.recv.is_empty() || !self.takes_input() {
             return None;
         }
@@ -507,7 +509,7 @@ impl<H: Handler> Conn<H> {
     /// `data` arrived (read into scratch memory): hands it to the handler
     /// and keeps what it did not consume. Input after a local close is
     /// discarded.
-    pub fn received(&mut self, data: &[u8], cx: Context<'_>) {
+    pub(crate) fn received(&mut self, data: &[u8], cx: Context<'_>) {
         self.core.bytes_in += data.len() as u64;
         if !self.is_open() || data.is_empty() {
             if self.core.phase == Phase::AwaitingProxy && !data.is_empty() {
@@ -539,7 +541,8 @@ impl<H: Handler> Conn<H> {
     }
 
     /// `n` bytes were read into the slice [`Conn::read_target`] returned.
-    pub fn received_in_place(&mut self, n: usize, cx: Context<'_>) {
+    #[cfg_attr(windows, allow(dead_code))] // the Linux engines
+    pub(crate) fn received_in_place(&mut self, n: usize, cx: Context<'_>) {
         self.core.bytes_in += n as u64;
         self.recv.commit(n);
         self.core.last_active = cx.now;
@@ -563,24 +566,24 @@ impl<H: Handler> Conn<H> {
 
     /// The peer sent FIN: no more input. An open session closes after its
     /// queue is flushed, with [`CloseReason::PeerClosed`].
-    pub fn eof(&mut self) {
+    pub(crate) fn eof(&mut self) {
         self.core.input_done = true;
         self.recv.clear();
         self.core.close(CloseReason::PeerClosed);
     }
 
     /// The socket failed (reset or another error): the session ends now.
-    pub fn failed(&mut self, reason: CloseReason) {
+    pub(crate) fn failed(&mut self, reason: CloseReason) {
         self.core.abort_with(reason, false);
     }
 
     /// The server is stopping: flush and close; connects in progress end.
-    pub fn shutdown(&mut self) {
+    pub(crate) fn shutdown(&mut self) {
         self.core.close(CloseReason::ServerShutdown);
     }
 
     /// The stop deadline passed: whatever is left is reset now.
-    pub fn force_close(&mut self) {
+    pub(crate) fn force_close(&mut self) {
         if self.core.phase == Phase::Done {
             return;
         }
@@ -593,7 +596,7 @@ impl<H: Handler> Conn<H> {
 
     /// Queues `buf` as [`Session::send`] would, for a message from outside
     /// the session's callbacks (another thread, or a topic's fan-out).
-    pub fn deliver(&mut self, buf: Bytes, cx: Context<'_>) -> Result<(), SendError> {
+    pub(crate) fn deliver(&mut self, buf: Bytes, cx: Context<'_>) -> Result<(), SendError> {
         if !self.is_open() {
             return Err(SendError::Closed);
         }
@@ -606,7 +609,7 @@ impl<H: Handler> Conn<H> {
     /// this session) straight to the socket: the rest is queued, then the
     /// progress is counted as for a queued send. A session that ended
     /// meanwhile drops them, as it dropped its queue.
-    pub fn sent_corked(&mut self, corked: &[u8], n: usize, cx: Context<'_>) {
+    pub(crate) fn sent_corked(&mut self, corked: &[u8], n: usize, cx: Context<'_>) {
         // The send may have failed the session meanwhile.
         if !self.takes_corked() {
             return;
@@ -621,32 +624,32 @@ impl<H: Handler> Conn<H> {
     }
 
     /// Whether corked bytes of this session would still be sent.
-    pub fn takes_corked(&self) -> bool {
+    pub(crate) fn takes_corked(&self) -> bool {
         matches!(self.core.phase, Phase::Open | Phase::Closing)
     }
 
     /// Closes gracefully from outside the session's callbacks.
-    pub fn close_from_outside(&mut self, reason: CloseReason) {
+    pub(crate) fn close_from_outside(&mut self, reason: CloseReason) {
         self.core.close(reason);
     }
 
     /// Unsent bytes are queued and the session may still send.
-    pub fn has_unsent(&self) -> bool {
+    pub(crate) fn has_unsent(&self) -> bool {
         !self.core.send.is_empty() && matches!(self.core.phase, Phase::Open | Phase::Closing)
     }
 
     /// Unsent bytes queued.
-    pub fn queued(&self) -> usize {
+    pub(crate) fn queued(&self) -> usize {
         self.core.send.len()
     }
 
     /// Fills `out` with the unsent buffers, for one gather write.
-    pub fn send_slices<'a>(&'a self, out: &mut [IoSlice<'a>]) -> usize {
+    pub(crate) fn send_slices<'a>(&'a self, out: &mut [IoSlice<'a>]) -> usize {
         self.core.send.io_slices(out)
     }
 
     /// The unsent bytes when one buffer holds them all.
-    pub fn sole_unsent(&self) -> Option<&[u8]> {
+    pub(crate) fn sole_unsent(&self) -> Option<&[u8]> {
         self.core.send.sole()
     }
 
@@ -655,7 +658,8 @@ impl<H: Handler> Conn<H> {
     /// far, where the OS tells (`TCP_INFO` on Linux); the stall timeout
     /// compares it with the count when it comes (see [`Conn::wake`]).
     #[cold]
-    pub fn send_blocked(&mut self, acked: Option<u64>) {
+    #[cfg_attr(windows, allow(dead_code))] // the Linux engines
+    pub(crate) fn send_blocked(&mut self, acked: Option<u64>) {
         if let Some(acked) = acked {
             self.core.rare().acked = Some(acked);
         }
@@ -664,7 +668,7 @@ impl<H: Handler> Conn<H> {
     /// The kernel took `n` more bytes. When the queue drains to its low
     /// watermark after being over the high one the handler hears
     /// [`Handler::on_writable`]; when it empties, [`Handler::on_sent`].
-    pub fn sent(&mut self, n: usize, cx: Context<'_>) {
+    pub(crate) fn sent(&mut self, n: usize, cx: Context<'_>) {
         self.core.send.advance(n);
         self.send_progress(n, cx);
     }
@@ -698,28 +702,28 @@ impl<H: Handler> Conn<H> {
 
     /// Whether there are unsent bytes a new send could take (none are
     /// lent out to a send in flight, and the session may still send).
-    pub fn can_lend(&self) -> bool {
+    pub(crate) fn can_lend(&self) -> bool {
         self.core.send.has_unlent() && self.core.send.lent() == 0 && self.has_unsent()
     }
 
     /// For a completion engine: moves the unsent buffers (at most `max`)
     /// into `out` for one send; see [`SendQueue::lend`]. Returns the offset
     /// into `out[0]`.
-    pub fn lend_unsent(&mut self, out: &mut Vec<Bytes>, max: usize) -> usize {
+    pub(crate) fn lend_unsent(&mut self, out: &mut Vec<Bytes>, max: usize) -> usize {
         self.core.send.lend(out, max)
     }
 
     /// The send of lent buffers completed, taking `n` bytes (fewer than
     /// lent is a partial send: the rest goes back to the front). When the
     /// queue empties the handler hears [`Handler::on_sent`].
-    pub fn send_completed(&mut self, bufs: &mut Vec<Bytes>, offset: usize, n: usize, cx: Context<'_>) {
+    pub(crate) fn send_completed(&mut self, bufs: &mut Vec<Bytes>, offset: usize, n: usize, cx: Context<'_>) {
         self.core.send.give_back(bufs, offset, n);
         self.send_progress(n, cx);
     }
 
     /// What the engine must do next; see [`Step`].
     #[inline(always)]
-    pub fn step(&mut self, cx: Context<'_>) -> Step {
+    pub(crate) fn step(&mut self, cx: Context<'_>) -> Step {
         if self.core.flow.contains(Flow::OFFER) && self.offer_kept_input(cx) {
             return Step::Continue;
         }
@@ -774,7 +778,7 @@ impl<H: Handler> Conn<H> {
 
     /// Tells the handler the session ended. Call exactly once, after
     /// [`Step::Close`], with its reason.
-    pub fn finish(mut self, reason: CloseReason) {
+    pub(crate) fn finish(mut self, reason: CloseReason) {
         self.handler.on_disconnected(reason);
     }
 
@@ -782,7 +786,7 @@ impl<H: Handler> Conn<H> {
     /// now (see [`Conn::wake`]): an engine that writes again only after a
     /// writable report tries a write first, for the kernel may have made
     /// room without reporting it.
-    pub fn stall_check_due(&self, at: Tick, cx: Context<'_>) -> bool {
+    pub(crate) fn stall_check_due(&self, at: Tick, cx: Context<'_>) -> bool {
         at == self.core.wake_at
             && matches!(self.core.phase, Phase::Open | Phase::Closing)
             && cx.now >= self.stall_check_at(cx.limits)
@@ -849,7 +853,7 @@ impl<H: Handler> Conn<H> {
     /// Makes sure `timers` will wake this connection (slot `token`) at its
     /// next deadline. Call after anything that may have moved it.
     #[inline(always)]
-    pub fn arm(&mut self, token: u64, timers: &mut Timers, limits: &Limits) {
+    pub(crate) fn arm(&mut self, token: u64, timers: &mut Timers, limits: &Limits) {
         // No timer, nothing queued and no idle timeout: no deadline in any
         // phase (the common case, checked inline).
         if self.core.timer_at == Tick::NEVER && self.core.send.is_empty() && limits.idle_timeout.is_none() {
@@ -883,7 +887,7 @@ impl<H: Handler> Conn<H> {
     /// quarter timeouts after the peer's last acknowledgment. Where the OS
     /// gives no count (`None`), the engine's own view decides: the kernel
     /// took none of the queue for the timeout.
-    pub fn wake(&mut self, at: Tick, cx: Context<'_>, acked: impl FnOnce() -> Option<u64>) {
+    pub(crate) fn wake(&mut self, at: Tick, cx: Context<'_>, acked: impl FnOnce() -> Option<u64>) {
         if at != self.core.wake_at {
             return;
         }

@@ -10,9 +10,10 @@ use bytes::Bytes;
 
 use super::close::{CloseReason, SendError};
 use super::conn::{Core, Flow, Phase};
+use super::cork::Cork;
+use super::hub::Hub;
 use crate::config::{ConfigError, Setting};
 use crate::proxy::ProxyInfo;
-use crate::topic::{Cork, Hub, Pending};
 
 /// Per-session application logic, in the spirit of the seeds' `Session`.
 ///
@@ -162,20 +163,20 @@ impl fmt::Display for SessionId {
 /// A point in time as whole milliseconds since the worker started. The
 /// session layer never reads a clock; engines pass the time in.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Default)]
-pub struct Tick(pub u64);
+pub(crate) struct Tick(pub u64);
 
 impl Tick {
     /// Later than any real time: "no deadline".
-    pub const NEVER: Tick = Tick(u64::MAX);
+    pub(crate) const NEVER: Tick = Tick(u64::MAX);
 
     /// This time plus `d` (rounded up to a whole millisecond).
-    pub fn after(self, d: Duration) -> Tick {
+    pub(crate) fn after(self, d: Duration) -> Tick {
         let ms = d.as_nanos().div_ceil(1_000_000).min(u64::MAX as u128) as u64;
         Tick(self.0.saturating_add(ms))
     }
 
     /// Time from `self` until `later` (zero if `later` is not later).
-    pub fn until(self, later: Tick) -> Duration {
+    pub(crate) fn until(self, later: Tick) -> Duration {
         Duration::from_millis(later.0.saturating_sub(self.0))
     }
 }
@@ -205,7 +206,8 @@ pub struct Limits {
     /// the session ends between one and one and a quarter timeouts after
     /// the peer's last acknowledgment, however seldom the socket reports
     /// room), else by the engine's view of the kernel taking bytes; see
-    /// [`crate::session::Conn::wake`]. `None` waits forever. Default 30 s.
+    /// the README's "Running in production". `None` waits forever.
+    /// Default 30 s.
     pub send_stall_timeout: Option<Duration>,
     /// Close sessions that receive nothing for this long (time with input
     /// paused does not count). Default: never.
@@ -485,79 +487,5 @@ impl Session<'_> {
     /// Cancels the timer, if any.
     pub fn cancel_timer(&mut self) {
         self.core.timer_at = Tick::NEVER;
-    }
-
-    /// Subscribes this session to `topic`, at once: it gets every message
-    /// published to the topic from now on, wherever it is published, until
-    /// it unsubscribes or ends. False if it already was subscribed.
-    pub fn subscribe(&mut self, topic: &str) -> bool {
-        self.hub.topics.borrow_mut().subscribe(self.id.token(), topic)
-    }
-
-    /// Ends this session's subscription to `topic`; false if it had none.
-    pub fn unsubscribe(&mut self, topic: &str) -> bool {
-        self.hub.topics.borrow_mut().unsubscribe(self.id.token(), topic)
-    }
-
-    /// Whether this session subscribes to `topic`.
-    pub fn is_subscribed(&self, topic: &str) -> bool {
-        self.hub.topics.borrow().is_subscribed(self.id.token(), topic)
-    }
-
-    /// Whether messages published to `topic` on other server instances
-    /// reach this server now: with a Redis bridge
-    /// (`ServerBuilder::redis`, feature `redis`), once the bridge's subscription
-    /// to the topic's channel is confirmed (or while Redis is away, when
-    /// nothing can come); always without one. A chat server can wait for
-    /// it before telling a member "joined".
-    pub fn topic_ready(&self, topic: &str) -> bool {
-        self.hub.topics.borrow().registry().remote_ready(topic)
-    }
-
-    /// Sessions subscribed to `topic` across the whole server now.
-    pub fn subscribers(&self, topic: &str) -> u64 {
-        self.hub.topics.borrow().registry().subscribers(topic)
-    }
-
-    /// Publishes `buf` to every subscriber of `topic` on every worker,
-    /// this session included if it subscribes. The one buffer is shared by
-    /// all (a reference count each, no copy).
-    ///
-    /// Ordering: messages one session publishes reach each subscriber in
-    /// the order published. This session's own copy is queued at once (in
-    /// order with its [`Session::send`]s); the others are queued after the
-    /// callback returns. A subscriber whose send queue would go over its
-    /// cap is closed ([`CloseReason::SendQueueFull`]) without holding the
-    /// others up.
-    pub fn publish(&mut self, topic: &str, buf: impl Into<Bytes>) {
-        let buf = buf.into();
-        let me = self.id.token();
-        if self.is_subscribed(topic) && matches!(self.core.phase, Phase::Open) {
-            let delivered = self.core.queue(buf.clone(), self.now, self.limits);
-            self.hub
-                .topics
-                .borrow()
-                .count_own_delivery(topic, delivered.is_ok());
-            if delivered.is_ok() {
-                self.hub.own_deliveries.set(self.hub.own_deliveries.get() + 1);
-                self.hub.message_sent();
-            }
-        }
-        self.defer_publish(topic, buf, me);
-    }
-
-    /// Publishes `buf` to every subscriber of `topic` but this session; see
-    /// [`Session::publish`].
-    pub fn publish_except_self(&mut self, topic: &str, buf: impl Into<Bytes>) {
-        self.defer_publish(topic, buf.into(), self.id.token());
-    }
-
-    fn defer_publish(&mut self, topic: &str, buf: Bytes, skip: u64) {
-        let topic = self.hub.topics.borrow().shared_name(topic);
-        self.hub.pending.borrow_mut().push(Pending {
-            topic,
-            buf,
-            skip: Some(skip),
-        });
     }
 }

@@ -14,16 +14,20 @@
 
 mod close;
 mod conn;
+mod cork;
 mod handler;
+mod hub;
 mod recv_buffer;
 mod send_queue;
 mod table;
 mod timers;
 
 pub use close::{CloseKind, CloseReason, SendError};
-pub use conn::{Conn, Context, Step};
-pub use handler::{Handler, Limits, Session, SessionId, Tick};
-pub use recv_buffer::{RecvBuffer, RecvBufferFull};
-pub use send_queue::{QueueFull, SendQueue};
-pub use table::{Table, RESERVED};
-pub use timers::Timers;
+pub(crate) use conn::{Conn, Context, Step};
+pub(crate) use handler::Tick;
+pub use handler::{Handler, Limits, Session, SessionId};
+pub(crate) use hub::Hub;
+pub(crate) use table::Table;
+#[cfg(target_os = "linux")]
+pub(crate) use table::RESERVED;
+pub(crate) use timers::Timers;

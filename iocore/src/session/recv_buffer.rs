@@ -10,7 +10,7 @@
 /// Bytes received but not yet consumed, between a read and a write cursor.
 /// One pointer wide while empty.
 #[derive(Default, Debug)]
-pub struct RecvBuffer {
+pub(crate) struct RecvBuffer {
     inner: Option<Box<Inner>>,
 }
 
@@ -23,31 +23,31 @@ struct Inner {
 
 /// The buffer would exceed its limit: the handler is not consuming.
 #[derive(Debug, PartialEq, Eq)]
-pub struct RecvBufferFull;
+pub(crate) struct RecvBufferFull;
 
 impl RecvBuffer {
     /// An empty buffer that owns no memory.
-    pub const fn new() -> RecvBuffer {
+    pub(crate) const fn new() -> RecvBuffer {
         RecvBuffer { inner: None }
     }
 
     /// Unconsumed bytes.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.inner.as_ref().map_or(0, |i| (i.end - i.start) as usize)
     }
 
     /// No unconsumed bytes.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Bytes of memory held for data (0 while empty).
-    pub fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         self.inner.as_ref().map_or(0, |i| i.buf.len())
     }
 
     /// The unconsumed bytes, oldest first.
-    pub fn data(&self) -> &[u8] {
+    pub(crate) fn data(&self) -> &[u8] {
         match &self.inner {
             Some(i) => &i.buf[i.start as usize..i.end as usize],
             None => &[],
@@ -56,7 +56,7 @@ impl RecvBuffer {
 
     /// Marks `n` bytes as consumed. When nothing is left the memory is
     /// released, so only sessions holding a partial message keep a buffer.
-    pub fn consume(&mut self, n: usize) {
+    pub(crate) fn consume(&mut self, n: usize) {
         assert!(n <= self.len(), "consumed {n} of {} buffered bytes", self.len());
         if let Some(i) = &mut self.inner {
             i.start += n as u32;
@@ -68,7 +68,7 @@ impl RecvBuffer {
 
     /// Appends `data` after the unconsumed bytes, unless the total would
     /// exceed `max`.
-    pub fn extend(&mut self, data: &[u8], max: usize) -> Result<(), RecvBufferFull> {
+    pub(crate) fn extend(&mut self, data: &[u8], max: usize) -> Result<(), RecvBufferFull> {
         if self.len() + data.len() > max {
             return Err(RecvBufferFull);
         }
@@ -82,7 +82,7 @@ impl RecvBuffer {
     /// at least `want` bytes when the limit allows, never more than keeps
     /// the total within `max`. Makes room by moving the unconsumed bytes to
     /// the front (compaction) before growing. Empty when the buffer is full.
-    pub fn spare(&mut self, want: usize, max: usize) -> &mut [u8] {
+    pub(crate) fn spare(&mut self, want: usize, max: usize) -> &mut [u8] {
         let len = self.len();
         let want = want.min(max.saturating_sub(len));
         let i = self.inner.get_or_insert_with(Box::default);
@@ -105,7 +105,7 @@ impl RecvBuffer {
     /// Records that `n` bytes were written into the slice [`spare`] gave.
     ///
     /// [`spare`]: RecvBuffer::spare
-    pub fn commit(&mut self, n: usize) {
+    pub(crate) fn commit(&mut self, n: usize) {
         let Some(i) = &mut self.inner else {
             assert_eq!(n, 0, "commit without spare space");
             return;
@@ -118,7 +118,7 @@ impl RecvBuffer {
     }
 
     /// Drops everything and releases the memory.
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.inner = None;
     }
 }

@@ -16,7 +16,7 @@ use bytes::Bytes;
 
 /// Queued outgoing buffers with partial-send accounting.
 #[derive(Default, Debug)]
-pub struct SendQueue {
+pub(crate) struct SendQueue {
     head: Option<Bytes>,
     /// The buffers after `head`; boxed, so that a queue that never held
     /// two buffers at once (an idle session, a ping-pong) costs a pointer,
@@ -36,11 +36,11 @@ pub struct SendQueue {
 
 /// Queuing would exceed the session's send-queue limit.
 #[derive(Debug, PartialEq, Eq)]
-pub struct QueueFull;
+pub(crate) struct QueueFull;
 
 impl SendQueue {
     /// An empty queue that owns no memory.
-    pub const fn new() -> SendQueue {
+    pub(crate) const fn new() -> SendQueue {
         SendQueue {
             head: None,
             rest: None,
@@ -52,19 +52,19 @@ impl SendQueue {
     }
 
     /// Unsent bytes.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.queued as usize
     }
 
     /// Nothing left to send.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.queued == 0
     }
 
     /// Appends `buf` unless the unsent total would exceed `max`. Empty
     /// buffers are ignored.
     #[inline]
-    pub fn push(&mut self, buf: Bytes, max: usize) -> Result<(), QueueFull> {
+    pub(crate) fn push(&mut self, buf: Bytes, max: usize) -> Result<(), QueueFull> {
         if self.queued as usize + buf.len() > max.min(u32::MAX as usize) {
             return Err(QueueFull);
         }
@@ -104,7 +104,7 @@ impl SendQueue {
 
     /// Fills `out` with the unsent bytes in order (the first one starting
     /// at the partial-send offset) and returns how many slices it filled.
-    pub fn io_slices<'a>(&'a self, out: &mut [IoSlice<'a>]) -> usize {
+    pub(crate) fn io_slices<'a>(&'a self, out: &mut [IoSlice<'a>]) -> usize {
         let Some(head) = &self.head else { return 0 };
         let mut n = 0;
         let rest = self.rest.iter().flat_map(|r| r.iter());
@@ -120,7 +120,7 @@ impl SendQueue {
 
     /// The unsent bytes when they are all in one buffer (the common case:
     /// a send needs no gather array).
-    pub fn sole(&self) -> Option<&[u8]> {
+    pub(crate) fn sole(&self) -> Option<&[u8]> {
         match self.rest_is_empty() {
             true => self.front(),
             false => None,
@@ -128,13 +128,13 @@ impl SendQueue {
     }
 
     /// The unsent part of the oldest buffer, if any.
-    pub fn front(&self) -> Option<&[u8]> {
+    pub(crate) fn front(&self) -> Option<&[u8]> {
         self.head.as_ref().map(|b| &b[self.offset as usize..])
     }
 
     /// Records that the socket took `n` more bytes: fully sent buffers are
     /// released, a partly sent one keeps its offset.
-    pub fn advance(&mut self, n: usize) {
+    pub(crate) fn advance(&mut self, n: usize) {
         assert!(
             n <= self.queued as usize,
             "advanced {n} past {} queued bytes",
@@ -168,7 +168,7 @@ impl SendQueue {
     /// back with [`SendQueue::give_back`]. Returns how much of `out[0]` was
     /// already sent. Lent bytes still count as queued. At most one lending
     /// at a time, which keeps sends in order.
-    pub fn lend(&mut self, out: &mut Vec<Bytes>, max: usize) -> usize {
+    pub(crate) fn lend(&mut self, out: &mut Vec<Bytes>, max: usize) -> usize {
         assert!(self.lent == 0, "a send is already in flight");
         let offset = self.offset as usize;
         out.extend(self.head.take());
@@ -185,19 +185,19 @@ impl SendQueue {
     }
 
     /// Bytes lent out and not yet given back.
-    pub fn lent(&self) -> usize {
+    pub(crate) fn lent(&self) -> usize {
         self.lent as usize
     }
 
     /// Unsent bytes not lent out: something a new send could take.
-    pub fn has_unlent(&self) -> bool {
+    pub(crate) fn has_unlent(&self) -> bool {
         self.head.is_some()
     }
 
     /// Takes back lent buffers after the send took `sent` of the lent
     /// bytes: what it did not take goes back to the front, in order. If the
     /// queue was cleared meanwhile they are dropped. Empties `bufs`.
-    pub fn give_back(&mut self, bufs: &mut Vec<Bytes>, offset: usize, sent: usize) {
+    pub(crate) fn give_back(&mut self, bufs: &mut Vec<Bytes>, offset: usize, sent: usize) {
         let lent = std::mem::take(&mut self.lent) as usize;
         if std::mem::take(&mut self.lent_dropped) {
             bufs.clear();
@@ -232,7 +232,7 @@ impl SendQueue {
 
     /// Drops everything unsent and releases the memory. Lent buffers are
     /// dropped when given back.
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         let lent = self.lent;
         *self = SendQueue::new();
         self.lent = lent;

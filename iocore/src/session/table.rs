@@ -10,7 +10,7 @@
 //! descriptors (listener, wake-up).
 
 /// Tokens at or above this are reserved for the engine.
-pub const RESERVED: u64 = 1 << 63;
+pub(crate) const RESERVED: u64 = 1 << 63;
 
 const NO_SLOT: u32 = u32::MAX;
 /// Generations use 24 bits: tokens stay below 2^56 (an engine may keep the
@@ -23,7 +23,7 @@ enum Entry<T> {
 }
 
 /// Values addressed by generation-checked tokens.
-pub struct Table<T> {
+pub(crate) struct Table<T> {
     entries: Vec<Entry<T>>,
     free: u32,
     len: usize,
@@ -45,22 +45,23 @@ fn split(token: u64) -> Option<(usize, u32)> {
 
 impl<T> Table<T> {
     /// Live values.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 
     /// No live values.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Stores `value` and returns its token.
-    pub fn insert(&mut self, value: T) -> u64 {
+    pub(crate) fn insert(&mut self, value: T) -> u64 {
         self.insert_with(|_| value)
     }
 
     /// Stores the value `make` builds from its token.
-    pub fn insert_with(&mut self, make: impl FnOnce(u64) -> T) -> u64 {
+    pub(crate) fn insert_with(&mut self, make: impl FnOnce(u64) -> T) -> u64 {
         self.len += 1;
         if self.free != NO_SLOT {
             let slot = self.free as usize;
@@ -91,7 +92,7 @@ impl<T> Table<T> {
     }
 
     /// The value for `token`, if it is still live.
-    pub fn get_mut(&mut self, token: u64) -> Option<&mut T> {
+    pub(crate) fn get_mut(&mut self, token: u64) -> Option<&mut T> {
         let (slot, gen) = split(token)?;
         match self.entries.get_mut(slot) {
             Some(Entry::Occupied { generation, value }) if *generation == gen => Some(value),
@@ -100,7 +101,7 @@ impl<T> Table<T> {
     }
 
     /// Removes and returns the value for `token`, if it is still live.
-    pub fn remove(&mut self, token: u64) -> Option<T> {
+    pub(crate) fn remove(&mut self, token: u64) -> Option<T> {
         let (slot, gen) = split(token)?;
         match self.entries.get(slot) {
             Some(Entry::Occupied { generation, .. }) if *generation == gen => {}
@@ -119,7 +120,7 @@ impl<T> Table<T> {
     }
 
     /// Tokens of all live values (a snapshot, for walking while mutating).
-    pub fn tokens(&self) -> Vec<u64> {
+    pub(crate) fn tokens(&self) -> Vec<u64> {
         self.entries
             .iter()
             .enumerate()

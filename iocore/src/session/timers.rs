@@ -12,38 +12,28 @@ use super::handler::Tick;
 
 /// Deadlines of the sessions on one worker.
 #[derive(Default, Debug)]
-pub struct Timers {
+pub(crate) struct Timers {
     heap: BinaryHeap<Reverse<(Tick, u64)>>,
 }
 
 impl Timers {
     /// Wakes `token` at `at`.
-    pub fn schedule(&mut self, at: Tick, token: u64) {
+    pub(crate) fn schedule(&mut self, at: Tick, token: u64) {
         if at != Tick::NEVER {
             self.heap.push(Reverse((at, token)));
         }
     }
 
     /// The earliest scheduled time.
-    pub fn next(&self) -> Option<Tick> {
+    pub(crate) fn next(&self) -> Option<Tick> {
         self.heap.peek().map(|Reverse((at, _))| *at)
     }
 
     /// Removes and returns an entry due at or before `now`.
-    pub fn pop_due(&mut self, now: Tick) -> Option<(Tick, u64)> {
+    pub(crate) fn pop_due(&mut self, now: Tick) -> Option<(Tick, u64)> {
         match self.heap.peek() {
             Some(Reverse((at, _))) if *at <= now => self.heap.pop().map(|Reverse(e)| e),
             _ => None,
         }
-    }
-
-    /// Scheduled entries, stale ones included.
-    pub fn len(&self) -> usize {
-        self.heap.len()
-    }
-
-    /// No entries.
-    pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
     }
 }

@@ -11,22 +11,22 @@ use std::time::Duration;
 
 /// Readiness interest and results, as epoll bit flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Interest(u32);
+pub(crate) struct Interest(u32);
 
 impl Interest {
     /// Readable or peer closed (the seed's `FD_READ | FD_CLOSE`) and
     /// writable (`FD_WRITE`), edge-triggered: registered once per session
     /// and never modified, since with edge triggering an unused write edge
     /// costs nothing.
-    pub const READ_WRITE_EDGE: Interest =
+    pub(crate) const READ_WRITE_EDGE: Interest =
         Interest((libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLOUT | libc::EPOLLET) as u32);
     /// Readable, edge-triggered (listeners and wake-up descriptors).
-    pub const READ_EDGE: Interest = Interest((libc::EPOLLIN | libc::EPOLLET) as u32);
+    pub(crate) const READ_EDGE: Interest = Interest((libc::EPOLLIN | libc::EPOLLET) as u32);
 }
 
 /// One readiness report.
 #[derive(Clone, Copy)]
-pub struct Event {
+pub(crate) struct Event {
     /// The token given at registration.
     pub token: u64,
     bits: u32,
@@ -35,33 +35,33 @@ pub struct Event {
 impl Event {
     /// Readable, or the peer closed/reset: a read will not block and
     /// reports what happened.
-    pub fn is_readable(&self) -> bool {
+    pub(crate) fn is_readable(&self) -> bool {
         self.bits & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0
     }
     /// Writable, or the socket failed: a send will not block.
-    pub fn is_writable(&self) -> bool {
+    pub(crate) fn is_writable(&self) -> bool {
         self.bits & (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0
     }
     /// The peer's FIN or an error was seen: reading must go on until it
     /// reports that (end of file or the error), not stop at a short read.
-    pub fn is_read_closed(&self) -> bool {
+    pub(crate) fn is_read_closed(&self) -> bool {
         self.bits & (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0
     }
     /// The socket has a pending error (`SO_ERROR`).
-    pub fn is_error(&self) -> bool {
+    pub(crate) fn is_error(&self) -> bool {
         self.bits & libc::EPOLLERR as u32 != 0
     }
 }
 
 /// An epoll instance, closed on drop.
-pub struct Epoll {
+pub(crate) struct Epoll {
     fd: OwnedFd,
     buf: Vec<libc::epoll_event>,
 }
 
 impl Epoll {
     /// A new epoll instance whose waits return up to `capacity` events.
-    pub fn new(capacity: usize) -> io::Result<Epoll> {
+    pub(crate) fn new(capacity: usize) -> io::Result<Epoll> {
         // SAFETY (syscall): a plain flag argument only.
         let fd = syscall!(epoll_create1(libc::EPOLL_CLOEXEC))?;
         // SAFETY: epoll_create1() just returned this descriptor; we own it.
@@ -81,19 +81,19 @@ impl Epoll {
     }
 
     /// Starts watching `fd`, reporting `token` with its events.
-    pub fn add(&self, fd: &impl AsRawFd, token: u64, interest: Interest) -> io::Result<()> {
+    pub(crate) fn add(&self, fd: &impl AsRawFd, token: u64, interest: Interest) -> io::Result<()> {
         self.ctl(libc::EPOLL_CTL_ADD, fd.as_raw_fd(), token, interest)
     }
 
     /// Stops watching `fd` (closing it does this too).
-    pub fn delete(&self, fd: &impl AsRawFd) -> io::Result<()> {
+    pub(crate) fn delete(&self, fd: &impl AsRawFd) -> io::Result<()> {
         self.ctl(libc::EPOLL_CTL_DEL, fd.as_raw_fd(), 0, Interest(0))
     }
 
     /// Waits until at least one watched descriptor is ready or `timeout`
     /// passes (`None`: forever) and returns how many reports there are;
     /// read them with [`Epoll::event`]. An interrupted wait reports none.
-    pub fn wait(&mut self, timeout: Option<Duration>) -> io::Result<usize> {
+    pub(crate) fn wait(&mut self, timeout: Option<Duration>) -> io::Result<usize> {
         let ms = match timeout {
             None => -1,
             // Round up so that a wait for 0.4 ms does not spin at 0 ms.
@@ -117,7 +117,7 @@ impl Epoll {
     }
 
     /// The `i`-th report of the last [`Epoll::wait`].
-    pub fn event(&self, i: usize) -> Event {
+    pub(crate) fn event(&self, i: usize) -> Event {
         let e = self.buf[i];
         Event {
             token: e.u64,

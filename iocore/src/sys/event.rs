@@ -8,14 +8,14 @@ use windows_sys::Win32::System::Threading::{CreateEventW, ResetEvent, SetEvent};
 
 /// A manual-reset event, closed on drop. An IOCP loop, which cannot wait
 /// on events, attaches its port so wake-ups also reach it.
-pub struct Event {
+pub(crate) struct Event {
     handle: OwnedHandle,
     port: std::sync::Mutex<Option<super::iocp::PortWaker>>,
 }
 
 impl Event {
     /// A new event in the non-signaled state.
-    pub fn new() -> io::Result<Event> {
+    pub(crate) fn new() -> io::Result<Event> {
         // SAFETY: null security attributes and name are allowed; the
         // flags ask for a manual-reset event, initially non-signaled.
         let h = unsafe { CreateEventW(std::ptr::null(), 1, 0, std::ptr::null()) };
@@ -31,12 +31,12 @@ impl Event {
     }
 
     /// Also wakes `port`'s loop from now on (`None`: stop).
-    pub fn attach_port(&self, port: Option<super::iocp::PortWaker>) {
+    pub(crate) fn attach_port(&self, port: Option<super::iocp::PortWaker>) {
         *self.port.lock().unwrap_or_else(|p| p.into_inner()) = port;
     }
 
     /// Signals the event (and the attached port).
-    pub fn wake(&self) -> io::Result<()> {
+    pub(crate) fn wake(&self) -> io::Result<()> {
         if let Some(port) = &*self.port.lock().unwrap_or_else(|p| p.into_inner()) {
             port.wake()?;
         }
@@ -48,7 +48,7 @@ impl Event {
     }
 
     /// Whether the event is signaled now.
-    pub fn handle_is_set(&self) -> bool {
+    pub(crate) fn handle_is_set(&self) -> bool {
         // SAFETY: the handle is a live event; a zero timeout only tests it.
         unsafe {
             windows_sys::Win32::System::Threading::WaitForSingleObject(self.handle.as_raw_handle() as _, 0)
@@ -57,7 +57,7 @@ impl Event {
     }
 
     /// Returns the event to non-signaled.
-    pub fn drain(&self) -> io::Result<()> {
+    pub(crate) fn drain(&self) -> io::Result<()> {
         // SAFETY: the handle is a live event owned by self.
         if unsafe { ResetEvent(self.handle.as_raw_handle() as _) } == 0 {
             return Err(io::Error::last_os_error());

@@ -6,13 +6,13 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// A non-blocking eventfd, closed on drop.
-pub struct EventFd {
+pub(crate) struct EventFd {
     fd: OwnedFd,
 }
 
 impl EventFd {
     /// A new eventfd with counter 0.
-    pub fn new() -> io::Result<EventFd> {
+    pub(crate) fn new() -> io::Result<EventFd> {
         // SAFETY (syscall): plain integer arguments only.
         let fd = syscall!(eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC))?;
         // SAFETY: eventfd() just returned this descriptor; we own it.
@@ -22,7 +22,7 @@ impl EventFd {
     }
 
     /// Adds one to the counter, making the descriptor readable.
-    pub fn wake(&self) -> io::Result<()> {
+    pub(crate) fn wake(&self) -> io::Result<()> {
         let one: u64 = 1;
         // SAFETY: the pointer and length describe `one`, a live u64.
         match syscall!(write(
@@ -38,7 +38,7 @@ impl EventFd {
     }
 
     /// Resets the counter to 0 so the next `wake` makes a new edge.
-    pub fn drain(&self) -> io::Result<()> {
+    pub(crate) fn drain(&self) -> io::Result<()> {
         let mut value: u64 = 0;
         // SAFETY: the pointer and length describe `value`, a live u64.
         match syscall!(read(

@@ -46,7 +46,7 @@ const WAKE_KEY: usize = usize::MAX;
 /// Bytes AcceptEx needs per address: the largest sockaddr plus 16.
 const ADDR_LEN: u32 = (std::mem::size_of::<SOCKADDR_STORAGE>() + 16) as u32;
 /// Most buffers gathered into one send.
-pub const MAX_BUFS: usize = 64;
+pub(crate) const MAX_BUFS: usize = 64;
 
 pub(crate) fn raw(s: &OwnedSocket) -> SOCKET {
     s.as_raw_socket() as SOCKET
@@ -130,7 +130,7 @@ pub(crate) fn wsabufs(send: &SendOp) -> Vec<WSABUF> {
 
 /// Buffers for one gather send; see [`Port::send`].
 #[derive(Default)]
-pub struct SendOp {
+pub(crate) struct SendOp {
     /// The buffers, in order (at most [`MAX_BUFS`]).
     pub bufs: Vec<Bytes>,
     /// Bytes of `bufs[0]` already sent before.
@@ -161,7 +161,7 @@ struct Op {
 }
 
 /// What completed.
-pub enum Done {
+pub(crate) enum Done {
     /// A [`PortWaker`] woke the loop.
     Wake,
     /// An accept finished: the new socket and its peer.
@@ -181,13 +181,13 @@ pub enum Done {
 
 /// Wakes a port's loop from any thread.
 #[derive(Clone)]
-pub struct PortWaker {
+pub(crate) struct PortWaker {
     port: Arc<AtomicUsize>,
 }
 
 impl PortWaker {
     /// Posts a wake-up, unless the port is gone.
-    pub fn wake(&self) -> io::Result<()> {
+    pub(crate) fn wake(&self) -> io::Result<()> {
         let port = self.port.load(Ordering::Acquire);
         if port == 0 {
             return Ok(());
@@ -202,7 +202,7 @@ impl PortWaker {
 }
 
 /// A completion port with the operations posted to it.
-pub struct Port {
+pub(crate) struct Port {
     handle: HANDLE,
     shared: Arc<AtomicUsize>,
     outstanding: usize,
@@ -258,7 +258,7 @@ pub(crate) fn bind_any(s: &OwnedSocket, addr: &SocketAddr) -> io::Result<()> {
 
 impl Port {
     /// A new port for one thread.
-    pub fn new() -> io::Result<Port> {
+    pub(crate) fn new() -> io::Result<Port> {
         // SAFETY: creating a new port: no file handle, no existing port.
         let handle = unsafe { CreateIoCompletionPort(INVALID_HANDLE_VALUE, std::ptr::null_mut(), 0, 1) };
         if handle.is_null() {
@@ -274,14 +274,14 @@ impl Port {
     }
 
     /// A handle that wakes this port's loop from another thread.
-    pub fn waker(&self) -> PortWaker {
+    pub(crate) fn waker(&self) -> PortWaker {
         PortWaker {
             port: self.shared.clone(),
         }
     }
 
     /// Routes `s`'s completions to this port.
-    pub fn associate(&self, s: &OwnedSocket) -> io::Result<()> {
+    pub(crate) fn associate(&self, s: &OwnedSocket) -> io::Result<()> {
         // SAFETY: `s` is a live socket; the port is live.
         if unsafe { CreateIoCompletionPort(raw(s) as HANDLE, self.handle, 0, 0) }.is_null() {
             return Err(io::Error::last_os_error());
@@ -311,7 +311,7 @@ impl Port {
 
     /// Posts an AcceptEx on `listener` (associated with this port) for a
     /// new socket of the listener's family.
-    pub fn accept(&mut self, listener: &OwnedSocket, addr: &SocketAddr) -> io::Result<()> {
+    pub(crate) fn accept(&mut self, listener: &OwnedSocket, addr: &SocketAddr) -> io::Result<()> {
         let socket: OwnedSocket = Socket::new(Domain::for_address(*addr), Type::STREAM, None)?.into();
         let accepted = raw(&socket);
         let buf = Box::new([0u8; 2 * ADDR_LEN as usize]);
@@ -342,7 +342,7 @@ impl Port {
     }
 
     /// Posts a zero-byte receive on session `token`'s socket (rule 2).
-    pub fn recv(&mut self, s: &OwnedSocket, token: u64) -> io::Result<()> {
+    pub(crate) fn recv(&mut self, s: &OwnedSocket, token: u64) -> io::Result<()> {
         let op = self.post(raw(s), token, Kind::Recv);
         // SAFETY: `op` is handed to the kernel until its completion.
         if let Err(e) = unsafe { start_zero_byte_recv(raw(s), &mut (*op).ov) } {
@@ -353,7 +353,7 @@ impl Port {
     }
 
     /// Posts a gather send of `send`'s buffers on session `token`'s socket.
-    pub fn send(&mut self, s: &OwnedSocket, send: Box<SendOp>, token: u64) -> io::Result<()> {
+    pub(crate) fn send(&mut self, s: &OwnedSocket, send: Box<SendOp>, token: u64) -> io::Result<()> {
         let wsabufs = wsabufs(&send);
         let op = self.post(raw(s), token, Kind::Send { op: send, wsabufs });
         // SAFETY: `op` owns the buffers and the WSABUF array that points
@@ -373,7 +373,7 @@ impl Port {
 
     /// Binds `s` (associated with this port) and posts a ConnectEx to
     /// `addr` for session `token`.
-    pub fn connect(&mut self, s: &OwnedSocket, addr: &SocketAddr, token: u64) -> io::Result<()> {
+    pub(crate) fn connect(&mut self, s: &OwnedSocket, addr: &SocketAddr, token: u64) -> io::Result<()> {
         bind_any(s, addr)?;
         let connect_ex = match self.connect_ex {
             Some(f) => f,
@@ -406,18 +406,18 @@ impl Port {
     }
 
     /// Makes every operation posted on `s` complete, aborted (rule 3).
-    pub fn cancel(&self, s: &OwnedSocket) {
+    pub(crate) fn cancel(&self, s: &OwnedSocket) {
         // SAFETY: `s` is a live socket; a null OVERLAPPED means "all".
         unsafe { CancelIoEx(raw(s) as HANDLE, std::ptr::null()) };
     }
 
     /// Operations posted and not completed.
-    pub fn outstanding(&self) -> usize {
+    pub(crate) fn outstanding(&self) -> usize {
         self.outstanding
     }
 
     /// Waits up to `timeout` (`None`: forever) for completions.
-    pub fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Done>) -> io::Result<()> {
+    pub(crate) fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Done>) -> io::Result<()> {
         let ms = timeout.map_or(u32::MAX, |t| t.as_millis().min(u32::MAX as u128 - 1) as u32);
         let mut n = 0;
         // SAFETY: the entries buffer is writable for its length.
@@ -556,12 +556,12 @@ fn decode_sockaddr(b: &[u8]) -> Option<SocketAddr> {
 }
 
 /// Reads what arrived on a non-blocking socket. `Ok(0)` is FIN.
-pub fn read(s: &OwnedSocket, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn read(s: &OwnedSocket, buf: &mut [u8]) -> io::Result<usize> {
     std::io::Read::read(&mut &*SockRef::from(s), buf)
 }
 
 /// A new non-blocking socket for connecting to `addr`.
-pub fn stream_for(addr: &SocketAddr) -> io::Result<OwnedSocket> {
+pub(crate) fn stream_for(addr: &SocketAddr) -> io::Result<OwnedSocket> {
     let s = Socket::new(Domain::for_address(*addr), Type::STREAM, None)?;
     s.set_nonblocking(true)?;
     Ok(s.into())

@@ -59,36 +59,36 @@ macro_rules! raw_syscall {
 }
 
 #[cfg(target_os = "linux")]
-pub mod epoll;
+pub(crate) mod epoll;
 #[cfg(unix)]
-pub mod eventfd;
+pub(crate) mod eventfd;
 #[cfg(unix)]
-pub mod socket;
+pub(crate) mod socket;
 #[cfg(target_os = "linux")]
-pub mod uring;
+pub(crate) mod uring;
 
 #[cfg(windows)]
-pub mod event;
+pub(crate) mod event;
 #[cfg(windows)]
-pub mod iocp;
+pub(crate) mod iocp;
 #[cfg(windows)]
-pub mod overlapped;
+pub(crate) mod overlapped;
 #[cfg(windows)]
 #[path = "winsock.rs"]
-pub mod socket;
+pub(crate) mod socket;
 #[cfg(windows)]
-pub mod wsaevent;
+pub(crate) mod wsaevent;
 
 /// An owned socket of this OS: closed on drop.
 #[cfg(unix)]
-pub type OwnedSocket = std::os::fd::OwnedFd;
+pub(crate) type OwnedSocket = std::os::fd::OwnedFd;
 /// An owned socket of this OS: closed on drop.
 #[cfg(windows)]
-pub type OwnedSocket = std::os::windows::io::OwnedSocket;
+pub(crate) type OwnedSocket = std::os::windows::io::OwnedSocket;
 
 /// What wakes a worker's loop from another thread.
 #[cfg(windows)]
-pub use event::Event as Waker;
+pub(crate) use event::Event as Waker;
 /// What wakes a worker's loop from another thread.
 #[cfg(unix)]
-pub use eventfd::EventFd as Waker;
+pub(crate) use eventfd::EventFd as Waker;

@@ -58,7 +58,7 @@ impl Op {
 }
 
 /// A socket doing overlapped I/O signaled through one event object.
-pub struct OvSocket {
+pub(crate) struct OvSocket {
     socket: OwnedSocket,
     event: HANDLE,
     recv: Option<Box<Op>>,
@@ -69,7 +69,7 @@ pub struct OvSocket {
 impl OvSocket {
     /// Takes `socket`; completions will signal `event` (which must outlive
     /// this socket).
-    pub fn new(socket: OwnedSocket, event: &NetEvent) -> OvSocket {
+    pub(crate) fn new(socket: OwnedSocket, event: &NetEvent) -> OvSocket {
         OvSocket {
             socket,
             event: event.handle(),
@@ -80,23 +80,23 @@ impl OvSocket {
     }
 
     /// The socket.
-    pub fn socket(&self) -> &OwnedSocket {
+    pub(crate) fn socket(&self) -> &OwnedSocket {
         &self.socket
     }
 
     /// A receive or send or connect is posted.
-    pub fn recv_posted(&self) -> bool {
+    pub(crate) fn recv_posted(&self) -> bool {
         self.recv.is_some()
     }
 
     /// A send is posted.
-    pub fn send_posted(&self) -> bool {
+    pub(crate) fn send_posted(&self) -> bool {
         self.send.is_some()
     }
 
     /// Posts a zero-byte WSARecv: it completes when data is there, holding
     /// no buffer meanwhile.
-    pub fn post_recv(&mut self) -> io::Result<()> {
+    pub(crate) fn post_recv(&mut self) -> io::Result<()> {
         let mut op = Op::new(self.event);
         // SAFETY: the boxed OVERLAPPED is kept in self until the operation
         // is polled complete or cancelled (see Drop).
@@ -109,7 +109,7 @@ impl OvSocket {
     /// Posts one gather WSASend of `send`'s buffers; if it cannot start,
     /// the buffers come back with the error.
     #[allow(clippy::result_large_err)]
-    pub fn post_send(&mut self, send: Box<SendOp>) -> Result<(), (io::Error, Box<SendOp>)> {
+    pub(crate) fn post_send(&mut self, send: Box<SendOp>) -> Result<(), (io::Error, Box<SendOp>)> {
         let mut op = Op::new(self.event);
         let wsabufs = iocp::wsabufs(&send);
         // SAFETY: the WSABUF array and the buffers it points to are moved
@@ -129,7 +129,7 @@ impl OvSocket {
     }
 
     /// Binds and posts a ConnectEx to `addr`.
-    pub fn post_connect(&mut self, addr: &SocketAddr) -> io::Result<()> {
+    pub(crate) fn post_connect(&mut self, addr: &SocketAddr) -> io::Result<()> {
         iocp::bind_any(&self.socket, addr)?;
         let connect_ex = iocp::connect_ex_fn(&self.socket)?;
         let target = socket2::SockAddr::from(*addr);
@@ -174,21 +174,21 @@ impl OvSocket {
     }
 
     /// The posted receive's result, once it finished.
-    pub fn poll_recv(&mut self) -> Option<io::Result<()>> {
+    pub(crate) fn poll_recv(&mut self) -> Option<io::Result<()>> {
         let r = self.poll(self.recv.as_ref()?)?;
         self.recv = None;
         Some(r.map(drop))
     }
 
     /// The posted send's result and its buffers, once it finished.
-    pub fn poll_send(&mut self) -> Option<(io::Result<usize>, Box<SendOp>)> {
+    pub(crate) fn poll_send(&mut self) -> Option<(io::Result<usize>, Box<SendOp>)> {
         let r = self.poll(self.send.as_ref()?)?;
         let mut op = self.send.take().expect("polled above");
         Some((r, op.send.take().expect("a send op has buffers")))
     }
 
     /// The posted connect's result, once it finished.
-    pub fn poll_connect(&mut self) -> Option<io::Result<()>> {
+    pub(crate) fn poll_connect(&mut self) -> Option<io::Result<()>> {
         let r = self.poll(self.connect.as_ref()?)?;
         self.connect = None;
         Some(r.and_then(|_| iocp::set_socket_opt(raw(&self.socket), SO_UPDATE_CONNECT_CONTEXT, None)))

@@ -8,17 +8,17 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 /// Several listening sockets can share one address (`SO_REUSEPORT`).
-pub const REUSE_PORT: bool = true;
+pub(crate) const REUSE_PORT: bool = true;
 
 /// A `sockaddr_storage` big enough for IPv4 and IPv6 plus its used length.
-pub struct RawAddr {
+pub(crate) struct RawAddr {
     storage: libc::sockaddr_storage,
     len: libc::socklen_t,
 }
 
 impl RawAddr {
     /// An empty address for the kernel to fill (accept, getsockname).
-    pub fn empty() -> RawAddr {
+    pub(crate) fn empty() -> RawAddr {
         RawAddr {
             // SAFETY: sockaddr_storage is plain old data; all-zero is a valid
             // (AF_UNSPEC) value.
@@ -28,7 +28,7 @@ impl RawAddr {
     }
 
     /// Encodes a Rust socket address.
-    pub fn from_addr(addr: &SocketAddr) -> RawAddr {
+    pub(crate) fn from_addr(addr: &SocketAddr) -> RawAddr {
         let mut raw = RawAddr::empty();
         match addr {
             SocketAddr::V4(a) => {
@@ -65,17 +65,17 @@ impl RawAddr {
     }
 
     /// Pointer and length for calls that read an address.
-    pub fn as_ptr(&self) -> (*const libc::sockaddr, libc::socklen_t) {
+    pub(crate) fn as_ptr(&self) -> (*const libc::sockaddr, libc::socklen_t) {
         (&self.storage as *const _ as *const libc::sockaddr, self.len)
     }
 
     /// Pointers for calls that write an address (the length is in/out).
-    pub fn as_mut_ptr(&mut self) -> (*mut libc::sockaddr, *mut libc::socklen_t) {
+    pub(crate) fn as_mut_ptr(&mut self) -> (*mut libc::sockaddr, *mut libc::socklen_t) {
         (&mut self.storage as *mut _ as *mut libc::sockaddr, &mut self.len)
     }
 
     /// Decodes the address the kernel wrote.
-    pub fn to_addr(&self) -> io::Result<SocketAddr> {
+    pub(crate) fn to_addr(&self) -> io::Result<SocketAddr> {
         match self.storage.ss_family as libc::c_int {
             libc::AF_INET if self.len as usize >= mem::size_of::<libc::sockaddr_in>() => {
                 // SAFETY: the family says the storage holds a sockaddr_in and
@@ -140,7 +140,7 @@ fn set_int_opt(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_
 ///
 /// With `reuse_port`, several such sockets (one per worker thread) can share
 /// one address and the kernel spreads incoming connections among them.
-pub fn listen(addr: &SocketAddr, backlog: i32, reuse_port: bool) -> io::Result<OwnedFd> {
+pub(crate) fn listen(addr: &SocketAddr, backlog: i32, reuse_port: bool) -> io::Result<OwnedFd> {
     let fd = tcp_socket(addr)?;
     set_int_opt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
     if reuse_port {
@@ -155,7 +155,7 @@ pub fn listen(addr: &SocketAddr, backlog: i32, reuse_port: bool) -> io::Result<O
 }
 
 /// The address a socket is bound to.
-pub fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
+pub(crate) fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
     let mut raw = RawAddr::empty();
     let (ptr, len) = raw.as_mut_ptr();
     // SAFETY: ptr/len point into `raw`, whose length field says how much
@@ -166,7 +166,7 @@ pub fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
 
 /// Accepts one connection as a non-blocking, close-on-exec socket.
 /// `WouldBlock` means the accept queue is empty.
-pub fn accept(listener: &OwnedFd) -> io::Result<(OwnedFd, SocketAddr)> {
+pub(crate) fn accept(listener: &OwnedFd) -> io::Result<(OwnedFd, SocketAddr)> {
     let mut raw = RawAddr::empty();
     let (ptr, len) = raw.as_mut_ptr();
     // SAFETY: ptr/len point into `raw`, whose length field says how much
@@ -184,7 +184,7 @@ pub fn accept(listener: &OwnedFd) -> io::Result<(OwnedFd, SocketAddr)> {
 
 /// Takes ownership of a descriptor a completion returned (an accepted
 /// socket). `fd` must be the non-negative result of such a completion.
-pub fn take_completed_fd(fd: i32) -> OwnedFd {
+pub(crate) fn take_completed_fd(fd: i32) -> OwnedFd {
     assert!(fd >= 0, "not a descriptor: {fd}");
     // SAFETY: the kernel just created this descriptor for us in a
     // completion; nothing else knows or owns it.
@@ -192,7 +192,7 @@ pub fn take_completed_fd(fd: i32) -> OwnedFd {
 }
 
 /// The address of a connected socket's peer.
-pub fn peer_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
+pub(crate) fn peer_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
     let mut raw = RawAddr::empty();
     let (ptr, len) = raw.as_mut_ptr();
     // SAFETY: ptr/len point into `raw`, whose length field says how much
@@ -203,14 +203,14 @@ pub fn peer_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
 
 /// A new non-blocking TCP socket for connecting to `addr` with a
 /// completion engine (which posts the connect itself).
-pub fn stream_for(addr: &SocketAddr) -> io::Result<OwnedFd> {
+pub(crate) fn stream_for(addr: &SocketAddr) -> io::Result<OwnedFd> {
     tcp_socket(addr)
 }
 
 /// Starts a non-blocking connect. Returns the socket and whether the
 /// connection is still in progress (then wait for writability and call
 /// [`take_error`]).
-pub fn connect(addr: &SocketAddr) -> io::Result<(OwnedFd, bool)> {
+pub(crate) fn connect(addr: &SocketAddr) -> io::Result<(OwnedFd, bool)> {
     let fd = tcp_socket(addr)?;
     let raw = RawAddr::from_addr(addr);
     let (ptr, len) = raw.as_ptr();
@@ -223,7 +223,7 @@ pub fn connect(addr: &SocketAddr) -> io::Result<(OwnedFd, bool)> {
 }
 
 /// The pending socket error (`SO_ERROR`), cleared by reading it.
-pub fn take_error(fd: &OwnedFd) -> io::Result<Option<io::Error>> {
+pub(crate) fn take_error(fd: &OwnedFd) -> io::Result<Option<io::Error>> {
     let mut value: libc::c_int = 0;
     let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: the pointers describe `value` and `len`, live locals.
@@ -241,7 +241,7 @@ pub fn take_error(fd: &OwnedFd) -> io::Result<Option<io::Error>> {
 /// (`TCP_INFO`'s `tcpi_bytes_acked`, Linux 4.1): it moves whenever the
 /// peer takes bytes, whatever the engine was told. An error on kernels
 /// without the field.
-pub fn bytes_acked(fd: &OwnedFd) -> io::Result<u64> {
+pub(crate) fn bytes_acked(fd: &OwnedFd) -> io::Result<u64> {
     // SAFETY: tcp_info is plain old data; zero is a valid value.
     let mut info: libc::tcp_info = unsafe { mem::zeroed() };
     let mut len = mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -265,14 +265,14 @@ pub fn bytes_acked(fd: &OwnedFd) -> io::Result<u64> {
 }
 
 /// Disables Nagle's algorithm: a session's sends go out as soon as queued.
-pub fn set_nodelay(fd: &OwnedFd) -> io::Result<()> {
+pub(crate) fn set_nodelay(fd: &OwnedFd) -> io::Result<()> {
     set_int_opt(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)
 }
 
 /// Turns on TCP keepalive: after `idle` without traffic the kernel probes
 /// the peer every `interval`, and `count` unanswered probes reset the
 /// connection (a half-open peer is found). Whole seconds, at least one.
-pub fn set_keepalive(fd: &OwnedFd, idle: Duration, interval: Duration, count: u32) -> io::Result<()> {
+pub(crate) fn set_keepalive(fd: &OwnedFd, idle: Duration, interval: Duration, count: u32) -> io::Result<()> {
     let secs = |d: Duration| d.as_secs().clamp(1, i32::MAX as u64) as libc::c_int;
     let fd = fd.as_raw_fd();
     set_int_opt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
@@ -289,11 +289,11 @@ pub fn set_keepalive(fd: &OwnedFd, idle: Duration, interval: Duration, count: u3
 /// One descriptor kept in reserve (`/dev/null`), so that a process out of
 /// descriptors can still accept a waiting connection in order to close it
 /// (see [`shed_backlog`]) — libuv's way out of EMFILE.
-pub struct Spare(Option<std::fs::File>);
+pub(crate) struct Spare(Option<std::fs::File>);
 
 impl Spare {
     /// Takes the spare descriptor (none if even that fails).
-    pub fn new() -> Spare {
+    pub(crate) fn new() -> Spare {
         Spare(std::fs::File::open("/dev/null").ok())
     }
 }
@@ -302,7 +302,7 @@ impl Spare {
 /// on `listener` and closes it at once (its client sees the connection
 /// close instead of hanging in the backlog), then takes the spare again.
 /// Returns how many were closed, or `None` without a spare to free.
-pub fn shed_backlog(listener: &OwnedFd, spare: &mut Spare) -> Option<usize> {
+pub(crate) fn shed_backlog(listener: &OwnedFd, spare: &mut Spare) -> Option<usize> {
     drop(spare.0.take()?);
     let mut closed = 0;
     // Each accept takes the one free descriptor and the drop frees it again.
@@ -315,7 +315,7 @@ pub fn shed_backlog(listener: &OwnedFd, spare: &mut Spare) -> Option<usize> {
 }
 
 /// Reads into `buf`. `Ok(0)` is the peer's FIN (or an empty `buf`).
-pub fn read(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn read(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: the pointer and length describe `buf`, writable for the call.
     let n = raw_syscall!(SYS_read(fd.as_raw_fd(), buf.as_mut_ptr(), buf.len()))?;
     Ok(n as usize)
@@ -323,7 +323,7 @@ pub fn read(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
 
 /// Sends from several buffers in order with one `sendmsg` (a gather write,
 /// like the seeds' `WSABUF` arrays). Never raises `SIGPIPE`.
-pub fn send_vectored(fd: &OwnedFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+pub(crate) fn send_vectored(fd: &OwnedFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
     // SAFETY: msghdr is plain old data; all-zero means no name, no control.
     let mut msg: libc::msghdr = unsafe { mem::zeroed() };
     // IoSlice is guaranteed ABI-compatible with struct iovec on unix.
@@ -339,14 +339,14 @@ pub fn send_vectored(fd: &OwnedFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
 }
 
 /// Sends FIN: no more data from this side; reading still works.
-pub fn shutdown_write(fd: &OwnedFd) -> io::Result<()> {
+pub(crate) fn shutdown_write(fd: &OwnedFd) -> io::Result<()> {
     // SAFETY: plain integer arguments only; `fd` is live.
     syscall!(shutdown(fd.as_raw_fd(), libc::SHUT_WR))?;
     Ok(())
 }
 
 /// Makes the next `close` send RST and drop unsent data (`SO_LINGER` 0).
-pub fn set_linger_zero(fd: &OwnedFd) -> io::Result<()> {
+pub(crate) fn set_linger_zero(fd: &OwnedFd) -> io::Result<()> {
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 0,
@@ -363,7 +363,7 @@ pub fn set_linger_zero(fd: &OwnedFd) -> io::Result<()> {
 }
 
 /// Whether an error means the peer reset the connection.
-pub fn is_reset(err: &io::Error) -> bool {
+pub(crate) fn is_reset(err: &io::Error) -> bool {
     matches!(
         err.raw_os_error(),
         Some(libc::ECONNRESET) | Some(libc::EPIPE) | Some(libc::ECONNABORTED)
@@ -372,7 +372,7 @@ pub fn is_reset(err: &io::Error) -> bool {
 
 /// Whether an `accept` error concerns only the one connection being
 /// accepted (the listener is fine and accepting may go on).
-pub fn is_transient_accept_error(err: &io::Error) -> bool {
+pub(crate) fn is_transient_accept_error(err: &io::Error) -> bool {
     matches!(
         err.raw_os_error(),
         Some(libc::ECONNABORTED) | Some(libc::EPROTO) | Some(libc::EPERM) | Some(libc::EINTR)
@@ -382,7 +382,7 @@ pub fn is_transient_accept_error(err: &io::Error) -> bool {
 /// Whether an `accept` error means a resource limit (file descriptors or
 /// kernel memory): the connection stays in the backlog, and retrying at
 /// once would spin.
-pub fn is_resource_exhausted(err: &io::Error) -> bool {
+pub(crate) fn is_resource_exhausted(err: &io::Error) -> bool {
     matches!(
         err.raw_os_error(),
         Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
@@ -391,6 +391,6 @@ pub fn is_resource_exhausted(err: &io::Error) -> bool {
 
 /// Whether an error means the process (EMFILE) or the system (ENFILE) is
 /// out of file descriptors.
-pub fn is_out_of_descriptors(err: &io::Error) -> bool {
+pub(crate) fn is_out_of_descriptors(err: &io::Error) -> bool {
     matches!(err.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
 }

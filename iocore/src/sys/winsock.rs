@@ -13,11 +13,11 @@ use super::OwnedSocket;
 
 /// Several listening sockets cannot share an address here: a server with
 /// several workers needs one listener handing connections off.
-pub const REUSE_PORT: bool = false;
+pub(crate) const REUSE_PORT: bool = false;
 
 /// A non-blocking listening socket bound to `addr`. `reuse_port` is not
 /// available on Windows and is refused.
-pub fn listen(addr: &SocketAddr, backlog: i32, reuse_port: bool) -> io::Result<OwnedSocket> {
+pub(crate) fn listen(addr: &SocketAddr, backlog: i32, reuse_port: bool) -> io::Result<OwnedSocket> {
     if reuse_port {
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
@@ -32,7 +32,7 @@ pub fn listen(addr: &SocketAddr, backlog: i32, reuse_port: bool) -> io::Result<O
 }
 
 /// The address a socket is bound to.
-pub fn local_addr(s: &OwnedSocket) -> io::Result<SocketAddr> {
+pub(crate) fn local_addr(s: &OwnedSocket) -> io::Result<SocketAddr> {
     SockRef::from(s)
         .local_addr()?
         .as_socket()
@@ -40,14 +40,19 @@ pub fn local_addr(s: &OwnedSocket) -> io::Result<SocketAddr> {
 }
 
 /// Disables Nagle's algorithm.
-pub fn set_nodelay(s: &OwnedSocket) -> io::Result<()> {
+pub(crate) fn set_nodelay(s: &OwnedSocket) -> io::Result<()> {
     SockRef::from(s).set_tcp_nodelay(true)
 }
 
 /// Turns on TCP keepalive: after `idle` without traffic the system probes
 /// the peer every `interval`, and `count` unanswered probes reset the
 /// connection.
-pub fn set_keepalive(s: &OwnedSocket, idle: Duration, interval: Duration, count: u32) -> io::Result<()> {
+pub(crate) fn set_keepalive(
+    s: &OwnedSocket,
+    idle: Duration,
+    interval: Duration,
+    count: u32,
+) -> io::Result<()> {
     let ka = socket2::TcpKeepalive::new()
         .with_time(idle)
         .with_interval(interval)
@@ -57,27 +62,27 @@ pub fn set_keepalive(s: &OwnedSocket, idle: Duration, interval: Duration, count:
 
 /// Windows has no per-process descriptor limit, so there is no spare
 /// descriptor to keep (see the Unix `Spare`).
-pub struct Spare;
+pub(crate) struct Spare;
 
 impl Spare {
     /// Nothing to reserve.
-    pub fn new() -> Spare {
+    pub(crate) fn new() -> Spare {
         Spare
     }
 }
 
 /// Nothing to do on Windows (no descriptor limit): always `None`.
-pub fn shed_backlog(_listener: &OwnedSocket, _spare: &mut Spare) -> Option<usize> {
+pub(crate) fn shed_backlog(_listener: &OwnedSocket, _spare: &mut Spare) -> Option<usize> {
     None
 }
 
 /// Makes the next close send RST and drop unsent data.
-pub fn set_linger_zero(s: &OwnedSocket) -> io::Result<()> {
+pub(crate) fn set_linger_zero(s: &OwnedSocket) -> io::Result<()> {
     SockRef::from(s).set_linger(Some(std::time::Duration::ZERO))
 }
 
 /// Whether an error means the peer reset or aborted the connection.
-pub fn is_reset(err: &io::Error) -> bool {
+pub(crate) fn is_reset(err: &io::Error) -> bool {
     matches!(
         err.kind(),
         io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe
@@ -86,7 +91,7 @@ pub fn is_reset(err: &io::Error) -> bool {
 
 /// Whether an accept error concerns only that one connection.
 #[allow(dead_code)] // for the Windows engines' accept loops
-pub fn is_transient_accept_error(err: &io::Error) -> bool {
+pub(crate) fn is_transient_accept_error(err: &io::Error) -> bool {
     matches!(
         err.kind(),
         io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
@@ -95,12 +100,12 @@ pub fn is_transient_accept_error(err: &io::Error) -> bool {
 
 /// Whether an accept error means a resource limit.
 #[allow(dead_code)] // for the Windows engines' accept loops
-pub fn is_resource_exhausted(err: &io::Error) -> bool {
+pub(crate) fn is_resource_exhausted(err: &io::Error) -> bool {
     // WSAEMFILE, WSAENOBUFS
     matches!(err.raw_os_error(), Some(10024) | Some(10055))
 }
 
 /// Whether an error means the process is out of sockets (WSAEMFILE).
-pub fn is_out_of_descriptors(err: &io::Error) -> bool {
+pub(crate) fn is_out_of_descriptors(err: &io::Error) -> bool {
     err.raw_os_error() == Some(10024)
 }

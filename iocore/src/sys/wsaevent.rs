@@ -21,7 +21,7 @@ use windows_sys::Win32::Networking::WinSock::{
 use windows_sys::Win32::System::Threading::WaitForSingleObject;
 
 /// Most events one wait can watch (Winsock's WSA_MAXIMUM_WAIT_EVENTS).
-pub const MAX_WAIT: usize = 64;
+pub(crate) const MAX_WAIT: usize = 64;
 
 fn last_error() -> io::Error {
     // SAFETY: reads the calling thread's last Winsock error.
@@ -29,7 +29,7 @@ fn last_error() -> io::Error {
 }
 
 /// A manual-reset event object (WSACreateEvent), closed on drop.
-pub struct NetEvent(isize);
+pub(crate) struct NetEvent(isize);
 
 // SAFETY: an event object's handle may be used from any thread.
 unsafe impl Send for NetEvent {}
@@ -38,7 +38,7 @@ unsafe impl Sync for NetEvent {}
 
 impl NetEvent {
     /// A new, non-signaled event.
-    pub fn new() -> io::Result<NetEvent> {
+    pub(crate) fn new() -> io::Result<NetEvent> {
         // SAFETY: no arguments; returns a handle or WSA_INVALID_EVENT (0).
         let h = unsafe { WSACreateEvent() };
         if h == 0 {
@@ -48,19 +48,19 @@ impl NetEvent {
     }
 
     /// Signals the event.
-    pub fn set(&self) {
+    pub(crate) fn set(&self) {
         // SAFETY: the handle is live while self is.
         unsafe { WSASetEvent(self.0) };
     }
 
     /// Makes the event non-signaled.
-    pub fn reset(&self) {
+    pub(crate) fn reset(&self) {
         // SAFETY: the handle is live while self is.
         unsafe { WSAResetEvent(self.0) };
     }
 
     /// Whether the event is signaled now (does not wait or reset).
-    pub fn is_set(&self) -> bool {
+    pub(crate) fn is_set(&self) -> bool {
         // SAFETY: the handle is live; a zero timeout only tests it.
         unsafe { WaitForSingleObject(self.0 as HANDLE, 0) == WAIT_OBJECT_0 }
     }
@@ -75,19 +75,19 @@ impl Drop for NetEvent {
 
 /// Which network events to report.
 #[derive(Clone, Copy)]
-pub struct Interest(i32);
+pub(crate) struct Interest(i32);
 
 impl Interest {
     /// A listener: FD_ACCEPT | FD_CLOSE (as in the seed).
-    pub const LISTENER: Interest = Interest((FD_ACCEPT | FD_CLOSE) as i32);
+    pub(crate) const LISTENER: Interest = Interest((FD_ACCEPT | FD_CLOSE) as i32);
     /// A session: FD_READ | FD_WRITE | FD_CLOSE (as in the seed).
-    pub const SESSION: Interest = Interest((FD_READ | FD_WRITE | FD_CLOSE) as i32);
+    pub(crate) const SESSION: Interest = Interest((FD_READ | FD_WRITE | FD_CLOSE) as i32);
     /// A session still connecting: also FD_CONNECT.
-    pub const CONNECTING: Interest = Interest((FD_CONNECT | FD_READ | FD_WRITE | FD_CLOSE) as i32);
+    pub(crate) const CONNECTING: Interest = Interest((FD_CONNECT | FD_READ | FD_WRITE | FD_CLOSE) as i32);
 }
 
 /// Ties `s`'s network events to `event` (and makes `s` non-blocking).
-pub fn select(s: &OwnedSocket, event: &NetEvent, interest: Interest) -> io::Result<()> {
+pub(crate) fn select(s: &OwnedSocket, event: &NetEvent, interest: Interest) -> io::Result<()> {
     // SAFETY: live socket and event.
     if unsafe { WSAEventSelect(s.as_raw_socket() as usize, event.0, interest.0) } != 0 {
         return Err(last_error());
@@ -96,7 +96,7 @@ pub fn select(s: &OwnedSocket, event: &NetEvent, interest: Interest) -> io::Resu
 }
 
 /// Unties `s` from any event (before it leaves its event's slot).
-pub fn deselect(s: &OwnedSocket) {
+pub(crate) fn deselect(s: &OwnedSocket) {
     // SAFETY: a null event and no events cancel the association.
     unsafe { WSAEventSelect(s.as_raw_socket() as usize, 0, 0) };
 }
@@ -104,7 +104,7 @@ pub fn deselect(s: &OwnedSocket) {
 /// What happened on a socket since the last look, with the error code of
 /// each event (the seed's `WSANETWORKEVENTS`).
 #[derive(Debug, Default)]
-pub struct NetEvents {
+pub(crate) struct NetEvents {
     /// FD_READ: data waits.
     pub read: bool,
     /// FD_WRITE: the send buffer has room.
@@ -120,7 +120,7 @@ pub struct NetEvents {
 }
 
 /// Reads and clears `s`'s network events and resets `event`.
-pub fn enumerate(s: &OwnedSocket, event: &NetEvent) -> io::Result<NetEvents> {
+pub(crate) fn enumerate(s: &OwnedSocket, event: &NetEvent) -> io::Result<NetEvents> {
     let mut ne = WSANETWORKEVENTS::default();
     // SAFETY: live socket and event; `ne` is writable for the call.
     if unsafe { WSAEnumNetworkEvents(s.as_raw_socket() as usize, event.0, &mut ne) } != 0 {
@@ -152,7 +152,7 @@ pub fn enumerate(s: &OwnedSocket, event: &NetEvent) -> io::Result<NetEvents> {
 }
 
 /// Something `wait_any` can wait on.
-pub trait Waitable {
+pub(crate) trait Waitable {
     /// The event handle.
     fn handle(&self) -> HANDLE;
 }
@@ -171,7 +171,7 @@ impl Waitable for super::event::Event {
 
 /// Waits until one of `events` (at most [`MAX_WAIT`]) is signaled or
 /// `timeout` passes (`None`: forever); returns the lowest signaled index.
-pub fn wait_any(events: &[&dyn Waitable], timeout: Option<Duration>) -> io::Result<Option<usize>> {
+pub(crate) fn wait_any(events: &[&dyn Waitable], timeout: Option<Duration>) -> io::Result<Option<usize>> {
     assert!(events.len() <= MAX_WAIT, "at most {MAX_WAIT} events per wait");
     let handles: Vec<HANDLE> = events.iter().map(|e| e.handle()).collect();
     let ms = timeout.map_or(WSA_INFINITE, |t| {
@@ -187,7 +187,7 @@ pub fn wait_any(events: &[&dyn Waitable], timeout: Option<Duration>) -> io::Resu
 }
 
 /// Accepts one connection (`WouldBlock` when none waits).
-pub fn accept(listener: &OwnedSocket) -> io::Result<(OwnedSocket, SocketAddr)> {
+pub(crate) fn accept(listener: &OwnedSocket) -> io::Result<(OwnedSocket, SocketAddr)> {
     let (s, addr) = SockRef::from(listener).accept()?;
     let addr = addr
         .as_socket()
@@ -196,7 +196,7 @@ pub fn accept(listener: &OwnedSocket) -> io::Result<(OwnedSocket, SocketAddr)> {
 }
 
 /// Starts a non-blocking connect; completion comes as FD_CONNECT.
-pub fn connect(addr: &SocketAddr) -> io::Result<OwnedSocket> {
+pub(crate) fn connect(addr: &SocketAddr) -> io::Result<OwnedSocket> {
     let s = Socket::new(Domain::for_address(*addr), Type::STREAM, None)?;
     s.set_nonblocking(true)?;
     match s.connect(&(*addr).into()) {
@@ -208,16 +208,16 @@ pub fn connect(addr: &SocketAddr) -> io::Result<OwnedSocket> {
 }
 
 /// Reads without blocking; `Ok(0)` is FIN.
-pub fn read(s: &OwnedSocket, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn read(s: &OwnedSocket, buf: &mut [u8]) -> io::Result<usize> {
     std::io::Read::read(&mut &*SockRef::from(s), buf)
 }
 
 /// Gather-sends without blocking (WSASend with a WSABUF array).
-pub fn send_vectored(s: &OwnedSocket, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+pub(crate) fn send_vectored(s: &OwnedSocket, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
     SockRef::from(s).send_vectored(bufs)
 }
 
 /// Sends FIN.
-pub fn shutdown_write(s: &OwnedSocket) -> io::Result<()> {
+pub(crate) fn shutdown_write(s: &OwnedSocket) -> io::Result<()> {
     SockRef::from(s).shutdown(std::net::Shutdown::Write)
 }

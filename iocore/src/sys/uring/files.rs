@@ -9,12 +9,12 @@ use std::os::fd::RawFd;
 /// bytes). [`Uring::attach`](super::Uring::attach) gives it;
 /// [`Uring::detach`](super::Uring::detach) ends it (rule 6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FileSlot(u32);
+pub(crate) struct FileSlot(u32);
 
 impl FileSlot {
     /// Not in the table: operations name the socket by descriptor. (A
     /// table has at most 65,536 slots, so this is never a real one.)
-    pub const NONE: FileSlot = FileSlot(u32::MAX);
+    pub(crate) const NONE: FileSlot = FileSlot(u32::MAX);
 
     pub(super) fn new(slot: u32) -> FileSlot {
         debug_assert!(slot != u32::MAX);
@@ -30,14 +30,14 @@ impl FileSlot {
 /// A socket as the ring's operations name it: its descriptor and its
 /// [`FileSlot`]; by slot when it has one, else by descriptor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FileRef {
+pub(crate) struct FileRef {
     pub(super) fd: RawFd,
     pub(super) slot: FileSlot,
 }
 
 impl FileRef {
     /// Socket `fd`, in the table at `slot` (or not: [`FileSlot::NONE`]).
-    pub fn new(fd: RawFd, slot: FileSlot) -> FileRef {
+    pub(crate) fn new(fd: RawFd, slot: FileSlot) -> FileRef {
         FileRef { fd, slot }
     }
 }

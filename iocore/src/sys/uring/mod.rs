@@ -73,7 +73,7 @@ use bufring::BufRing;
 use enter::{enter, register_ring_fd, unregister_ring_fd};
 pub use features::{Features, FEATURES_OFF_VAR};
 use files::{file_table_size, FileTable, NO_FILE};
-pub use files::{FileRef, FileSlot};
+pub(crate) use files::{FileRef, FileSlot};
 
 /// Buffer group id of the worker's provided-buffer ring.
 const BGID: u16 = 0;
@@ -81,12 +81,12 @@ const BGID: u16 = 0;
 /// Most bytes one multishot receive takes before it ends (a completion
 /// without [`Completion::more`]) and must be posted again: the kernel's
 /// read-ahead for a session is bounded by this (plus one buffer).
-pub const RECV_CAP: u32 = 64 * 1024;
+pub(crate) const RECV_CAP: u32 = 64 * 1024;
 
 /// How long [`Uring::delay`] waits: an operation refused with "not now"
 /// is posted again after this (rule 7), so that a state the kernel keeps
 /// for a while costs a thousand retries a second, not a busy loop.
-pub const RETRY_DELAY: Duration = Duration::from_millis(1);
+pub(crate) const RETRY_DELAY: Duration = Duration::from_millis(1);
 
 /// Byte offset of `optlen` in the kernel's 64-byte `io_uring_sqe`
 /// (`include/uapi/linux/io_uring.h`), the field Linux 6.17 reads as a
@@ -121,7 +121,7 @@ const REQUIRED: [(u8, &str); 8] = [
 
 /// Whether an operation's error means "not now" (rule 7): post it again
 /// rather than fail the session.
-pub fn is_not_now(err: &io::Error) -> bool {
+pub(crate) fn is_not_now(err: &io::Error) -> bool {
     matches!(
         err.raw_os_error(),
         Some(libc::EAGAIN) | Some(libc::EINTR) | Some(libc::ENOBUFS)
@@ -131,7 +131,7 @@ pub fn is_not_now(err: &io::Error) -> bool {
 /// Identifies a send in flight (rule 1): where the ring keeps its
 /// operation until [`Uring::take_send`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SendKey(u32);
+pub(crate) struct SendKey(u32);
 
 /// Builds an entry with `$file` as a `types::Fixed` slot or a `types::Fd`
 /// (the opcode builders take either, as different types).
@@ -158,7 +158,7 @@ const DROP_CANCEL: u64 = u64::MAX;
 
 /// One completion, copied out of the completion queue.
 #[derive(Clone, Copy, Debug)]
-pub struct Completion {
+pub(crate) struct Completion {
     /// The value given when the operation was posted.
     pub user_data: u64,
     /// The result: a count or a new descriptor (≥ 0), or `-errno`.
@@ -172,15 +172,15 @@ pub struct Completion {
 
 impl Completion {
     /// A multishot operation stays posted and will complete again.
-    pub fn more(&self) -> bool {
+    pub(crate) fn more(&self) -> bool {
         cqueue::more(self.flags)
     }
     /// How many provided buffers this receive filled (0: none).
-    pub fn buffer_count(&self) -> usize {
+    pub(crate) fn buffer_count(&self) -> usize {
         self.count as usize
     }
     /// The result as an I/O result.
-    pub fn io_result(&self) -> io::Result<usize> {
+    pub(crate) fn io_result(&self) -> io::Result<usize> {
         if self.result < 0 {
             Err(io::Error::from_raw_os_error(-self.result))
         } else {
@@ -192,7 +192,7 @@ impl Completion {
 /// One gather send: the buffers and the `sendmsg` header pointing into
 /// them. Boxed, so the header's pointer to its own gather array stays
 /// valid while the ring holds it.
-pub struct SendOp {
+pub(crate) struct SendOp {
     msg: libc::msghdr,
     iov: [libc::iovec; SendOp::MAX_IOV],
     /// The buffers to send, in order (at most [`SendOp::MAX_IOV`]).
@@ -203,10 +203,10 @@ pub struct SendOp {
 
 impl SendOp {
     /// Most buffers gathered into one send.
-    pub const MAX_IOV: usize = 64;
+    pub(crate) const MAX_IOV: usize = 64;
 
     /// An empty operation.
-    pub fn new() -> Box<SendOp> {
+    pub(crate) fn new() -> Box<SendOp> {
         Box::new(SendOp {
             // SAFETY: msghdr and iovec are plain old data; zero is valid.
             msg: unsafe { std::mem::zeroed() },
@@ -233,7 +233,7 @@ impl SendOp {
 }
 
 /// An io_uring instance with its provided-buffer ring.
-pub struct Uring {
+pub(crate) struct Uring {
     ring: IoUring,
     bufs: BufRing,
     recycled: bool,
@@ -270,12 +270,12 @@ impl Uring {
     /// kernel, a sandbox or the memlock limit forbids io_uring, if it lacks
     /// an operation the engine needs, or if [`FEATURES_OFF_VAR`] names an
     /// unknown feature; the error says which.
-    pub fn new(entries: u32, buffers: u16, buffer_size: usize) -> io::Result<Uring> {
+    pub(crate) fn new(entries: u32, buffers: u16, buffer_size: usize) -> io::Result<Uring> {
         Uring::with_features(entries, buffers, buffer_size, Features::from_env()?)
     }
 
     /// [`Uring::new`] with the features `asked` for.
-    pub fn with_features(
+    pub(crate) fn with_features(
         entries: u32,
         buffers: u16,
         buffer_size: usize,
@@ -398,7 +398,7 @@ impl Uring {
     }
 
     /// The optional features this ring uses.
-    pub fn features(&self) -> Features {
+    pub(crate) fn features(&self) -> Features {
         self.features
     }
 
@@ -436,7 +436,7 @@ impl Uring {
     /// Accepts connections on `listener`; `multishot` keeps accepting with
     /// one posting. The result is the new socket (see
     /// [`super::socket::take_completed_fd`]).
-    pub fn accept(&mut self, listener: RawFd, multishot: bool, user_data: u64) -> io::Result<()> {
+    pub(crate) fn accept(&mut self, listener: RawFd, multishot: bool, user_data: u64) -> io::Result<()> {
         let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
         let entry = match multishot {
             true => opcode::AcceptMulti::new(types::Fd(listener)).flags(flags).build(),
@@ -452,7 +452,12 @@ impl Uring {
     /// multishot receive that ends after that many bytes (Linux 6.17;
     /// older kernels complete it with `EINVAL`); without, one buffer's
     /// worth.
-    pub fn recv(&mut self, file: FileRef, multishot_cap: Option<u32>, user_data: u64) -> io::Result<()> {
+    pub(crate) fn recv(
+        &mut self,
+        file: FileRef,
+        multishot_cap: Option<u32>,
+        user_data: u64,
+    ) -> io::Result<()> {
         let size = self.bufs.size as u32;
         let entry = match multishot_cap {
             Some(cap) if self.features.recv_bundle => with_optlen(
@@ -471,7 +476,7 @@ impl Uring {
     }
 
     /// Reports readability of `fd` (the worker's wake-up eventfd).
-    pub fn poll_readable(&mut self, fd: RawFd, user_data: u64) -> io::Result<()> {
+    pub(crate) fn poll_readable(&mut self, fd: RawFd, user_data: u64) -> io::Result<()> {
         let entry = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
             .multi(true)
             .build();
@@ -483,7 +488,7 @@ impl Uring {
     /// [`Features::plain_send`]), more with one gather `sendmsg`. The ring
     /// keeps `op` until the completion; take it back with
     /// [`Uring::take_send`] and the key returned here.
-    pub fn send(&mut self, file: FileRef, mut op: Box<SendOp>, user_data: u64) -> io::Result<SendKey> {
+    pub(crate) fn send(&mut self, file: FileRef, mut op: Box<SendOp>, user_data: u64) -> io::Result<SendKey> {
         let entry = match (self.features.plain_send, op.bufs.as_slice()) {
             (true, [only]) => {
                 let rest = &only[op.offset..];
@@ -518,14 +523,14 @@ impl Uring {
 
     /// The operation of a completed send, with its buffers, to give back.
     /// `None` if `key` names no send in flight.
-    pub fn take_send(&mut self, key: SendKey) -> Option<Box<SendOp>> {
+    pub(crate) fn take_send(&mut self, key: SendKey) -> Option<Box<SendOp>> {
         let op = self.sends.get_mut(key.0 as usize)?.take()?;
         self.free_sends.push(key.0);
         Some(op)
     }
 
     /// Connects the non-blocking socket `fd` to `addr`.
-    pub fn connect(&mut self, file: FileRef, addr: &SocketAddr, user_data: u64) -> io::Result<()> {
+    pub(crate) fn connect(&mut self, file: FileRef, addr: &SocketAddr, user_data: u64) -> io::Result<()> {
         let raw = Box::new(super::socket::RawAddr::from_addr(addr));
         let (ptr, len) = raw.as_ptr();
         let entry = on_file!(file, |f| opcode::Connect::new(f, ptr, len).build());
@@ -537,7 +542,7 @@ impl Uring {
     }
 
     /// Cancels every operation on `file` (rule 3). Completes itself too.
-    pub fn cancel_file(&mut self, file: FileRef, user_data: u64) -> io::Result<()> {
+    pub(crate) fn cancel_file(&mut self, file: FileRef, user_data: u64) -> io::Result<()> {
         let entry = on_file!(file, |f| opcode::AsyncCancel2::new(
             types::CancelBuilder::fd(f).all()
         )
@@ -552,7 +557,7 @@ impl Uring {
     /// operation posted after it); else it stays named by descriptor
     /// ([`FileSlot::NONE`]). Operations take it as [`FileRef::new`]`(fd, slot)`.
     /// Detach it after its last completion (rule 6).
-    pub fn attach(&mut self, fd: RawFd) -> io::Result<FileSlot> {
+    pub(crate) fn attach(&mut self, fd: RawFd) -> io::Result<FileSlot> {
         let Some(table) = &mut self.files else {
             return Ok(FileSlot::NONE);
         };
@@ -588,7 +593,7 @@ impl Uring {
     /// the slot (nothing for [`FileSlot::NONE`]); the
     /// socket closes once the caller has closed its descriptor too. Call
     /// it after the last completion of the socket's operations.
-    pub fn detach(&mut self, slot: FileSlot) -> io::Result<()> {
+    pub(crate) fn detach(&mut self, slot: FileSlot) -> io::Result<()> {
         let Some(slot) = slot.get() else {
             return Ok(());
         };
@@ -604,7 +609,7 @@ impl Uring {
     /// Completes after [`RETRY_DELAY`] (with `ETIME`): paces an operation
     /// the kernel gave back with "not now" (rule 7). Not tied to a socket,
     /// so [`Uring::cancel_file`] leaves it; it ends by itself.
-    pub fn delay(&mut self, user_data: u64) -> io::Result<()> {
+    pub(crate) fn delay(&mut self, user_data: u64) -> io::Result<()> {
         static DELAY: types::Timespec = types::Timespec::new().nsec(RETRY_DELAY.subsec_nanos());
         let entry = opcode::Timeout::new(&DELAY).build();
         // SAFETY: the kernel copies the timespec when it takes the entry;
@@ -613,7 +618,7 @@ impl Uring {
     }
 
     /// Cancels the operation posted with `target`. Completes itself too.
-    pub fn cancel(&mut self, target: u64, user_data: u64) -> io::Result<()> {
+    pub(crate) fn cancel(&mut self, target: u64, user_data: u64) -> io::Result<()> {
         let entry = opcode::AsyncCancel::new(target).build();
         // SAFETY: no pointer into caller memory.
         unsafe { self.push(&entry.user_data(user_data)) }
@@ -621,7 +626,7 @@ impl Uring {
 
     /// Submits what was posted and waits for at least one completion or
     /// `timeout` (`None`: forever; zero: do not wait).
-    pub fn submit_and_wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+    pub(crate) fn submit_and_wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         self.publish_buffers();
         let queued = self.ring.submission().len() as u32;
         let res = match timeout {
@@ -681,7 +686,7 @@ impl Uring {
 
     /// Takes every completion that arrived. The buffers they name can be
     /// read until the next call.
-    pub fn completions(&mut self) -> Vec<Completion> {
+    pub(crate) fn completions(&mut self) -> Vec<Completion> {
         if self.completions.is_empty() {
             // Every completion handed out before was handled.
             self.bids.clear();
@@ -691,7 +696,7 @@ impl Uring {
     }
 
     /// Gives back the vector from [`Uring::completions`] to reuse.
-    pub fn reuse(&mut self, mut v: Vec<Completion>) {
+    pub(crate) fn reuse(&mut self, mut v: Vec<Completion>) {
         if self.completions.is_empty() {
             v.clear();
             self.completions = v;
@@ -700,7 +705,7 @@ impl Uring {
 
     /// The bytes receive completion `c` carries, in order: one slice per
     /// provided buffer it filled (rule 2).
-    pub fn buffers<'a>(&'a self, c: &Completion) -> impl Iterator<Item = &'a [u8]> + 'a {
+    pub(crate) fn buffers<'a>(&'a self, c: &Completion) -> impl Iterator<Item = &'a [u8]> + 'a {
         let size = self.bufs.size;
         let mut left = c.result.max(0) as usize;
         let bids = &self.bids[c.first as usize..(c.first + c.count) as usize];
@@ -714,7 +719,7 @@ impl Uring {
 
     /// Returns the buffers completion `c` named to the kernel (published
     /// at the next submit).
-    pub fn recycle(&mut self, c: &Completion) {
+    pub(crate) fn recycle(&mut self, c: &Completion) {
         for i in c.first..c.first + c.count {
             self.bufs.push(self.bids[i as usize]);
         }
@@ -725,13 +730,13 @@ impl Uring {
     /// Provided buffers that completions handed out and that were not
     /// recycled yet (0 whenever the caller is not in the middle of
     /// handling completions).
-    pub fn buffers_held(&self) -> usize {
+    pub(crate) fn buffers_held(&self) -> usize {
         self.held
     }
 
     /// Submission entries the kernel took and completions reaped, since
     /// the ring was made.
-    pub fn totals(&self) -> (u64, u64) {
+    pub(crate) fn totals(&self) -> (u64, u64) {
         (self.submitted, self.reaped)
     }
 
@@ -793,7 +798,7 @@ impl AsRawFd for Uring {
 /// notification interrupts whatever that thread blocks in next — in the
 /// caller's thread, a socket read with a timeout would fail with EINTR.
 /// A thread that has exited has no such state left.
-pub fn probe() -> io::Result<()> {
+pub(crate) fn probe() -> io::Result<()> {
     std::thread::Builder::new()
         .name("iocore-uring-probe".into())
         .spawn(|| Uring::new(8, 1, 64).map(drop))?
