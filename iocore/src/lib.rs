@@ -29,7 +29,7 @@
 //!   [`proxy`]: PROXY protocol headers from a load balancer; with their
 //!   features, `metrics` (Prometheus) and `bridge` (topics across instances
 //!   through Redis).
-//! - `testing`: sessions driven without sockets, on a clock you move, to
+//! - [`testing`]: sessions driven without sockets, on a clock you move, to
 //!   test a handler's logic.
 //!
 //! ## Layers inside
@@ -152,6 +152,7 @@ mod service;
 mod session;
 #[allow(unsafe_code)]
 mod sys;
+pub mod testing;
 mod topic;
 
 pub use bytes::Bytes;

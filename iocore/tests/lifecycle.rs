@@ -147,25 +147,6 @@ fn stop_deadline_resets_stuck_sessions(engine: EngineKind) {
     );
 }
 
-fn idle_timeout_closes_silent_sessions(engine: EngineKind) {
-    let (events, factory) = recorded(|| Echo);
-    let server = server(engine)
-        .idle_timeout(Some(Duration::from_millis(200)))
-        .start(factory)
-        .unwrap();
-    let mut s = connect(server.local_addr());
-    s.write_all(b"hi").unwrap();
-    assert_eq!(read_exact(&mut s, 2), b"hi");
-    let (rest, err) = read_to_end(&mut s);
-    assert!(
-        rest.is_empty() && err.is_none(),
-        "{rest:?} {err:?} {:?}",
-        events.reasons.lock().unwrap()
-    );
-    drop(s);
-    assert_eq!(events.wait_closed(1), [CloseKind::IdleTimeout]);
-}
-
 /// Outbound sessions: the same Handler API through `Client`; a failed
 /// connect reports only `on_disconnected(ConnectFailed)`.
 fn client_service_connects_and_reports_failures(engine: EngineKind) {
@@ -266,7 +247,6 @@ engine_suite!(
     mixed_fin_and_reset_each_reported_once,
     graceful_stop_delivers_queued_data,
     stop_deadline_resets_stuck_sessions,
-    idle_timeout_closes_silent_sessions,
     client_service_connects_and_reports_failures,
     client_sessions_consume_partially,
 );

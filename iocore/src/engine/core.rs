@@ -107,6 +107,11 @@ impl<H: Handler, S> Core<H, S> {
         self.now = self.w.now();
     }
 
+    /// Sets the time (a simulated engine's clock).
+    pub(super) fn set_now(&mut self, now: Tick) {
+        self.now = now;
+    }
+
     /// A session's context and slot, borrowed together.
     pub(super) fn slot(&mut self, token: u64) -> Option<(Context<'_>, &mut Slot<H, S>)> {
         self.slot_stats(token).map(|(cx, slot, _)| (cx, slot))
@@ -239,9 +244,14 @@ impl<H: Handler, S> Core<H, S> {
     /// How long the loop may block: until the earliest of the session
     /// deadlines, the stop deadline and the engine's own `extra`.
     pub(super) fn timeout(&self, extra: Option<Tick>) -> Option<Duration> {
-        let stop = self.stop_deadline.filter(|_| !self.forced);
-        let next = [self.timers.next(), stop, extra].into_iter().flatten().min()?;
+        let next = [self.next_deadline(), extra].into_iter().flatten().min()?;
         Some(self.w.now().until(next))
+    }
+
+    /// The earliest of the session deadlines and the stop deadline.
+    pub(super) fn next_deadline(&self) -> Option<Tick> {
+        let stop = self.stop_deadline.filter(|_| !self.forced);
+        [self.timers.next(), stop].into_iter().flatten().min()
     }
 
     /// Session deadlines due now. Taken all at once, so a deadline set

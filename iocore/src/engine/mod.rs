@@ -80,6 +80,7 @@ mod iocp;
 #[cfg(windows)]
 mod overlapped;
 mod readiness;
+pub(crate) mod sim;
 mod sockets;
 mod stats;
 #[cfg(target_os = "linux")]
@@ -309,6 +310,30 @@ impl<H: 'static> Control for Inbox<H> {
             _ => unreachable!("push gives back what it was given"),
         })
     }
+}
+
+/// A publish from outside the workers (a server's or client's handle):
+/// counted once for its topic, relayed to other instances if the topics
+/// are bridged, and handed to every worker's fan-out, one command each
+/// carrying the one buffer. False if no worker took it (all have ended).
+pub(crate) fn publish_everywhere<'a>(
+    registry: &crate::topic::Registry,
+    workers: impl IntoIterator<Item = &'a dyn Control>,
+    topic: &str,
+    buf: Bytes,
+) -> bool {
+    let topic: Arc<str> = topic.into();
+    registry.published(&topic);
+    registry.relay(&topic, &buf);
+    let mut sent = false;
+    for w in workers {
+        let r = Remote::Publish {
+            topic: topic.clone(),
+            buf: buf.clone(),
+        };
+        sent |= w.remote(r).is_ok();
+    }
+    sent
 }
 
 /// A worker's mailbox: commands plus a descriptor that wakes its loop.

@@ -223,18 +223,8 @@ impl Runtime {
 
     /// Publishes `buf` to `topic` on every worker.
     pub(crate) fn publish(&self, topic: &str, buf: Bytes) -> Result<(), ToSessionError> {
-        let topic: Arc<str> = topic.into();
-        self.registry.published(&topic);
-        self.registry.relay(&topic, &buf);
-        let mut sent = false;
-        for c in &self.controls {
-            let r = Remote::Publish {
-                topic: topic.clone(),
-                buf: buf.clone(),
-            };
-            sent |= c.remote(r).is_ok();
-        }
-        match sent {
+        let workers = self.controls.iter().map(|c| &**c);
+        match engine::publish_everywhere(&self.registry, workers, topic, buf) {
             true => Ok(()),
             false => Err(ToSessionError::Stopped),
         }

@@ -251,6 +251,20 @@ impl ServerBuilder {
         self
     }
 
+    /// The settings every worker gets, and how many workers (for the
+    /// simulated engine of [`crate::testing`], which has no sockets).
+    pub(crate) fn sim_settings(&self) -> (Settings, usize) {
+        let settings = Settings {
+            limits: self.limits.clone(),
+            max_sessions: self.max_sessions,
+            max_sessions_per_ip: self.max_sessions_per_ip,
+            keepalive: None,
+            proxy: self.proxy.clone(),
+            registry: Arc::new(crate::topic::Registry::default()),
+        };
+        (settings, self.threads)
+    }
+
     /// Checks the configuration without starting anything; the error
     /// names the setting at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
