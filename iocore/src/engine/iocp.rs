@@ -14,10 +14,11 @@
 use std::io;
 use std::net::SocketAddr;
 
-use crate::session::{CloseReason, Conn, Handler, Step, Tick};
+use crate::session::{CloseReason, Conn, Handler, Tick};
 use crate::sys::iocp::{self, Done, Port, SendOp};
 use crate::sys::{socket, OwnedSocket};
 
+use super::completion::{CloseAfterLast, Posted};
 use super::core::Core;
 use super::driver::Driver;
 use super::readiness::read_into_scratch;
@@ -33,11 +34,11 @@ const READ_BUDGET: usize = 16;
 
 struct Sock {
     socket: OwnedSocket,
-    inflight: u8,
     recv_posted: bool,
     sending: bool,
-    closing: Option<Box<(CloseReason, bool)>>,
-    cancelled: bool,
+    /// Operations in flight and the session's end (freed after the last
+    /// completion).
+    posted: Posted,
 }
 
 struct Loop<H> {
@@ -184,7 +185,7 @@ impl<H: Handler> Loop<H> {
                         }
                         Err(e) => {
                             stats.write_attempt();
-                            if slot.io.closing.is_none() {
+                            if !slot.io.posted.is_closing() {
                                 slot.conn.failed(io_close_reason(e));
                             }
                             0
@@ -215,14 +216,14 @@ impl<H: Handler> Loop<H> {
 
     fn finished_op(&mut self, token: u64) {
         if let Some((_, slot)) = self.core.slot(token) {
-            slot.io.inflight -= 1;
+            slot.io.posted.completed();
         }
     }
 
     fn fail(&mut self, token: u64, e: io::Error) {
         if let Some((_, slot)) = self.core.slot(token) {
             slot.io.recv_posted = false;
-            if slot.io.closing.is_none() {
+            if !slot.io.posted.is_closing() {
                 slot.conn.failed(io_close_reason(e));
             }
         }
@@ -232,13 +233,13 @@ impl<H: Handler> Loop<H> {
         let Some((_, slot)) = self.core.slot(token) else {
             return Ok(());
         };
-        if slot.io.recv_posted || slot.io.closing.is_some() || slot.conn.is_connecting() {
+        if slot.io.recv_posted || slot.io.posted.is_closing() || slot.conn.is_connecting() {
             return Ok(());
         }
         match self.port.recv(&slot.io.socket, token) {
             Ok(()) => {
                 slot.io.recv_posted = true;
-                slot.io.inflight += 1;
+                slot.io.posted.posted();
             }
             Err(e) => slot.conn.failed(io_close_reason(e)),
         }
@@ -255,25 +256,6 @@ impl<H: Handler> Loop<H> {
         read_into_scratch(&mut slot.conn, &mut self.scratch, stats, cx, READ_BUDGET, |buf| {
             iocp::read(socket, buf)
         });
-    }
-
-    fn flush(&mut self, token: u64) -> io::Result<()> {
-        let Some((_, slot)) = self.core.slot(token) else {
-            return Ok(());
-        };
-        if slot.io.sending || slot.io.closing.is_some() || !slot.conn.can_lend() {
-            return Ok(());
-        }
-        let mut op = self.spare_sends.pop().unwrap_or_default();
-        op.offset = slot.conn.lend_unsent(&mut op.bufs, iocp::MAX_BUFS);
-        match self.port.send(&slot.io.socket, op, token) {
-            Ok(()) => {
-                slot.io.sending = true;
-                slot.io.inflight += 1;
-            }
-            Err(e) => slot.conn.failed(io_close_reason(e)),
-        }
-        Ok(())
     }
 }
 
@@ -305,58 +287,14 @@ impl<H: Handler> Driver<H> for Loop<H> {
         let token = self.core.insert(conn, Sock::new(s));
         let (_, slot) = self.core.slot(token).expect("just inserted");
         match self.port.connect(&slot.io.socket, &addr, token) {
-            Ok(()) => slot.io.inflight += 1,
+            Ok(()) => slot.io.posted.posted(),
             Err(e) => slot.conn.failed(CloseReason::ConnectFailed(e)),
         }
         self.settle(token)
     }
 
     fn settle(&mut self, token: u64) -> io::Result<()> {
-        loop {
-            self.flush(token)?;
-            let Some((cx, slot)) = self.core.slot(token) else {
-                return Ok(());
-            };
-            if slot.io.closing.is_some() {
-                break;
-            }
-            match slot.conn.step(cx) {
-                Step::Wait => break,
-                Step::Continue => {}
-                Step::Admit => self.core.admit_proxied(token),
-                Step::Fin => {
-                    if let Err(e) =
-                        socket2::SockRef::from(&slot.io.socket).shutdown(std::net::Shutdown::Write)
-                    {
-                        slot.conn.failed(io_close_reason(e));
-                    }
-                }
-                Step::Close { reason, rst } => slot.io.closing = Some(Box::new((reason, rst))),
-            }
-        }
-        let Some((_, slot)) = self.core.slot(token) else {
-            return Ok(());
-        };
-        if slot.io.closing.is_none() {
-            // Input may already be waiting (read budget spent, or input
-            // was paused and is wanted again): post again.
-            if !slot.io.recv_posted && slot.conn.wants_input() {
-                self.post_recv(token)?;
-            }
-            self.core.settled(token);
-        } else if slot.io.inflight == 0 {
-            let slot = self.core.remove(token).expect("present above");
-            let (reason, rst) = *slot.io.closing.expect("closing");
-            if rst {
-                let _ = socket::set_linger_zero(&slot.io.socket);
-            }
-            drop(slot.io.socket);
-            self.core.finish(Some(token), slot.conn, reason);
-        } else if !slot.io.cancelled {
-            slot.io.cancelled = true;
-            self.port.cancel(&slot.io.socket);
-        }
-        Ok(())
+        self.settle_after_last(token)
     }
 
     fn close_listener(&mut self, listener: OwnedSocket) -> io::Result<()> {
@@ -366,15 +304,66 @@ impl<H: Handler> Driver<H> for Loop<H> {
     }
 }
 
+impl<H: Handler> CloseAfterLast<H> for Loop<H> {
+    fn posted(io: &mut Sock) -> &mut Posted {
+        &mut io.posted
+    }
+
+    fn flush(&mut self, token: u64) -> io::Result<()> {
+        let Some((_, slot)) = self.core.slot(token) else {
+            return Ok(());
+        };
+        if slot.io.sending || slot.io.posted.is_closing() || !slot.conn.can_lend() {
+            return Ok(());
+        }
+        let mut op = self.spare_sends.pop().unwrap_or_default();
+        op.offset = slot.conn.lend_unsent(&mut op.bufs, iocp::MAX_BUFS);
+        match self.port.send(&slot.io.socket, op, token) {
+            Ok(()) => {
+                slot.io.sending = true;
+                slot.io.posted.posted();
+            }
+            Err(e) => slot.conn.failed(io_close_reason(e)),
+        }
+        Ok(())
+    }
+
+    fn shutdown_write(io: &Sock) -> io::Result<()> {
+        socket2::SockRef::from(&io.socket).shutdown(std::net::Shutdown::Write)
+    }
+
+    /// Input may already be waiting (the read budget spent, or input was
+    /// paused and is wanted again): post the receive again.
+    fn sync_input(&mut self, token: u64) -> io::Result<()> {
+        match self.core.slot(token) {
+            Some((_, slot)) if !slot.io.recv_posted && slot.conn.wants_input() => self.post_recv(token),
+            _ => Ok(()),
+        }
+    }
+
+    fn cancel_all(&mut self, token: u64) -> io::Result<()> {
+        if let Some((_, slot)) = self.core.slot(token) {
+            self.port.cancel(&slot.io.socket);
+        }
+        Ok(())
+    }
+
+    fn release(&mut self, io: Sock, rst: bool) -> io::Result<()> {
+        if rst {
+            let _ = socket::set_linger_zero(&io.socket);
+        }
+        drop(io.socket);
+        Ok(())
+    }
+}
+
 impl Sock {
     fn new(socket: OwnedSocket) -> Sock {
         Sock {
             socket,
-            inflight: 0,
             recv_posted: false,
             sending: false,
-            closing: None,
-            cancelled: false,
+            posted: Posted::default(),
         }
     }
 }

@@ -69,6 +69,8 @@ use crate::sys::{OwnedSocket, Waker};
 use bytes::Bytes;
 
 mod admission;
+#[cfg(any(target_os = "linux", windows))]
+mod completion;
 mod core;
 mod driver;
 #[cfg(target_os = "linux")]

@@ -40,10 +40,11 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use crate::session::{CloseReason, Conn, Handler, Step, Tick};
+use crate::session::{CloseReason, Conn, Handler, Tick};
 use crate::sys::socket;
 use crate::sys::uring::{is_not_now, Completion, FileRef, FileSlot, SendKey, SendOp, Uring, RECV_CAP};
 
+use super::completion::{CloseAfterLast, Posted};
 use super::core::Core;
 use super::driver::Driver;
 use super::sockets::{io_close_reason, ACCEPT_BACKOFF};
@@ -82,8 +83,6 @@ struct Sock {
     /// operations name it by slot, else by `fd`); detached when the
     /// session is freed.
     slot: FileSlot,
-    /// Operations posted and not finally completed.
-    inflight: u8,
     recv_posted: bool,
     /// The receive is being cancelled because input is not wanted.
     recv_cancel_posted: bool,
@@ -92,10 +91,14 @@ struct Sock {
     /// The kernel gave the last send back with "not now": the next one
     /// waits for the pause (`OP_SEND_RETRY`) to end.
     send_paused: bool,
-    /// The session ended; it is freed when `inflight` reaches 0.
-    closing: Option<Box<(CloseReason, bool)>>,
-    cancel_posted: bool,
+    /// Operations in flight and the session's end (freed after the last
+    /// completion).
+    posted: Posted,
 }
+
+// Idle memory per session: this state is part of it (32 bytes, as before
+// the close protocol was shared).
+const _: () = assert!(std::mem::size_of::<Sock>() <= 32);
 
 struct Loop<H> {
     core: Core<H, Sock>,
@@ -263,7 +266,7 @@ impl<H: Handler> Loop<H> {
             return Ok(());
         };
         let io = &mut slot.io;
-        if io.closing.is_some() || io.recv_cancel_posted {
+        if io.posted.is_closing() || io.recv_cancel_posted {
             return Ok(());
         }
         let wanted = slot.conn.wants_input();
@@ -272,12 +275,12 @@ impl<H: Handler> Loop<H> {
             let cap = self.multishot_recv.then_some(RECV_CAP);
             self.ring.recv(io.file(), cap, target)?;
             io.recv_posted = true;
-            io.inflight += 1;
+            io.posted.posted();
         } else if !wanted && io.recv_posted && slot.conn.is_open() {
             let target = user_data(OP_RECV, token);
             self.ring.cancel(target, user_data(OP_RECV_CANCEL, token))?;
             io.recv_cancel_posted = true;
-            io.inflight += 1;
+            io.posted.posted();
         }
         Ok(())
     }
@@ -289,7 +292,7 @@ impl<H: Handler> Loop<H> {
             return Ok(());
         };
         if !c.more() {
-            slot.io.inflight = slot.io.inflight.saturating_sub(1);
+            slot.io.posted.completed();
         }
         match op {
             OP_RECV => {
@@ -355,7 +358,7 @@ impl<H: Handler> Loop<H> {
                         stats.uring_retry();
                         self.ring.delay(user_data(OP_SEND_RETRY, token))?;
                         slot.io.send_paused = true;
-                        slot.io.inflight += 1;
+                        slot.io.posted.posted();
                         0
                     }
                     Err(e) => {
@@ -408,26 +411,6 @@ impl<H: Handler> Loop<H> {
             "io_uring completion dropped: {why} (op {op}, token {token})"
         );
     }
-
-    /// Posts the queued buffers as one gather send, unless one is in flight.
-    fn flush(&mut self, token: u64) -> io::Result<()> {
-        let Some((_, slot)) = self.core.slot(token) else {
-            return Ok(());
-        };
-        if slot.io.sending.is_some()
-            || slot.io.send_paused
-            || !slot.conn.can_lend()
-            || slot.io.closing.is_some()
-        {
-            return Ok(());
-        }
-        let mut op = self.spare_sends.pop().unwrap_or_else(SendOp::new);
-        op.offset = slot.conn.lend_unsent(&mut op.bufs, SendOp::MAX_IOV);
-        let key = self.ring.send(slot.io.file(), op, user_data(OP_SEND, token))?;
-        slot.io.sending = Some(key);
-        slot.io.inflight += 1;
-        Ok(())
-    }
 }
 
 impl<H: Handler> Driver<H> for Loop<H> {
@@ -455,61 +438,12 @@ impl<H: Handler> Driver<H> for Loop<H> {
         let (_, slot) = self.core.slot(token).expect("just inserted");
         self.ring
             .connect(slot.io.file(), &addr, user_data(OP_CONNECT, token))?;
-        slot.io.inflight += 1;
+        slot.io.posted.posted();
         self.settle(token)
     }
 
-    /// Brings a session up to date: post its send, act on its next step,
-    /// post or cancel its receive, and free it once it is closed and the
-    /// kernel has let go of it.
     fn settle(&mut self, token: u64) -> io::Result<()> {
-        loop {
-            self.flush(token)?;
-            let Some((cx, slot)) = self.core.slot(token) else {
-                return Ok(());
-            };
-            if slot.io.closing.is_some() {
-                break;
-            }
-            match slot.conn.step(cx) {
-                Step::Wait => break,
-                Step::Continue => {}
-                Step::Admit => self.core.admit_proxied(token),
-                Step::Fin => {
-                    if let Err(e) = socket::shutdown_write(&slot.io.fd) {
-                        slot.conn.failed(io_close_reason(e));
-                    }
-                }
-                Step::Close { reason, rst } => slot.io.closing = Some(Box::new((reason, rst))),
-            }
-        }
-        let Some((_, slot)) = self.core.slot(token) else {
-            return Ok(());
-        };
-        if slot.io.closing.is_none() {
-            self.sync_recv(token)?;
-            self.core.settled(token);
-        } else if slot.io.inflight == 0 {
-            let slot = self.core.remove(token).expect("present above");
-            let (reason, rst) = *slot.io.closing.expect("closing");
-            if rst {
-                let _ = socket::set_linger_zero(&slot.io.fd);
-            }
-            // The socket closes when both the table's reference and the
-            // descriptor are gone.
-            let detached = self.ring.detach(slot.io.slot);
-            drop(slot.io.fd);
-            self.core.finish(Some(token), slot.conn, reason);
-            detached?;
-        } else if !slot.io.cancel_posted {
-            // Rule 3: cancel what is in flight; free after the last
-            // completion.
-            self.ring
-                .cancel_file(slot.io.file(), user_data(OP_CANCEL, token))?;
-            slot.io.cancel_posted = true;
-            slot.io.inflight += 1;
-        }
-        Ok(())
+        self.settle_after_last(token)
     }
 
     fn bytes_acked(io: &Sock) -> Option<u64> {
@@ -527,18 +461,72 @@ impl<H: Handler> Driver<H> for Loop<H> {
     }
 }
 
+impl<H: Handler> CloseAfterLast<H> for Loop<H> {
+    fn posted(io: &mut Sock) -> &mut Posted {
+        &mut io.posted
+    }
+
+    /// Posts the queued buffers as one gather send, unless one is in flight.
+    fn flush(&mut self, token: u64) -> io::Result<()> {
+        let Some((_, slot)) = self.core.slot(token) else {
+            return Ok(());
+        };
+        if slot.io.sending.is_some()
+            || slot.io.send_paused
+            || !slot.conn.can_lend()
+            || slot.io.posted.is_closing()
+        {
+            return Ok(());
+        }
+        let mut op = self.spare_sends.pop().unwrap_or_else(SendOp::new);
+        op.offset = slot.conn.lend_unsent(&mut op.bufs, SendOp::MAX_IOV);
+        let key = self.ring.send(slot.io.file(), op, user_data(OP_SEND, token))?;
+        slot.io.sending = Some(key);
+        slot.io.posted.posted();
+        Ok(())
+    }
+
+    fn shutdown_write(io: &Sock) -> io::Result<()> {
+        socket::shutdown_write(&io.fd)
+    }
+
+    fn sync_input(&mut self, token: u64) -> io::Result<()> {
+        self.sync_recv(token)
+    }
+
+    /// Rule 3: cancels what is in flight (the cancel completes too).
+    fn cancel_all(&mut self, token: u64) -> io::Result<()> {
+        let Some((_, slot)) = self.core.slot(token) else {
+            return Ok(());
+        };
+        self.ring
+            .cancel_file(slot.io.file(), user_data(OP_CANCEL, token))?;
+        slot.io.posted.posted();
+        Ok(())
+    }
+
+    fn release(&mut self, io: Sock, rst: bool) -> io::Result<()> {
+        if rst {
+            let _ = socket::set_linger_zero(&io.fd);
+        }
+        // The socket closes when both the table's reference and the
+        // descriptor are gone.
+        let detached = self.ring.detach(io.slot);
+        drop(io.fd);
+        detached
+    }
+}
+
 impl Sock {
     fn new(fd: OwnedFd, slot: FileSlot) -> Sock {
         Sock {
             fd,
             slot,
-            inflight: 0,
             recv_posted: false,
             recv_cancel_posted: false,
             sending: None,
             send_paused: false,
-            closing: None,
-            cancel_posted: false,
+            posted: Posted::default(),
         }
     }
 

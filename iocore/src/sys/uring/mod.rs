@@ -129,9 +129,20 @@ pub(crate) fn is_not_now(err: &io::Error) -> bool {
 }
 
 /// Identifies a send in flight (rule 1): where the ring keeps its
-/// operation until [`Uring::take_send`].
+/// operation until [`Uring::take_send`]. Its slab index plus one, so that
+/// an `Option<SendKey>` in a session's state takes four bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct SendKey(u32);
+pub(crate) struct SendKey(std::num::NonZeroU32);
+
+impl SendKey {
+    fn new(index: u32) -> SendKey {
+        SendKey(std::num::NonZeroU32::MIN.saturating_add(index))
+    }
+
+    fn index(self) -> u32 {
+        self.0.get() - 1
+    }
+}
 
 /// Builds an entry with `$file` as a `types::Fixed` slot or a `types::Fd`
 /// (the opcode builders take either, as different types).
@@ -518,14 +529,14 @@ impl Uring {
                 (self.sends.len() - 1) as u32
             }
         };
-        Ok(SendKey(key))
+        Ok(SendKey::new(key))
     }
 
     /// The operation of a completed send, with its buffers, to give back.
     /// `None` if `key` names no send in flight.
     pub(crate) fn take_send(&mut self, key: SendKey) -> Option<Box<SendOp>> {
-        let op = self.sends.get_mut(key.0 as usize)?.take()?;
-        self.free_sends.push(key.0);
+        let op = self.sends.get_mut(key.index() as usize)?.take()?;
+        self.free_sends.push(key.index());
         Some(op)
     }
 
