@@ -241,7 +241,7 @@ pub fn run(opts: &ChurnOptions, stop: Arc<AtomicBool>) -> io::Result<ChurnSummar
         };
         // Timed from when the worker starts the connect (not from this
         // thread's request).
-        client.connect(opts.addr, move || {
+        client.connect_later(opts.addr, move || {
             conn.started = Instant::now();
             conn
         })

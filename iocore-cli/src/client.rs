@@ -647,7 +647,7 @@ pub fn run(opts: &ClientOptions, stop: Arc<AtomicBool>) -> io::Result<Summary> {
     let scheduler = scheduler.transpose()?;
     for index in 0..opts.load.connections {
         let shared = shared.clone();
-        client.connect(opts.addr, move || LoadConn::new(index, shared))?;
+        client.connect_later(opts.addr, move || LoadConn::new(index, shared))?;
     }
     // Wait, sampling the server at the window's edges, until every session
     // is done or the run is past its hard end.

@@ -352,7 +352,7 @@ fn parse_room(s: &str) -> Result<String, String> {
 struct Trusted(Vec<iocore::proxy::IpNet>);
 
 fn parse_trusted(s: &str) -> Result<Trusted, String> {
-    match iocore::proxy::ProxyProtocol::parse_trusted(s)? {
+    match iocore::proxy::ProxyProtocol::parse_trusted(s).map_err(|e| e.problem)? {
         nets if nets.is_empty() => Err("--trusted-proxies needs at least one network".into()),
         nets => Ok(Trusted(nets)),
     }

@@ -85,6 +85,7 @@ impl RedisBridge {
 
 /// A bridge's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BridgeStats {
     /// Both connections are up (the subscriber's and the publisher's).
     pub connected: bool,

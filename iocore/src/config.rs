@@ -105,6 +105,32 @@ pub(crate) fn check_threads(threads: usize) -> Result<(), ConfigError> {
     }
 }
 
+/// A name that names nothing of its kind (an accept strategy, say): what
+/// was given and the names known.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownName {
+    /// What kind of thing was named ("accept strategy").
+    pub kind: &'static str,
+    /// The name given.
+    pub given: String,
+    /// The names of that kind.
+    pub known: &'static [&'static str],
+}
+
+impl fmt::Display for UnknownName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown {} '{}' (expected one of: {})",
+            self.kind,
+            self.given,
+            self.known.join(", ")
+        )
+    }
+}
+
+impl std::error::Error for UnknownName {}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}", self.setting, self.problem)

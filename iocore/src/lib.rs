@@ -156,12 +156,13 @@ pub mod testing;
 mod topic;
 
 pub use bytes::Bytes;
-pub use config::{ConfigError, Setting};
+pub use config::{ConfigError, Setting, UnknownName};
 pub use engine::{AcceptErrorKind, EngineError, EngineKind, Keepalive, Stats};
 #[cfg(target_os = "linux")]
 pub use engine::{UringFeatures, URING_FEATURES_OFF_VAR};
 pub use service::{
-    Accept, Client, ClientBuilder, ClientHandle, Server, ServerBuilder, ServerHandle, ToSessionError,
+    Accept, Client, ClientBuilder, ClientHandle, ConnectError, Server, ServerBuilder, ServerHandle,
+    ToSessionError,
 };
 pub use session::{CloseKind, CloseReason, Handler, Limits, SendError, Session, SessionId};
 pub use topic::TopicStats;

@@ -74,14 +74,19 @@ impl ProxyProtocol {
 
     /// Parses a comma-separated list of CIDR blocks or addresses
     /// (`10.0.0.0/8,192.168.1.7,::1`).
-    pub fn parse_trusted(list: &str) -> Result<Vec<IpNet>, String> {
+    pub fn parse_trusted(list: &str) -> Result<Vec<IpNet>, crate::ConfigError> {
         list.split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .map(|s| {
                 s.parse::<IpNet>()
                     .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-                    .map_err(|_| format!("'{s}' is neither a CIDR block (10.0.0.0/8) nor an address"))
+                    .map_err(|_| {
+                        crate::ConfigError::new(
+                            crate::Setting::TrustedProxies,
+                            format!("'{s}' is neither a CIDR block (10.0.0.0/8) nor an address"),
+                        )
+                    })
             })
             .collect()
     }
@@ -139,6 +144,7 @@ pub const MAX_HEADER: usize = 4096;
 
 /// What a session's PROXY header said.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ProxyInfo {
     /// The proxy: the connection's own peer address.
     pub proxy: SocketAddr,

@@ -22,6 +22,7 @@ use bytes::Bytes;
 
 /// Counters of one topic, summed over the workers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TopicStats {
     /// Sessions subscribed now.
     pub subscribers: u64,

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use iocore::{Client, CloseKind, CloseReason, EngineKind, Handler, Session};
+use iocore::{Client, CloseKind, CloseReason, ConnectError, EngineKind, Handler, Session};
 use iocore_testkit::*;
 
 fn peer_fin_closes_once_as_peer_closed(engine: EngineKind) {
@@ -155,7 +155,7 @@ fn client_service_connects_and_reports_failures(engine: EngineKind) {
     }
     impl Handler for Ping {
         fn on_connected(&mut self, s: &mut Session<'_>) {
-            self.log.lock().unwrap().push("connected".into());
+            self.log.lock().unwrap().push(format!("connected {}", s.id()));
             s.send_copy(b"ping").unwrap();
         }
         fn on_recv(&mut self, s: &mut Session<'_>, data: &[u8]) -> usize {
@@ -185,14 +185,19 @@ fn client_service_connects_and_reports_failures(engine: EngineKind) {
     let ok = Arc::new(Mutex::new(Vec::new()));
     let bad = Arc::new(Mutex::new(Vec::new()));
     let (o, b) = (ok.clone(), bad.clone());
-    client
+    // connect() returns the id the session then has.
+    let id = client
         .connect(echo.local_addr(), move || Ping { log: o })
         .unwrap();
-    client.connect(closed_port, move || Ping { log: b }).unwrap();
+    let failing = client.connect(closed_port, move || Ping { log: b }).unwrap();
+    assert_ne!(id, failing);
     wait_until("both finished", || {
         ok.lock().unwrap().len() == 3 && bad.lock().unwrap().len() == 1
     });
-    assert_eq!(*ok.lock().unwrap(), ["connected", "ping", "LocalClose"]);
+    assert_eq!(
+        *ok.lock().unwrap(),
+        [format!("connected {id}"), "ping".into(), "LocalClose".into()]
+    );
     assert_eq!(*bad.lock().unwrap(), ["ConnectFailed"]);
     let stats = client.stats();
     assert_eq!((stats.connected, stats.closed(CloseKind::ConnectFailed)), (1, 1));
@@ -203,8 +208,93 @@ fn client_service_connects_and_reports_failures(engine: EngineKind) {
     let err = client
         .connect(echo.local_addr(), move || Ping { log: o })
         .expect_err("a stopped client cannot connect");
+    assert_eq!(err, ConnectError::Stopped);
     assert!(err.to_string().contains("stopped"), "{err}");
+    let refused = client.connect_later(echo.local_addr(), || unreachable!("never made"));
+    assert_eq!(refused, Err(ConnectError::Stopped));
     client.join().unwrap();
+}
+
+/// `connect` says why it returned no session: the session limit (the
+/// handler hears it too), or a call on a worker thread, where waiting for
+/// a worker could wait forever (`connect_later` works there).
+fn client_connect_says_why_no_session(engine: EngineKind) {
+    struct Held(Arc<Mutex<Vec<String>>>);
+    impl Handler for Held {
+        fn on_connected(&mut self, s: &mut Session<'_>) {
+            self.0.lock().unwrap().push(format!("connected {}", s.id()));
+        }
+        fn on_recv(&mut self, _: &mut Session<'_>, data: &[u8]) -> usize {
+            data.len()
+        }
+        fn on_disconnected(&mut self, reason: CloseReason) {
+            self.0.lock().unwrap().push(format!("{:?}", reason.kind()));
+        }
+    }
+    let echo = server(engine).start(|| Echo).unwrap();
+    let client = Arc::new(
+        Client::builder()
+            .engine(engine)
+            .max_sessions(1)
+            .start::<Held>()
+            .unwrap(),
+    );
+    let (first, second) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
+    let f = first.clone();
+    let id = client.connect(echo.local_addr(), move || Held(f)).unwrap();
+    let s = second.clone();
+    let refused = client.connect(echo.local_addr(), move || Held(s));
+    assert_eq!(refused, Err(ConnectError::NotOpened));
+    assert_eq!(
+        *second.lock().unwrap(),
+        ["ConnectFailed"],
+        "the handler heard it too"
+    );
+    wait_until("the first connected", || first.lock().unwrap().len() == 1);
+    assert_eq!(*first.lock().unwrap(), [format!("connected {id}")]);
+
+    // A server's handler asks the client from its worker thread.
+    struct Asks {
+        client: Arc<iocore::ClientHandle<Held>>,
+        to: std::net::SocketAddr,
+        answers: Arc<Mutex<Vec<String>>>,
+        log: Arc<Mutex<Vec<String>>>,
+    }
+    impl Handler for Asks {
+        fn on_connected(&mut self, _: &mut Session<'_>) {
+            let blocking = self.client.connect(self.to, || unreachable!("never made"));
+            let log = self.log.clone();
+            let later = self.client.connect_later(self.to, move || Held(log));
+            self.answers
+                .lock()
+                .unwrap()
+                .push(format!("{blocking:?} {later:?}"));
+        }
+        fn on_recv(&mut self, _: &mut Session<'_>, data: &[u8]) -> usize {
+            data.len()
+        }
+    }
+    client.close(id).unwrap();
+    wait_until("the first closed", || first.lock().unwrap().len() == 2);
+    let (answers, log) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
+    let (a, l, c, to) = (answers.clone(), log.clone(), client.clone(), echo.local_addr());
+    let asking = server(engine)
+        .start(move || Asks {
+            client: c.clone(),
+            to,
+            answers: a.clone(),
+            log: l.clone(),
+        })
+        .unwrap();
+    let _peer = connect(asking.local_addr());
+    wait_until("the handler asked", || answers.lock().unwrap().len() == 1);
+    assert_eq!(*answers.lock().unwrap(), ["Err(OnWorkerThread) Ok(())"]);
+    wait_until("the later connect connected", || log.lock().unwrap().len() == 1);
+    assert!(
+        log.lock().unwrap()[0].starts_with("connected "),
+        "{:?}",
+        log.lock().unwrap()
+    );
 }
 
 /// A client-side echo: bytes read by a `Client` session equal bytes sent,
@@ -249,4 +339,5 @@ engine_suite!(
     stop_deadline_resets_stuck_sessions,
     client_service_connects_and_reports_failures,
     client_sessions_consume_partially,
+    client_connect_says_why_no_session,
 );

@@ -479,7 +479,7 @@ pub fn run(opts: &ChatOptions, stop: Arc<AtomicBool>) -> io::Result<ChatSummary>
     for index in 0..opts.load.connections {
         let shared = shared.clone();
         let addr = opts.addrs[index % opts.addrs.len()];
-        client.connect(addr, move || {
+        client.connect_later(addr, move || {
             Packets::new(Member::new(index, shared)).max_packet(MAX_PACKET)
         })?;
     }

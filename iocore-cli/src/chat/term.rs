@@ -156,7 +156,7 @@ pub fn run(opts: &TermOptions, input: impl BufRead + Send + 'static) -> io::Resu
     let client = Client::builder().engine(opts.engine).start::<Packets<Term>>()?;
     let (tx, events) = mpsc::channel();
     let (room, to_session) = (opts.room.clone(), tx.clone());
-    client.connect(opts.addr, move || {
+    client.connect_later(opts.addr, move || {
         Packets::new(Term {
             room,
             events: to_session,

@@ -77,6 +77,9 @@ pub(crate) struct Core<H, S> {
     /// Sessions a fan-out queued messages on, to settle once (see
     /// `Driver::uncork`).
     pub(super) corked: Vec<u64>,
+    /// The token [`Core::insert`] gave last: how a connect command learns
+    /// its session's id without the engines' help.
+    pub(super) last_inserted: Option<u64>,
 }
 
 impl<H: Handler, S> Core<H, S> {
@@ -92,6 +95,7 @@ impl<H: Handler, S> Core<H, S> {
             stop_deadline: None,
             forced: false,
             next_worker: 0,
+            last_inserted: None,
             spare,
             shortage: None,
             per_ip_warning: Quiet::default(),
@@ -171,14 +175,16 @@ impl<H: Handler, S> Core<H, S> {
 
     /// Stores a new session (its place already admitted).
     pub(super) fn insert(&mut self, conn: Conn<H>, io: S) -> u64 {
-        self.sessions.insert(Slot {
+        let token = self.sessions.insert(Slot {
             conn,
             io,
             queued_seen: 0,
             recv_seen: 0,
             paused_seen: false,
             corked: false,
-        })
+        });
+        self.last_inserted = Some(token);
+        token
     }
 
     /// After anything touched a session: report its queue and whether its

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::core::Core;
 use super::sockets::io_close_reason;
 use super::{Command, Remote};
-use crate::session::{CloseReason, Conn, Handler, SendError, Step};
+use crate::session::{CloseReason, Conn, Handler, SendError, SessionId, Step};
 use crate::sys::OwnedSocket;
 
 /// The control side of every engine's loop, the same on each: commands
@@ -55,7 +55,18 @@ pub(crate) trait Driver<H: Handler> {
     fn commands(&mut self) -> io::Result<()> {
         for cmd in self.core().w.inbox.take() {
             match cmd {
-                Command::Connect { addr, make } => self.connect(addr, make())?,
+                Command::Connect { addr, make, reply } => {
+                    self.core().last_inserted = None;
+                    self.connect(addr, make())?;
+                    if let Some(reply) = reply {
+                        let core = self.core();
+                        let id = core
+                            .last_inserted
+                            .map(|token| SessionId::new(core.w.index, token));
+                        // The caller may have given up waiting; nothing to do.
+                        let _ = reply.send(id);
+                    }
+                }
                 Command::Adopt { socket, peer } => {
                     if let Some((conn, socket)) = self.core().adopted(socket, peer) {
                         self.open_accepted(conn, socket)?;

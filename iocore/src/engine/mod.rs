@@ -59,7 +59,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 #[allow(unused_imports)] // named in the contract above
@@ -99,6 +99,7 @@ pub use stats::{AcceptErrorKind, Stats};
 
 /// Which I/O model runs the sessions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub enum EngineKind {
     /// `uring` where io_uring is usable, else `epoll`; the choice and the
     /// reason are logged.
@@ -132,7 +133,7 @@ impl EngineKind {
     }
 
     /// Every engine that can be named.
-    pub const ALL: [EngineKind; 6] = [
+    pub const ALL: &'static [EngineKind] = &[
         EngineKind::Auto,
         EngineKind::Epoll,
         EngineKind::Uring,
@@ -213,7 +214,8 @@ impl FromStr for EngineKind {
     type Err = EngineError;
     fn from_str(s: &str) -> Result<EngineKind, EngineError> {
         EngineKind::ALL
-            .into_iter()
+            .iter()
+            .copied()
             .find(|e| e.name() == s)
             .ok_or_else(|| EngineError::Unknown(s.to_string()))
     }
@@ -221,6 +223,7 @@ impl FromStr for EngineKind {
 
 /// Why an engine cannot be used.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum EngineError {
     /// No engine has this name.
     Unknown(String),
@@ -277,6 +280,9 @@ pub(crate) enum Command<H> {
     Connect {
         addr: SocketAddr,
         make: Box<dyn FnOnce() -> H + Send>,
+        /// Where the new session's id goes (`None`: it was not opened), if
+        /// the caller waits for it.
+        reply: Option<mpsc::SyncSender<Option<SessionId>>>,
     },
     /// Serve a connection another worker accepted (the hand-off accept
     /// strategy): admit it here, make its handler here, own it here.
@@ -586,9 +592,22 @@ impl<H> Worker<H> {
     }
 }
 
+std::thread_local! {
+    /// Whether this thread runs a worker's loop (of any server or client).
+    static ON_WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the calling thread is a worker's: a call that waits for a worker
+/// must not be made there (it could wait for itself, or for a worker that
+/// waits for this one).
+pub(crate) fn on_worker_thread() -> bool {
+    ON_WORKER.with(|w| w.get())
+}
+
 /// Runs `worker`'s event loop on the calling thread with a resolved engine
 /// until it is stopped.
 pub(crate) fn run<H: Handler>(engine: EngineKind, worker: Worker<H>) -> io::Result<()> {
+    ON_WORKER.with(|w| w.set(true));
     match engine {
         #[cfg(target_os = "linux")]
         EngineKind::Epoll => epoll::run(worker),

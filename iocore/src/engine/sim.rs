@@ -536,6 +536,7 @@ impl<H: Handler> Sim<H> {
         let cmd = Command::Connect {
             addr,
             make: Box::new(make),
+            reply: None,
         };
         if self.workers[w].core.w.inbox.push(cmd).is_err() {
             unreachable!("a simulated worker's inbox is open until the sim is dropped");

@@ -27,7 +27,7 @@ pub enum AcceptErrorKind {
 
 impl AcceptErrorKind {
     /// Every kind, in declaration order (the index used by counters).
-    pub const ALL: [AcceptErrorKind; 4] = [
+    pub const ALL: &'static [AcceptErrorKind] = &[
         AcceptErrorKind::Descriptors,
         AcceptErrorKind::Memory,
         AcceptErrorKind::Aborted,
@@ -257,6 +257,7 @@ impl WorkerStats {
 /// Counters of a server or client, summed over its workers (or of one
 /// worker: see `ServerHandle::worker_stats`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Stats {
     /// Connections accepted.
     pub accepted: u64,
@@ -273,7 +274,7 @@ pub struct Stats {
     pub accept_failed: u64,
     /// Accepts that failed, by [`AcceptErrorKind`] (index with
     /// [`AcceptErrorKind::index`]).
-    pub accept_errors: [u64; AcceptErrorKind::ALL.len()],
+    pub(crate) accept_errors: [u64; AcceptErrorKind::ALL.len()],
     /// Connections closed right after accept because the process was out
     /// of file descriptors (EMFILE/ENFILE): accepted with the spare
     /// descriptor and closed, so that they do not hang in the backlog.
@@ -345,7 +346,7 @@ pub struct Stats {
     /// returned to the kernel at the end of a loop turn; always 0 on epoll.
     pub recv_buffers_held: u64,
     /// Finished sessions by [`CloseKind`] (index with [`CloseKind::index`]).
-    pub closed: [u64; CloseKind::ALL.len()],
+    pub(crate) closed: [u64; CloseKind::ALL.len()],
 }
 
 impl Stats {

@@ -77,6 +77,7 @@ pub(crate) mod http;
 
 /// An exposition format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Format {
     /// The Prometheus text format, version 0.0.4.
     #[default]

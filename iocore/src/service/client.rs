@@ -2,18 +2,20 @@
 //! same [`Handler`] API as the server (the seed client's non-blocking
 //! connect, or `ConnectEx` in the IOCP series).
 
+use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use bytes::Bytes;
 
 use super::runtime::{Runtime, ToSessionError, WorkerSpec};
-use crate::config::{check_threads, ConfigError, Setting};
-use crate::engine::{Command, EngineKind, Inbox, Keepalive, Remote, Settings, Stats};
-use crate::session::{Handler, Limits, SessionId};
+use super::workers::{worker_setters, WorkerConfig};
+use crate::config::ConfigError;
+use crate::engine::{self, Command, EngineKind, Inbox, Remote, Settings, Stats};
+use crate::session::{Handler, SessionId};
 
 /// Entry point: `Client::builder()`.
 pub struct Client;
@@ -23,79 +25,44 @@ impl Client {
     /// session limit beyond the system's, default [`Limits`].
     pub fn builder() -> ClientBuilder {
         ClientBuilder {
-            engine: EngineKind::Auto,
-            threads: 1,
-            max_sessions: usize::MAX,
-            keepalive: None,
-            limits: Limits::default(),
+            workers: WorkerConfig::new(1, usize::MAX),
         }
     }
 }
 
-/// Configures and starts a [`Client`].
+/// Configures and starts a [`Client`]: the same worker settings as
+/// [`crate::ServerBuilder`]'s.
 #[derive(Clone, Debug)]
+#[must_use = "a builder does nothing until start() is called"]
 pub struct ClientBuilder {
-    engine: EngineKind,
-    threads: usize,
-    max_sessions: usize,
-    keepalive: Option<Keepalive>,
-    limits: Limits,
+    workers: WorkerConfig,
 }
 
 impl ClientBuilder {
-    /// The I/O model.
-    pub fn engine(mut self, engine: EngineKind) -> Self {
-        self.engine = engine;
-        self
-    }
-    /// Worker threads; connections are spread over them in turn (≥ 1).
-    pub fn threads(mut self, threads: usize) -> Self {
-        self.threads = threads;
-        self
-    }
-    /// Most sessions live at once; more connects fail at once.
-    pub fn max_sessions(mut self, max: usize) -> Self {
-        self.max_sessions = max;
-        self
-    }
-    /// Per-session limits (including [`Limits::connect_timeout`]).
-    pub fn limits(mut self, limits: Limits) -> Self {
-        self.limits = limits;
-        self
-    }
-    /// TCP keepalive on every session's socket (see [`Keepalive`]);
-    /// `None` (the default): off.
-    pub fn tcp_keepalive(mut self, keepalive: Option<Keepalive>) -> Self {
-        self.keepalive = keepalive;
-        self
-    }
+    worker_setters!();
 
     /// Checks the configuration without starting anything; the error
     /// names the setting at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        check_threads(self.threads)?;
-        if self.max_sessions == 0 {
-            return Err(ConfigError::new(Setting::MaxSessions, "must be at least 1"));
-        }
-        self.limits.validate()
+        self.workers.validate()
     }
 
     /// Starts the workers. `H` is the handler type of every connection;
     /// use `Box<dyn Handler>` to mix kinds.
     pub fn start<H: Handler>(self) -> io::Result<ClientHandle<H>> {
         self.validate()?;
-        let engine = self.engine.resolve()?;
-        let specs = (0..self.threads)
+        let engine = self.workers.engine.resolve()?;
+        let specs = (0..self.workers.threads)
             .map(|_| WorkerSpec {
                 listener: None,
                 factory: None,
             })
             .collect();
         let settings = Settings {
-            limits: self.limits,
-            max_sessions: self.max_sessions,
+            limits: self.workers.limits,
+            max_sessions: self.workers.max_sessions,
             max_sessions_per_ip: None,
-            keepalive: self.keepalive,
+            keepalive: self.workers.keepalive,
             proxy: None,
             registry: Arc::new(crate::topic::Registry::default()),
         };
@@ -110,6 +77,7 @@ impl ClientBuilder {
 
 /// Running client workers. Dropping it stops them at once; call
 /// [`ClientHandle::shutdown`] for a graceful stop.
+#[must_use = "dropping the handle stops the client at once: keep it, or call shutdown() or join()"]
 pub struct ClientHandle<H> {
     runtime: Runtime,
     inboxes: Vec<Arc<Inbox<H>>>,
@@ -117,19 +85,54 @@ pub struct ClientHandle<H> {
 }
 
 impl<H: Handler> ClientHandle<H> {
-    /// Connects to `addr` without blocking. `make` builds the handler on
-    /// the worker that will own the session; the handler then hears
-    /// `on_connected`, or only `on_disconnected` with
-    /// [`crate::CloseReason::ConnectFailed`] if the connection fails.
-    pub fn connect(&self, addr: SocketAddr, make: impl FnOnce() -> H + Send + 'static) -> io::Result<()> {
+    /// Connects to `addr` and returns the new session's id once its worker
+    /// has opened it (one hand-over to the worker and back; the connection
+    /// itself completes later). `make` builds the handler on that worker;
+    /// the handler then hears `on_connected`, or only `on_disconnected`
+    /// with [`crate::CloseReason::ConnectFailed`] if the connection fails.
+    ///
+    /// Handlers run on worker threads, where waiting for a worker could
+    /// wait forever: there this returns [`ConnectError::OnWorkerThread`];
+    /// use [`ClientHandle::connect_later`] (the handler learns its id in
+    /// `on_connected`).
+    pub fn connect(
+        &self,
+        addr: SocketAddr,
+        make: impl FnOnce() -> H + Send + 'static,
+    ) -> Result<SessionId, ConnectError> {
+        if engine::on_worker_thread() {
+            return Err(ConnectError::OnWorkerThread);
+        }
+        let (reply, id) = mpsc::sync_channel(1);
+        self.push_connect(addr, Box::new(make), Some(reply))?;
+        match id.recv() {
+            Ok(Some(id)) => Ok(id),
+            Ok(None) => Err(ConnectError::NotOpened),
+            // The worker ended with the request still queued.
+            Err(_) => Err(ConnectError::Stopped),
+        }
+    }
+
+    /// Connects to `addr` without waiting for the worker, from any thread
+    /// (a handler's included); otherwise as [`ClientHandle::connect`]. A
+    /// connection the worker cannot open is told to its handler only.
+    pub fn connect_later(
+        &self,
+        addr: SocketAddr,
+        make: impl FnOnce() -> H + Send + 'static,
+    ) -> Result<(), ConnectError> {
+        self.push_connect(addr, Box::new(make), None)
+    }
+
+    fn push_connect(
+        &self,
+        addr: SocketAddr,
+        make: Box<dyn FnOnce() -> H + Send>,
+        reply: Option<mpsc::SyncSender<Option<SessionId>>>,
+    ) -> Result<(), ConnectError> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.inboxes.len();
-        let connect = Command::Connect {
-            addr,
-            make: Box::new(make),
-        };
-        self.inboxes[i]
-            .push(connect)
-            .map_err(|_| io::Error::other("the client has stopped: its worker has ended"))
+        let connect = Command::Connect { addr, make, reply };
+        self.inboxes[i].push(connect).map_err(|_| ConnectError::Stopped)
     }
 
     /// The engine serving.
@@ -179,5 +182,45 @@ impl<H: Handler> ClientHandle<H> {
     pub fn shutdown(self, grace: Duration) -> io::Result<()> {
         self.stop(grace);
         self.join()
+    }
+}
+
+/// Why [`ClientHandle::connect`] returned no session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The client has stopped: its workers take no more.
+    Stopped,
+    /// The worker did not open the connection: the client is stopping, the
+    /// session limit is reached, or no socket could be made. The handler
+    /// heard why in `on_disconnected`.
+    NotOpened,
+    /// Called on a worker thread, where waiting for a worker could wait
+    /// forever; use [`ClientHandle::connect_later`] there.
+    OnWorkerThread,
+}
+
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ConnectError::Stopped => "the client has stopped",
+            ConnectError::NotOpened => "the connection was not opened (its handler was told why)",
+            ConnectError::OnWorkerThread => {
+                "connect() waits for a worker and cannot be called on one: use connect_later()"
+            }
+        })
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
+impl From<ConnectError> for io::Error {
+    fn from(e: ConnectError) -> io::Error {
+        let kind = match e {
+            ConnectError::Stopped => io::ErrorKind::NotConnected,
+            ConnectError::NotOpened => io::ErrorKind::Other,
+            ConnectError::OnWorkerThread => io::ErrorKind::WouldBlock,
+        };
+        io::Error::new(kind, e)
     }
 }

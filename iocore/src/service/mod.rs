@@ -5,8 +5,9 @@
 mod client;
 mod runtime;
 mod server;
+mod workers;
 
-pub use client::{Client, ClientBuilder, ClientHandle};
+pub use client::{Client, ClientBuilder, ClientHandle, ConnectError};
 pub use runtime::ToSessionError;
 pub use server::{Accept, Server, ServerBuilder, ServerHandle};
 

@@ -33,7 +33,7 @@ pub enum ToSessionError {
 impl fmt::Display for ToSessionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            ToSessionError::Stopped => "the server has stopped",
+            ToSessionError::Stopped => "the server or client has stopped",
             ToSessionError::NoSuchWorker => "no such worker: the session id belongs to another server",
         })
     }

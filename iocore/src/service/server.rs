@@ -22,10 +22,11 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::runtime::{Runtime, ToSessionError, WorkerSpec};
-use crate::config::{check_threads, ConfigError, Setting};
-use crate::engine::{EngineKind, Keepalive, Remote, Settings, Stats};
+use super::workers::{worker_setters, WorkerConfig};
+use crate::config::{ConfigError, Setting};
+use crate::engine::{EngineKind, Remote, Settings, Stats};
+use crate::session::Handler;
 use crate::session::SessionId;
-use crate::session::{Handler, Limits};
 use crate::sys::socket;
 use crate::topic::TopicStats;
 
@@ -35,6 +36,7 @@ pub struct Server;
 /// How a multi-worker server spreads connections over its workers (see the
 /// module notes). With one worker both are the same.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Accept {
     /// A listener per worker on one address (`SO_REUSEPORT`); the kernel
     /// picks the worker. Only where the OS has `SO_REUSEPORT`.
@@ -63,15 +65,17 @@ impl std::fmt::Display for Accept {
 }
 
 impl std::str::FromStr for Accept {
-    type Err = String;
+    type Err = crate::UnknownName;
 
-    fn from_str(s: &str) -> Result<Accept, String> {
+    fn from_str(s: &str) -> Result<Accept, crate::UnknownName> {
         match s {
             "reuse-port" => Ok(Accept::ReusePort),
             "hand-off" => Ok(Accept::HandOff),
-            other => Err(format!(
-                "unknown accept strategy '{other}' (reuse-port, hand-off)"
-            )),
+            other => Err(crate::UnknownName {
+                kind: "accept strategy",
+                given: other.to_string(),
+                known: &["reuse-port", "hand-off"],
+            }),
         }
     }
 }
@@ -83,14 +87,13 @@ impl Server {
     pub fn builder() -> ServerBuilder {
         ServerBuilder {
             addr: SocketAddr::from(([127, 0, 0, 1], 7777)),
-            engine: EngineKind::Auto,
-            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            workers: WorkerConfig::new(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+                10_000,
+            ),
             accept: Accept::default(),
-            max_sessions: 10_000,
             max_sessions_per_ip: None,
-            keepalive: None,
             backlog: 1024,
-            limits: Limits::default(),
             #[cfg(feature = "metrics")]
             metrics: None,
             #[cfg(feature = "metrics")]
@@ -104,16 +107,13 @@ impl Server {
 
 /// Configures and starts a [`Server`].
 #[derive(Clone, Debug)]
+#[must_use = "a builder does nothing until start() is called"]
 pub struct ServerBuilder {
     addr: SocketAddr,
-    engine: EngineKind,
-    threads: usize,
+    workers: WorkerConfig,
     accept: Accept,
-    max_sessions: usize,
     max_sessions_per_ip: Option<usize>,
-    keepalive: Option<Keepalive>,
     backlog: i32,
-    limits: Limits,
     #[cfg(feature = "metrics")]
     metrics: Option<SocketAddr>,
     #[cfg(feature = "metrics")]
@@ -130,24 +130,11 @@ impl ServerBuilder {
         self.addr = addr;
         self
     }
-    /// The I/O model.
-    pub fn engine(mut self, engine: EngineKind) -> Self {
-        self.engine = engine;
-        self
-    }
-    /// Worker threads, each with its own event loop and sessions (≥ 1).
-    pub fn threads(mut self, threads: usize) -> Self {
-        self.threads = threads;
-        self
-    }
+    worker_setters!();
+
     /// How connections are spread over the workers (see [`Accept`]).
     pub fn accept(mut self, accept: Accept) -> Self {
         self.accept = accept;
-        self
-    }
-    /// Most sessions live at once; further connections are reset.
-    pub fn max_sessions(mut self, max: usize) -> Self {
-        self.max_sessions = max;
         self
     }
     /// Most sessions live at once from one client address (IPv4-mapped
@@ -159,52 +146,9 @@ impl ServerBuilder {
         self.max_sessions_per_ip = max;
         self
     }
-    /// TCP keepalive on every session's socket (see [`Keepalive`]);
-    /// `None` (the default): off.
-    pub fn tcp_keepalive(mut self, keepalive: Option<Keepalive>) -> Self {
-        self.keepalive = keepalive;
-        self
-    }
     /// Listen backlog.
     pub fn backlog(mut self, backlog: i32) -> Self {
         self.backlog = backlog;
-        self
-    }
-    /// All per-session limits at once.
-    pub fn limits(mut self, limits: Limits) -> Self {
-        self.limits = limits;
-        self
-    }
-    /// See [`Limits::max_send_queue`].
-    pub fn max_send_queue(mut self, bytes: usize) -> Self {
-        self.limits.max_send_queue = bytes;
-        self
-    }
-    /// See [`Limits::max_recv_buffer`].
-    pub fn max_recv_buffer(mut self, bytes: usize) -> Self {
-        self.limits.max_recv_buffer = bytes;
-        self
-    }
-    /// See [`Limits::send_high_watermark`] and
-    /// [`Limits::send_low_watermark`].
-    pub fn send_watermarks(mut self, high: usize, low: usize) -> Self {
-        self.limits.send_high_watermark = high;
-        self.limits.send_low_watermark = low;
-        self
-    }
-    /// See [`Limits::send_stall_timeout`].
-    pub fn send_stall_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.limits.send_stall_timeout = timeout;
-        self
-    }
-    /// See [`Limits::idle_timeout`].
-    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.limits.idle_timeout = timeout;
-        self
-    }
-    /// See [`Limits::linger`].
-    pub fn linger(mut self, linger: Duration) -> Self {
-        self.limits.linger = linger;
         self
     }
 
@@ -255,29 +199,26 @@ impl ServerBuilder {
     /// simulated engine of [`crate::testing`], which has no sockets).
     pub(crate) fn sim_settings(&self) -> (Settings, usize) {
         let settings = Settings {
-            limits: self.limits.clone(),
-            max_sessions: self.max_sessions,
+            limits: self.workers.limits.clone(),
+            max_sessions: self.workers.max_sessions,
             max_sessions_per_ip: self.max_sessions_per_ip,
             keepalive: None,
             proxy: self.proxy.clone(),
             registry: Arc::new(crate::topic::Registry::default()),
         };
-        (settings, self.threads)
+        (settings, self.workers.threads)
     }
 
     /// Checks the configuration without starting anything; the error
     /// names the setting at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |setting, problem: &str| Err(ConfigError::new(setting, problem));
-        check_threads(self.threads)?;
-        if self.threads > 1 && self.accept == Accept::ReusePort && !socket::REUSE_PORT {
+        self.workers.validate()?;
+        if self.workers.threads > 1 && self.accept == Accept::ReusePort && !socket::REUSE_PORT {
             return bad(
                 Setting::Accept,
                 "reuse-port needs SO_REUSEPORT, which this OS lacks: use hand-off",
             );
-        }
-        if self.max_sessions == 0 {
-            return bad(Setting::MaxSessions, "must be at least 1");
         }
         if self.max_sessions_per_ip == Some(0) {
             return bad(Setting::MaxSessionsPerIp, "must be at least 1 (or no cap)");
@@ -294,7 +235,7 @@ impl ServerBuilder {
         if let Some(bridge) = &self.redis {
             bridge.validate()?;
         }
-        self.limits.validate()
+        Ok(())
     }
 
     /// Binds, starts the workers and returns once they serve. `factory`
@@ -315,9 +256,9 @@ impl ServerBuilder {
         F: Fn() -> H + Send + Sync + 'static,
     {
         self.validate()?;
-        let engine = self.engine.resolve()?;
-        let hand_off = self.threads > 1 && self.accept == Accept::HandOff;
-        let reuse_port = self.threads > 1 && !hand_off;
+        let engine = self.workers.engine.resolve()?;
+        let hand_off = self.workers.threads > 1 && self.accept == Accept::HandOff;
+        let reuse_port = self.workers.threads > 1 && !hand_off;
         let listen = |addr: &SocketAddr, reuse_port: bool| {
             socket::listen(addr, self.backlog, reuse_port)
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
@@ -335,8 +276,8 @@ impl ServerBuilder {
         let local_addr = socket::local_addr(&first)?;
         let factory: crate::engine::Factory<H> = Arc::new(factory);
         let mut first = Some(first);
-        let mut specs = Vec::with_capacity(self.threads);
-        for _ in 0..self.threads {
+        let mut specs = Vec::with_capacity(self.workers.threads);
+        for _ in 0..self.workers.threads {
             let listener = match first.take() {
                 Some(l) => Some(l),
                 None if reuse_port => Some(listen(&local_addr, true)?),
@@ -354,10 +295,10 @@ impl ServerBuilder {
             None => None,
         };
         let settings = Settings {
-            limits: self.limits,
-            max_sessions: self.max_sessions,
+            limits: self.workers.limits,
+            max_sessions: self.workers.max_sessions,
             max_sessions_per_ip: self.max_sessions_per_ip,
-            keepalive: self.keepalive,
+            keepalive: self.workers.keepalive,
             proxy: self.proxy.clone(),
             registry: registry.clone(),
         };
@@ -369,7 +310,7 @@ impl ServerBuilder {
         tracing::info!(
             addr = %local_addr,
             engine = %engine,
-            threads = self.threads,
+            threads = self.workers.threads,
             accept = %self.accept,
             proxy_protocol = self.proxy.is_some(),
             "serving"
@@ -420,13 +361,13 @@ fn start_metrics(
     engine: EngineKind,
     exporter: Arc<crate::metrics::Exporter>,
 ) -> io::Result<ServerHandle> {
-    let limits = Limits {
+    let limits = crate::Limits {
         // Room for a large scrape answer (many workers) queued at once.
         max_send_queue: 64 * 1024 * 1024,
         send_high_watermark: 1024 * 1024,
         send_low_watermark: 512 * 1024,
         max_recv_buffer: 2 * crate::metrics::http::MAX_REQUEST,
-        ..Limits::default()
+        ..crate::Limits::default()
     };
     let mut b = Server::builder()
         .addr(addr)
@@ -446,6 +387,7 @@ fn start_metrics(
 
 /// A running server. Dropping it stops the server at once (no grace);
 /// call [`ServerHandle::shutdown`] for a graceful stop.
+#[must_use = "dropping the handle stops the server at once: keep it, or call join() or shutdown()"]
 pub struct ServerHandle {
     runtime: Runtime,
     local_addr: SocketAddr,

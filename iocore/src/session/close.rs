@@ -103,7 +103,7 @@ pub enum CloseKind {
 
 impl CloseKind {
     /// Every kind, in declaration order (the index used by counters).
-    pub const ALL: [CloseKind; 16] = [
+    pub const ALL: &'static [CloseKind] = &[
         CloseKind::PeerClosed,
         CloseKind::PeerReset,
         CloseKind::LocalClose,

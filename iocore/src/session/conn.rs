@@ -219,6 +219,7 @@ impl Core {
 
 /// What the engine must do next for a connection.
 #[derive(Debug)]
+#[must_use = "the engine must act on the step"]
 pub(crate) enum Step {
     /// Nothing: wait for the socket or a timer.
     Wait,

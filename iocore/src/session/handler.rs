@@ -89,7 +89,7 @@ pub trait Handler: 'static {
     }
 }
 
-impl Handler for Box<dyn Handler> {
+impl<H: Handler + ?Sized> Handler for Box<H> {
     fn on_connected(&mut self, session: &mut Session<'_>) {
         (**self).on_connected(session)
     }

@@ -13,6 +13,7 @@ pub const FEATURES_OFF_VAR: &str = "IOCORE_URING_OFF";
 /// kernel has it, unless [`FEATURES_OFF_VAR`] names it; a kernel that
 /// lacks one falls back to what it replaces (logged once per ring).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Features {
     /// `IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN` (6.1):
     /// completions' task work runs only when the worker asks for events,
@@ -41,7 +42,7 @@ pub struct Features {
 
 impl Features {
     /// The names [`FEATURES_OFF_VAR`] takes.
-    pub const NAMES: [&'static str; 5] = [
+    pub const NAMES: &'static [&'static str] = &[
         "defer-taskrun",
         "ring-fd",
         "plain-send",
