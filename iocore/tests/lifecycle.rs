@@ -2,9 +2,9 @@
 //! on error), exactly-once `on_disconnected` with the right reason, the
 //! graceful stop, and outbound sessions through the `Client` service.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::Shutdown;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -331,6 +331,61 @@ fn client_sessions_consume_partially(engine: EngineKind) {
     client.shutdown(Duration::from_secs(1)).unwrap();
 }
 
+/// A panic in a callback ends only its session: the handler hears
+/// `HandlerPanicked` with the message, and the other session on the same
+/// worker is still served; a panicking factory refuses one connection.
+fn a_panicking_handler_ends_only_its_session(engine: EngineKind) {
+    struct Fragile;
+    impl Handler for Fragile {
+        fn on_recv(&mut self, s: &mut Session<'_>, data: &[u8]) -> usize {
+            if data.starts_with(b"boom") {
+                panic!("asked to panic");
+            }
+            let _ = s.send_copy(data);
+            data.len()
+        }
+    }
+    let made = Arc::new(AtomicUsize::new(0));
+    let m = made.clone();
+    let (events, factory) = recorded(move || {
+        if m.fetch_add(1, Ordering::SeqCst) == 2 {
+            panic!("the third handler cannot be made");
+        }
+        Fragile
+    });
+    let server = server(engine).threads(1).start(factory).unwrap();
+    let (mut calm, mut fragile) = (connect(server.local_addr()), connect(server.local_addr()));
+    for (s, msg) in [(&mut calm, b"calm"), (&mut fragile, b"frag")] {
+        s.write_all(msg).unwrap();
+        let mut back = [0; 4];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(&back, msg);
+    }
+    fragile.write_all(b"boom").unwrap();
+    let (back, _) = read_to_end(&mut fragile);
+    assert!(back.is_empty(), "{back:?}");
+    assert_eq!(events.wait_closed(1), [CloseKind::HandlerPanicked]);
+    assert_eq!(
+        *events.reasons.lock().unwrap(),
+        ["the handler panicked: asked to panic"]
+    );
+    assert_eq!(server.stats().closed(CloseKind::HandlerPanicked), 1);
+
+    // The factory's panic: that connection is refused, the next served.
+    let mut refused = connect(server.local_addr());
+    let (back, _) = read_to_end(&mut refused);
+    assert!(back.is_empty(), "{back:?}");
+    assert_eq!(server.stats().rejected, 1);
+    let mut next = connect(server.local_addr());
+    for s in [&mut calm, &mut next] {
+        s.write_all(b"more").unwrap();
+        let mut back = [0; 4];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"more");
+    }
+    assert_eq!(made.load(Ordering::SeqCst), 4);
+}
+
 engine_suite!(
     peer_fin_closes_once_as_peer_closed,
     peer_reset_closes_once_as_peer_reset,
@@ -340,4 +395,5 @@ engine_suite!(
     client_service_connects_and_reports_failures,
     client_sessions_consume_partially,
     client_connect_says_why_no_session,
+    a_panicking_handler_ends_only_its_session,
 );

@@ -327,3 +327,39 @@ fn a_proxy_header_not_whole_in_time_closes_at_its_deadline() {
     assert_eq!(events.closed(), [CloseKind::ProxyTimeout]);
     assert_eq!(events.connected.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+/// A handler that panics in `on_timer` ends only its session (reset, and
+/// told why), not its worker: the other session on the worker is served.
+#[test]
+fn a_panic_in_a_timer_ends_only_that_session() {
+    struct Ticking;
+    impl Handler for Ticking {
+        fn on_recv(&mut self, s: &mut Session<'_>, data: &[u8]) -> usize {
+            if data == b"arm" {
+                s.set_timer(ms(50));
+            } else {
+                let _ = s.send_copy(data);
+            }
+            data.len()
+        }
+        fn on_timer(&mut self, _: &mut Session<'_>) {
+            panic!("the timer went off");
+        }
+    }
+    let (events, factory) = recorded(|| Ticking);
+    let mut sim = Sim::start(Server::builder().threads(1), factory).unwrap();
+    let (doomed, calm) = (sim.connect(), sim.connect());
+    sim.write(doomed, b"arm");
+    sim.advance(ms(49));
+    assert_eq!(sim.state(doomed), PeerState::Open);
+    sim.advance(ms(1));
+    assert_eq!(sim.state(doomed), PeerState::Reset);
+    assert_eq!(events.closed(), [CloseKind::HandlerPanicked]);
+    assert_eq!(
+        *events.reasons.lock().unwrap(),
+        ["the handler panicked: the timer went off"]
+    );
+    assert_eq!(sim.stats().closed(CloseKind::HandlerPanicked), 1);
+    sim.write(calm, b"still here");
+    assert_eq!(sim.read(calm), b"still here");
+}

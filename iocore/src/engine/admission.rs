@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use super::core::Core;
-use crate::session::{CloseReason, Conn, Handler, Tick};
+use crate::session::{catch_panic, CloseReason, Conn, Handler, Tick};
 
 /// Least time between two warnings of one kind from one worker.
 const WARN_EVERY: Duration = Duration::from_secs(1);
@@ -81,16 +81,46 @@ impl<H: Handler, S> Core<H, S> {
             return None;
         }
         let factory = self.w.factory.as_ref().expect("a listening worker has a factory");
+        let Some(handler) = self.make_handler(|| factory()) else {
+            self.w.stats.rejected();
+            self.w.gate.release();
+            if self.w.proxy.is_none() {
+                if let Some(ip_gate) = &self.w.ip_gate {
+                    ip_gate.release(peer.ip());
+                }
+            }
+            return None;
+        };
         self.w.stats.accepted();
         let Some(proxy) = &self.w.proxy else {
-            return Some(Conn::accepted(peer, factory(), self.now));
+            return Some(Conn::accepted(peer, handler, self.now));
         };
-        let conn = Conn::behind_proxy(peer, factory(), self.now, self.now.after(proxy.header_timeout));
+        let conn = Conn::behind_proxy(peer, handler, self.now, self.now.after(proxy.header_timeout));
         if !proxy.trusts(peer.ip()) {
             self.finish(None, conn, CloseReason::ProxyUntrusted);
             return None;
         }
         Some(conn)
+    }
+
+    /// Runs the application's factory of handlers; if it panics, logs it
+    /// (rate-limited) and returns `None`: the connection is refused, the
+    /// worker goes on.
+    pub(super) fn make_handler(&self, make: impl FnOnce() -> H) -> Option<H> {
+        match catch_panic(make) {
+            Ok(handler) => Some(handler),
+            Err(what) => {
+                if let Some(held_back) = self.panic_warning.allow(self.now) {
+                    tracing::error!(
+                        worker = self.w.index,
+                        panic = %what,
+                        held_back,
+                        "a handler factory panicked: the connection was refused, the worker goes on"
+                    );
+                }
+                None
+            }
+        }
     }
 
     /// Takes a place for `ip` under `max_sessions_per_ip` (if set), or

@@ -70,6 +70,8 @@ pub(crate) struct Core<H, S> {
     pub(super) shortage: Option<Shortage>,
     pub(super) per_ip_warning: Quiet,
     violation_warning: Quiet,
+    /// Panics of the application's code (handlers, factories).
+    pub(super) panic_warning: Quiet,
     /// The worker's topics and the publishes waiting to be fanned out.
     pub hub: Hub,
     /// Subscriber tokens of the topic being fanned out (kept to reuse).
@@ -100,6 +102,7 @@ impl<H: Handler, S> Core<H, S> {
             shortage: None,
             per_ip_warning: Quiet::default(),
             violation_warning: Quiet::default(),
+            panic_warning: Quiet::default(),
             hub,
             fan_out: Vec::new(),
             corked: Vec::new(),
@@ -232,6 +235,18 @@ impl<H: Handler, S> Core<H, S> {
                     %reason,
                     held_back,
                     "protocol violation: session closed"
+                );
+            }
+        }
+        if kind == CloseKind::HandlerPanicked {
+            if let Some(held_back) = self.panic_warning.allow(self.now) {
+                tracing::error!(
+                    worker = self.w.index,
+                    session = id.map(tracing::field::display),
+                    peer = %conn.peer_addr(),
+                    %reason,
+                    held_back,
+                    "a handler panicked: its session was reset, the worker goes on"
                 );
             }
         }

@@ -57,7 +57,9 @@ pub(crate) trait Driver<H: Handler> {
             match cmd {
                 Command::Connect { addr, make, reply } => {
                     self.core().last_inserted = None;
-                    self.connect(addr, make())?;
+                    if let Some(handler) = self.core().make_handler(make) {
+                        self.connect(addr, handler)?;
+                    }
                     if let Some(reply) = reply {
                         let core = self.core();
                         let id = core

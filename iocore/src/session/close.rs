@@ -60,6 +60,10 @@ pub enum CloseReason {
     /// PROXY protocol: no whole header arrived within the header timeout.
     /// `on_connected` was never called.
     ProxyTimeout,
+    /// One of the handler's callbacks panicked; the text is the panic's
+    /// message. Only this session ended (the peer got RST); the worker
+    /// goes on serving the others. See [`crate::Handler`]'s "Panics".
+    HandlerPanicked(Cow<'static, str>),
 }
 
 /// The kind of a [`CloseReason`], without the error value: small and
@@ -99,6 +103,8 @@ pub enum CloseKind {
     ProxyInvalid,
     /// See [`CloseReason::ProxyTimeout`].
     ProxyTimeout,
+    /// See [`CloseReason::HandlerPanicked`].
+    HandlerPanicked,
 }
 
 impl CloseKind {
@@ -120,6 +126,7 @@ impl CloseKind {
         CloseKind::ProxyUntrusted,
         CloseKind::ProxyInvalid,
         CloseKind::ProxyTimeout,
+        CloseKind::HandlerPanicked,
     ];
 
     /// Position in [`CloseKind::ALL`].
@@ -146,6 +153,7 @@ impl CloseKind {
             CloseKind::ProxyUntrusted => "proxy_untrusted",
             CloseKind::ProxyInvalid => "proxy_invalid",
             CloseKind::ProxyTimeout => "proxy_timeout",
+            CloseKind::HandlerPanicked => "handler_panicked",
         }
     }
 }
@@ -187,6 +195,7 @@ impl CloseReason {
             CloseReason::ProxyUntrusted => CloseKind::ProxyUntrusted,
             CloseReason::ProxyInvalid(_) => CloseKind::ProxyInvalid,
             CloseReason::ProxyTimeout => CloseKind::ProxyTimeout,
+            CloseReason::HandlerPanicked(_) => CloseKind::HandlerPanicked,
         }
     }
 
@@ -201,6 +210,7 @@ impl CloseReason {
                 | CloseReason::RecvBufferFull
                 | CloseReason::SendQueueFull
                 | CloseReason::SendStalled
+                | CloseReason::HandlerPanicked(_)
         )
     }
 }
@@ -226,6 +236,7 @@ impl fmt::Display for CloseReason {
             CloseReason::ProxyUntrusted => f.write_str("PROXY protocol: not from a trusted proxy"),
             CloseReason::ProxyInvalid(what) => write!(f, "PROXY protocol: invalid header: {what}"),
             CloseReason::ProxyTimeout => f.write_str("PROXY protocol: no header within the timeout"),
+            CloseReason::HandlerPanicked(what) => write!(f, "the handler panicked: {what}"),
         }
     }
 }
@@ -259,5 +270,26 @@ impl From<SendError> for io::Error {
             SendError::QueueFull => io::ErrorKind::OutOfMemory,
         };
         io::Error::new(kind, e)
+    }
+}
+
+/// Runs `f`, code of the application's (a handler's callback, a factory),
+/// on a worker: its panic is caught and returned as its message, so that
+/// it ends what it was for and not the worker with every session on it.
+#[inline(always)]
+pub(crate) fn catch_panic<R>(f: impl FnOnce() -> R) -> Result<R, Cow<'static, str>> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(panic_message)
+}
+
+/// What a caught panic said.
+#[cold]
+#[inline(never)]
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> Cow<'static, str> {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        Cow::Borrowed(*s)
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        Cow::Owned(s.clone())
+    } else {
+        Cow::Borrowed("a panic without a message")
     }
 }

@@ -28,7 +28,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 
-use super::close::{CloseReason, SendError};
+use super::close::{catch_panic, CloseReason, SendError};
 use super::handler::{Handler, Limits, Session, SessionId, Tick};
 use super::hub::Hub;
 use super::recv_buffer::RecvBuffer;
@@ -306,6 +306,20 @@ impl<H: Handler> Conn<H> {
         Conn::new(peer, handler, Phase::Connecting, deadline, now)
     }
 
+    /// Runs one of the handler's callbacks, `f`, on the session. If it
+    /// panics, only this session ends: it is reset with
+    /// [`CloseReason::HandlerPanicked`], and `otherwise` is returned.
+    #[inline(always)]
+    fn callback<R>(core: &mut Core, otherwise: R, f: impl FnOnce(&mut Core) -> R) -> R {
+        match catch_panic(|| f(&mut *core)) {
+            Ok(r) => r,
+            Err(what) => {
+                core.abort_with(CloseReason::HandlerPanicked(what), true);
+                otherwise
+            }
+        }
+    }
+
     fn session<'a>(core: &'a mut Core, cx: &Context<'a>) -> Session<'a> {
         Session {
             core,
@@ -343,7 +357,9 @@ impl<H: Handler> Conn<H> {
             return;
         }
         debug_assert!(matches!(self.core.phase, Phase::Open));
-        self.handler.on_connected(&mut Self::session(&mut self.core, &cx));
+        Self::callback(&mut self.core, (), |core| {
+            self.handler.on_connected(&mut Self::session(core, &cx))
+        });
     }
 
     /// The engine admitted a session whose PROXY header was read
@@ -356,7 +372,9 @@ impl<H: Handler> Conn<H> {
         self.core.phase = Phase::Open;
         self.core.last_active = cx.now;
         self.core.rare().admitted = true;
-        self.handler.on_connected(&mut Self::session(&mut self.core, &cx));
+        Self::callback(&mut self.core, (), |core| {
+            self.handler.on_connected(&mut Self::session(core, &cx))
+        });
         if self.is_open() && !self.recv.is_empty() {
             self.deliver_buffered(cx);
         }
@@ -528,9 +546,9 @@ impl<H: Handler> Conn<H> {
         }
         let mut rest = data;
         while !rest.is_empty() && self.takes_input() {
-            let n = self
-                .handler
-                .on_recv(&mut Self::session(&mut self.core, &cx), rest);
+            let n = Self::callback(&mut self.core, 0, |core| {
+                self.handler.on_recv(&mut Self::session(core, &cx), rest)
+            });
             if n == 0 {
                 break;
             }
@@ -552,9 +570,10 @@ impl<H: Handler> Conn<H> {
 
     fn deliver_buffered(&mut self, cx: Context<'_>) {
         while !self.recv.is_empty() && self.takes_input() {
-            let n = self
-                .handler
-                .on_recv(&mut Self::session(&mut self.core, &cx), self.recv.data());
+            let data = self.recv.data();
+            let n = Self::callback(&mut self.core, 0, |core| {
+                self.handler.on_recv(&mut Self::session(core, &cx), data)
+            });
             if n == 0 {
                 break;
             }
@@ -684,7 +703,9 @@ impl<H: Handler> Conn<H> {
             self.drained_to_low_watermark(cx);
         }
         if self.core.send.is_empty() && self.is_open() {
-            self.handler.on_sent(&mut Self::session(&mut self.core, &cx));
+            Self::callback(&mut self.core, (), |core| {
+                self.handler.on_sent(&mut Self::session(core, &cx))
+            });
         }
     }
 
@@ -696,7 +717,9 @@ impl<H: Handler> Conn<H> {
             self.core.flow.remove(Flow::BACKPRESSURE);
             self.core.last_active = cx.now;
             if self.is_open() {
-                self.handler.on_writable(&mut Self::session(&mut self.core, &cx));
+                Self::callback(&mut self.core, (), |core| {
+                    self.handler.on_writable(&mut Self::session(core, &cx))
+                });
             }
         }
     }
@@ -780,7 +803,9 @@ impl<H: Handler> Conn<H> {
     /// Tells the handler the session ended. Call exactly once, after
     /// [`Step::Close`], with its reason.
     pub(crate) fn finish(mut self, reason: CloseReason) {
-        self.handler.on_disconnected(reason);
+        if let Err(what) = catch_panic(|| self.handler.on_disconnected(reason)) {
+            tracing::error!(peer = %self.core.peer, panic = %what, "a handler panicked in on_disconnected");
+        }
     }
 
     /// Whether the timer entry `at` is this session's stall check, due
@@ -918,7 +943,9 @@ impl<H: Handler> Conn<H> {
                 }
                 if now >= self.core.timer_at {
                     self.core.timer_at = Tick::NEVER;
-                    self.handler.on_timer(&mut Self::session(&mut self.core, &cx));
+                    Self::callback(&mut self.core, (), |core| {
+                        self.handler.on_timer(&mut Self::session(core, &cx))
+                    });
                 }
             }
             _ => {}

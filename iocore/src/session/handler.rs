@@ -48,6 +48,24 @@ use crate::proxy::ProxyInfo;
 /// (say while a job for this session runs elsewhere) and resume it with
 /// [`Session::resume_recv`]; no `on_recv` comes in between, and bytes that
 /// had already arrived are offered after the resume, in order.
+///
+/// # Panics
+///
+/// A panic in a callback ends only its session: the worker catches it,
+/// resets the connection (queued bytes are dropped) and calls
+/// `on_disconnected` with [`CloseReason::HandlerPanicked`] and the panic's
+/// message, so the handler can still give back what it holds (a panic
+/// there is caught and logged too). Every other session on the worker goes
+/// on. The sessions' closes are counted under `handler_panicked` and
+/// logged at `error` level (at most once a second per worker, with how
+/// many were held back). A panic in the server's factory refuses that one
+/// connection; a panic in a client's `make` closure means no session
+/// ([`crate::ConnectError::NotOpened`]).
+///
+/// This needs unwinding: built with `panic = "abort"`, a panic ends the
+/// process. And what the handler shares with other sessions (through an
+/// `Arc<Mutex<_>>`, say) may be left half-updated by the panic, as after
+/// any caught panic: a poisoned mutex says so.
 pub trait Handler: 'static {
     /// The connection is established. The session may send right away.
     fn on_connected(&mut self, session: &mut Session<'_>) {

@@ -22,6 +22,7 @@ mod send_queue;
 mod table;
 mod timers;
 
+pub(crate) use close::catch_panic;
 pub use close::{CloseKind, CloseReason, SendError};
 pub(crate) use conn::{Conn, Context, Step};
 pub(crate) use handler::Tick;
