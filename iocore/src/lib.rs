@@ -139,27 +139,43 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 #![warn(unreachable_pub)]
+#![cfg_attr(not(any(target_os = "linux", windows)), allow(unused))]
 
-#[cfg(feature = "redis")]
+// One clear error on other targets, rather than a wall of missing system
+// calls: the modules below that reach the OS are compiled only where their
+// engines exist.
+#[cfg(not(any(target_os = "linux", windows)))]
+compile_error!(
+    "iocore runs on Linux (the epoll and io_uring engines) and on Windows (iocp, wsa-event, \
+     overlapped); this target is neither"
+);
+
+#[cfg(all(feature = "redis", any(target_os = "linux", windows)))]
 pub mod bridge;
 mod config;
+#[cfg(any(target_os = "linux", windows))]
 mod engine;
-#[cfg(feature = "metrics")]
+#[cfg(all(feature = "metrics", any(target_os = "linux", windows)))]
 pub mod metrics;
 pub mod packet;
 pub mod proxy;
+#[cfg(any(target_os = "linux", windows))]
 mod service;
 mod session;
+#[cfg(any(target_os = "linux", windows))]
 #[allow(unsafe_code)]
 mod sys;
+#[cfg(any(target_os = "linux", windows))]
 pub mod testing;
 mod topic;
 
 pub use bytes::Bytes;
 pub use config::{ConfigError, Setting, UnknownName};
+#[cfg(any(target_os = "linux", windows))]
 pub use engine::{AcceptErrorKind, EngineError, EngineKind, Keepalive, Stats};
 #[cfg(target_os = "linux")]
 pub use engine::{UringFeatures, URING_FEATURES_OFF_VAR};
+#[cfg(any(target_os = "linux", windows))]
 pub use service::{
     Accept, Client, ClientBuilder, ClientHandle, ConnectError, Server, ServerBuilder, ServerHandle,
     ToSessionError,

@@ -60,9 +60,9 @@ macro_rules! raw_syscall {
 
 #[cfg(target_os = "linux")]
 pub(crate) mod epoll;
-#[cfg(unix)]
+#[cfg(target_os = "linux")]
 pub(crate) mod eventfd;
-#[cfg(unix)]
+#[cfg(target_os = "linux")]
 pub(crate) mod socket;
 #[cfg(target_os = "linux")]
 pub(crate) mod uring;
@@ -80,7 +80,7 @@ pub(crate) mod socket;
 pub(crate) mod wsaevent;
 
 /// An owned socket of this OS: closed on drop.
-#[cfg(unix)]
+#[cfg(target_os = "linux")]
 pub(crate) type OwnedSocket = std::os::fd::OwnedFd;
 /// An owned socket of this OS: closed on drop.
 #[cfg(windows)]
@@ -90,5 +90,5 @@ pub(crate) type OwnedSocket = std::os::windows::io::OwnedSocket;
 #[cfg(windows)]
 pub(crate) use event::Event as Waker;
 /// What wakes a worker's loop from another thread.
-#[cfg(unix)]
+#[cfg(target_os = "linux")]
 pub(crate) use eventfd::EventFd as Waker;
