@@ -22,7 +22,7 @@ pub struct Client;
 
 impl Client {
     /// A builder with the defaults: engine `auto`, one worker thread, no
-    /// session limit beyond the system's, default [`Limits`].
+    /// session limit beyond the system's, default [`Limits`](crate::Limits).
     pub fn builder() -> ClientBuilder {
         ClientBuilder {
             workers: WorkerConfig::new(1, usize::MAX),

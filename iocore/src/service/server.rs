@@ -83,7 +83,7 @@ impl std::str::FromStr for Accept {
 impl Server {
     /// A builder with the defaults: 127.0.0.1:7777, engine `auto`, one
     /// worker per CPU, the OS's default [`Accept`], 10,000 sessions (no cap
-    /// per client address), default [`Limits`], no TCP keepalive.
+    /// per client address), default [`Limits`](crate::Limits), no TCP keepalive.
     pub fn builder() -> ServerBuilder {
         ServerBuilder {
             addr: SocketAddr::from(([127, 0, 0, 1], 7777)),
