@@ -40,6 +40,10 @@ pub enum Setting {
     ProxyHeaderTimeout,
     /// The Redis server of the topic bridge (feature `redis`).
     RedisUrl,
+    /// [`crate::room::Rooms::inbox_limit`].
+    RoomInboxLimit,
+    /// [`crate::room::Rooms::jobs_per_turn`].
+    RoomJobsPerTurn,
 }
 
 impl Setting {
@@ -61,6 +65,8 @@ impl Setting {
             Setting::TrustedProxies => "proxy_protocol trusted networks",
             Setting::ProxyHeaderTimeout => "proxy_protocol header_timeout",
             Setting::RedisUrl => "redis URL",
+            Setting::RoomInboxLimit => "rooms inbox_limit",
+            Setting::RoomJobsPerTurn => "rooms jobs_per_turn",
         }
     }
 }

@@ -29,6 +29,8 @@
 //!   [`proxy`]: PROXY protocol headers from a load balancer; with their
 //!   features, `metrics` (Prometheus) and `bridge` (topics across instances
 //!   through Redis).
+//! - [`room`]: state many sessions act on (a match, a zone), run one job
+//!   at a time on a worker, with timers and a drift-free tick.
 //! - [`testing`]: sessions driven without sockets, on a clock you move, to
 //!   test a handler's logic.
 //!
@@ -159,6 +161,8 @@ mod engine;
 pub mod metrics;
 pub mod packet;
 pub mod proxy;
+#[cfg(any(target_os = "linux", windows))]
+pub mod room;
 #[cfg(any(target_os = "linux", windows))]
 mod service;
 mod session;

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use iocore::metrics::Format;
 use iocore::packet::{self, PacketHandler, Packets};
+use iocore::room::{Room, RoomCx, Rooms, TickInfo};
 use iocore::{Bytes, CloseReason, EngineKind, Server, ServerHandle, Session, SessionId};
 use iocore_testkit::*;
 
@@ -446,8 +447,70 @@ fn app_metrics_and_a_taken_port(engine: EngineKind) {
     server.shutdown(Duration::from_secs(1)).unwrap();
 }
 
+/// Ticks every 2 ms until its tenth tick; counts messages.
+struct TenTicks;
+
+impl Room for TenTicks {
+    type Msg = ();
+    fn on_message(&mut self, cx: &mut RoomCx<'_, ()>, _: Option<SessionId>, _: ()) {
+        if cx.members().is_empty() {
+            cx.set_tick(Duration::from_millis(2));
+        }
+    }
+    fn on_tick(&mut self, cx: &mut RoomCx<'_, ()>, tick: TickInfo) {
+        if tick.n >= 10 {
+            cx.stop_tick();
+        }
+    }
+}
+
+/// The rooms' counters and tick lateness histogram, once they have
+/// settled, in the scrape exactly as `room_stats` has them.
+fn rooms_show_in_the_scrape(engine: EngineKind) {
+    let rooms = Rooms::new(|_| TenTicks).dispose_after(Duration::from_secs(3600));
+    let server = server(engine)
+        .rooms(&rooms)
+        .metrics("127.0.0.1:0".parse().unwrap())
+        .start(|| Echo)
+        .unwrap();
+    let room = rooms.get("ten").unwrap();
+    for _ in 0..3 {
+        room.post(None, ()).unwrap();
+    }
+    wait_until("ten ticks and the jobs", || {
+        let s = rooms.stats();
+        s.ticks + s.ticks_missed >= 10 && s.jobs_run == 3
+    });
+    let stats = server.room_stats();
+    let text = scrape(&server);
+    assert_eq!(value(&text, "iocore_rooms", &[]), 1.0);
+    assert_eq!(value(&text, "iocore_room_jobs_total", &[]), 3.0);
+    assert_eq!(value(&text, "iocore_room_jobs_queued", &[]), 0.0);
+    assert_eq!(value(&text, "iocore_room_ticks_total", &[]), stats.ticks as f64);
+    assert_eq!(
+        value(&text, "iocore_room_ticks_missed_total", &[]),
+        stats.ticks_missed as f64
+    );
+    assert_eq!(stats.ticks + stats.ticks_missed, 10);
+    assert_eq!(
+        value(&text, "iocore_room_tick_lateness_seconds_count", &[]),
+        stats.ticks as f64
+    );
+    assert_eq!(
+        value(
+            &text,
+            "iocore_room_tick_lateness_seconds_bucket",
+            &["le=\"+Inf\""]
+        ),
+        stats.ticks as f64
+    );
+    #[cfg(target_os = "linux")]
+    promtool_accepts(&text);
+}
+
 engine_suite!(
     scrape_shows_exactly_the_traffic,
     endpoint_survives_hostile_and_busy_clients,
-    app_metrics_and_a_taken_port
+    app_metrics_and_a_taken_port,
+    rooms_show_in_the_scrape,
 );

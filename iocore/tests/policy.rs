@@ -7,6 +7,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use iocore::room::{PostError, Room, RoomCx, Rooms, TickInfo};
 use iocore::testing::{PeerState, Sim};
 use iocore::{Bytes, CloseKind, Handler, Server, Session, SessionId};
 use iocore_testkit::{pattern_byte, recorded, Echo, Pusher};
@@ -362,4 +363,101 @@ fn a_panic_in_a_timer_ends_only_that_session() {
     assert_eq!(sim.stats().closed(CloseKind::HandlerPanicked), 1);
     sim.write(calm, b"still here");
     assert_eq!(sim.read(calm), b"still here");
+}
+
+/// A room that starts a 50 ms tick when told, records its ticks, and
+/// posts itself a reminder when asked.
+struct Clockwork {
+    ticks: Arc<Mutex<Vec<TickInfo>>>,
+}
+
+impl Room for Clockwork {
+    type Msg = &'static str;
+    fn on_message(&mut self, cx: &mut RoomCx<'_, &'static str>, from: Option<SessionId>, msg: &'static str) {
+        match (from, msg) {
+            (_, "start") => cx.set_tick(ms(50)),
+            (_, "remind") => {
+                cx.after(ms(30), "reminded");
+            }
+            (None, "reminded") => cx.set_tick(ms(1000)),
+            _ => {}
+        }
+    }
+    fn on_tick(&mut self, _: &mut RoomCx<'_, &'static str>, tick: TickInfo) {
+        self.ticks.lock().unwrap().push(tick);
+    }
+}
+
+/// The tick runs at its millisecond; a tick held up by a busy worker runs
+/// once, late by exactly how long it waited, with the ticks whose time
+/// passed counted as missed; the schedule after it stays on its grid.
+#[test]
+fn a_late_tick_runs_once_and_the_missed_ones_are_counted() {
+    let ticks = Arc::new(Mutex::new(Vec::new()));
+    let t = ticks.clone();
+    let rooms = Rooms::new(move |_| Clockwork { ticks: t.clone() });
+    let mut sim = Sim::start(Server::builder().threads(1).rooms(&rooms), || Echo).unwrap();
+    let room = rooms.get("clock").unwrap();
+    room.post(None, "start").unwrap();
+    sim.run();
+    sim.advance(ms(49));
+    assert!(ticks.lock().unwrap().is_empty());
+    sim.advance(ms(101));
+    // (n, due, missed, lateness)
+    let seen = |i: usize| {
+        let t = ticks.lock().unwrap()[i];
+        (t.n, t.due, t.missed, t.lateness)
+    };
+    let on_time = |n: u64| (n, ms(50) * n as u32, 0, Duration::ZERO);
+    assert_eq!(ticks.lock().unwrap().len(), 3);
+    assert_eq!([seen(0), seen(1), seen(2)], [on_time(1), on_time(2), on_time(3)]);
+    // Busy for 120 ms from 150: ticks 4 (200) and 5 (250) fell due.
+    sim.stall(ms(120));
+    assert_eq!(seen(3), (5, ms(250), 1, ms(70)));
+    sim.advance(ms(30));
+    assert_eq!(seen(4), on_time(6));
+    let stats = rooms.stats();
+    assert_eq!((stats.ticks, stats.ticks_missed), (5, 1));
+    // A reminder the room posts itself comes at its millisecond.
+    room.post(None, "remind").unwrap();
+    sim.run();
+    sim.advance(ms(29));
+    assert_eq!(ticks.lock().unwrap().len(), 5);
+    sim.advance(ms(1));
+    // "reminded" at 330 restarted the tick at 1 s: nothing at 350.
+    sim.advance(ms(50));
+    assert_eq!(ticks.lock().unwrap().len(), 5);
+}
+
+/// An empty room goes after exactly its grace period; a member, a queued
+/// job or a timer keeps it.
+#[test]
+fn an_empty_room_is_disposed_at_the_end_of_its_grace() {
+    let ticks = Arc::new(Mutex::new(Vec::new()));
+    let t = ticks.clone();
+    let rooms = Rooms::new(move |_| Clockwork { ticks: t.clone() }).dispose_after(ms(100));
+    let mut sim = Sim::start(Server::builder().threads(1).rooms(&rooms), || Echo).unwrap();
+    let peer = sim.connect();
+    let member = sim.session(peer).unwrap();
+    let room = rooms.get("short").unwrap();
+    sim.run();
+    assert_eq!(rooms.stats().rooms, 1);
+    sim.advance(ms(99));
+    assert_eq!(rooms.stats().rooms, 1);
+    room.join(member).unwrap();
+    sim.run();
+    sim.advance(ms(500));
+    assert_eq!(rooms.stats().rooms, 1, "a member keeps it");
+    room.leave(member).unwrap();
+    room.post(None, "remind").unwrap();
+    sim.run();
+    sim.advance(ms(129));
+    assert_eq!(
+        rooms.stats().rooms,
+        1,
+        "its timer (30 ms) kept it, then 99 ms of grace"
+    );
+    sim.advance(ms(1));
+    assert_eq!(rooms.stats().rooms, 0);
+    assert_eq!(room.post(None, "start"), Err(PostError::Gone));
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::admission::Quiet;
 use super::sockets::Shortage;
 use super::{Command, Remote, Worker, WorkerStats};
+use crate::room::{RoomOutput, RunRooms};
 use crate::session::Hub;
 use crate::session::{CloseKind, CloseReason, Conn, Context, Handler, SessionId, Table, Tick, Timers};
 use crate::sys::socket;
@@ -82,6 +83,12 @@ pub(crate) struct Core<H, S> {
     /// The token [`Core::insert`] gave last: how a connect command learns
     /// its session's id without the engines' help.
     pub(super) last_inserted: Option<u64>,
+    /// This worker's executor of each kind of rooms.
+    pub(super) rooms: Vec<Box<dyn RunRooms>>,
+    /// What the rooms sent during their last run (kept to reuse).
+    pub(super) room_out: RoomOutput,
+    /// The clock is set by [`Core::set_now`] (a simulation), not read.
+    manual_clock: bool,
 }
 
 impl<H: Handler, S> Core<H, S> {
@@ -89,6 +96,8 @@ impl<H: Handler, S> Core<H, S> {
         let now = w.now();
         let spare = w.listener.is_some().then(socket::Spare::new);
         let hub = Hub::new(w.registry.clone());
+        // Made here, on the worker's thread: a room's state need not be Send.
+        let rooms = w.rooms.iter().map(|kind| (kind.make)(w.index)).collect();
         Core {
             w,
             sessions: Table::default(),
@@ -98,6 +107,9 @@ impl<H: Handler, S> Core<H, S> {
             forced: false,
             next_worker: 0,
             last_inserted: None,
+            rooms,
+            room_out: RoomOutput::default(),
+            manual_clock: false,
             spare,
             shortage: None,
             per_ip_warning: Quiet::default(),
@@ -117,6 +129,25 @@ impl<H: Handler, S> Core<H, S> {
     /// Sets the time (a simulated engine's clock).
     pub(super) fn set_now(&mut self, now: Tick) {
         self.now = now;
+        self.manual_clock = true;
+    }
+
+    /// The time to the microsecond and beyond (the rooms' clock): read
+    /// now, or the simulated clock.
+    pub(super) fn precise_now(&self) -> Duration {
+        match self.manual_clock {
+            true => Duration::from_millis(self.now.0),
+            false => self.w.epoch.elapsed(),
+        }
+    }
+
+    /// When the rooms must run next, if anything waits.
+    fn rooms_due(&self) -> Option<Duration> {
+        if self.rooms.is_empty() {
+            return None;
+        }
+        let now = self.precise_now();
+        self.rooms.iter().filter_map(|r| r.next_due(now)).min()
     }
 
     /// A session's context and slot, borrowed together.
@@ -173,6 +204,18 @@ impl<H: Handler, S> Core<H, S> {
                 };
                 let _ = inbox.push(Command::Remote(r));
             }
+        }
+    }
+
+    /// Hands `r` to worker `index` of this server (dropped if there is no
+    /// such worker, or it has ended: the request names sessions that are
+    /// gone with it).
+    pub(super) fn to_worker(&self, index: usize, r: Remote) {
+        match self.w.workers.get(index) {
+            Some(inbox) => {
+                let _ = inbox.push(Command::Remote(r));
+            }
+            None => self.w.stats.stale_request(),
         }
     }
 
@@ -265,12 +308,25 @@ impl<H: Handler, S> Core<H, S> {
     /// How long the loop may block: until the earliest of the session
     /// deadlines, the stop deadline and the engine's own `extra`.
     pub(super) fn timeout(&self, extra: Option<Tick>) -> Option<Duration> {
-        let next = [self.next_deadline(), extra].into_iter().flatten().min()?;
-        Some(self.w.now().until(next))
+        let ticks = [self.tick_deadline(), extra].into_iter().flatten().min();
+        let next = [ticks.map(|t| Duration::from_millis(t.0)), self.rooms_due()]
+            .into_iter()
+            .flatten()
+            .min()?;
+        Some(next.saturating_sub(self.precise_now()))
+    }
+
+    /// The earliest of the session deadlines, the stop deadline and the
+    /// rooms' next run (to the millisecond, rounded up).
+    pub(super) fn next_deadline(&self) -> Option<Tick> {
+        let rooms = self
+            .rooms_due()
+            .map(|d| Tick(d.as_nanos().div_ceil(1_000_000) as u64));
+        [self.tick_deadline(), rooms].into_iter().flatten().min()
     }
 
     /// The earliest of the session deadlines and the stop deadline.
-    pub(super) fn next_deadline(&self) -> Option<Tick> {
+    fn tick_deadline(&self) -> Option<Tick> {
         let stop = self.stop_deadline.filter(|_| !self.forced);
         [self.timers.next(), stop].into_iter().flatten().min()
     }

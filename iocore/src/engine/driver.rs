@@ -88,6 +88,19 @@ pub(crate) trait Driver<H: Handler> {
                     }
                 }
                 Command::Remote(Remote::Publish { topic, buf }) => self.fan_out(&topic, &buf, None)?,
+                Command::Remote(Remote::SendMany(sends)) => {
+                    for (id, buf) in sends {
+                        if self.core().session(id).is_some() {
+                            self.queue_corked(id.token(), buf);
+                        }
+                    }
+                }
+                Command::Remote(Remote::CloseWith { id, reason }) => {
+                    if let Some((_, slot)) = self.core().session(id) {
+                        slot.conn.close_from_outside(reason);
+                        self.settle(id.token())?;
+                    }
+                }
             }
         }
         self.uncork()
@@ -131,22 +144,15 @@ pub(crate) trait Driver<H: Handler> {
             if Some(token) == skip {
                 continue;
             }
-            let Some((cx, slot)) = self.core().slot(token) else {
-                continue;
-            };
-            match slot.conn.deliver(buf.clone(), cx) {
-                Ok(()) => delivered += 1,
-                Err(SendError::QueueFull) => {
+            match self.queue_corked(token, buf.clone()) {
+                Some(Ok(())) => delivered += 1,
+                Some(Err(SendError::QueueFull)) => {
                     if let Some(c) = &counters {
                         c.closed_at_cap();
                     }
                     at_cap += 1;
                 }
-                Err(_) => {}
-            }
-            if !slot.corked {
-                slot.corked = true;
-                self.core().corked.push(token);
+                _ => {}
             }
         }
         if let Some(c) = &counters {
@@ -157,6 +163,74 @@ pub(crate) trait Driver<H: Handler> {
         core.w.stats.closed_at_cap(at_cap);
         core.fan_out = tokens;
         Ok(())
+    }
+
+    /// Queues `buf` on session `token` and leaves it corked: settled (one
+    /// gather write for all queued so) by [`Driver::uncork`]. `None`: no
+    /// such session.
+    fn queue_corked(&mut self, token: u64, buf: Bytes) -> Option<Result<(), SendError>> {
+        let (cx, slot) = self.core().slot(token)?;
+        let sent = slot.conn.deliver(buf, cx);
+        if !slot.corked {
+            slot.corked = true;
+            self.core().corked.push(token);
+        }
+        Some(sent)
+    }
+
+    /// Runs this worker's rooms (their due timers and ticks, then a turn
+    /// for each ready room) and carries out what they sent: queued on the
+    /// members here, corked; one command to each other worker for its
+    /// members.
+    fn run_rooms(&mut self) -> io::Result<()> {
+        let core = self.core();
+        if core.rooms.is_empty() {
+            return Ok(());
+        }
+        let now = core.precise_now();
+        let mut out = std::mem::take(&mut core.room_out);
+        for kind in core.rooms.iter_mut() {
+            kind.run(now, &mut out);
+        }
+        let own = core.w.index;
+        let mut elsewhere: Vec<Vec<(SessionId, Bytes)>> = Vec::new();
+        for (id, buf) in out.sends.drain(..) {
+            if id.worker() == own {
+                if self.queue_corked(id.token(), buf).is_none() {
+                    self.core().w.stats.stale_request();
+                }
+                continue;
+            }
+            if id.worker() >= elsewhere.len() {
+                elsewhere.resize_with(id.worker() + 1, Vec::new);
+            }
+            elsewhere[id.worker()].push((id, buf));
+        }
+        for (worker, sends) in elsewhere.into_iter().enumerate() {
+            if !sends.is_empty() {
+                self.core().to_worker(worker, Remote::SendMany(sends));
+            }
+        }
+        for (id, reason) in out.closes.drain(..) {
+            if id.worker() != own {
+                self.core()
+                    .to_worker(id.worker(), Remote::CloseWith { id, reason });
+            } else if let Some((_, slot)) = self.core().session(id) {
+                slot.conn.close_from_outside(reason);
+                self.settle(id.token())?;
+            }
+        }
+        self.core().room_out = out;
+        self.uncork()
+    }
+
+    /// What every loop turn ends with, after the I/O events: the deadlines
+    /// due, the rooms, then the publishes made meanwhile.
+    fn after_events(&mut self) -> io::Result<()> {
+        self.expire()?;
+        self.run_rooms()?;
+        // After the deadlines and the rooms: timer callbacks publish too.
+        self.deliver_published()
     }
 
     /// Settles every session a fan-out queued messages on, once each.

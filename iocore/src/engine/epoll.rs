@@ -111,9 +111,7 @@ impl<H: Handler> Loop<H> {
                 self.accept_paused_until = None;
                 self.accept()?;
             }
-            self.expire()?;
-            // After the deadlines: timer callbacks publish too.
-            self.deliver_published()?;
+            self.after_events()?;
             if self.core.finished() {
                 return Ok(());
             }

@@ -106,9 +106,7 @@ pub(crate) trait EventEngine<H: Handler>: Driver<H> {
                     self.parts().1.groups.resume(g);
                 }
             }
-            self.expire()?;
-            // After the deadlines: timer callbacks publish too.
-            self.deliver_published()?;
+            self.after_events()?;
             if self.parts().0.finished() {
                 return Ok(());
             }

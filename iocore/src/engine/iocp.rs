@@ -106,9 +106,7 @@ impl<H: Handler> Loop<H> {
                 self.accept_retry_at = None;
                 self.post_accepts()?;
             }
-            self.expire()?;
-            // After the deadlines: timer callbacks publish too.
-            self.deliver_published()?;
+            self.after_events()?;
             if self.core.finished() && self.port.outstanding() == 0 {
                 return Ok(());
             }

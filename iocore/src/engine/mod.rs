@@ -62,9 +62,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::session::{CloseReason, Handler, Limits, SessionId, Tick};
 #[allow(unused_imports)] // named in the contract above
 use crate::session::{Conn, Table, Timers};
-use crate::session::{Handler, Limits, SessionId, Tick};
 use crate::sys::{OwnedSocket, Waker};
 use bytes::Bytes;
 
@@ -302,6 +302,11 @@ pub(crate) enum Remote {
     Close { id: SessionId },
     /// Fan `buf` out to this worker's subscribers of `topic`.
     Publish { topic: Arc<str>, buf: Bytes },
+    /// Queue each buffer on its session (what rooms on another worker
+    /// sent during one turn), then flush each session once.
+    SendMany(Vec<(SessionId, Bytes)>),
+    /// Close session `id` gracefully with `reason` (a room kicked it).
+    CloseWith { id: SessionId, reason: CloseReason },
 }
 
 /// A worker's mailbox as any thread sees it.
@@ -540,6 +545,18 @@ pub(crate) struct Settings {
     pub proxy: Option<Arc<crate::proxy::ProxySettings>>,
     /// The service's topics (with their relay to other instances, if any).
     pub registry: Arc<crate::topic::Registry>,
+    /// Rooms to run on the workers.
+    pub rooms: RoomKinds,
+}
+
+/// The kinds of rooms given to a server ([`crate::ServerBuilder::rooms`]).
+#[derive(Clone, Default)]
+pub(crate) struct RoomKinds(pub Vec<Arc<dyn crate::room::Attach>>);
+
+impl fmt::Debug for RoomKinds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} kinds of rooms", self.0.len())
+    }
 }
 
 /// Makes a handler for each accepted connection.
@@ -548,6 +565,11 @@ pub(crate) type Factory<H> = Arc<dyn Fn() -> H + Send + Sync>;
 /// Everything one worker thread needs; the engine takes it over.
 pub(crate) struct Worker<H> {
     pub index: usize,
+    /// The runtime's id ([`next_runtime_id`]).
+    pub runtime: usize,
+    /// The rooms that run on this server's workers: each worker makes its
+    /// executor of each kind.
+    pub rooms: Arc<[crate::room::Attached]>,
     pub listener: Option<OwnedSocket>,
     /// Every worker's inbox (this one's included, by index): for publishes
     /// to the other workers and for the hand-off accept.
@@ -593,21 +615,49 @@ impl<H> Worker<H> {
 }
 
 std::thread_local! {
-    /// Whether this thread runs a worker's loop (of any server or client).
-    static ON_WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The worker whose loop this thread runs, if any: its runtime's id
+    /// and its index.
+    static CURRENT: std::cell::Cell<Option<(usize, usize)>> = const { std::cell::Cell::new(None) };
 }
 
 /// Whether the calling thread is a worker's: a call that waits for a worker
 /// must not be made there (it could wait for itself, or for a worker that
 /// waits for this one).
 pub(crate) fn on_worker_thread() -> bool {
-    ON_WORKER.with(|w| w.get())
+    current_worker().is_some()
+}
+
+/// The worker whose loop runs on the calling thread: its runtime's id
+/// ([`Worker::runtime`]) and its index.
+pub(crate) fn current_worker() -> Option<(usize, usize)> {
+    CURRENT.with(|w| w.get())
+}
+
+/// A new runtime's id, unique in the process.
+pub(crate) fn next_runtime_id() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Wakes a worker's loop from any thread (for what it must take from a
+/// queue other than its inbox: the rooms' posts).
+pub(crate) trait Wake: Send + Sync {
+    fn wake(&self);
+}
+
+impl<H: 'static> Wake for Inbox<H> {
+    fn wake(&self) {
+        if let Err(e) = self.waker.wake() {
+            // Only a full wake counter fails, and then a wake is pending.
+            tracing::debug!(error = %e, "waking a worker failed");
+        }
+    }
 }
 
 /// Runs `worker`'s event loop on the calling thread with a resolved engine
 /// until it is stopped.
 pub(crate) fn run<H: Handler>(engine: EngineKind, worker: Worker<H>) -> io::Result<()> {
-    ON_WORKER.with(|w| w.set(true));
+    CURRENT.with(|w| w.set(Some((worker.runtime, worker.index))));
     match engine {
         #[cfg(target_os = "linux")]
         EngineKind::Epoll => epoll::run(worker),

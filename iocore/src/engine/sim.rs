@@ -38,7 +38,7 @@ const MAX_TURNS: usize = 10_000;
 /// What [`Sim::run`] compares before and after a turn: each pipe's
 /// lengths, acknowledged count and flags; each worker's sessions, turns,
 /// messages sent and closes.
-type Signature = (Vec<(usize, usize, u64, u8)>, Vec<(usize, u64, u64, u64)>);
+type Signature = (Vec<(usize, usize, u64, u8)>, Vec<(usize, u64, u64, u64, u64)>);
 
 /// One connection: both directions and both ends' state.
 #[derive(Debug)]
@@ -389,12 +389,30 @@ impl<H: Handler> Sim<H> {
         let gate = Arc::new(SessionGate::new(settings.max_sessions));
         let ip_gate = settings.max_sessions_per_ip.map(|max| Arc::new(IpGate::new(max)));
         let (ready, _) = std::sync::mpsc::channel();
+        let runtime = super::next_runtime_id();
+        let rooms: Arc<[crate::room::Attached]> = settings
+            .rooms
+            .0
+            .iter()
+            .map(|kind| {
+                kind.attach(
+                    runtime,
+                    inboxes
+                        .iter()
+                        .map(|i| i.clone() as Arc<dyn super::Wake>)
+                        .collect(),
+                )
+            })
+            .collect::<io::Result<Vec<_>>>()?
+            .into();
         let workers = inboxes
             .into_iter()
             .enumerate()
             .map(|(index, inbox)| {
                 let worker = Worker {
                     index,
+                    runtime,
+                    rooms: rooms.clone(),
                     listener: None,
                     workers: all.clone(),
                     hand_off: false,
@@ -621,6 +639,17 @@ impl<H: Handler> Sim<H> {
         Tick(0).until(self.now)
     }
 
+    /// Moves the clock by `by` at once, as if every worker had been busy
+    /// that long, then runs them: what fell due meanwhile runs late (a
+    /// room's tick, with its lateness and the ticks it missed).
+    pub fn stall(&mut self, by: Duration) {
+        self.now = self.now.after(by);
+        for w in &mut self.workers {
+            w.core.set_now(self.now);
+        }
+        self.run();
+    }
+
     /// Moves the clock by `by`, stopping at every deadline on the way
     /// (timers, timeouts, the stop's grace) to run what is due then; the
     /// workers run at each.
@@ -655,8 +684,7 @@ impl<H: Handler> Sim<H> {
                 let turn = w
                     .commands()
                     .and_then(|()| w.poll_pipes())
-                    .and_then(|()| w.expire())
-                    .and_then(|()| w.deliver_published());
+                    .and_then(|()| w.after_events());
                 turn.expect("the simulated engine does no I/O that fails");
                 self.pipes.append(&mut w.new_pipes);
             }
@@ -684,6 +712,7 @@ impl<H: Handler> Sim<H> {
                     s.loop_turns,
                     s.messages_sent,
                     s.closed_total(),
+                    w.core.rooms.iter().map(|r| r.progress()).sum::<u64>(),
                 )
             })
             .collect();

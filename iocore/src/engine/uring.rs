@@ -162,9 +162,7 @@ impl<H: Handler> Loop<H> {
                 self.accept_paused_until = None;
                 self.post_accept()?;
             }
-            self.expire()?;
-            // After the deadlines: timer callbacks publish too.
-            self.deliver_published()?;
+            self.after_events()?;
             if self.core.finished() {
                 if !self.accept_posted && !self.waker_posted {
                     return Ok(());

@@ -53,6 +53,13 @@
 //! (always 1; labels `version`, `engine`). Topics get no per-topic label:
 //! a server whose rooms come and go would grow the series without bound.
 //!
+//! With rooms ([`crate::room`]), summed over every kind and worker, again
+//! with no label per room: `iocore_rooms`, `iocore_room_jobs_queued`,
+//! `iocore_room_jobs_total`, `iocore_room_posts_refused_total`,
+//! `iocore_room_ticks_total`, `iocore_room_ticks_missed_total`,
+//! `iocore_room_panics_total`, and the histogram
+//! `iocore_room_tick_lateness_seconds` (how late ticks ran).
+//!
 //! Applications add their own metrics with
 //! [`crate::ServerBuilder::metrics_registry`]: give a
 //! [`prometheus_client::registry::Registry`] (this crate re-exports the
@@ -70,6 +77,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::engine::{AcceptErrorKind, EngineKind, WorkerStats};
+use crate::room::{RoomStats, LATENESS_BUCKETS};
 use crate::session::CloseKind;
 use crate::{topic, Stats};
 
@@ -165,6 +173,8 @@ pub(crate) struct Source {
     /// The Redis bridge's counters, if the server has one.
     #[cfg(feature = "redis")]
     pub bridge: Option<Arc<dyn Fn() -> crate::bridge::BridgeStats + Send + Sync>>,
+    /// The rooms' counters, if the server runs rooms.
+    pub rooms: Option<Arc<dyn Fn() -> RoomStats + Send + Sync>>,
 }
 
 impl fmt::Debug for Source {
@@ -307,6 +317,79 @@ fn encode_bridge(enc: &mut DescriptorEncoder<'_>, b: &crate::bridge::BridgeStats
     Ok(())
 }
 
+/// The rooms' counters (server-wide: no label per room, whose number
+/// comes and goes).
+fn encode_rooms(enc: &mut DescriptorEncoder<'_>, r: &RoomStats) -> fmt::Result {
+    server_gauge(enc, "iocore_rooms", "Rooms alive", r.rooms)?;
+    server_gauge(
+        enc,
+        "iocore_room_jobs_queued",
+        "Jobs waiting in rooms' inboxes",
+        r.jobs_queued,
+    )?;
+    let counters = [
+        (
+            "iocore_room_jobs",
+            "Jobs rooms ran (joins, leaves, messages, timers)",
+            r.jobs_run,
+        ),
+        (
+            "iocore_room_posts_refused",
+            "Posts refused because a room's inbox was full",
+            r.posts_refused,
+        ),
+        ("iocore_room_ticks", "Room ticks run", r.ticks),
+        (
+            "iocore_room_ticks_missed",
+            "Room ticks skipped because their time had passed",
+            r.ticks_missed,
+        ),
+        (
+            "iocore_room_panics",
+            "Rooms ended by a panic in their callbacks",
+            r.panics,
+        ),
+    ];
+    for (name, help, v) in counters {
+        ConstCounter::new(v).encode(enc.encode_descriptor(name, help, None, MetricType::Counter)?)?;
+    }
+    let lateness = Lateness(r);
+    lateness.encode(enc.encode_descriptor(
+        "iocore_room_tick_lateness_seconds",
+        "How late room ticks ran, from when they were due",
+        None,
+        MetricType::Histogram,
+    )?)
+}
+
+/// The rooms' tick lateness as a Prometheus histogram.
+struct Lateness<'a>(&'a RoomStats);
+
+impl fmt::Debug for Lateness<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Lateness")
+    }
+}
+
+impl EncodeMetric for Lateness<'_> {
+    fn encode(&self, mut e: prometheus_client::encoding::MetricEncoder<'_>) -> fmt::Result {
+        let r = self.0;
+        let buckets: Vec<(f64, u64)> = LATENESS_BUCKETS
+            .iter()
+            .map(|b| b.as_secs_f64())
+            .chain([f64::INFINITY])
+            .zip(r.tick_lateness)
+            .collect();
+        let count = r.tick_lateness.iter().sum();
+        let sum = r.tick_lateness_sum_us as f64 / 1e6;
+        e.encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
 impl Collector for Source {
     fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
         let workers: Vec<Stats> = self.workers.iter().map(|w| w.snapshot()).collect();
@@ -345,6 +428,9 @@ impl Collector for Source {
         #[cfg(feature = "redis")]
         if let Some(bridge) = &self.bridge {
             encode_bridge(&mut enc, &bridge())?;
+        }
+        if let Some(rooms) = &self.rooms {
+            encode_rooms(&mut enc, &rooms())?;
         }
 
         let mut f = Families {

@@ -65,6 +65,7 @@ impl ClientBuilder {
             keepalive: self.workers.keepalive,
             proxy: None,
             registry: Arc::new(crate::topic::Registry::default()),
+            rooms: Default::default(),
         };
         let (runtime, inboxes) = Runtime::start("iocore-client", engine, specs, settings, false)?;
         Ok(ClientHandle {

@@ -64,6 +64,8 @@ pub(crate) struct Runtime {
     controls: Vec<Arc<dyn Control>>,
     stats: Vec<Arc<WorkerStats>>,
     registry: Arc<Registry>,
+    /// The rooms that run on the workers.
+    rooms: Arc<[crate::room::Attached]>,
 }
 
 /// What each worker is started with, besides its index.
@@ -94,12 +96,28 @@ impl Runtime {
             controls: Vec::new(),
             stats: Vec::new(),
             registry: registry.clone(),
+            rooms: Arc::new([]),
         };
         let inboxes = specs
             .iter()
             .map(|_| Inbox::new().map(Arc::new))
             .collect::<io::Result<Vec<_>>>()?;
         let workers: Arc<[Arc<Inbox<H>>]> = inboxes.clone().into();
+        let runtime = engine::next_runtime_id();
+        let wakes = || {
+            inboxes
+                .iter()
+                .map(|i| i.clone() as Arc<dyn engine::Wake>)
+                .collect()
+        };
+        let rooms: Arc<[crate::room::Attached]> = settings
+            .rooms
+            .0
+            .iter()
+            .map(|kind| kind.attach(runtime, wakes()))
+            .collect::<io::Result<Vec<_>>>()?
+            .into();
+        rt.rooms = rooms.clone();
         let (ready_tx, ready_rx) = mpsc::channel();
         let count = specs.len();
         for (index, spec) in specs.into_iter().enumerate() {
@@ -107,6 +125,8 @@ impl Runtime {
             let stats = Arc::new(WorkerStats::default());
             let worker = Worker {
                 index,
+                runtime,
+                rooms: rooms.clone(),
                 listener: spec.listener,
                 workers: workers.clone(),
                 hand_off,
@@ -176,6 +196,11 @@ impl Runtime {
             engine: self.engine,
             #[cfg(feature = "redis")]
             bridge: None,
+            rooms: (!self.rooms.is_empty()).then(|| {
+                let rooms = self.rooms.clone();
+                Arc::new(move || crate::room::Attached::sum(&rooms))
+                    as Arc<dyn Fn() -> crate::room::RoomStats + Send + Sync>
+            }),
         }
     }
 
@@ -201,6 +226,11 @@ impl Runtime {
             total.add(&s.snapshot());
         }
         total
+    }
+
+    /// The counters of every kind of rooms on the workers, summed.
+    pub(crate) fn room_stats(&self) -> crate::room::RoomStats {
+        crate::room::Attached::sum(&self.rooms)
     }
 
     /// Asks every worker to stop: no new sessions; queued data is flushed

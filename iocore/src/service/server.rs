@@ -24,7 +24,7 @@ use bytes::Bytes;
 use super::runtime::{Runtime, ToSessionError, WorkerSpec};
 use super::workers::{worker_setters, WorkerConfig};
 use crate::config::{ConfigError, Setting};
-use crate::engine::{EngineKind, Remote, Settings, Stats};
+use crate::engine::{EngineKind, Remote, RoomKinds, Settings, Stats};
 use crate::session::Handler;
 use crate::session::SessionId;
 use crate::sys::socket;
@@ -101,6 +101,7 @@ impl Server {
             proxy: None,
             #[cfg(feature = "redis")]
             redis: None,
+            rooms: RoomKinds::default(),
         }
     }
 }
@@ -121,6 +122,7 @@ pub struct ServerBuilder {
     proxy: Option<Arc<crate::proxy::ProxySettings>>,
     #[cfg(feature = "redis")]
     redis: Option<crate::bridge::RedisBridge>,
+    rooms: RoomKinds,
 }
 
 impl ServerBuilder {
@@ -195,6 +197,16 @@ impl ServerBuilder {
         self
     }
 
+    /// Runs `rooms` on this server's workers (see [`crate::room`]); give
+    /// as many kinds of rooms as the application has. One [`Rooms`] runs
+    /// on one server: starting a second server with it fails.
+    ///
+    /// [`Rooms`]: crate::room::Rooms
+    pub fn rooms<R: crate::room::Room>(mut self, rooms: &crate::room::Rooms<R>) -> Self {
+        self.rooms.0.push(Arc::new(rooms.clone()));
+        self
+    }
+
     /// The settings every worker gets, and how many workers (for the
     /// simulated engine of [`crate::testing`], which has no sockets).
     pub(crate) fn sim_settings(&self) -> (Settings, usize) {
@@ -205,6 +217,7 @@ impl ServerBuilder {
             keepalive: None,
             proxy: self.proxy.clone(),
             registry: Arc::new(crate::topic::Registry::default()),
+            rooms: self.rooms.clone(),
         };
         (settings, self.workers.threads)
     }
@@ -301,6 +314,7 @@ impl ServerBuilder {
             keepalive: self.workers.keepalive,
             proxy: self.proxy.clone(),
             registry: registry.clone(),
+            rooms: self.rooms.clone(),
         };
         let (runtime, _) = Runtime::start(name, engine, specs, settings, hand_off)?;
         #[cfg(feature = "redis")]
@@ -415,6 +429,12 @@ impl ServerHandle {
     /// Counters summed over the workers.
     pub fn stats(&self) -> Stats {
         self.runtime.stats()
+    }
+
+    /// The counters of every kind of rooms this server runs, summed (one
+    /// kind's: [`crate::room::Rooms::stats`]).
+    pub fn room_stats(&self) -> crate::room::RoomStats {
+        self.runtime.room_stats()
     }
 
     /// Each worker's counters, by worker index.

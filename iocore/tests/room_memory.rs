@@ -1,0 +1,97 @@
+//! Rooms that come and go give their memory back: after 10,000 rooms have
+//! been made, joined, left and disposed, the bytes the process holds are
+//! back at what they were before (counted by this test binary's
+//! allocator). A binary of its own, its tests one at a time, so that no
+//! other test's allocations are counted.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use iocore::room::{Room, RoomCx, Rooms};
+use iocore::{EngineKind, SessionId};
+use iocore_testkit::*;
+
+/// The system allocator, counting the bytes held.
+struct Counting;
+
+static HELD: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: every call is passed on to the system allocator unchanged; only
+// the count of bytes held is kept beside it.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        HELD.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: the caller's layout, as given.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        HELD.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: the caller's pointer and layout, as given.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        HELD.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: the caller's pointer, layout and size, as given.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// One test at a time: the count is the whole process's.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// A room with a little state of its own.
+struct Table {
+    seats: Vec<u64>,
+}
+
+impl Room for Table {
+    type Msg = u64;
+    fn on_join(&mut self, _: &mut RoomCx<'_, u64>, member: SessionId) {
+        self.seats.push(member.as_u64());
+    }
+    fn on_message(&mut self, _: &mut RoomCx<'_, u64>, _: Option<SessionId>, n: u64) {
+        self.seats.push(n);
+    }
+}
+
+/// Makes `n` rooms, each joined, posted to and left, and waits until every
+/// one is disposed.
+fn come_and_go(rooms: &Rooms<Table>, n: usize, round: usize) {
+    let member = SessionId::from_u64(1);
+    for i in 0..n {
+        let room = rooms.get(&format!("table-{round}-{i}")).unwrap();
+        room.join(member).unwrap();
+        room.post(None, i as u64).unwrap();
+        room.leave(member).unwrap();
+    }
+    wait_until("every room disposed", || {
+        let s = rooms.stats();
+        s.rooms == 0 && s.jobs_run as usize >= 3 * n * (round + 1)
+    });
+}
+
+fn rooms_that_came_and_went_give_their_memory_back(engine: EngineKind) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let rooms = Rooms::new(|_| Table { seats: Vec::new() }).dispose_after(Duration::from_millis(20));
+    let server = server(engine).rooms(&rooms).start(|| Echo).unwrap();
+    // A first round sizes what stays (the workers' scratch buffers).
+    come_and_go(&rooms, 10_000, 0);
+    let before = HELD.load(Ordering::SeqCst);
+    come_and_go(&rooms, 10_000, 1);
+    let after = HELD.load(Ordering::SeqCst);
+    // 10,000 live rooms hold over a megabyte; what may differ is a buffer's
+    // spare room (a few kilobytes).
+    assert!(
+        after - before < 16 * 1024,
+        "{} bytes more held after 10,000 rooms came and went",
+        after - before
+    );
+    server.shutdown(Duration::from_secs(1)).unwrap();
+}
+
+engine_suite!(rooms_that_came_and_went_give_their_memory_back);
