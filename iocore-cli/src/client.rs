@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::load::{invalid, note_error, note_problem, HardEnd, Load};
+use crate::load::{end_error, invalid, note_error, note_problem, HardEnd, Load};
 use crate::report::{self, new_histogram, server_usage, write_outcome, Latency, ServerUsage};
 use iocore::{ClientHandle, CloseReason, Handler, Session, SessionId};
 
@@ -497,20 +497,17 @@ impl Handler for LoadConn {
             sum.lost_bytes += self.sent.saturating_sub(self.received);
         }
         sum.unanswered += self.sent_msgs.saturating_sub(self.completed);
-        if self.silent {
+        let silent = self.silent.then(|| {
             let waited = self.shared.opts.load.drain_timeout;
-            sum.error(format!(
+            format!(
                 "connection {}: no echo for {waited:?} with {} messages in flight: the server stopped answering",
                 self.index,
                 self.in_flight.len()
-            ));
-        } else if self.shared.over.load(Ordering::Relaxed) && !matches!(reason, CloseReason::LocalClose) {
-            sum.error(format!(
-                "connection {}: still open at the end of the run (--duration or the stop, then --drain-timeout): closed",
-                self.index
-            ));
-        } else if !matches!(reason, CloseReason::LocalClose) {
-            sum.error(format!("connection {}: {reason}", self.index));
+            )
+        });
+        let over = self.shared.over.load(Ordering::Relaxed);
+        if let Some(line) = end_error(&format!("connection {}", self.index), silent, over, &reason) {
+            sum.error(line);
         }
         *done += 1;
         self.shared.done.notify_all();

@@ -8,6 +8,8 @@
 //!   generator: open or closed loop, latency percentiles, byte-exact checks.
 //! - [`chat`] — rooms on packets and topics: the server, a terminal client
 //!   for people, and the fan-out load client.
+//! - [`arena`] — an authoritative sample game on rooms and typed packets:
+//!   the server and its bots.
 //! - [`churn`] — connection churn (a login storm) for the load client.
 //! - [`load`] — what the load clients share: a load's shape, error lines.
 //! - [`report`] — latency percentiles and server usage, for the load
@@ -15,6 +17,7 @@
 //! - [`bench`](mod@bench) — iocore against tokio, monoio, compio and an epoll floor.
 //! - [`usage`] — a server process's CPU and memory, for the reports.
 
+pub mod arena;
 pub mod bench;
 pub mod chat;
 pub mod churn;
@@ -39,6 +42,8 @@ pub enum App {
     Sink,
     /// [`chat::server`]: rooms on packets and topics.
     Chat,
+    /// [`arena::server`]: a game on rooms with a tick and typed packets.
+    Arena,
 }
 
 impl FromStr for App {
@@ -48,7 +53,8 @@ impl FromStr for App {
             "echo" => Ok(App::Echo),
             "sink" => Ok(App::Sink),
             "chat" => Ok(App::Chat),
-            _ => Err(format!("unknown app '{s}' (expected echo, sink or chat)")),
+            "arena" => Ok(App::Arena),
+            _ => Err(format!("unknown app '{s}' (expected echo, sink, chat or arena)")),
         }
     }
 }
@@ -59,6 +65,7 @@ impl fmt::Display for App {
             App::Echo => "echo",
             App::Sink => "sink",
             App::Chat => "chat",
+            App::Arena => "arena",
         })
     }
 }

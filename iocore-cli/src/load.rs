@@ -123,6 +123,26 @@ pub fn note_error(errors: &mut u64, lines: &mut Vec<String>, line: String) {
     }
 }
 
+/// Why a load session's end is an error, if it is: the failure it noted
+/// itself, or still open at the run's hard end (`over`), or closed other
+/// than by the client. `who` names it ("bot 3").
+pub fn end_error(
+    who: &str,
+    failure: Option<String>,
+    over: bool,
+    reason: &iocore::CloseReason,
+) -> Option<String> {
+    let by_client = matches!(reason, iocore::CloseReason::LocalClose);
+    match failure {
+        Some(f) => Some(f),
+        None if over && !by_client => Some(format!(
+            "{who}: still open at the end of the run (--duration or the stop, then --drain-timeout): closed"
+        )),
+        None if !by_client => Some(format!("{who}: {reason}")),
+        None => None,
+    }
+}
+
 /// Keeps a session's first problem (a mismatch, a loss) as a line, even
 /// when the lines are full (the last one gives way).
 pub fn note_problem(lines: &mut Vec<String>, line: String) {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use iocore::{Accept, ConfigError, EngineKind, Keepalive, Server, ServerBuilder, ServerHandle, Setting};
 use iocore_cli::client::{self, ClientOptions, Mode};
-use iocore_cli::{chat, echo::Echo, sink::Sink, App};
+use iocore_cli::{arena, chat, echo::Echo, sink::Sink, App};
 
 #[derive(Parser)]
 #[command(
@@ -122,6 +122,11 @@ enum Scenario {
     /// connections per second and connect-to-first-byte latency. --count
     /// is then connections in all.
     Churn,
+    /// Arena: --bots players in --rooms rooms of `serve --app arena` send
+    /// --input-rate inputs a second for --duration; tick lateness,
+    /// input-to-snapshot latency, bytes per player, server CPU per
+    /// player-tick.
+    Arena,
 }
 
 #[derive(clap::Args)]
@@ -129,9 +134,19 @@ struct ServeArgs {
     /// I/O model: auto, epoll or uring (Windows: iocp, wsa-event, overlapped).
     #[arg(long, default_value = "auto")]
     engine: EngineKind,
-    /// Application: echo, sink or chat.
+    /// Application: echo, sink, chat or arena.
     #[arg(long, default_value = "echo")]
     app: App,
+    /// Arena only: most players in a room (1 to 1000; default 20).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    room_size: Option<u16>,
+    /// Arena only: simulation ticks a second (1 to 1000; default 20).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    tick_rate: Option<u16>,
+    /// Arena only: how long a dropped player's place is kept for it to
+    /// rejoin with its token (default 10s).
+    #[arg(long, value_parser = parse_duration)]
+    rejoin_grace: Option<Duration>,
     /// Chat only: the largest packet accepted, header included (13 to
     /// 65535; default 4096).
     #[arg(long, value_parser = clap::value_parser!(u16).range(13..))]
@@ -221,10 +236,13 @@ struct ClientArgs {
     /// (connect, one echo, close, again).
     #[arg(long, value_enum, default_value = "echo")]
     scenario: Scenario,
-    /// Chat: rooms (at least 1, at most --connections); connection i
-    /// joins room i % ROOMS.
+    /// Chat and arena: rooms (at least 1, at most --connections);
+    /// connection i joins room i % ROOMS.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     rooms: u64,
+    /// Arena: inputs each bot sends a second (above 0, at most 1000).
+    #[arg(long, default_value_t = 30.0)]
+    input_rate: f64,
     /// I/O model: auto, epoll or uring (Windows: iocp, wsa-event, overlapped).
     #[arg(long, default_value = "auto")]
     engine: EngineKind,
@@ -248,8 +266,9 @@ struct ClientArgs {
     /// ping-pong).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pipeline: Option<u32>,
-    /// Connections (at least 1; at most what the open-file limit allows).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Connections (at least 1; at most what the open-file limit allows);
+    /// the arena's bots (--bots is the same).
+    #[arg(long, alias = "bots", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     connections: u64,
     /// Messages per connection (at least 1; default: until --duration or
     /// Ctrl-C).
@@ -474,6 +493,17 @@ fn serve_builder(args: &ServeArgs) -> Result<ServerBuilder, String> {
             args.app
         ));
     }
+    if args.app != App::Arena {
+        for (given, flag) in [
+            (args.room_size.is_some(), "--room-size"),
+            (args.tick_rate.is_some(), "--tick-rate"),
+            (args.rejoin_grace.is_some(), "--rejoin-grace"),
+        ] {
+            if given {
+                return Err(format!("{flag} is for --app arena"));
+            }
+        }
+    }
     let mut builder = Server::builder()
         .addr(args.addr)
         .engine(args.engine)
@@ -533,6 +563,11 @@ fn serve(args: ServeArgs, check: bool) -> Result<(), Box<dyn std::error::Error>>
                 .max_packet
                 .map_or(iocore::packet::DEFAULT_MAX_PACKET, usize::from);
             builder.start(move || chat::server::handler(max))?
+        }
+        App::Arena => {
+            let rooms = arena::server::rooms(arena_config(&args)?);
+            let r = rooms.clone();
+            builder.rooms(&rooms).start(move || arena::server::handler(&r))?
         }
     };
     match server.metrics_addr() {
@@ -733,6 +768,52 @@ fn run_chat_load(args: ClientArgs, check: bool) -> Result<bool, Box<dyn std::err
     Ok(summary.ok())
 }
 
+/// The arena's settings from `serve`'s flags, checked.
+fn arena_config(args: &ServeArgs) -> Result<arena::server::ArenaConfig, String> {
+    let mut cfg = arena::server::ArenaConfig::default();
+    if let Some(n) = args.room_size {
+        cfg.room_size = n.into();
+    }
+    if let Some(hz) = args.tick_rate {
+        cfg.tick_hz = hz.into();
+    }
+    if let Some(g) = args.rejoin_grace {
+        cfg.grace = g;
+    }
+    cfg.check()?;
+    Ok(cfg)
+}
+
+fn run_arena(args: ClientArgs, check: bool) -> Result<bool, Box<dyn std::error::Error>> {
+    if args.pipeline.is_some() || args.rate.is_some() || args.interval.is_some() || args.count.is_some() {
+        return Err("the arena sends --input-rate inputs a second for --duration: no --pipeline, --rate, --interval or --count".into());
+    }
+    let [addr] = args.addr[..] else {
+        return Err("the arena scenario takes one --addr".into());
+    };
+    if args.rooms > args.connections {
+        return Err(format!(
+            "--rooms {} is more than --bots {}: every room needs a bot",
+            args.rooms, args.connections
+        )
+        .into());
+    }
+    let opts = arena::bots::ArenaOptions {
+        addr,
+        load: args.load(64)?,
+        rooms: args.rooms as usize,
+        input_rate: args.input_rate,
+    };
+    opts.check()?;
+    if check {
+        println!("arguments OK");
+        return Ok(true);
+    }
+    let summary = arena::bots::run(&opts, stop_flag()?)?;
+    print_report(&summary, args.json)?;
+    Ok(summary.ok())
+}
+
 fn run_churn(args: ClientArgs, check: bool) -> Result<bool, Box<dyn std::error::Error>> {
     if args.pipeline.is_some() || args.rate.is_some() || args.interval.is_some() {
         return Err("churn sends one message per connection: no --pipeline, --rate or --interval".into());
@@ -761,10 +842,11 @@ fn run_client(args: ClientArgs, check: bool) -> Result<bool, Box<dyn std::error:
     match args.scenario {
         Scenario::Chat => return run_chat_load(args, check),
         Scenario::Churn => return run_churn(args, check),
+        Scenario::Arena => return run_arena(args, check),
         Scenario::Echo => {}
     }
     if args.rooms != 1 {
-        return Err("--rooms is for the chat scenario".into());
+        return Err("--rooms is for the chat and arena scenarios".into());
     }
     let (mode, in_flight) = match args.pipeline {
         Some(pipeline) => (

@@ -80,6 +80,7 @@ fn range(help: &str) -> Option<(u128, Option<u128>)> {
 fn context(sub: &str, flag: &str) -> &'static [&'static str] {
     match (sub, flag) {
         ("serve", "--max-packet") => &["--app", "chat"],
+        ("serve", "--room-size" | "--tick-rate" | "--rejoin-grace") => &["--app", "arena"],
         ("serve", "--max-send-queue") => &["--send-high-watermark", "1", "--send-low-watermark", "0"],
         _ => &[],
     }

@@ -20,7 +20,7 @@ use iocore::packet::{PacketHandler, Packets, MAX_PACKET};
 use iocore::{CloseReason, Session};
 
 use super::protocol::{self, FromServer};
-use crate::load::{invalid, note_error, note_problem, HardEnd, Load};
+use crate::load::{end_error, invalid, note_error, note_problem, HardEnd, Load};
 use crate::report::{self, new_histogram, server_usage, write_outcome, Latency, ServerUsage};
 
 /// Bytes of the stamp that starts every text: sender, number, time.
@@ -440,15 +440,14 @@ impl PacketHandler for Member {
         if let Some(p) = self.first_problem.take() {
             note_problem(&mut sum.error_lines, p);
         }
-        if let Some(f) = self.failure.take() {
-            sum.error(f);
-        } else if self.shared.over.load(Ordering::Relaxed) && !matches!(reason, CloseReason::LocalClose) {
-            sum.error(format!(
-                "member {}: still open at the end of the run (--duration or the stop, then --drain-timeout): closed",
-                self.index
-            ));
-        } else if !matches!(reason, CloseReason::LocalClose) {
-            sum.error(format!("member {}: {reason}", self.index));
+        let over = self.shared.over.load(Ordering::Relaxed);
+        if let Some(line) = end_error(
+            &format!("member {}", self.index),
+            self.failure.take(),
+            over,
+            &reason,
+        ) {
+            sum.error(line);
         }
         *done += 1;
         self.shared.done.notify_all();
