@@ -461,3 +461,62 @@ fn an_empty_room_is_disposed_at_the_end_of_its_grace() {
     assert_eq!(rooms.stats().rooms, 0);
     assert_eq!(room.post(None, "start"), Err(PostError::Gone));
 }
+
+/// Gathers what it is told into its coalesced broadcast (50 ms tick).
+struct Gatherer;
+
+impl Room for Gatherer {
+    type Msg = &'static str;
+    fn on_join(&mut self, cx: &mut RoomCx<'_, &'static str>, _: SessionId) {
+        if cx.members().len() == 1 {
+            cx.set_tick(ms(50));
+        }
+    }
+    fn on_message(&mut self, cx: &mut RoomCx<'_, &'static str>, _: Option<SessionId>, text: &'static str) {
+        cx.broadcast_at_tick(text.as_bytes());
+    }
+}
+
+/// A handler that only listens.
+struct Listener;
+
+impl Handler for Listener {
+    fn on_recv(&mut self, _: &mut Session<'_>, data: &[u8]) -> usize {
+        data.len()
+    }
+}
+
+/// What a room gathers in a tick reaches its members together at the
+/// tick's end, and only those who were members when it was said: a join
+/// or a leave sends what was gathered before it.
+#[test]
+fn a_coalesced_broadcast_goes_at_the_tick_to_who_was_there() {
+    let rooms = Rooms::new(|_| Gatherer);
+    let mut sim = Sim::start(Server::builder().threads(2).rooms(&rooms), || Listener).unwrap();
+    let (a, b, c) = (sim.connect(), sim.connect(), sim.connect());
+    let id = |sim: &Sim<Listener>, p| sim.session(p).unwrap();
+    let room = rooms.get("hall").unwrap();
+    room.join(id(&sim, a)).unwrap();
+    room.join(id(&sim, c)).unwrap();
+    room.post(None, "one,").unwrap();
+    room.post(None, "two,").unwrap();
+    sim.run();
+    assert_eq!(sim.read(a), b"", "gathered, not sent yet");
+    room.join(id(&sim, b)).unwrap();
+    sim.run();
+    assert_eq!(sim.read(a), b"one,two,", "sent before b joined");
+    assert_eq!(sim.read(b), b"");
+    room.post(None, "three,").unwrap();
+    room.leave(id(&sim, c)).unwrap();
+    room.post(None, "four,").unwrap();
+    sim.run();
+    assert_eq!(
+        sim.read(c),
+        b"one,two,three,",
+        "c heard what was said while it was there"
+    );
+    sim.advance(ms(50));
+    assert_eq!(sim.read(a), b"three,four,");
+    assert_eq!(sim.read(b), b"three,four,");
+    assert_eq!(sim.read(c), b"");
+}

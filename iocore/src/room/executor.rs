@@ -415,6 +415,8 @@ impl<R: Room> Executor<R> {
                 if slot.members.contains(&member) {
                     return Ok(());
                 }
+                // What was said before it joined is not its.
+                flush_deferred(slot, out);
                 slot.members.push(member);
                 let (room, mut cx) = cx(slot, now, out, &mut self.timers, id);
                 catch_panic(|| room.on_join(&mut cx, member))
@@ -423,6 +425,8 @@ impl<R: Room> Executor<R> {
                 let Some(i) = slot.members.iter().position(|&m| m == member) else {
                     return Ok(());
                 };
+                // What was said while it was a member is its.
+                flush_deferred(slot, out);
                 slot.members.remove(i);
                 let (room, mut cx) = cx(slot, now, out, &mut self.timers, id);
                 catch_panic(|| room.on_leave(&mut cx, member))

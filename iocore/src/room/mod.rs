@@ -745,9 +745,22 @@ impl<M> RoomCx<'_, M> {
     /// Copies `bytes` into the room's coalesced broadcast: everything added
     /// until the end of the next tick goes to every member then, as one
     /// buffer (one write per member per tick however many messages). With
-    /// no tick set, it goes at the end of this turn.
+    /// no tick set, it goes at the end of this turn. It goes to those who
+    /// were members when it was added: before a member joins or leaves,
+    /// what was gathered so far is sent.
     pub fn broadcast_at_tick(&mut self, bytes: &[u8]) {
         self.deferred.extend_from_slice(bytes);
+    }
+
+    /// Sends what [`RoomCx::broadcast_at_tick`] gathered so far now, to
+    /// every member, without waiting for the tick's end.
+    pub fn flush_broadcast(&mut self) {
+        if !self.deferred.is_empty() {
+            let buf = self.deferred.split().freeze();
+            for &m in self.members.iter() {
+                self.out.sends.push((m, buf.clone()));
+            }
+        }
     }
 
     /// Posts `msg` to this room after `delay` (its [`Room::on_message`]
@@ -764,15 +777,33 @@ impl<M> RoomCx<'_, M> {
 
     /// Starts (or restarts) the tick: tick `n` is due `n` periods from now.
     pub fn set_tick(&mut self, period: Duration) {
+        self.start_tick(Duration::ZERO, period);
+    }
+
+    /// Starts (or restarts) the tick at a phase of its own: tick `n` is due
+    /// `phase + n` periods from now, the phase (less than one period)
+    /// picked from the room so that rooms started together (at the
+    /// server's start, in a burst of joins) tick at spread times rather
+    /// than all at once — what a worker must send for them is then spread
+    /// over the period, and no room's tick waits for the others' sends.
+    pub fn set_tick_spread(&mut self, period: Duration) {
+        let period = period.max(Duration::from_millis(1));
+        // Fibonacci hashing of the room's id: rooms made one after another
+        // land far apart.
+        let spread = self.room.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
+        let phase = Duration::from_nanos(spread % period.as_nanos().max(1) as u64);
+        self.start_tick(phase, period);
+    }
+
+    fn start_tick(&mut self, phase: Duration, period: Duration) {
         let period = period.max(Duration::from_millis(1));
         if let Some(old) = self.tick.take() {
             self.timers.remove(old.key);
         }
-        let key = self
-            .timers
-            .add(self.now + period, self.room, executor::Timer::Tick);
+        let start = self.now + phase;
+        let key = self.timers.add(start + period, self.room, executor::Timer::Tick);
         *self.tick = Some(executor::TickPlan {
-            start: self.now,
+            start,
             period,
             next: 1,
             key,
@@ -789,6 +820,7 @@ impl<M> RoomCx<'_, M> {
     /// Removes `member` (no [`Room::on_leave`]) and closes its session
     /// with `reason` (its queued bytes are sent first).
     pub fn kick(&mut self, member: SessionId, reason: CloseReason) {
+        self.flush_broadcast();
         self.members.retain(|&m| m != member);
         self.out.closes.push((member, reason));
     }

@@ -57,6 +57,10 @@ impl Event {
 pub(crate) struct Epoll {
     fd: OwnedFd,
     buf: Vec<libc::epoll_event>,
+    /// `epoll_pwait2` (Linux 5.11) is there: timeouts to the nanosecond,
+    /// not rounded up to the millisecond (a room's tick is not late by
+    /// the rounding).
+    pwait2: bool,
 }
 
 impl Epoll {
@@ -67,7 +71,11 @@ impl Epoll {
         // SAFETY: epoll_create1() just returned this descriptor; we own it.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let buf = vec![libc::epoll_event { events: 0, u64: 0 }; capacity.max(1)];
-        Ok(Epoll { fd, buf })
+        Ok(Epoll {
+            fd,
+            buf,
+            pwait2: true,
+        })
     }
 
     fn ctl(&self, op: libc::c_int, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
@@ -94,6 +102,29 @@ impl Epoll {
     /// passes (`None`: forever) and returns how many reports there are;
     /// read them with [`Epoll::event`]. An interrupted wait reports none.
     pub(crate) fn wait(&mut self, timeout: Option<Duration>) -> io::Result<usize> {
+        if let (Some(t), true) = (timeout, self.pwait2) {
+            let ts = libc::timespec {
+                tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
+                tv_nsec: t.subsec_nanos() as libc::c_long,
+            };
+            // SAFETY: as for epoll_pwait below; `ts` is a live timespec for
+            // the duration of the call.
+            match raw_syscall!(SYS_epoll_pwait2(
+                self.fd.as_raw_fd(),
+                self.buf.as_mut_ptr(),
+                self.buf.len(),
+                &ts as *const libc::timespec,
+                std::ptr::null::<libc::sigset_t>(),
+                8
+            )) {
+                Ok(n) => return Ok(n as usize),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(0),
+                // An older kernel (or a sandbox that forbids the call):
+                // milliseconds from now on.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => self.pwait2 = false,
+                Err(e) => return Err(e),
+            }
+        }
         let ms = match timeout {
             None => -1,
             // Round up so that a wait for 0.4 ms does not spin at 0 ms.
