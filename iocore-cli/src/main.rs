@@ -137,6 +137,11 @@ struct ServeArgs {
     /// Application: echo, sink, chat or arena.
     #[arg(long, default_value = "echo")]
     app: App,
+    /// Chat only: gather what is said in each room for this long (1ms to
+    /// 1s, e.g. 50ms) and send it to every member at once, one write per
+    /// member; messages wait up to that long. Not with --redis.
+    #[arg(long, value_parser = parse_duration)]
+    coalesce: Option<Duration>,
     /// Arena only: most players in a room (1 to 1000; default 20).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1000))]
     room_size: Option<u16>,
@@ -493,6 +498,17 @@ fn serve_builder(args: &ServeArgs) -> Result<ServerBuilder, String> {
             args.app
         ));
     }
+    if let Some(c) = args.coalesce {
+        if args.app != App::Chat {
+            return Err(format!("--coalesce is for --app chat (the {} app)", args.app));
+        }
+        if !(Duration::from_millis(1)..=Duration::from_secs(1)).contains(&c) {
+            return Err("--coalesce must be between 1ms and 1s".into());
+        }
+        if args.redis.is_some() {
+            return Err("--coalesce keeps rooms on this instance: not with --redis".into());
+        }
+    }
     if args.app != App::Arena {
         for (given, flag) in [
             (args.room_size.is_some(), "--room-size"),
@@ -562,7 +578,16 @@ fn serve(args: ServeArgs, check: bool) -> Result<(), Box<dyn std::error::Error>>
             let max = args
                 .max_packet
                 .map_or(iocore::packet::DEFAULT_MAX_PACKET, usize::from);
-            builder.start(move || chat::server::handler(max))?
+            match args.coalesce {
+                Some(tick) => {
+                    let rooms = chat::server::rooms(max, tick);
+                    let r = rooms.clone();
+                    builder
+                        .rooms(&rooms)
+                        .start(move || chat::server::coalesced_handler(max, &r))?
+                }
+                None => builder.start(move || chat::server::handler(max))?,
+            }
         }
         App::Arena => {
             let rooms = arena::server::rooms(arena_config(&args)?);

@@ -28,6 +28,20 @@ fn chat_server(engine: EngineKind) -> (ServerHandle, Arc<Events>) {
     (server, events)
 }
 
+/// The same with coalesced rooms (`serve --app chat --coalesce 20ms`).
+fn coalescing_chat_server(engine: EngineKind) -> (ServerHandle, Arc<Events>) {
+    let rooms = server::rooms(packet::DEFAULT_MAX_PACKET, std::time::Duration::from_millis(20));
+    let r = rooms.clone();
+    let (events, factory) = recorded(move || server::coalesced_handler(packet::DEFAULT_MAX_PACKET, &r));
+    let server = iocore_testkit::server(engine)
+        .threads(3)
+        .accept(iocore::Accept::HandOff)
+        .rooms(&rooms)
+        .start(factory)
+        .unwrap();
+    (server, events)
+}
+
 fn expect(s: &mut TcpStream) -> String {
     let (id, body) = read_packet(s);
     match chat::from_server(id, &body).unwrap() {
@@ -52,6 +66,24 @@ fn expect_msg(s: &mut TcpStream) -> (u64, String) {
 /// the text verbatim; other rooms do not.
 fn members_of_a_room_hear_each_other_and_no_one_else(engine: EngineKind) {
     let (server, events) = chat_server(engine);
+    conversation(&server, &events, |server| {
+        assert_eq!(server.topic("room:lobby").unwrap().subscribers, 2);
+        assert!(server.topic("room:kitchen").is_none(), "c left the kitchen");
+    });
+}
+
+/// The same conversation with coalesced rooms: the protocol is the same,
+/// the messages of a tick come together.
+fn coalesced_rooms_speak_the_same_protocol(engine: EngineKind) {
+    let (server, events) = coalescing_chat_server(engine);
+    conversation(&server, &events, |server| {
+        assert!(server.room_stats().ticks > 0);
+    });
+}
+
+/// Three members join, say, change rooms and leave; `check` looks at the
+/// server before they go.
+fn conversation(server: &ServerHandle, events: &Events, check: impl Fn(&ServerHandle)) {
     let mut a = connect(server.local_addr());
     let mut b = connect(server.local_addr());
     let mut c = connect(server.local_addr());
@@ -89,8 +121,7 @@ fn members_of_a_room_hear_each_other_and_no_one_else(engine: EngineKind) {
     assert_eq!(expect(&mut b), "error join a room first");
     b.write_all(&chat::leave()).unwrap();
     assert_eq!(expect(&mut b), "error not in a room");
-    assert_eq!(server.topic("room:lobby").unwrap().subscribers, 2);
-    assert!(server.topic("room:kitchen").is_none(), "c left the kitchen");
+    check(server);
     drop((a, b, c));
     let closed = events.wait_closed(3);
     assert!(closed.iter().all(|k| *k == CloseKind::PeerClosed), "{closed:?}");
@@ -196,6 +227,20 @@ fn protocol_violations_close_only_the_offender(engine: EngineKind) {
 /// order.
 fn chat_load_delivers_every_message_exactly_once(engine: EngineKind) {
     let (server, _) = chat_server(engine);
+    chat_load(&server, engine);
+    assert_eq!(server.stats().publishes, 800);
+}
+
+/// The same load on coalesced rooms: nothing lost, nothing twice, each
+/// sender's in order.
+fn coalesced_chat_load_delivers_every_message_exactly_once(engine: EngineKind) {
+    let (server, _) = coalescing_chat_server(engine);
+    chat_load(&server, engine);
+    assert_eq!(server.stats().publishes, 0, "rooms, not topics");
+}
+
+/// 40 members in 4 rooms say 20 messages each; every one arrives.
+fn chat_load(server: &ServerHandle, engine: EngineKind) {
     let opts = ChatOptions {
         addrs: vec![server.local_addr()],
         load: Load {
@@ -217,8 +262,6 @@ fn chat_load_delivers_every_message_exactly_once(engine: EngineKind) {
         "each message to its room's 10 members"
     );
     assert_eq!(summary.expected_deliveries, summary.deliveries);
-    let stats = server.stats();
-    assert_eq!(stats.publishes, 800);
 }
 
 /// The binary: `client --scenario chat --json` reports the deliveries and
@@ -264,4 +307,6 @@ engine_suite!(
     members_of_a_room_hear_each_other_and_no_one_else,
     protocol_violations_close_only_the_offender,
     chat_load_delivers_every_message_exactly_once,
+    coalesced_rooms_speak_the_same_protocol,
+    coalesced_chat_load_delivers_every_message_exactly_once,
 );
