@@ -178,6 +178,26 @@ impl Sample {
             .sum()
     }
 
+    /// Whether the scrape has `name` at all.
+    fn has(&self, name: &str) -> bool {
+        self.scrape.samples.iter().any(|s| s.metric == name)
+    }
+
+    /// A histogram's cumulative counts by upper bound.
+    fn histogram(&self, name: &str) -> Vec<(f64, f64)> {
+        self.scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .find_map(|s| match &s.value {
+                prometheus_parse::Value::Histogram(h) => {
+                    Some(h.iter().map(|b| (b.less_than, b.count)).collect())
+                }
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+
     fn label_of(&self, name: &str, label: &str) -> Option<String> {
         let s = self.scrape.samples.iter().find(|s| s.metric == name)?;
         s.labels.get(label).map(str::to_string)
@@ -239,6 +259,98 @@ pub struct View {
     pub shortage: f64,
     /// Topics with a subscriber, and subscriptions.
     pub topics: (f64, f64),
+    /// The rooms, if the server runs any.
+    pub rooms: Option<RoomsView>,
+}
+
+/// The rooms' line.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RoomsView {
+    /// Rooms alive.
+    pub rooms: f64,
+    /// Jobs waiting in their inboxes.
+    pub queued: f64,
+    /// Posts refused for a full inbox, in all.
+    pub refused: f64,
+    /// Per second since the previous scrape: ticks run, ticks missed.
+    pub ticks: Option<(f64, f64)>,
+    /// The upper bound of the bucket the 99th percentile of tick lateness
+    /// falls in over the interval, seconds (`None`: no tick in it, or on
+    /// the first scrape; infinite: beyond the last bound).
+    pub lateness_p99: Option<f64>,
+}
+
+/// The rooms' line from two scrapes, if the server has rooms.
+fn rooms_view(prev: Option<&Sample>, cur: &Sample, dt: Option<f64>) -> Option<RoomsView> {
+    if !cur.has("iocore_rooms") {
+        return None;
+    }
+    let delta = |name: &str| {
+        let before = prev.map_or(0.0, |p| p.total(name));
+        (cur.total(name) - before).max(0.0)
+    };
+    let ticks = dt.map(|dt| {
+        (
+            delta("iocore_room_ticks_total") / dt,
+            delta("iocore_room_ticks_missed_total") / dt,
+        )
+    });
+    // The interval's lateness, from the change of each cumulative bucket.
+    let now = cur.histogram("iocore_room_tick_lateness_seconds");
+    let before = prev.map(|p| p.histogram("iocore_room_tick_lateness_seconds"));
+    let lateness_p99 = before.and_then(|before| {
+        let counts: Vec<(f64, f64)> = now
+            .iter()
+            .map(|&(le, n)| {
+                let was = before.iter().find(|b| b.0 == le).map_or(0.0, |b| b.1);
+                (le, (n - was).max(0.0))
+            })
+            .collect();
+        let total = counts.iter().map(|c| c.1).fold(0.0, f64::max);
+        if total == 0.0 {
+            return None;
+        }
+        counts.iter().find(|c| c.1 >= 0.99 * total).map(|c| c.0)
+    });
+    Some(RoomsView {
+        rooms: cur.total("iocore_rooms"),
+        queued: cur.total("iocore_room_jobs_queued"),
+        refused: cur.total("iocore_room_posts_refused_total"),
+        ticks,
+        lateness_p99,
+    })
+}
+
+impl RoomsView {
+    /// The line `iocore top` shows.
+    pub fn line(&self) -> String {
+        let ticks = match self.ticks {
+            Some((run, missed)) => format!("{}/s ({} missed/s)", count(run), count(missed)),
+            None => "-".into(),
+        };
+        let late = match self.lateness_p99 {
+            Some(s) if s.is_finite() => format!("≤ {}", seconds(s)),
+            Some(_) => "> 1s".into(),
+            None => "-".into(),
+        };
+        format!(
+            "rooms {} · ticks {ticks} · tick lateness p99 {late} · jobs queued {} · posts refused {}",
+            count(self.rooms),
+            count(self.queued),
+            count(self.refused)
+        )
+    }
+}
+
+/// 0.0005 → "500us", 0.002 → "2ms".
+fn seconds(s: f64) -> String {
+    if s < 1e-3 {
+        format!("{:.0}us", s * 1e6)
+    } else if s < 1.0 {
+        format!("{}ms", (s * 1e3 * 10.0).round() / 10.0)
+    } else {
+        format!("{s}s")
+    }
 }
 
 /// The view of `cur`, with rates since `prev`.
@@ -338,6 +450,7 @@ pub fn view(prev: Option<&Sample>, cur: &Sample) -> View {
             cur.total("iocore_topics"),
             cur.total("iocore_topic_subscriptions"),
         ),
+        rooms: rooms_view(prev, cur, dt),
     }
 }
 
@@ -377,8 +490,9 @@ fn draw(frame: &mut ratatui::Frame<'_>, opts: &TopOptions, view: Option<&View>, 
     // The table as tall as its rows (borders and header: 3 lines); the
     // lists below get the rest.
     let table_height = view.map_or(1, |v| v.rows.len()) as u16 + 3;
+    let rooms = view.and_then(|v| v.rooms.as_ref());
     let [head, table, lists, foot] = Layout::vertical([
-        Constraint::Length(1),
+        Constraint::Length(1 + rooms.is_some() as u16),
         Constraint::Length(table_height),
         Constraint::Min(4),
         Constraint::Length(1),
@@ -400,10 +514,11 @@ fn draw(frame: &mut ratatui::Frame<'_>, opts: &TopOptions, view: Option<&View>, 
         ),
         None => format!("iocore top — {}", opts.metrics),
     };
-    frame.render_widget(
-        Paragraph::new(title).style(Style::new().add_modifier(Modifier::BOLD)),
-        head,
-    );
+    let mut head_lines = vec![Line::from(title).style(Style::new().add_modifier(Modifier::BOLD))];
+    if let Some(r) = rooms {
+        head_lines.push(Line::from(r.line()));
+    }
+    frame.render_widget(Paragraph::new(head_lines), head);
 
     let header = Row::new(COLUMNS.map(|(name, _)| name)).style(Style::new().add_modifier(Modifier::REVERSED));
     let rows = view
@@ -612,6 +727,46 @@ iocore_sessions_closed_total{worker=\"1\",reason=\"protocol_violation\"} 0
                 ("peer_closed".to_string(), 5.0, Some(0.0)),
                 ("protocol_violation".to_string(), 2.0, Some(1.0)),
             ]
+        );
+    }
+
+    #[test]
+    fn the_rooms_line_from_two_scrapes() {
+        let text = |ticks: u64, le_1ms: u64, le_2ms: u64| {
+            format!(
+                "# TYPE iocore_rooms gauge\niocore_rooms 3\n\
+                 # TYPE iocore_room_jobs_queued gauge\niocore_room_jobs_queued 7\n\
+                 # TYPE iocore_room_posts_refused_total counter\niocore_room_posts_refused_total 2\n\
+                 # TYPE iocore_room_ticks_total counter\niocore_room_ticks_total {ticks}\n\
+                 # TYPE iocore_room_ticks_missed_total counter\niocore_room_ticks_missed_total 0\n\
+                 # TYPE iocore_room_tick_lateness_seconds histogram\n\
+                 iocore_room_tick_lateness_seconds_bucket{{le=\"0.001\"}} {le_1ms}\n\
+                 iocore_room_tick_lateness_seconds_bucket{{le=\"0.002\"}} {le_2ms}\n\
+                 iocore_room_tick_lateness_seconds_bucket{{le=\"+Inf\"}} {le_2ms}\n\
+                 iocore_room_tick_lateness_seconds_sum 0.01\n\
+                 iocore_room_tick_lateness_seconds_count {le_2ms}\n"
+            )
+        };
+        let t0 = Instant::now();
+        let a = Sample::parse(&text(100, 100, 100), t0).unwrap();
+        // 200 ticks in 2 s, of which 10 between 1 and 2 ms late: the p99
+        // is in the 2 ms bucket.
+        let b = Sample::parse(&text(300, 290, 300), t0 + Duration::from_secs(2)).unwrap();
+        assert!(
+            view(None, &Sample::parse(FIRST, t0).unwrap()).rooms.is_none(),
+            "no rooms, no line"
+        );
+        let first = view(None, &a).rooms.unwrap();
+        assert_eq!(
+            (first.rooms, first.queued, first.refused, first.ticks),
+            (3.0, 7.0, 2.0, None)
+        );
+        let r = view(Some(&a), &b).rooms.unwrap();
+        assert_eq!(r.ticks, Some((100.0, 0.0)));
+        assert_eq!(r.lateness_p99, Some(0.002));
+        assert_eq!(
+            r.line(),
+            "rooms 3 · ticks 100/s (0 missed/s) · tick lateness p99 ≤ 2ms · jobs queued 7 · posts refused 2"
         );
     }
 

@@ -176,7 +176,7 @@ impl ArenaRoom {
             last_input: 0,
         });
         if self.players.len() == 1 {
-            cx.set_tick(self.cfg.period());
+            cx.set_tick_spread(self.cfg.period());
         }
         self.welcome(cx, self.players.len() - 1, false);
     }

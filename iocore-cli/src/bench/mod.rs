@@ -44,13 +44,16 @@ pub struct BenchOptions {
 /// name): the A/B baseline for them, not in the default list. The
 /// `-handoff` ones run the churn point only, with connections dealt out by
 /// one listener (at the churn point every iocore server runs two workers,
-/// so that the accept strategy matters).
-pub const SERVERS: [&str; 9] = [
+/// so that the accept strategy matters). The `-coalesce` ones run the chat
+/// points only, with `serve --app chat --coalesce 50ms`.
+pub const SERVERS: [&str; 11] = [
     "iocore-epoll",
     "iocore-uring",
     "iocore-epoll-handoff",
     "iocore-uring-handoff",
     "iocore-uring-basic",
+    "iocore-epoll-coalesce",
+    "iocore-uring-coalesce",
     "tokio",
     "monoio",
     "compio",
@@ -68,6 +71,9 @@ pub enum Scenario {
     /// Echo servers under connection churn: the unit of work is a
     /// connection (connect, one echo, close).
     Churn,
+    /// Arena servers (the sample game): the unit of work is a player-tick
+    /// (a snapshot one player received); the latency is the tick's.
+    Arena,
 }
 
 impl Scenario {
@@ -77,6 +83,7 @@ impl Scenario {
             Scenario::Echo => "round trip",
             Scenario::Chat => "delivery",
             Scenario::Churn => "connection",
+            Scenario::Arena => "player-tick",
         }
     }
 
@@ -86,6 +93,7 @@ impl Scenario {
             Scenario::Echo => "round trips",
             Scenario::Chat => "deliveries",
             Scenario::Churn => "connections",
+            Scenario::Arena => "player-ticks",
         }
     }
 }
@@ -99,7 +107,7 @@ pub struct Point {
     pub scenario: Scenario,
     /// Connections.
     pub connections: usize,
-    /// Chat: rooms (connection i in room i % rooms).
+    /// Chat and arena: rooms (connection i in room i % rooms).
     pub rooms: usize,
     /// Bytes per message.
     pub size: usize,
@@ -269,6 +277,21 @@ fn points(quick: bool) -> Vec<Point> {
         true => points.extend([chat(100, 1, 10.0), chat(500, 5, 2.0)]),
         false => points.extend([chat(100, 1, 20.0), chat(1000, 10, 2.0), chat(1000, 10, 4.0)]),
     }
+    // The arena: bots in rooms of 20 at 20 Hz, 30 inputs a second each.
+    let arena = |bots: usize| Point {
+        name: format!("arena-{bots}b-{}r", bots / 20),
+        scenario: Scenario::Arena,
+        connections: bots,
+        rooms: bots / 20,
+        size: 0,
+        rate: Some(30.0),
+        duration_secs: cd,
+        warmup_secs: cw,
+    };
+    match quick {
+        true => points.push(arena(200)),
+        false => points.extend([arena(1000), arena(2000)]),
+    }
     // Churn: 50 lanes each connecting, echoing 100 B and closing, again.
     points.push(Point {
         name: "churn-50p".into(),
@@ -295,9 +318,28 @@ fn program(server: &str, scenario: Scenario, dir: &Path) -> io::Result<Option<(P
     let app = match scenario {
         Scenario::Echo | Scenario::Churn => "echo",
         Scenario::Chat => "chat",
+        Scenario::Arena => "arena",
     };
     // At the churn point two workers, so that how connections are spread
     // over them (reuse-port or hand-off) matters; one elsewhere.
+    let coalesce = |engine: &str| {
+        let args = [
+            "serve",
+            "--app",
+            "chat",
+            "--coalesce",
+            "50ms",
+            "--engine",
+            engine,
+            "--threads",
+            "1",
+            "--max-sessions",
+            "30000",
+            "--log-level",
+            "warn",
+        ];
+        Some((iocore.clone(), args.iter().map(|s| s.to_string()).collect()))
+    };
     let serve = |engine: &str, accept: &str| {
         let threads = if scenario == Scenario::Churn { "2" } else { "1" };
         let args = [
@@ -324,11 +366,15 @@ fn program(server: &str, scenario: Scenario, dir: &Path) -> io::Result<Option<(P
         ("iocore-epoll-handoff", Scenario::Churn) => serve("epoll", "hand-off"),
         ("iocore-uring-handoff", Scenario::Churn) => serve("uring", "hand-off"),
         ("iocore-epoll-handoff" | "iocore-uring-handoff", _) => None,
+        ("iocore-epoll-coalesce", Scenario::Chat) => coalesce("epoll"),
+        ("iocore-uring-coalesce", Scenario::Chat) => coalesce("uring"),
+        ("iocore-epoll-coalesce" | "iocore-uring-coalesce", _) => None,
         ("tokio", Scenario::Chat) => peer("tokio-chat"),
+        ("tokio", Scenario::Arena) => peer("tokio-arena"),
         ("tokio", Scenario::Churn) => peer("tokio"),
         ("tokio" | "monoio" | "compio", Scenario::Echo) => peer(server),
         ("epoll-floor", Scenario::Echo) => peer("epoll"),
-        ("monoio" | "compio" | "epoll-floor", Scenario::Chat | Scenario::Churn) => None,
+        ("monoio" | "compio" | "epoll-floor", Scenario::Chat | Scenario::Churn | Scenario::Arena) => None,
         (other, _) => {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -341,7 +387,7 @@ fn program(server: &str, scenario: Scenario, dir: &Path) -> io::Result<Option<(P
 /// Builds the peer servers if any is missing.
 fn ensure_peers(dir: &Path, servers: &[String]) -> io::Result<()> {
     let needed = servers.iter().any(|s| !s.starts_with("iocore-"));
-    let missing = ["tokio", "tokio-chat", "monoio", "compio", "epoll"]
+    let missing = ["tokio", "tokio-chat", "tokio-arena", "monoio", "compio", "epoll"]
         .iter()
         .any(|p| !dir.join(format!("peer-{p}")).exists());
     if !needed || !missing {
@@ -440,14 +486,20 @@ fn measure(point: &Point, server: &str, dir: &Path, round: usize) -> io::Result<
         "2s",
     ]);
     cmd.args(["--addr", &running.addr.to_string()]);
-    cmd.args([
-        "--connections",
-        &point.connections.to_string(),
-        "--size",
-        &point.size.to_string(),
-    ]);
+    cmd.args(["--connections", &point.connections.to_string()]);
+    if point.scenario != Scenario::Arena {
+        cmd.args(["--size", &point.size.to_string()]);
+    }
     match (point.scenario, point.rate) {
         (Scenario::Churn, _) => cmd.args(["--scenario", "churn"]),
+        (Scenario::Arena, rate) => cmd.args([
+            "--scenario",
+            "arena",
+            "--rooms",
+            &point.rooms.to_string(),
+            "--input-rate",
+            &rate.unwrap_or(30.0).to_string(),
+        ]),
         (_, Some(rate)) => cmd.args(["--rate", &rate.to_string()]),
         (_, None) => cmd.args(["--pipeline", "1"]),
     };
@@ -481,13 +533,25 @@ fn measure(point: &Point, server: &str, dir: &Path, round: usize) -> io::Result<
             v["deliveries_per_sec"].as_f64(),
             v["errors"] == 0 && v["lost"] == 0 && v["misdelivered"] == 0 && v["joined"] == point.connections,
         ),
+        Scenario::Arena => (
+            v["player_ticks"]
+                .as_f64()
+                .zip(v["window_secs"].as_f64())
+                .map(|(n, secs)| n / secs.max(1e-9)),
+            v["errors"] == 0 && v["joined"] == point.connections,
+        ),
+    };
+    // The arena's latency is its ticks': how late the server ran them.
+    let latency = match point.scenario {
+        Scenario::Arena => &v["tick_lateness"],
+        _ => &v["latency"],
     };
     Ok(Run {
         round,
         point: point.name.clone(),
         server: server.to_string(),
         per_sec: per_sec.unwrap_or(0.0),
-        p99_us: v["latency"]["p99_us"].as_u64().unwrap_or(0),
+        p99_us: latency["p99_us"].as_u64().unwrap_or(0),
         cpu_us_per_unit: v["server"]["cpu_us_per_round_trip"].as_f64().unwrap_or(0.0),
         cpu_percent: v["server"]["cpu_percent"].as_f64().unwrap_or(0.0),
         ok,
@@ -658,6 +722,7 @@ pub fn run(opts: &BenchOptions) -> io::Result<Report> {
                     Scenario::Echo => "rt",
                     Scenario::Chat => "dlv",
                     Scenario::Churn => "conn",
+                    Scenario::Arena => "ptick",
                 };
                 eprintln!(
                     "{:>9.0} {unit}/s  p99 {:>7} us  {:>5.2} us CPU/{unit}{}",
@@ -719,6 +784,7 @@ fn write(report: &Report, out: &Path, servers: &[String]) -> io::Result<()> {
     for (scenario, suffix, what) in [
         (Scenario::Echo, "", "round trip"),
         (Scenario::Chat, "-fanout", "delivered message"),
+        (Scenario::Arena, "-arena", "player-tick"),
     ] {
         let points: Vec<&Point> = report.points.iter().filter(|p| p.scenario == scenario).collect();
         let names: Vec<String> = servers
@@ -825,10 +891,20 @@ pub fn markdown(r: &Report) -> String {
             (Scenario::Churn, _) => {
                 "churn: each lane connects, echoes one message, resets, again; iocore with 2 workers".into()
             }
+            (Scenario::Arena, rate) => format!(
+                "arena: {} rooms of {} bots at 20 Hz, each sending {} inputs/s; p99 is the server's tick lateness",
+                p.rooms,
+                p.connections / p.rooms.max(1),
+                rate.unwrap_or(0.0)
+            ),
+        };
+        let load = match p.scenario {
+            Scenario::Arena => format!("{} bots", p.connections),
+            _ => format!("{} connections × {} B", p.connections, p.size),
         };
         s += &format!(
-            "### {}: {} connections × {} B, {shape}, {}s (warmup {}s)\n\n",
-            p.name, p.connections, p.size, p.duration_secs, p.warmup_secs
+            "### {}: {load}, {shape}, {}s (warmup {}s)\n\n",
+            p.name, p.duration_secs, p.warmup_secs
         );
         let (unit, units) = (p.scenario.unit(), p.scenario.units());
         s += &format!("| server | {units}/s | p99 µs | server CPU µs/{unit} | CPU % | CPU vs tokio |\n");
