@@ -24,7 +24,7 @@
 //! one and broke deployed clients). The ids are in the file every client,
 //! in any language, is generated from.
 //!
-//! A build script compiles the file with [`build::compile`] (feature
+//! A build script compiles the file with `build::compile` (feature
 //! `build`; a pure-Rust compiler, no `protoc` needed). Besides prost's
 //! message types, the generated module has:
 //!
@@ -127,7 +127,7 @@ pub fn unexpected(session: &mut Session<'_>, name: &str) {
     session.close_with(CloseReason::protocol(format!("unexpected {name}")));
 }
 
-/// Includes the code [`build::compile`] generated for `package` (in the
+/// Includes the code `build::compile` generated for `package` (in the
 /// build script's `OUT_DIR`).
 #[macro_export]
 macro_rules! include_proto {

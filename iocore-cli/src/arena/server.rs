@@ -3,7 +3,7 @@
 //! Each room is an [`iocore::room::Room`]: it owns its players, applies
 //! their inputs on its tick (20 Hz by default) and sends every member the
 //! room's snapshot, encoded once per tick and shared by all. A session
-//! ([`Player`]) only translates packets into posts to its room: the game
+//! ([`PlayerSession`]) only translates packets into posts to its room: the game
 //! state is touched by the room alone, one job at a time, whatever worker
 //! the players' sessions are on.
 //!

@@ -28,14 +28,22 @@ pub(crate) fn io_close_reason(e: io::Error) -> CloseReason {
     }
 }
 
-/// Sets an admitted session socket's options: no Nagle delay, and
-/// keepalive if configured. A failure leaves the socket usable, so it is
-/// only logged.
-fn prepare(s: &OwnedSocket, keepalive: Option<Keepalive>) {
+/// Sets an admitted session socket's options: no Nagle delay, keepalive
+/// if configured, and the send stall timeout for the bytes the kernel
+/// holds (a peer that vanished while bytes were in flight is found within
+/// it, not after the kernel's own retransmission limit of many minutes;
+/// the session ends with the kernel's ETIMEDOUT, `CloseKind::Io`). A
+/// failure leaves the socket usable, so it is only logged.
+fn prepare(s: &OwnedSocket, keepalive: Option<Keepalive>, stall: Option<std::time::Duration>) {
     let _ = socket::set_nodelay(s);
     if let Some(k) = keepalive {
         if let Err(e) = socket::set_keepalive(s, k.idle, k.interval, k.count) {
             tracing::debug!(error = %e, "cannot set TCP keepalive");
+        }
+    }
+    if let Some(t) = stall {
+        if let Err(e) = socket::set_user_timeout(s, t) {
+            tracing::debug!(error = %e, "cannot set TCP_USER_TIMEOUT");
         }
     }
 }
@@ -73,7 +81,7 @@ impl<H: Handler, S> Core<H, S> {
     pub(super) fn adopted(&self, s: OwnedSocket, peer: SocketAddr) -> Option<(Conn<H>, OwnedSocket)> {
         match self.admit_accepted(peer) {
             Some(conn) => {
-                prepare(&s, self.w.keepalive);
+                prepare(&s, self.w.keepalive, self.w.limits.send_stall_timeout);
                 Some((conn, s))
             }
             None => {
@@ -94,7 +102,7 @@ impl<H: Handler, S> Core<H, S> {
         let conn = self.admit_outbound(addr, handler)?;
         match socket(&addr) {
             Ok(s) => {
-                prepare(&s, self.w.keepalive);
+                prepare(&s, self.w.keepalive, self.w.limits.send_stall_timeout);
                 Some((conn, s))
             }
             Err(e) => {

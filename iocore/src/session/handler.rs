@@ -224,8 +224,12 @@ pub struct Limits {
     /// the session ends between one and one and a quarter timeouts after
     /// the peer's last acknowledgment, however seldom the socket reports
     /// room), else by the engine's view of the kernel taking bytes; see
-    /// the README's "Running in production". `None` waits forever.
-    /// Default 30 s.
+    /// the README's "Running in production". On Linux the kernel is given
+    /// the same timeout for the bytes it already holds (`TCP_USER_TIMEOUT`):
+    /// a peer that vanished with bytes in flight ends the session with
+    /// [`CloseReason::Io`] (timed out) within about this long, where the
+    /// kernel alone would retransmit for many minutes. `None` waits
+    /// forever. Default 30 s.
     pub send_stall_timeout: Option<Duration>,
     /// Close sessions that receive nothing for this long (time with input
     /// paused does not count). Default: never.

@@ -269,6 +269,15 @@ pub(crate) fn set_nodelay(fd: &OwnedFd) -> io::Result<()> {
     set_int_opt(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)
 }
 
+/// The longest bytes the kernel holds for this socket may stay
+/// unacknowledged (or unsent for a zero window) before it gives up on
+/// the connection with ETIMEDOUT (`TCP_USER_TIMEOUT`): the send stall
+/// timeout applied to what iocore already handed to the kernel.
+pub(crate) fn set_user_timeout(fd: &OwnedFd, timeout: Duration) -> io::Result<()> {
+    let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
+    set_int_opt(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, ms)
+}
+
 /// Turns on TCP keepalive: after `idle` without traffic the kernel probes
 /// the peer every `interval`, and `count` unanswered probes reset the
 /// connection (a half-open peer is found). Whole seconds, at least one.

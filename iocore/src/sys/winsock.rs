@@ -44,6 +44,13 @@ pub(crate) fn set_nodelay(s: &OwnedSocket) -> io::Result<()> {
     SockRef::from(s).set_tcp_nodelay(true)
 }
 
+/// Linux's `TCP_USER_TIMEOUT` has no Winsock equal that takes effect on
+/// a connected socket: the send stall timeout covers iocore's own queue
+/// only.
+pub(crate) fn set_user_timeout(_: &OwnedSocket, _: std::time::Duration) -> io::Result<()> {
+    Ok(())
+}
+
 /// Turns on TCP keepalive: after `idle` without traffic the system probes
 /// the peer every `interval`, and `count` unanswered probes reset the
 /// connection.
