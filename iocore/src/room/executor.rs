@@ -140,6 +140,9 @@ struct Slot<R: Room> {
     dispose_check: Option<TimerId>,
 }
 
+/// How many jobs the buffer of posted jobs keeps room for between turns.
+const INTAKE_KEPT: usize = 256;
+
 /// A room's callback panicked.
 struct Panicked(std::borrow::Cow<'static, str>);
 
@@ -192,7 +195,6 @@ impl<R: Room> Executor<R> {
         let workers = self.ex.workers.get().expect("attached rooms have queues");
         std::mem::swap(&mut workers[self.index].lock().jobs, &mut self.intake);
         let mut intake = std::mem::take(&mut self.intake);
-        let batch = intake.len();
         for job in intake.drain(..) {
             let id = job.room.id;
             match job.what {
@@ -214,9 +216,10 @@ impl<R: Room> Executor<R> {
             }
         }
         // A burst (thousands of rooms opened at once) leaves a large
-        // buffer: give it back once bursts are over.
-        if intake.capacity() > 64 && batch < intake.capacity() / 8 {
-            intake.shrink_to(batch * 2);
+        // buffer; this one goes to the posters next turn, so it is given
+        // back now (a steady load of more pays a few reallocations a turn).
+        if intake.capacity() > INTAKE_KEPT {
+            intake.shrink_to(INTAKE_KEPT);
         }
         self.intake = intake;
     }
