@@ -11,6 +11,8 @@
 //! - [`arena`] — an authoritative sample game on rooms and typed packets:
 //!   the server and its bots.
 //! - [`churn`] — connection churn (a login storm) for the load client.
+//! - [`soak`] — the fault soak: a lossy link in a network namespace,
+//!   blackholes, stops and churn, every byte checked.
 //! - [`load`] — what the load clients share: a load's shape, error lines.
 //! - [`report`] — latency percentiles and server usage, for the load
 //!   clients.
@@ -26,6 +28,7 @@ pub mod echo;
 pub mod load;
 pub mod report;
 pub mod sink;
+pub mod soak;
 pub mod top;
 pub mod usage;
 

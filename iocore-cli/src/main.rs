@@ -58,6 +58,45 @@ enum Command {
     /// A live view of a server's metrics endpoint (`serve --metrics`):
     /// sessions, rates, queues and closes, per worker. q or Ctrl-C quits.
     Top(TopArgs),
+    /// The fault soak (needs root): the echo server in a network
+    /// namespace of its own behind a lossy veth link, a client outside
+    /// echoing random bytes in random write sizes, every byte checked.
+    Soak(SoakArgs),
+}
+
+#[derive(clap::Args)]
+struct SoakArgs {
+    /// The server's engine: epoll, uring, or under Wine iocp, wsa-event,
+    /// overlapped (with --server-binary the Windows build's iocore.exe).
+    #[arg(long)]
+    engine: EngineKind,
+    /// loss (every byte back through random loss), blackhole (a connection
+    /// cut mid transfer is closed by the server), stop (SIGTERM mid
+    /// transfer: prefixes and FINs, exit 0), churn (connections dropped at
+    /// random; descriptors come back).
+    #[arg(long, default_value = "loss")]
+    mode: iocore_cli::soak::SoakMode,
+    /// Packets dropped at random each way, percent (0 to 50).
+    #[arg(long, default_value_t = 1.0)]
+    loss: f64,
+    /// Bytes to echo and verify over all connections (e.g. 1GiB).
+    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+    bytes: usize,
+    /// Connections (1 to 1000).
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// The iocore binary the server runs (default: this one).
+    #[arg(long)]
+    server_binary: Option<std::path::PathBuf>,
+    /// Fail if not done within this long.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    time_limit: Duration,
+    /// Seed of the byte streams and write sizes.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -839,6 +878,30 @@ fn run_arena(args: ClientArgs, check: bool) -> Result<bool, Box<dyn std::error::
     Ok(summary.ok())
 }
 
+fn run_soak(args: SoakArgs, check: bool) -> Result<bool, Box<dyn std::error::Error>> {
+    let opts = iocore_cli::soak::SoakOptions {
+        engine: args.engine,
+        mode: args.mode,
+        loss: args.loss,
+        bytes: args.bytes as u64,
+        connections: args.connections,
+        server: match args.server_binary {
+            Some(p) => p,
+            None => std::env::current_exe()?,
+        },
+        time_limit: args.time_limit,
+        seed: args.seed,
+    };
+    opts.check()?;
+    if check {
+        println!("arguments OK");
+        return Ok(true);
+    }
+    let report = iocore_cli::soak::run(&opts, stop_flag()?)?;
+    print_report(&report, args.json)?;
+    Ok(report.ok())
+}
+
 fn run_churn(args: ClientArgs, check: bool) -> Result<bool, Box<dyn std::error::Error>> {
     if args.pipeline.is_some() || args.rate.is_some() || args.interval.is_some() {
         return Err("churn sends one message per connection: no --pipeline, --rate or --interval".into());
@@ -964,6 +1027,7 @@ fn main() -> ExitCode {
         }
         Command::Top(args) if args.interval.is_zero() => Err("--interval must be above 0".into()),
         Command::Top(_) if check => Ok(done(())),
+        Command::Soak(args) => run_soak(args, check),
         Command::Top(args) => stop_flag()
             .and_then(|stop| {
                 let opts = iocore_cli::top::TopOptions {

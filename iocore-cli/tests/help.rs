@@ -11,7 +11,7 @@ use std::time::Duration;
 use iocore_testkit::run_bounded;
 
 const BIN: &str = env!("CARGO_BIN_EXE_iocore");
-const SUBCOMMANDS: [&str; 5] = ["serve", "client", "chat", "bench", "top"];
+const SUBCOMMANDS: [&str; 6] = ["serve", "client", "chat", "bench", "top", "soak"];
 const LIMIT: Duration = Duration::from_secs(60);
 
 /// An option of a subcommand and its help text, on one line.
@@ -81,6 +81,7 @@ fn context(sub: &str, flag: &str) -> &'static [&'static str] {
     match (sub, flag) {
         ("serve", "--max-packet") => &["--app", "chat"],
         ("serve", "--room-size" | "--tick-rate" | "--rejoin-grace") => &["--app", "arena"],
+        ("soak", _) => &["--engine", "epoll"],
         ("serve", "--max-send-queue") => &["--send-high-watermark", "1", "--send-low-watermark", "0"],
         _ => &[],
     }
