@@ -136,35 +136,30 @@ fn client_verify_catches_corruption_and_loss(engine: EngineKind) {
 /// against a corrupting server.
 fn cli_client_exit_code_reflects_verification(engine: EngineKind) {
     let run = |addr: std::net::SocketAddr| {
-        Command::new(BIN)
-            .args(["client", "--engine", engine.name(), "--addr", &addr.to_string()])
-            .args([
-                "--connections",
-                "5",
-                "--interval",
-                "1ms",
-                "--count",
-                "20",
-                "--verify",
-            ])
-            .output()
-            .unwrap()
+        run_bounded(
+            Command::new(BIN)
+                .args(["client", "--engine", engine.name(), "--addr", &addr.to_string()])
+                .args([
+                    "--connections",
+                    "5",
+                    "--interval",
+                    "1ms",
+                    "--count",
+                    "20",
+                    "--verify",
+                ]),
+            Duration::from_secs(120),
+        )
     };
     let echo = server(engine).start(|| Echo).unwrap();
     let out = run(echo.local_addr());
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("0 mismatched, 0 lost"), "{stdout}");
+    assert!(out.status.success(), "{}", out.output());
+    assert!(out.stdout.contains("0 mismatched, 0 lost"), "{}", out.output());
 
     let corrupt = server(engine).start(|| Corrupting { seen: 0 }).unwrap();
     let out = run(corrupt.local_addr());
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("FAILED"), "{stdout}");
+    assert_eq!(out.status.code(), Some(1), "{}", out.output());
+    assert!(out.stdout.contains("FAILED"), "{}", out.output());
 }
 
 /// The binary serves echo until SIGTERM, then stops gracefully, exit 0.
@@ -217,24 +212,27 @@ engine_suite!(
 /// Asking for an engine that is unknown or cannot run fails clearly.
 #[test]
 fn cli_rejects_unknown_and_unavailable_engines() {
-    let out = Command::new(BIN)
-        .args(["serve", "--engine", "iocp-please"])
-        .output()
-        .unwrap();
+    let out = run_bounded(
+        Command::new(BIN).args(["serve", "--engine", "iocp-please"]),
+        Duration::from_secs(60),
+    );
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown engine 'iocp-please'"));
+    assert!(
+        out.stderr.contains("unknown engine 'iocp-please'"),
+        "{}",
+        out.output()
+    );
     for engine in EngineKind::ALL {
         if let Err(why) = engine.resolve() {
-            let out = Command::new(BIN)
-                .args(["serve", "--engine", engine.name(), "--addr", "127.0.0.1:0"])
-                .output()
-                .unwrap();
+            let out = run_bounded(
+                Command::new(BIN).args(["serve", "--engine", engine.name(), "--addr", "127.0.0.1:0"]),
+                Duration::from_secs(60),
+            );
             assert!(
                 !out.status.success(),
                 "{engine} cannot run here, yet serve started"
             );
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert!(stderr.contains(&why.to_string()), "{stderr}");
+            assert!(out.stderr.contains(&why.to_string()), "{}", out.output());
         }
     }
 }

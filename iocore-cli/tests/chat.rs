@@ -7,6 +7,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
 use iocore::packet::{self, HEADER};
 use iocore::{CloseKind, EngineKind, ServerHandle, SessionId};
@@ -268,29 +269,25 @@ fn chat_load(server: &ServerHandle, engine: EngineKind) {
 /// exits 0 when every one arrived.
 fn cli_chat_load_reports_json(engine: EngineKind) {
     let (server, _) = chat_server(engine);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_iocore"))
-        .args(["client", "--scenario", "chat", "--engine", engine.name()])
-        .args(["--addr", &server.local_addr().to_string()])
-        .args([
-            "--connections",
-            "10",
-            "--rooms",
-            "2",
-            "--rate",
-            "50",
-            "--count",
-            "5",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_bounded(
+        std::process::Command::new(env!("CARGO_BIN_EXE_iocore"))
+            .args(["client", "--scenario", "chat", "--engine", engine.name()])
+            .args(["--addr", &server.local_addr().to_string()])
+            .args([
+                "--connections",
+                "10",
+                "--rooms",
+                "2",
+                "--rate",
+                "50",
+                "--count",
+                "5",
+                "--json",
+            ]),
+        Duration::from_secs(120),
     );
-    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(out.status.success(), "{}", out.output());
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(v["messages"], 50);
     assert_eq!(v["deliveries"], 250, "5 messages × 10 members × 5 in each room");
     assert_eq!(

@@ -97,7 +97,7 @@ fn the_chat_scenario_against_a_server_that_is_not_a_chat_server_ends_and_fails()
 /// Starts `iocore client ARGS`, does `meanwhile`, then waits (bounded) for
 /// the client to end by itself: it must fail (exit 1) with its summary.
 fn ends_failing_after(args: &[&str], meanwhile: impl FnOnce(u32), why: &str) {
-    let mut child = client(args).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut child = spawn(client(args).stdout(std::process::Stdio::piped()));
     meanwhile(child.id());
     let status = wait_bounded(&mut child, LIMIT).unwrap_or_else(|| panic!("{why}: killed after {LIMIT:?}"));
     let mut out = String::new();

@@ -103,7 +103,12 @@ fn accepted(sub: &str, flag: &str, value: u128) -> bool {
         "{sub} {flag} {value}: {}",
         run.output()
     );
+    // `soak --check` validates its arguments before it looks at the
+    // machine: a refusal for want of root or Linux means the value passed.
     run.status.success()
+        || (sub == "soak"
+            && (run.stderr.contains("iocore soak needs root")
+                || run.stderr.contains("iocore soak runs on Linux only")))
 }
 
 #[test]

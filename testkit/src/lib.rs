@@ -406,7 +406,7 @@ impl CliServer {
     /// line (at most [`PATIENCE`]).
     pub fn spawn(mut cmd: std::process::Command) -> CliServer {
         use std::io::BufRead;
-        let mut child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let mut child = spawn(cmd.stderr(std::process::Stdio::piped()));
         let stderr = child.stderr.take().unwrap();
         let (tx, rest) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -497,6 +497,27 @@ pub fn wait_bounded(child: &mut std::process::Child, limit: Duration) -> Option<
     }
 }
 
+/// Starts `cmd`. Under Wine a new process can die while Wine's loader
+/// sets it up, before any of its code runs; `CreateProcess` then fails
+/// with ERROR_INTERNAL_ERROR (1359: Wine's `NtCreateUserProcess` when the
+/// child ended before it reported its start, with no exit code). That is
+/// the emulator failing to make a process, not the program under test, so
+/// only that error is tried again, at most twice, and said on stderr.
+pub fn spawn(cmd: &mut std::process::Command) -> std::process::Child {
+    const WINE_CHILD_DIED_STARTING: i32 = 1359;
+    let mut attempt = 1;
+    loop {
+        match cmd.spawn() {
+            Ok(child) => return child,
+            Err(e) if cfg!(windows) && e.raw_os_error() == Some(WINE_CHILD_DIED_STARTING) && attempt < 3 => {
+                eprintln!("{cmd:?}: the new process died before it started ({e}): starting it again");
+                attempt += 1;
+            }
+            Err(e) => panic!("{cmd:?} could not start: {e}"),
+        }
+    }
+}
+
 /// What a command line run to its end printed.
 #[derive(Debug)]
 pub struct Run {
@@ -521,12 +542,11 @@ impl Run {
 /// has not ended by itself within `limit` (a hang is a failure).
 pub fn run_bounded(cmd: &mut std::process::Command, limit: Duration) -> Run {
     let start = Instant::now();
-    let mut child = cmd
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+    );
     // Read both pipes while it runs (a full pipe would block it).
     let read = |mut pipe: Box<dyn std::io::Read + Send>| {
         std::thread::spawn(move || {

@@ -31,6 +31,9 @@ pub fn run(args: &[&str]) -> io::Result<String> {
 /// Whether this process may make namespaces and iptables rules, and the
 /// programs are there; otherwise what to do, in words.
 pub fn check_can_run() -> Result<(), String> {
+    if !cfg!(target_os = "linux") {
+        return Err("iocore soak runs on Linux only (network namespaces, iptables): run the Linux build as root; it drives the Windows build's server under Wine (--server-binary)".into());
+    }
     if !is_root() {
         return Err("iocore soak needs root (it makes a network namespace and iptables rules): run it as root, e.g. with sudo".into());
     }
