@@ -4,42 +4,49 @@
 //! allocator). A binary of its own, its tests one at a time, so that no
 //! other test's allocations are counted.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, Once};
 use std::time::Duration;
 
 use iocore::room::{Room, RoomCx, Rooms};
 use iocore::{EngineKind, SessionId};
 use iocore_testkit::*;
+use tracking_allocator::{AllocationGroupId, AllocationRegistry, AllocationTracker, Allocator};
 
-/// The system allocator, counting the bytes held.
-struct Counting;
+#[global_allocator]
+static GLOBAL: Allocator<std::alloc::System> = Allocator::system();
 
+/// The bytes held, counted from when tracking began (what was allocated
+/// before and freed since counts below zero; the test compares two counts).
 static HELD: AtomicIsize = AtomicIsize::new(0);
 
-// SAFETY: every call is passed on to the system allocator unchanged; only
-// the count of bytes held is kept beside it.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        HELD.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: the caller's layout, as given.
-        unsafe { System.alloc(layout) }
+/// Counts the bytes every thread allocates and frees.
+struct HeldCounter;
+
+impl AllocationTracker for HeldCounter {
+    fn allocated(&self, _addr: usize, object_size: usize, _wrapped_size: usize, _group: AllocationGroupId) {
+        HELD.fetch_add(object_size as isize, Ordering::Relaxed);
     }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        HELD.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: the caller's pointer and layout, as given.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        HELD.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: the caller's pointer, layout and size, as given.
-        unsafe { System.realloc(ptr, layout, new_size) }
+    fn deallocated(
+        &self,
+        _addr: usize,
+        object_size: usize,
+        _wrapped_size: usize,
+        _source: AllocationGroupId,
+        _current: AllocationGroupId,
+    ) {
+        HELD.fetch_sub(object_size as isize, Ordering::Relaxed);
     }
 }
 
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
+/// Starts counting, once per process.
+fn count_held() {
+    static START: Once = Once::new();
+    START.call_once(|| {
+        AllocationRegistry::set_global_tracker(HeldCounter).expect("the only tracker");
+        AllocationRegistry::enable_tracking();
+    });
+}
 
 /// One test at a time: the count is the whole process's.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -77,6 +84,7 @@ fn come_and_go(rooms: &Rooms<Table>, n: usize, round: usize) {
 
 fn rooms_that_came_and_went_give_their_memory_back(engine: EngineKind) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    count_held();
     let rooms = Rooms::new(|_| Table { seats: Vec::new() }).dispose_after(Duration::from_millis(20));
     let server = server(engine).rooms(&rooms).start(|| Echo).unwrap();
     // A first round sizes what stays (the workers' scratch buffers).
