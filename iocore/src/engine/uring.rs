@@ -345,6 +345,7 @@ impl<H: Handler> Loop<H> {
                     self.unexpected(op, token, c, "the session has no send in flight");
                     return Ok(());
                 };
+                let offered = op.offered();
                 let sent = match c.io_result() {
                     Ok(n) => {
                         stats.wrote(n);
@@ -369,10 +370,12 @@ impl<H: Handler> Loop<H> {
                 };
                 slot.conn.send_completed(&mut op.bufs, op.offset, sent, cx);
                 self.spare_sends.push(op);
-                if slot.conn.has_unsent() {
-                    // The next send may wait for room: note the peer's
-                    // progress for the stall timeout, which that send's
-                    // completion may be long in coming to show.
+                if sent < offered && slot.conn.has_unsent() {
+                    // The kernel took less than it was offered: the socket
+                    // is full and the next send waits for room. Note the
+                    // peer's progress for the stall timeout, which that
+                    // send's completion may be long in coming to show (a
+                    // send that took everything costs no system call).
                     slot.conn.send_blocked(socket::bytes_acked(&slot.io.fd).ok());
                 }
             }

@@ -228,6 +228,11 @@ impl SendOp {
         })
     }
 
+    /// How many bytes the operation offers the kernel.
+    pub(crate) fn offered(&self) -> usize {
+        self.bufs.iter().map(Bytes::len).sum::<usize>() - self.offset
+    }
+
     /// Points the header at the buffers.
     fn prepare(&mut self) {
         let n = self.bufs.len().min(Self::MAX_IOV);
