@@ -84,17 +84,9 @@ pub fn parse_request(buf: &[u8], max: usize) -> Result<Option<(Request<'_>, usiz
     if req.version != Some(1) {
         return Err(bad("an upgrade request must be HTTP/1.1"));
     }
-    let header = |name: &str| {
-        req.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .and_then(|h| std::str::from_utf8(h.value).ok())
-    };
-    if !header("upgrade").is_some_and(|v| has_token(v, "websocket")) {
-        return Err(bad("no `Upgrade: websocket` header"));
-    }
-    if !header("connection").is_some_and(|v| has_token(v, "upgrade")) {
-        return Err(bad("no `Connection: Upgrade` header"));
+    let header = |name| header(req.headers, name);
+    if let Some(missing) = missing_upgrade(req.headers) {
+        return Err(bad(missing));
     }
     if header("sec-websocket-version").map(str::trim) != Some("13") {
         return Err(HandshakeError {
@@ -127,6 +119,26 @@ pub fn parse_request(buf: &[u8], max: usize) -> Result<Option<(Request<'_>, usiz
         protocols,
     };
     Ok(Some((request, len)))
+}
+
+/// The value of header `name` (any case), if it is there and UTF-8.
+fn header<'h>(headers: &[httparse::Header<'h>], name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .and_then(|h| std::str::from_utf8(h.value).ok())
+}
+
+/// Which of the two headers that make an upgrade is missing, if one is
+/// (both sides send `Upgrade: websocket` and `Connection: Upgrade`).
+fn missing_upgrade(headers: &[httparse::Header<'_>]) -> Option<&'static str> {
+    if !header(headers, "upgrade").is_some_and(|v| has_token(v, "websocket")) {
+        return Some("no `Upgrade: websocket` header");
+    }
+    if !header(headers, "connection").is_some_and(|v| has_token(v, "upgrade")) {
+        return Some("no `Connection: Upgrade` header");
+    }
+    None
 }
 
 /// Whether a comma-separated header value holds `token` (any case).
@@ -199,17 +211,9 @@ pub fn parse_answer<'a>(
     if res.code != Some(101) {
         return Err(client("the server did not switch protocols (no 101)"));
     }
-    let header = |name: &str| {
-        res.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .and_then(|h| std::str::from_utf8(h.value).ok())
-    };
-    if !header("upgrade").is_some_and(|v| has_token(v, "websocket")) {
-        return Err(client("the server's answer has no `Upgrade: websocket`"));
-    }
-    if !header("connection").is_some_and(|v| has_token(v, "upgrade")) {
-        return Err(client("the server's answer has no `Connection: Upgrade`"));
+    let header = |name| header(res.headers, name);
+    if let Some(missing) = missing_upgrade(res.headers) {
+        return Err(client(missing));
     }
     if header("sec-websocket-accept").map(str::trim) != Some(accept_key(key).as_str()) {
         return Err(client("the server's Sec-WebSocket-Accept does not match the key"));
