@@ -172,6 +172,8 @@ mod sys;
 #[cfg(any(target_os = "linux", windows))]
 pub mod testing;
 mod topic;
+#[cfg(feature = "websocket")]
+pub mod websocket;
 
 pub use bytes::Bytes;
 pub use config::{ConfigError, Setting, UnknownName};
