@@ -44,6 +44,12 @@ pub enum Setting {
     RoomInboxLimit,
     /// [`crate::room::Rooms::jobs_per_turn`].
     RoomJobsPerTurn,
+    /// The largest WebSocket message (feature `websocket`).
+    WebSocketMaxMessage,
+    /// The largest WebSocket upgrade request (feature `websocket`).
+    WebSocketMaxRequest,
+    /// How long a transport's opening handshake may take.
+    HandshakeTimeout,
 }
 
 impl Setting {
@@ -67,6 +73,9 @@ impl Setting {
             Setting::RedisUrl => "redis URL",
             Setting::RoomInboxLimit => "rooms inbox_limit",
             Setting::RoomJobsPerTurn => "rooms jobs_per_turn",
+            Setting::WebSocketMaxMessage => "websocket max_message",
+            Setting::WebSocketMaxRequest => "websocket max_request",
+            Setting::HandshakeTimeout => "handshake_timeout",
         }
     }
 }

@@ -12,7 +12,10 @@ use std::cell::Cell;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use super::core::Core;
+use super::WsConfig;
 use crate::session::{catch_panic, CloseReason, Conn, Handler, Tick};
 
 /// Least time between two warnings of one kind from one worker.
@@ -65,7 +68,11 @@ impl<H: Handler, S> Core<H, S> {
     /// session if so. `None`: refused and counted (a stopping worker, no
     /// place under `max_sessions` or `max_sessions_per_ip`, an untrusted
     /// proxy); the engine resets the connection.
-    pub(super) fn admit_accepted(&self, peer: SocketAddr) -> Option<Conn<H>> {
+    pub(super) fn admit_accepted(
+        &self,
+        peer: SocketAddr,
+        websocket: Option<&Arc<WsConfig>>,
+    ) -> Option<Conn<H>> {
         if self.stopping() {
             self.w.stats.rejected();
             return None;
@@ -92,10 +99,20 @@ impl<H: Handler, S> Core<H, S> {
             return None;
         };
         self.w.stats.accepted();
-        let Some(proxy) = &self.w.proxy else {
-            return Some(Conn::accepted(peer, handler, self.now));
+        let conn = match &self.w.proxy {
+            None => Conn::accepted(peer, handler, self.now),
+            Some(proxy) => Conn::behind_proxy(peer, handler, self.now, self.now.after(proxy.header_timeout)),
         };
-        let conn = Conn::behind_proxy(peer, handler, self.now, self.now.after(proxy.header_timeout));
+        #[cfg(feature = "websocket")]
+        let conn = match websocket {
+            Some(ws) => conn.with_websocket(ws.clone()),
+            None => conn,
+        };
+        #[cfg(not(feature = "websocket"))]
+        let _ = websocket;
+        let Some(proxy) = &self.w.proxy else {
+            return Some(conn);
+        };
         if !proxy.trusts(peer.ip()) {
             self.finish(None, conn, CloseReason::ProxyUntrusted);
             return None;

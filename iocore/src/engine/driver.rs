@@ -69,8 +69,12 @@ pub(crate) trait Driver<H: Handler> {
                         let _ = reply.send(id);
                     }
                 }
-                Command::Adopt { socket, peer } => {
-                    if let Some((conn, socket)) = self.core().adopted(socket, peer) {
+                Command::Adopt {
+                    socket,
+                    peer,
+                    websocket,
+                } => {
+                    if let Some((conn, socket)) = self.core().adopted(socket, peer, websocket.as_ref()) {
                         self.open_accepted(conn, socket)?;
                     }
                 }
@@ -89,9 +93,10 @@ pub(crate) trait Driver<H: Handler> {
                 }
                 Command::Remote(Remote::Publish { topic, buf }) => self.fan_out(&topic, &buf, None)?,
                 Command::Remote(Remote::SendMany(sends)) => {
+                    let mut frame = SharedFrame::default();
                     for (id, buf) in sends {
                         if self.core().session(id).is_some() {
-                            self.queue_corked(id.token(), buf);
+                            self.queue_corked(id.token(), &buf, frame.for_buf(&buf));
                         }
                     }
                 }
@@ -140,11 +145,12 @@ pub(crate) trait Driver<H: Handler> {
         let counters = core.hub.topics.borrow().subscribers_into(topic, &mut tokens);
         let mut delivered = 0;
         let mut at_cap = 0;
+        let mut frame = None;
         for &token in &tokens {
             if Some(token) == skip {
                 continue;
             }
-            match self.queue_corked(token, buf.clone()) {
+            match self.queue_corked(token, buf, &mut frame) {
                 Some(Ok(())) => delivered += 1,
                 Some(Err(SendError::QueueFull)) => {
                     if let Some(c) = &counters {
@@ -167,10 +173,16 @@ pub(crate) trait Driver<H: Handler> {
 
     /// Queues `buf` on session `token` and leaves it corked: settled (one
     /// gather write for all queued so) by [`Driver::uncork`]. `None`: no
-    /// such session.
-    fn queue_corked(&mut self, token: u64, buf: Bytes) -> Option<Result<(), SendError>> {
+    /// such session. `frame` holds the WebSocket frame of `buf` once a
+    /// WebSocket session needed it, for the next ones.
+    fn queue_corked(
+        &mut self,
+        token: u64,
+        buf: &Bytes,
+        frame: &mut Option<Bytes>,
+    ) -> Option<Result<(), SendError>> {
         let (cx, slot) = self.core().slot(token)?;
-        let sent = slot.conn.deliver(buf, cx);
+        let sent = slot.conn.deliver_shared(buf, frame, cx);
         if !slot.corked {
             slot.corked = true;
             self.core().corked.push(token);
@@ -194,9 +206,10 @@ pub(crate) trait Driver<H: Handler> {
         }
         let own = core.w.index;
         let mut elsewhere: Vec<Vec<(SessionId, Bytes)>> = Vec::new();
+        let mut frame = SharedFrame::default();
         for (id, buf) in out.sends.drain(..) {
             if id.worker() == own {
-                if self.queue_corked(id.token(), buf).is_none() {
+                if self.queue_corked(id.token(), &buf, frame.for_buf(&buf)).is_none() {
                     self.core().w.stats.stale_request();
                 }
                 continue;
@@ -350,5 +363,25 @@ pub(crate) trait CloseAtOnce<H: Handler>: Driver<H> {
                 }
             }
         }
+    }
+}
+
+/// The WebSocket frame of the buffer sent last, while the same buffer
+/// (one room message to all its members) is sent again.
+#[derive(Default)]
+struct SharedFrame {
+    of: (usize, usize),
+    frame: Option<Bytes>,
+}
+
+impl SharedFrame {
+    /// The frame slot for `buf`: emptied when `buf` is not the last one.
+    fn for_buf(&mut self, buf: &Bytes) -> &mut Option<Bytes> {
+        let of = (buf.as_ptr() as usize, buf.len());
+        if of != self.of {
+            self.of = of;
+            self.frame = None;
+        }
+        &mut self.frame
     }
 }

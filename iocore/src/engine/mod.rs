@@ -285,8 +285,14 @@ pub(crate) enum Command<H> {
         reply: Option<mpsc::SyncSender<Option<SessionId>>>,
     },
     /// Serve a connection another worker accepted (the hand-off accept
-    /// strategy): admit it here, make its handler here, own it here.
-    Adopt { socket: OwnedSocket, peer: SocketAddr },
+    /// strategy), or another listener's acceptor thread: admit it here,
+    /// make its handler here, own it here; `websocket`: how it speaks
+    /// WebSocket, if it does.
+    Adopt {
+        socket: OwnedSocket,
+        peer: SocketAddr,
+        websocket: Option<Arc<WsConfig>>,
+    },
     /// A request that does not depend on the handler type.
     Remote(Remote),
 }
@@ -543,6 +549,8 @@ pub(crate) struct Settings {
     pub keepalive: Option<Keepalive>,
     /// Accepted connections start with a PROXY header.
     pub proxy: Option<Arc<crate::proxy::ProxySettings>>,
+    /// Accepted connections speak WebSocket.
+    pub websocket: Option<Arc<WsConfig>>,
     /// The service's topics (with their relay to other instances, if any).
     pub registry: Arc<crate::topic::Registry>,
     /// Rooms to run on the workers.
@@ -558,6 +566,12 @@ impl fmt::Debug for RoomKinds {
         write!(f, "{} kinds of rooms", self.0.len())
     }
 }
+
+/// How accepted connections speak WebSocket (nothing without the feature).
+#[cfg(feature = "websocket")]
+pub(crate) type WsConfig = crate::websocket::WebSocketConfig;
+#[cfg(not(feature = "websocket"))]
+pub(crate) type WsConfig = ();
 
 /// Makes a handler for each accepted connection.
 pub(crate) type Factory<H> = Arc<dyn Fn() -> H + Send + Sync>;
@@ -590,6 +604,9 @@ pub(crate) struct Worker<H> {
     pub ip_gate: Option<Arc<IpGate>>,
     /// Accepted connections start with a PROXY header.
     pub proxy: Option<Arc<crate::proxy::ProxySettings>>,
+    /// Accepted connections speak WebSocket.
+    #[cfg_attr(not(feature = "websocket"), allow(dead_code))]
+    pub websocket: Option<Arc<WsConfig>>,
     pub epoch: Instant,
     /// Told once the loop is set up (or why it could not be).
     pub ready: std::sync::mpsc::Sender<io::Result<()>>,

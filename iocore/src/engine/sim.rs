@@ -209,7 +209,8 @@ impl<H: Handler> SimWorker<H> {
     /// decision the real engines make), else the pipe is reset.
     fn accept(&mut self, pipe: Rc<RefCell<Pipe>>) -> io::Result<()> {
         let peer = pipe.borrow().addr;
-        match self.core.admit_accepted(peer) {
+        let websocket = self.core.w.websocket.clone();
+        match self.core.admit_accepted(peer, websocket.as_ref()) {
             Some(conn) => self.open(conn, pipe, false),
             None => {
                 pipe.borrow_mut().server_closed = Some(true);
@@ -425,6 +426,7 @@ impl<H: Handler> Sim<H> {
                     gate: gate.clone(),
                     ip_gate: ip_gate.clone(),
                     proxy: settings.proxy.clone(),
+                    websocket: settings.websocket.clone(),
                     epoch: Instant::now(),
                     ready: ready.clone(),
                 };

@@ -8,10 +8,11 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::core::Core;
-use super::{AcceptErrorKind, Command, Keepalive};
+use super::{AcceptErrorKind, Command, Keepalive, WsConfig};
 use crate::session::{CloseReason, Conn, Handler, Tick};
 use crate::sys::{socket, OwnedSocket};
 
@@ -65,21 +66,35 @@ impl<H: Handler, S> Core<H, S> {
     /// is (hand-off), or admitted here (returned, its socket prepared), or
     /// refused (reset). See [`Core::admit_accepted`].
     pub(super) fn accepted(&mut self, s: OwnedSocket, peer: SocketAddr) -> Option<(Conn<H>, OwnedSocket)> {
+        let websocket = self.w.websocket.clone();
         if let Some(to) = self.hand_off_to() {
-            match self.w.workers[to].push(Command::Adopt { socket: s, peer }) {
+            match self.w.workers[to].push(Command::Adopt {
+                socket: s,
+                peer,
+                websocket,
+            }) {
                 Ok(()) => return None,
                 // That worker has ended: serve it here.
-                Err(Command::Adopt { socket, peer }) => return self.adopted(socket, peer),
+                Err(Command::Adopt {
+                    socket,
+                    peer,
+                    websocket,
+                }) => return self.adopted(socket, peer, websocket.as_ref()),
                 Err(_) => unreachable!("push gives back what it was given"),
             }
         }
-        self.adopted(s, peer)
+        self.adopted(s, peer, websocket.as_ref())
     }
 
     /// A connection accepted here, or by another worker and handed here:
     /// admitted (its socket prepared) or refused (reset).
-    pub(super) fn adopted(&self, s: OwnedSocket, peer: SocketAddr) -> Option<(Conn<H>, OwnedSocket)> {
-        match self.admit_accepted(peer) {
+    pub(super) fn adopted(
+        &self,
+        s: OwnedSocket,
+        peer: SocketAddr,
+        websocket: Option<&Arc<WsConfig>>,
+    ) -> Option<(Conn<H>, OwnedSocket)> {
+        match self.admit_accepted(peer, websocket) {
             Some(conn) => {
                 prepare(&s, self.w.keepalive, self.w.limits.send_stall_timeout);
                 Some((conn, s))

@@ -64,6 +64,7 @@ impl ClientBuilder {
             max_sessions_per_ip: None,
             keepalive: self.workers.keepalive,
             proxy: None,
+            websocket: None,
             registry: Arc::new(crate::topic::Registry::default()),
             rooms: Default::default(),
         };

@@ -2,6 +2,8 @@
 //! worker threads (one engine loop each, sessions owned by their thread),
 //! limits, graceful stop, counters.
 
+#[cfg(feature = "websocket")]
+mod acceptor;
 mod client;
 mod runtime;
 mod server;

@@ -139,6 +139,7 @@ impl Runtime {
                 gate: gate.clone(),
                 ip_gate: ip_gate.clone(),
                 proxy: settings.proxy.clone(),
+                websocket: settings.websocket.clone(),
                 epoch,
                 ready: ready_tx.clone(),
             };

@@ -99,6 +99,9 @@ impl Server {
             #[cfg(feature = "metrics")]
             metrics_registry: None,
             proxy: None,
+            websocket: None,
+            #[cfg(feature = "websocket")]
+            websocket_listeners: Vec::new(),
             #[cfg(feature = "redis")]
             redis: None,
             rooms: RoomKinds::default(),
@@ -120,6 +123,9 @@ pub struct ServerBuilder {
     #[cfg(feature = "metrics")]
     metrics_registry: Option<Arc<prometheus_client::registry::Registry>>,
     proxy: Option<Arc<crate::proxy::ProxySettings>>,
+    websocket: Option<Arc<crate::engine::WsConfig>>,
+    #[cfg(feature = "websocket")]
+    websocket_listeners: Vec<(SocketAddr, Arc<crate::engine::WsConfig>)>,
     #[cfg(feature = "redis")]
     redis: Option<crate::bridge::RedisBridge>,
     rooms: RoomKinds,
@@ -188,6 +194,29 @@ impl ServerBuilder {
         self
     }
 
+    /// Every accepted connection speaks WebSocket (feature `websocket`):
+    /// it sends an HTTP/1.1 upgrade request first, then each
+    /// [`Handler::on_recv`] is one message's payload and each
+    /// [`crate::Session::send`] one binary message; see
+    /// [`crate::websocket`]. `None` (the default): plain TCP.
+    #[cfg(feature = "websocket")]
+    pub fn websocket(mut self, config: Option<crate::websocket::WebSocketConfig>) -> Self {
+        self.websocket = config.map(Arc::new);
+        self
+    }
+
+    /// Also listens on `addr` for WebSocket clients (feature
+    /// `websocket`), served by the same workers, handler factory, topics
+    /// and rooms as the main listener's: a chat's browser members beside
+    /// its TCP ones. A thread accepts on it and hands each connection to
+    /// the workers in turn. Port 0 picks a free port (see
+    /// [`ServerHandle::websocket_addrs`]).
+    #[cfg(feature = "websocket")]
+    pub fn websocket_listener(mut self, addr: SocketAddr, config: crate::websocket::WebSocketConfig) -> Self {
+        self.websocket_listeners.push((addr, Arc::new(config)));
+        self
+    }
+
     /// Shares the server's topics with its other instances through Redis
     /// pub/sub: see [`crate::bridge`] (feature `redis`). `None` (the
     /// default) keeps them local.
@@ -216,6 +245,7 @@ impl ServerBuilder {
             max_sessions_per_ip: self.max_sessions_per_ip,
             keepalive: None,
             proxy: self.proxy.clone(),
+            websocket: self.websocket.clone(),
             registry: Arc::new(crate::topic::Registry::default()),
             rooms: self.rooms.clone(),
         };
@@ -247,6 +277,14 @@ impl ServerBuilder {
         #[cfg(feature = "redis")]
         if let Some(bridge) = &self.redis {
             bridge.validate()?;
+        }
+        #[cfg(feature = "websocket")]
+        for ws in self
+            .websocket
+            .iter()
+            .chain(self.websocket_listeners.iter().map(|(_, c)| c))
+        {
+            ws.validate()?;
         }
         Ok(())
     }
@@ -313,10 +351,36 @@ impl ServerBuilder {
             max_sessions_per_ip: self.max_sessions_per_ip,
             keepalive: self.workers.keepalive,
             proxy: self.proxy.clone(),
+            websocket: self.websocket.clone(),
             registry: registry.clone(),
             rooms: self.rooms.clone(),
         };
-        let (runtime, _) = Runtime::start(name, engine, specs, settings, hand_off)?;
+        #[cfg(feature = "websocket")]
+        let ws_listeners = self
+            .websocket_listeners
+            .iter()
+            .map(|(addr, config)| Ok((super::acceptor::Acceptor::bind(*addr)?, config.clone())))
+            .collect::<io::Result<Vec<_>>>()?;
+        #[allow(unused_variables)]
+        let (runtime, inboxes) = Runtime::start(name, engine, specs, settings, hand_off)?;
+        #[cfg(feature = "websocket")]
+        let mut acceptors = Vec::new();
+        #[cfg(feature = "websocket")]
+        for (listener, config) in ws_listeners {
+            match super::acceptor::Acceptor::start(listener, inboxes.clone(), config) {
+                Ok(a) => acceptors.push(a),
+                Err(e) => {
+                    let mut runtime = runtime;
+                    runtime.stop(Duration::ZERO);
+                    let _ = runtime.join();
+                    return Err(e);
+                }
+            }
+        }
+        #[cfg(feature = "websocket")]
+        for a in &acceptors {
+            tracing::info!(addr = %a.local_addr(), "serving WebSocket clients");
+        }
         #[cfg(feature = "redis")]
         if let Some(b) = &mut bridge {
             b.run(runtime.injector())?;
@@ -327,6 +391,7 @@ impl ServerBuilder {
             threads = self.workers.threads,
             accept = %self.accept,
             proxy_protocol = self.proxy.is_some(),
+            websocket = self.websocket.is_some(),
             "serving"
         );
         #[cfg(feature = "metrics")]
@@ -358,6 +423,8 @@ impl ServerBuilder {
         Ok(ServerHandle {
             runtime,
             local_addr,
+            #[cfg(feature = "websocket")]
+            acceptors,
             #[cfg(feature = "redis")]
             bridge,
             #[cfg(feature = "metrics")]
@@ -405,6 +472,9 @@ fn start_metrics(
 pub struct ServerHandle {
     runtime: Runtime,
     local_addr: SocketAddr,
+    /// The further listeners' accepting threads.
+    #[cfg(feature = "websocket")]
+    acceptors: Vec<super::acceptor::Acceptor>,
     /// The relay of topics to other instances, if any.
     #[cfg(feature = "redis")]
     bridge: Option<crate::bridge::Bridge>,
@@ -419,6 +489,13 @@ impl ServerHandle {
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The addresses of the further WebSocket listeners
+    /// ([`ServerBuilder::websocket_listener`]), in the order given.
+    #[cfg(feature = "websocket")]
+    pub fn websocket_addrs(&self) -> Vec<SocketAddr> {
+        self.acceptors.iter().map(|a| a.local_addr()).collect()
     }
 
     /// The engine serving.
@@ -502,6 +579,10 @@ impl ServerHandle {
     /// [`crate::CloseReason::ServerShutdown`]; what is still open after
     /// `grace` is reset. [`ServerHandle::join`] waits for the end.
     pub fn stop(&self, grace: Duration) {
+        #[cfg(feature = "websocket")]
+        for a in &self.acceptors {
+            a.stop();
+        }
         self.runtime.stop(grace);
         #[cfg(feature = "metrics")]
         if let Some(m) = &self.metrics {

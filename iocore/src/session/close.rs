@@ -64,6 +64,14 @@ pub enum CloseReason {
     /// message. Only this session ended (the peer got RST); the worker
     /// goes on serving the others. See [`crate::Handler`]'s "Panics".
     HandlerPanicked(Cow<'static, str>),
+    /// A transport's opening handshake failed (a WebSocket upgrade request
+    /// that is not one, or too big): the text says what was wrong. The
+    /// peer was answered (an HTTP error status) where the protocol has a
+    /// way to say it. `on_connected` was never called.
+    HandshakeInvalid(Cow<'static, str>),
+    /// A transport's opening handshake did not finish within its timeout.
+    /// `on_connected` was never called.
+    HandshakeTimeout,
 }
 
 /// The kind of a [`CloseReason`], without the error value: small and
@@ -105,6 +113,10 @@ pub enum CloseKind {
     ProxyTimeout,
     /// See [`CloseReason::HandlerPanicked`].
     HandlerPanicked,
+    /// See [`CloseReason::HandshakeInvalid`].
+    HandshakeInvalid,
+    /// See [`CloseReason::HandshakeTimeout`].
+    HandshakeTimeout,
 }
 
 impl CloseKind {
@@ -127,6 +139,8 @@ impl CloseKind {
         CloseKind::ProxyInvalid,
         CloseKind::ProxyTimeout,
         CloseKind::HandlerPanicked,
+        CloseKind::HandshakeInvalid,
+        CloseKind::HandshakeTimeout,
     ];
 
     /// Position in [`CloseKind::ALL`].
@@ -154,6 +168,8 @@ impl CloseKind {
             CloseKind::ProxyInvalid => "proxy_invalid",
             CloseKind::ProxyTimeout => "proxy_timeout",
             CloseKind::HandlerPanicked => "handler_panicked",
+            CloseKind::HandshakeInvalid => "handshake_invalid",
+            CloseKind::HandshakeTimeout => "handshake_timeout",
         }
     }
 }
@@ -196,6 +212,8 @@ impl CloseReason {
             CloseReason::ProxyInvalid(_) => CloseKind::ProxyInvalid,
             CloseReason::ProxyTimeout => CloseKind::ProxyTimeout,
             CloseReason::HandlerPanicked(_) => CloseKind::HandlerPanicked,
+            CloseReason::HandshakeInvalid(_) => CloseKind::HandshakeInvalid,
+            CloseReason::HandshakeTimeout => CloseKind::HandshakeTimeout,
         }
     }
 
@@ -237,6 +255,8 @@ impl fmt::Display for CloseReason {
             CloseReason::ProxyInvalid(what) => write!(f, "PROXY protocol: invalid header: {what}"),
             CloseReason::ProxyTimeout => f.write_str("PROXY protocol: no header within the timeout"),
             CloseReason::HandlerPanicked(what) => write!(f, "the handler panicked: {what}"),
+            CloseReason::HandshakeInvalid(what) => write!(f, "handshake failed: {what}"),
+            CloseReason::HandshakeTimeout => f.write_str("handshake not finished within its timeout"),
         }
     }
 }

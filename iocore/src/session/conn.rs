@@ -36,6 +36,9 @@ use super::send_queue::SendQueue;
 use super::timers::Timers;
 use crate::proxy::ProxyInfo;
 
+#[cfg(feature = "websocket")]
+mod ws;
+
 /// Where a connection is in its life. Plain, so that the checks made for
 /// every message are one comparison; the close reason of the closing
 /// phases is in [`Core::rare`].
@@ -47,6 +50,11 @@ pub(crate) enum Phase {
     /// The PROXY header was read: waiting for the engine to admit the
     /// session under its limits for the client's address.
     ProxyReady,
+    /// A transport's opening handshake (a WebSocket upgrade request) is
+    /// being read, within a deadline; the handler has not heard of the
+    /// session yet.
+    #[cfg_attr(not(feature = "websocket"), allow(dead_code))]
+    Upgrading,
     Open,
     /// Send what is queued, then FIN.
     Closing,
@@ -72,6 +80,14 @@ impl Flow {
     pub(crate) const BACKPRESSURE: Flow = Flow(2);
     /// Input was resumed: offer what the receive buffer holds.
     pub(crate) const OFFER: Flow = Flow(4);
+    /// The session speaks WebSocket: sends are framed, input is decoded.
+    pub(crate) const WS: Flow = Flow(8);
+    /// A WebSocket close frame was queued: nothing more is sent.
+    #[cfg_attr(not(feature = "websocket"), allow(dead_code))]
+    pub(crate) const WS_CLOSE_SENT: Flow = Flow(16);
+    /// The WebSocket message being offered is a text message.
+    #[cfg_attr(not(feature = "websocket"), allow(dead_code))]
+    pub(crate) const WS_TEXT: Flow = Flow(32);
     /// Either flag that stops reading from the socket.
     const STOPS_INPUT: Flow = Flow(Flow::PAUSED.0 | Flow::BACKPRESSURE.0);
 
@@ -135,6 +151,10 @@ pub(crate) struct Rare {
     acked: Option<u64>,
     /// When the kernel's count was last checked for the stall timeout.
     stall_checked: Tick,
+    /// The WebSocket transport's inbound state, for a WebSocket session
+    /// (taken out while its input is decoded).
+    #[cfg(feature = "websocket")]
+    ws: Option<Box<crate::websocket::Layer>>,
 }
 
 impl Core {
@@ -181,8 +201,14 @@ impl Core {
     /// Graceful close, unless the session is already closing.
     pub(crate) fn close(&mut self, reason: CloseReason) {
         match self.phase {
-            Phase::Connecting | Phase::AwaitingProxy | Phase::ProxyReady => self.abort_with(reason, false),
+            Phase::Connecting | Phase::AwaitingProxy | Phase::ProxyReady | Phase::Upgrading => {
+                self.abort_with(reason, false)
+            }
             Phase::Open => {
+                #[cfg(feature = "websocket")]
+                if self.flow.contains(Flow::WS) {
+                    self.ws_close_frame(&reason);
+                }
                 self.phase = Phase::Closing;
                 self.set_reason(reason);
             }
@@ -353,7 +379,7 @@ impl<H: Handler> Conn<H> {
     /// The connection is established and registered: tells the handler
     /// (not yet for one awaiting its PROXY header).
     pub(crate) fn start(&mut self, cx: Context<'_>) {
-        if self.core.phase == Phase::AwaitingProxy {
+        if matches!(self.core.phase, Phase::AwaitingProxy | Phase::Upgrading) {
             return;
         }
         debug_assert!(matches!(self.core.phase, Phase::Open));
@@ -369,9 +395,13 @@ impl<H: Handler> Conn<H> {
         if self.core.phase != Phase::ProxyReady {
             return;
         }
+        self.core.rare().admitted = true;
+        #[cfg(feature = "websocket")]
+        if self.core.rare().ws.is_some() {
+            return self.begin_upgrade(cx);
+        }
         self.core.phase = Phase::Open;
         self.core.last_active = cx.now;
-        self.core.rare().admitted = true;
         Self::callback(&mut self.core, (), |core| {
             self.handler.on_connected(&mut Self::session(core, &cx))
         });
@@ -464,7 +494,9 @@ impl<H: Handler> Conn<H> {
     pub(crate) fn wants_input(&self) -> bool {
         match self.core.phase {
             Phase::Open => !self.core.input_done && !self.core.flow.intersects(Flow::STOPS_INPUT),
-            Phase::Closing | Phase::Lingering | Phase::AwaitingProxy => !self.core.input_done,
+            Phase::Closing | Phase::Lingering | Phase::AwaitingProxy | Phase::Upgrading => {
+                !self.core.input_done
+            }
             _ => false,
         }
     }
@@ -534,9 +566,17 @@ impl<H: Handler> Conn<H> {
             if self.core.phase == Phase::AwaitingProxy && !data.is_empty() {
                 self.proxy_input(data);
             }
+            #[cfg(feature = "websocket")]
+            if self.core.phase == Phase::Upgrading && !data.is_empty() {
+                self.upgrade_input(data, cx);
+            }
             return;
         }
         self.core.last_active = cx.now;
+        #[cfg(feature = "websocket")]
+        if self.core.flow.contains(Flow::WS) {
+            return self.ws_received(data, cx);
+        }
         if !self.recv.is_empty() || !self.takes_input() {
             // Behind what waits, then offered: the limit applies to what
             // the handler leaves (checked in deliver_buffered), not to the
@@ -569,6 +609,10 @@ impl<H: Handler> Conn<H> {
     }
 
     fn deliver_buffered(&mut self, cx: Context<'_>) {
+        #[cfg(feature = "websocket")]
+        if self.core.flow.contains(Flow::WS) {
+            return self.ws_buffered(cx);
+        }
         while !self.recv.is_empty() && self.takes_input() {
             let data = self.recv.data();
             let n = Self::callback(&mut self.core, 0, |core| {
@@ -623,6 +667,35 @@ impl<H: Handler> Conn<H> {
         // Behind what the session's own handler corked, if it is the one
         // being handed input now.
         Self::session(&mut self.core, &cx).send(buf)
+    }
+
+    /// Queues a topic's publish `buf`: as it is on a TCP session; on a
+    /// WebSocket session as the frame in `frame`, made from `buf` by the
+    /// first WebSocket subscriber and shared by the others.
+    #[inline]
+    pub(crate) fn deliver_shared(
+        &mut self,
+        buf: &Bytes,
+        frame: &mut Option<Bytes>,
+        cx: Context<'_>,
+    ) -> Result<(), SendError> {
+        #[cfg(feature = "websocket")]
+        if self.core.flow.contains(Flow::WS) && self.is_open() {
+            let frame = frame.get_or_insert_with(|| ws::shared_frame(buf)).clone();
+            return Self::session(&mut self.core, &cx).send_raw(frame);
+        }
+        let _ = frame;
+        self.deliver(buf.clone(), cx)
+    }
+
+    /// Whether a transport holds bytes of a message the handler left.
+    #[inline]
+    fn holds_message(&self) -> bool {
+        #[cfg(feature = "websocket")]
+        if self.core.flow.contains(Flow::WS) {
+            return self.ws_holds();
+        }
+        false
     }
 
     /// The engine wrote `n` bytes of `corked` (the worker's cork, held for
@@ -793,7 +866,7 @@ impl<H: Handler> Conn<H> {
     fn offer_kept_input(&mut self, cx: Context<'_>) -> bool {
         self.core.flow.remove(Flow::OFFER);
         self.core.last_active = cx.now;
-        if self.takes_input() && !self.recv.is_empty() {
+        if self.takes_input() && (!self.recv.is_empty() || self.holds_message()) {
             self.deliver_buffered(cx);
             return true;
         }
@@ -871,7 +944,9 @@ impl<H: Handler> Conn<H> {
                 at
             }
             Phase::Closing => self.stall_check_at(limits),
-            Phase::Connecting | Phase::Lingering | Phase::AwaitingProxy => self.core.timer_at,
+            Phase::Connecting | Phase::Lingering | Phase::AwaitingProxy | Phase::Upgrading => {
+                self.core.timer_at
+            }
             _ => Tick::NEVER,
         }
     }
@@ -928,6 +1003,10 @@ impl<H: Handler> Conn<H> {
             Phase::AwaitingProxy if now >= self.core.timer_at => {
                 self.recv.clear();
                 self.core.abort_with(CloseReason::ProxyTimeout, false);
+            }
+            Phase::Upgrading if now >= self.core.timer_at => {
+                self.recv.clear();
+                self.core.abort_with(CloseReason::HandshakeTimeout, false);
             }
             Phase::Open | Phase::Closing if now >= self.stall_check_at(cx.limits) => {
                 self.stall_check(acked(), now, cx.limits);

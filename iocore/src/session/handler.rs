@@ -314,6 +314,12 @@ impl Default for Limits {
     }
 }
 
+/// Room kept in the cork for a message's frame header.
+#[cfg(feature = "websocket")]
+const FRAME_ROOM: usize = crate::websocket::frame::MAX_HEADER;
+#[cfg(not(feature = "websocket"))]
+const FRAME_ROOM: usize = 0;
+
 /// What a handler may do with its session during a callback.
 pub struct Session<'a> {
     pub(crate) core: &'a mut Core,
@@ -376,16 +382,57 @@ impl Session<'_> {
         if !matches!(self.core.phase, Phase::Open) {
             return Err(SendError::Closed);
         }
+        #[cfg(feature = "websocket")]
+        if self.core.flow.contains(Flow::WS) {
+            return self.send_ws(crate::websocket::Opcode::Binary, buf.into());
+        }
+        self.send_raw(buf.into())
+    }
+
+    /// Queues `buf` as it is, not framed by the session's transport (a
+    /// frame made once for many sessions).
+    #[inline]
+    pub(crate) fn send_raw(&mut self, buf: Bytes) -> Result<(), SendError> {
         self.uncork()?;
-        self.core.queue(buf.into(), self.now, self.limits)?;
+        self.core.queue(buf, self.now, self.limits)?;
         self.hub.message_sent();
         Ok(())
+    }
+
+    /// Sends `text` as one text message on a WebSocket session (a browser
+    /// gets a string); on a TCP session, its bytes as
+    /// [`Session::send_copy`] would.
+    pub fn send_text(&mut self, text: &str) -> Result<(), SendError> {
+        #[cfg(feature = "websocket")]
+        if self.core.flow.contains(Flow::WS) {
+            if !matches!(self.core.phase, Phase::Open) {
+                return Err(SendError::Closed);
+            }
+            return self.send_ws(
+                crate::websocket::Opcode::Text,
+                Bytes::copy_from_slice(text.as_bytes()),
+            );
+        }
+        self.send_copy(text.as_bytes())
+    }
+
+    /// Whether the session speaks WebSocket (its peer sees each send as a
+    /// message).
+    pub fn is_websocket(&self) -> bool {
+        self.core.flow.contains(Flow::WS)
+    }
+
+    /// During [`Handler::on_recv`] on a WebSocket session: whether the
+    /// message offered is a text message (its bytes are checked UTF-8).
+    /// False on a TCP session.
+    pub fn received_text(&self) -> bool {
+        self.core.flow.contains(Flow::WS_TEXT)
     }
 
     /// Moves the bytes the worker's cork holds for this session into its
     /// queue, ahead of what is queued next (see [`Cork`]).
     #[inline]
-    fn uncork(&mut self) -> Result<(), SendError> {
+    pub(crate) fn uncork(&mut self) -> Result<(), SendError> {
         let mut cork = self.hub.cork.borrow_mut();
         if cork.buf.is_empty() || !cork.is_open_for(self.id.token()) {
             return Ok(());
@@ -418,7 +465,9 @@ impl Session<'_> {
             // Within what the queue would take too: a copy over the cap
             // fails here as it would queued.
             let room = Cork::MAX.min(self.limits.max_send_queue);
-            if cork.is_open_for(self.id.token()) && cork.buf.len() + data.len() <= room {
+            if cork.is_open_for(self.id.token()) && cork.buf.len() + data.len() + FRAME_ROOM <= room {
+                #[cfg(feature = "websocket")]
+                self.ws_header(data.len(), &mut cork.buf);
                 cork.buf.extend_from_slice(data);
                 drop(cork);
                 self.hub.message_sent();

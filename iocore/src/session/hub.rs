@@ -23,6 +23,9 @@ pub(crate) struct Hub {
     /// Replies copied during one session's dispatch, written with its
     /// flush (see [`Cork`]).
     pub cork: RefCell<Cork>,
+    /// Where a transport unmasks a read's frames (WebSocket).
+    #[cfg(feature = "websocket")]
+    pub scratch: RefCell<Vec<u8>>,
 }
 
 impl Hub {
@@ -42,6 +45,8 @@ impl Hub {
             own_deliveries: std::cell::Cell::new(0),
             messages: std::cell::Cell::new((0, 0)),
             cork: RefCell::new(Cork::new()),
+            #[cfg(feature = "websocket")]
+            scratch: RefCell::new(Vec::new()),
         }
     }
 }

@@ -54,6 +54,16 @@ impl RecvBuffer {
         }
     }
 
+    /// The unconsumed bytes, to change in place (a transport unmasking
+    /// or decrypting them).
+    #[cfg_attr(not(feature = "websocket"), allow(dead_code))]
+    pub(crate) fn data_mut(&mut self) -> &mut [u8] {
+        match &mut self.inner {
+            Some(i) => &mut i.buf[i.start as usize..i.end as usize],
+            None => &mut [],
+        }
+    }
+
     /// Marks `n` bytes as consumed. When nothing is left the memory is
     /// released, so only sessions holding a partial message keep a buffer.
     pub(crate) fn consume(&mut self, n: usize) {

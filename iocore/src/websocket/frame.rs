@@ -112,8 +112,19 @@ pub fn close_payload(code: CloseCode, reason: &str) -> Vec<u8> {
 /// XORs `data` with the mask `key`, `data[0]` being byte `offset` of the
 /// payload (masking and unmasking are the same operation).
 pub fn apply_mask(data: &mut [u8], key: [u8; 4], offset: usize) {
-    for (i, b) in data.iter_mut().enumerate() {
-        *b ^= key[(offset + i) % 4];
+    // The key turned to start at `offset`, then eight bytes at a time.
+    let mut k = [0; 4];
+    for (i, b) in k.iter_mut().enumerate() {
+        *b = key[(offset + i) % 4];
+    }
+    let wide = u64::from_ne_bytes([k[0], k[1], k[2], k[3], k[0], k[1], k[2], k[3]]);
+    let mut chunks = data.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let word = u64::from_ne_bytes(chunk.try_into().expect("8 bytes")) ^ wide;
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
+        *b ^= k[i % 4];
     }
 }
 

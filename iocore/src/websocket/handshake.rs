@@ -121,6 +121,21 @@ pub fn parse_request(buf: &[u8], max: usize) -> Result<Option<(Request<'_>, usiz
     Ok(Some((request, len)))
 }
 
+/// The path of a plain `GET` at the start of `buf` (a whole HTTP/1.x
+/// request without an upgrade), for a server that answers such requests
+/// with a page.
+pub fn plain_get(buf: &[u8]) -> Option<&str> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(_)) if req.method == Some("GET") => {}
+        _ => return None,
+    }
+    // Only a request that is not an upgrade.
+    missing_upgrade(req.headers)?;
+    req.path
+}
+
 /// The value of header `name` (any case), if it is there and UTF-8.
 fn header<'h>(headers: &[httparse::Header<'h>], name: &str) -> Option<&'h str> {
     headers

@@ -56,3 +56,111 @@ impl CloseCode {
         matches!(self.0, 1000..=1003 | 1007..=1014 | 3000..=4999)
     }
 }
+
+mod layer;
+pub(crate) use layer::{close_frame, frame_message, frame_parts, put_header, Layer, Upgrade};
+
+use std::time::Duration;
+
+/// How a server's sessions speak WebSocket (see
+/// `ServerBuilder::websocket`): every accepted connection first reads
+/// an HTTP/1.1 upgrade request, then its handler sees whole messages
+/// ([`crate::Handler::on_recv`] gets one message's payload per call when
+/// it consumes what it is given) and [`crate::Session::send`] sends one
+/// binary message per buffer.
+#[derive(Clone, Debug)]
+pub struct WebSocketConfig {
+    pub(crate) max_message: usize,
+    pub(crate) max_request: usize,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) protocols: Vec<String>,
+    pub(crate) page: Option<bytes::Bytes>,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig {
+            max_message: 16 * 1024,
+            max_request: 8 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            protocols: Vec::new(),
+            page: None,
+        }
+    }
+}
+
+impl WebSocketConfig {
+    /// The defaults: messages of up to 16 KiB, upgrade requests of up to
+    /// 8 KiB, a 10 s handshake timeout, no subprotocol, no page.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The largest message taken, whole or in fragments (default 16 KiB,
+    /// as uWebSockets' `maxPayloadLength`). A peer announcing a longer one
+    /// is closed with code 1009 and [`crate::CloseReason::ProtocolViolation`]
+    /// before its payload is kept.
+    pub fn max_message(mut self, bytes: usize) -> Self {
+        self.max_message = bytes;
+        self
+    }
+
+    /// The largest upgrade request read (default 8 KiB); a longer one is
+    /// answered 431 and closed with [`crate::CloseReason::HandshakeInvalid`].
+    pub fn max_request(mut self, bytes: usize) -> Self {
+        self.max_request = bytes;
+        self
+    }
+
+    /// How long a new connection may take to send its whole upgrade
+    /// request (default 10 s); then it is closed with
+    /// [`crate::CloseReason::HandshakeTimeout`].
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// The subprotocols the server speaks, in its order of preference: the
+    /// first one of these a client offers is chosen. A client offering
+    /// only others is still accepted, with no subprotocol (RFC 6455 §4.2.2).
+    pub fn protocols<I, S>(mut self, protocols: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.protocols = protocols.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// A page (HTML) answered to a plain `GET /` (one without an upgrade)
+    /// on the same port, as `text/html`; other plain requests get 404.
+    /// Without a page they get 426.
+    pub fn page(mut self, html: impl Into<bytes::Bytes>) -> Self {
+        self.page = Some(html.into());
+        self
+    }
+
+    /// Checks the settings: sizes of at least 1 (messages) and 256
+    /// (requests) bytes, a handshake timeout of at least a millisecond.
+    pub fn validate(&self) -> Result<(), crate::ConfigError> {
+        if self.max_message == 0 {
+            return Err(crate::ConfigError::new(
+                crate::Setting::WebSocketMaxMessage,
+                "must be at least 1 byte",
+            ));
+        }
+        if self.max_request < 256 {
+            return Err(crate::ConfigError::new(
+                crate::Setting::WebSocketMaxRequest,
+                "must be at least 256 bytes",
+            ));
+        }
+        if self.handshake_timeout < Duration::from_millis(1) {
+            return Err(crate::ConfigError::new(
+                crate::Setting::HandshakeTimeout,
+                "must be at least 1 ms",
+            ));
+        }
+        Ok(())
+    }
+}

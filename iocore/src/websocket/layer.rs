@@ -1,0 +1,132 @@
+//! WebSocket as a session's transport: what a server session does with
+//! the bytes of its upgrade request, and the frames it writes. The
+//! session layer (`session/conn/ws.rs`) calls these; nothing here touches
+//! a socket or a session.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use super::frame::{self, Decoder, Opcode, MAX_HEADER};
+use super::handshake::{self, HandshakeError};
+use super::{CloseCode, Role, WebSocketConfig};
+
+/// One WebSocket session's inbound state: its settings, its frame
+/// decoder, and the bytes of messages its handler left unconsumed.
+pub(crate) struct Layer {
+    pub(crate) config: Arc<WebSocketConfig>,
+    pub(crate) decoder: Decoder,
+    /// What the handler left of the messages offered to it: the next
+    /// message is offered behind it (a byte stream of messages).
+    pub(crate) held: Vec<u8>,
+}
+
+impl std::fmt::Debug for Layer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Layer").field("held", &self.held.len()).finish()
+    }
+}
+
+/// What a server made of the start of a connection.
+pub(crate) enum Upgrade {
+    /// Not a whole request yet.
+    More,
+    /// A valid upgrade: send `answer` (101); the request took `len` bytes.
+    Accepted { answer: Bytes, len: usize },
+    /// Not an upgrade: send `answer` (an HTTP error status, or the page),
+    /// then close for `reason` (`None`: the page was served).
+    Answered {
+        answer: Bytes,
+        reason: Option<HandshakeError>,
+    },
+}
+
+impl Layer {
+    pub(crate) fn server(config: Arc<WebSocketConfig>) -> Layer {
+        Layer {
+            decoder: Decoder::new(Role::Server, config.max_message),
+            config,
+            held: Vec::new(),
+        }
+    }
+
+    /// Reads the upgrade request at the start of `buf`.
+    pub(crate) fn upgrade(&self, buf: &[u8]) -> Upgrade {
+        let error = match handshake::parse_request(buf, self.config.max_request) {
+            Ok(None) => return Upgrade::More,
+            Ok(Some((request, len))) => {
+                let chosen = self
+                    .config
+                    .protocols
+                    .iter()
+                    .find(|p| request.protocols.contains(&p.as_str()))
+                    .map(String::as_str);
+                let answer = Bytes::from(handshake::accept(request.key, chosen));
+                return Upgrade::Accepted { answer, len };
+            }
+            Err(e) => e,
+        };
+        if let Some(page) = &self.config.page {
+            if let Some(path) = handshake::plain_get(buf) {
+                let (status, body, kind) = match path {
+                    "/" | "/index.html" => ("200 OK", page.clone(), "text/html; charset=utf-8"),
+                    _ => ("404 Not Found", Bytes::from_static(b"not found\n"), "text/plain"),
+                };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\nConnection: close\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nCache-Control: no-cache\r\n\r\n",
+                    body.len()
+                );
+                let mut answer = BytesMut::with_capacity(head.len() + body.len());
+                answer.extend_from_slice(head.as_bytes());
+                answer.extend_from_slice(&body);
+                return Upgrade::Answered {
+                    answer: answer.freeze(),
+                    reason: None,
+                };
+            }
+        }
+        Upgrade::Answered {
+            answer: Bytes::from(handshake::refuse(&error)),
+            reason: Some(error),
+        }
+    }
+}
+
+/// Messages up to this long are framed into one buffer with their
+/// header (one copy); longer ones are queued as a header and the payload
+/// itself (no copy, one more buffer in the gather write).
+const COPY_UP_TO: usize = 1024;
+
+/// One unmasked frame (a server's) holding `payload` as one message:
+/// the frame a topic's publish shares among all its WebSocket subscribers.
+pub(crate) fn frame_message(opcode: Opcode, payload: &[u8]) -> Bytes {
+    let mut header = [0; MAX_HEADER];
+    let n = frame::encode_header(opcode, payload.len(), None, &mut header);
+    let mut out = BytesMut::with_capacity(n + payload.len());
+    out.extend_from_slice(&header[..n]);
+    out.extend_from_slice(payload);
+    out.freeze()
+}
+
+/// The buffers that send `payload` as one unmasked message: one frame, or
+/// for a long payload its header and the payload itself.
+pub(crate) fn frame_parts(opcode: Opcode, payload: Bytes) -> (Bytes, Option<Bytes>) {
+    if payload.len() <= COPY_UP_TO {
+        return (frame_message(opcode, &payload), None);
+    }
+    let mut header = [0; MAX_HEADER];
+    let n = frame::encode_header(opcode, payload.len(), None, &mut header);
+    (Bytes::copy_from_slice(&header[..n]), Some(payload))
+}
+
+/// Appends the header of an unmasked frame of `len` bytes to `out`.
+pub(crate) fn put_header(opcode: Opcode, len: usize, out: &mut Vec<u8>) {
+    let mut header = [0; MAX_HEADER];
+    let n = frame::encode_header(opcode, len, None, &mut header);
+    out.extend_from_slice(&header[..n]);
+}
+
+/// An unmasked close frame with `code` and `reason`.
+pub(crate) fn close_frame(code: CloseCode, reason: &str) -> Bytes {
+    frame_message(Opcode::Close, &frame::close_payload(code, reason))
+}
