@@ -12,8 +12,15 @@ pub struct Echo;
 impl Handler for Echo {
     fn on_recv(&mut self, session: &mut Session<'_>, data: &[u8]) -> usize {
         // On failure the session is already closing (queue over its limit
-        // or closed): nothing else to do.
-        let _ = session.send_copy(data);
+        // or closed): nothing else to do. A WebSocket text message comes
+        // back as text (its bytes were checked UTF-8).
+        let _ = match session.received_text() {
+            false => session.send_copy(data),
+            true => match std::str::from_utf8(data) {
+                Ok(text) => session.send_text(text),
+                Err(_) => session.send_copy(data),
+            },
+        };
         data.len()
     }
 }

@@ -44,6 +44,8 @@ enum LogFormat {
     Json,
 }
 
+// Parsed once per run: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run a server (echo by default) until Ctrl-C or SIGTERM.
@@ -272,6 +274,17 @@ struct ServeArgs {
     /// header.
     #[arg(long, requires = "proxy_protocol", default_value = "5s", value_parser = parse_duration)]
     proxy_header_timeout: Duration,
+    /// Also serve WebSocket clients on ADDR (HOST:PORT, or a port on
+    /// 127.0.0.1), beside the TCP ones on --addr, in the same rooms and
+    /// topics: a message is one binary WebSocket message (echo: text comes
+    /// back as text; chat: one or more packets). With --app chat a plain
+    /// GET / on ADDR gets the chat page for a browser.
+    #[arg(long, value_parser = parse_addr)]
+    ws: Option<SocketAddr>,
+    /// With --ws: the largest message taken (1 byte to 64MiB; default
+    /// 16KiB); a longer one closes its session with code 1009.
+    #[arg(long, requires = "ws", default_value = "16KiB", value_parser = parse_size)]
+    ws_max_message: usize,
 }
 
 #[derive(clap::Args)]
@@ -520,6 +533,7 @@ fn serve_flag(setting: Setting) -> &'static str {
         Setting::TrustedProxies => "--trusted-proxies",
         Setting::ProxyHeaderTimeout => "--proxy-header-timeout",
         Setting::RedisUrl => "--redis",
+        Setting::WebSocketMaxMessage => "--ws-max-message",
         _ => "an option",
     }
 }
@@ -594,6 +608,16 @@ fn serve_builder(args: &ServeArgs) -> Result<ServerBuilder, String> {
         }
         builder = builder.proxy_protocol(Some(proxy));
     }
+    if let Some(ws) = args.ws {
+        if args.ws_max_message > 64 << 20 {
+            return Err("--ws-max-message must be at most 64MiB".into());
+        }
+        let mut config = iocore::websocket::WebSocketConfig::new().max_message(args.ws_max_message);
+        if args.app == App::Chat {
+            config = config.page(chat::page::HTML);
+        }
+        builder = builder.websocket_listener(ws, config);
+    }
     builder.validate().map_err(|e| flag_error(&e, serve_flag))?;
     args.engine.resolve().map_err(|e| e.to_string())?;
     Ok(builder)
@@ -634,6 +658,11 @@ fn serve(args: ServeArgs, check: bool) -> Result<(), Box<dyn std::error::Error>>
             builder.rooms(&rooms).start(move || arena::server::handler(&r))?
         }
     };
+    if args.app == App::Chat {
+        for ws in server.websocket_addrs() {
+            tracing::info!(page = %format_args!("http://{ws}/"), "the chat page for a browser");
+        }
+    }
     match server.metrics_addr() {
         Some(m) => {
             tracing::info!(app = %args.app, addr = %server.local_addr(), engine = %server.engine(), metrics = %format_args!("http://{m}/metrics"), "ready (Ctrl-C stops)")

@@ -404,7 +404,15 @@ impl crate::session::Session<'_> {
         let buf = buf.into();
         let me = self.id.token();
         if self.is_subscribed(topic) && self.is_open() {
-            let delivered = self.core.queue(buf.clone(), self.now, self.limits);
+            // As a fan-out delivers it: framed on a WebSocket session.
+            #[cfg(feature = "websocket")]
+            let own = match self.is_websocket() {
+                true => crate::websocket::frame_message(crate::websocket::Opcode::Binary, &buf),
+                false => buf.clone(),
+            };
+            #[cfg(not(feature = "websocket"))]
+            let own = buf.clone();
+            let delivered = self.core.queue(own, self.now, self.limits);
             self.hub
                 .topics
                 .borrow()

@@ -447,6 +447,20 @@ impl CliServer {
         }
     }
 
+    /// The `addr` of the first log line (up to the ready line) saying
+    /// `message`: a further listener's address.
+    pub fn logged_addr(&self, message: &str) -> SocketAddr {
+        let line = self
+            .log
+            .iter()
+            .find(|l| l.contains(message))
+            .unwrap_or_else(|| panic!("no {message:?} line in {:?}", self.log));
+        log_field(line, "addr")
+            .expect("addr in the line")
+            .parse()
+            .unwrap()
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -958,4 +972,18 @@ pub fn read_packet(s: &mut TcpStream) -> (u16, Vec<u8>) {
     let size = u16::from_le_bytes([header[0], header[1]]) as usize;
     let id = u16::from_le_bytes([header[2], header[3]]);
     (id, read_exact(s, size - iocore::packet::HEADER))
+}
+
+/// The Python interpreter of the virtual environment `.ci/test` makes
+/// (`IOCORE_PYTHON`: kosoku and Playwright are installed in it); fails the
+/// test if it is not there.
+pub fn python_tools() -> std::path::PathBuf {
+    let python = std::env::var_os("IOCORE_PYTHON").map(std::path::PathBuf::from);
+    match python {
+        Some(p) if p.exists() => p,
+        _ => panic!(
+            "IOCORE_PYTHON names no Python with kosoku and Playwright: run the tests with `.ci/test`, \
+             which makes target/ci-python (see .ci/python.sh)"
+        ),
+    }
 }

@@ -7,6 +7,7 @@
 //! - [`load`] — the fan-out load client (`iocore client --scenario chat`).
 
 pub mod load;
+pub mod page;
 pub mod protocol;
 pub mod server;
 pub mod term;

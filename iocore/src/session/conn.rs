@@ -681,7 +681,9 @@ impl<H: Handler> Conn<H> {
     ) -> Result<(), SendError> {
         #[cfg(feature = "websocket")]
         if self.core.flow.contains(Flow::WS) && self.is_open() {
-            let frame = frame.get_or_insert_with(|| ws::shared_frame(buf)).clone();
+            let frame = frame
+                .get_or_insert_with(|| crate::websocket::frame_message(crate::websocket::Opcode::Binary, buf))
+                .clone();
             return Self::session(&mut self.core, &cx).send_raw(frame);
         }
         let _ = frame;

@@ -284,8 +284,3 @@ impl<H: Handler> Conn<H> {
         }
     }
 }
-
-/// The frame a topic publish shares among its WebSocket subscribers.
-pub(crate) fn shared_frame(buf: &Bytes) -> Bytes {
-    frame_message(Opcode::Binary, buf)
-}
