@@ -4,10 +4,14 @@ pinned to CPU 0), read its VmRSS, open N idle connections to it on
 127.0.0.1 from this process (pinned to CPU 1), wait until the server has
 accepted them all, read VmRSS again, and report (after - before) / N.
 
-Usage: bench/idle_memory.py [--engines epoll,uring] [--connections 10000]
+With `--transports tcp,ws` it also measures WebSocket sessions: the server
+gets `--ws`, and each connection to that port makes its upgrade (the 101
+is read) before it idles.
+
+Usage: bench/idle_memory.py [--engines epoll,uring] [--connections 10000] [--transports tcp,ws]
 Needs a release build (cargo build --release). Traffic: loopback only.
 """
-import argparse, os, re, resource, socket, subprocess, sys, time
+import argparse, base64, os, re, resource, socket, subprocess, sys, time
 
 def rss_kib(pid):
     with open(f"/proc/{pid}/status") as f:
@@ -24,11 +28,26 @@ def established(port):
                     n += 1
     return n
 
-def measure(binary, engine, count):
+def upgraded(s):
+    """Makes the WebSocket upgrade on socket `s` and reads the 101."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall((f"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += s.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 101"), answer
+    return s
+
+def measure(binary, engine, count, transport):
     port = 20000 + os.getpid() % 10000
+    ws_port = port + 1
     server = subprocess.Popen(
         ["taskset", "-c", "0", binary, "serve", "--engine", engine, "--threads", "1",
-         "--addr", f"127.0.0.1:{port}", "--max-sessions", str(count + 100), "--log-level", "warn"])
+         "--addr", f"127.0.0.1:{port}", "--ws", f"127.0.0.1:{ws_port}",
+         "--max-sessions", str(count + 100), "--log-level", "warn"])
+    if transport == "ws":
+        port = ws_port
     try:
         deadline = time.time() + 10
         while True:
@@ -43,7 +62,8 @@ def measure(binary, engine, count):
         before = rss_kib(server.pid)
         socks = []
         for _ in range(count):
-            socks.append(socket.create_connection(("127.0.0.1", port)))
+            s = socket.create_connection(("127.0.0.1", port))
+            socks.append(upgraded(s) if transport == "ws" else s)
         deadline = time.time() + 60
         while established(port) < count and time.time() < deadline:
             time.sleep(0.1)
@@ -61,16 +81,18 @@ def main():
     ap.add_argument("--engines", default="epoll,uring")
     ap.add_argument("--connections", type=int, default=10000)
     ap.add_argument("--binary", default="target/release/iocore")
+    ap.add_argument("--transports", default="tcp")
     a = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     os.sched_setaffinity(0, {1})
-    print(f"| engine | connections | VmRSS before (KiB) | VmRSS after (KiB) | bytes per idle connection |")
-    print(f"|---|---|---|---|---|")
+    print(f"| engine | transport | connections | VmRSS before (KiB) | VmRSS after (KiB) | bytes per idle connection |")
+    print(f"|---|---|---|---|---|---|")
     for engine in a.engines.split(","):
-        before, after = measure(a.binary, engine, a.connections)
-        per = (after - before) * 1024 / a.connections
-        print(f"| {engine} | {a.connections} | {before} | {after} | {per:.0f} |")
+        for transport in a.transports.split(","):
+            before, after = measure(a.binary, engine, a.connections, transport)
+            per = (after - before) * 1024 / a.connections
+            print(f"| {engine} | {transport} | {a.connections} | {before} | {after} | {per:.0f} |")
 
 if __name__ == "__main__":
     main()

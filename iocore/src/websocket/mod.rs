@@ -1,15 +1,36 @@
-//! WebSocket (RFC 6455) as a codec without I/O: the opening handshake
-//! ([`handshake`]) and frames ([`frame`]). It reads and writes byte
-//! slices, so any session, engine or test can drive it.
+//! WebSocket (RFC 6455): sessions that speak it, and the codec under
+//! them.
+//!
+//! A server serves WebSocket clients with
+//! [`crate::ServerBuilder::websocket`] (its listener) or
+//! [`crate::ServerBuilder::websocket_listener`] (a further port beside the
+//! TCP one), configured by [`WebSocketConfig`]. A handler is the same as
+//! for TCP: [`crate::Handler::on_recv`] gets one message's payload per
+//! call (what it leaves is offered again with the next message behind it),
+//! [`crate::Session::send`] sends one binary message,
+//! [`crate::Session::send_text`] a text one, and
+//! [`crate::Session::received_text`] tells which kind arrived. The session
+//! answers pings, joins fragments, checks text is UTF-8, and runs the
+//! close handshake; a peer breaking the protocol gets the close code for
+//! what it broke and its session ends with
+//! [`crate::CloseReason::ProtocolViolation`]. A topic's publish is framed
+//! once and the frame shared by every WebSocket subscriber.
+//!
+//! The codec ([`handshake`], [`frame`]) reads and writes byte slices, so a
+//! test or another transport can drive it without a session.
 //!
 //! Why a codec of our own rather than `tungstenite`: a server's frames are
 //! unmasked, so a message published to many subscribers can be encoded
 //! once (header and payload in one buffer) and the same bytes queued to
-//! every subscriber. tungstenite writes a frame per connection into that
-//! connection's stream. Conformance is checked with the Autobahn cases.
+//! every subscriber; tungstenite writes a frame per connection into that
+//! connection's stream, and wants a `Read + Write` stream where a session
+//! has buffers. Conformance is checked with the Autobahn cases (every
+//! case of 1–7, 9 and 10 is OK, NON-STRICT or INFORMATIONAL), and
+//! tungstenite is the client of the tests.
 //!
-//! Not built: extensions (permessage-deflate); a peer that sets an RSV
-//! bit is refused, as RFC 6455 §5.2 asks when no extension was agreed.
+//! Not built: TLS (`wss`), the client side of a session, extensions
+//! (permessage-deflate); a peer that sets an RSV bit is refused, as RFC
+//! 6455 §5.2 asks when no extension was agreed.
 
 pub mod frame;
 pub mod handshake;
