@@ -37,6 +37,9 @@ pub struct Load {
     /// Most bytes a session queues for sending (what is in flight, with
     /// room): over it the session is closed, as the server not reading.
     pub max_send_queue: usize,
+    /// Sessions speak WebSocket (as clients): a message is one WebSocket
+    /// message.
+    pub websocket: bool,
 }
 
 impl Default for Load {
@@ -53,6 +56,7 @@ impl Default for Load {
             drain_timeout: Duration::from_secs(5),
             server_pid: None,
             max_send_queue: 1 << 20,
+            websocket: false,
         }
     }
 }
@@ -70,11 +74,16 @@ impl Load {
             send_low_watermark: self.max_send_queue / 2,
             ..iocore::Limits::default()
         };
+        let websocket = self.websocket.then(|| {
+            // Echoes as long as the messages sent.
+            iocore::websocket::WebSocketConfig::new().max_message(self.size.max(16 * 1024))
+        });
         Client::builder()
             .engine(self.engine)
             .threads(self.threads)
             .max_sessions(self.connections)
             .limits(limits)
+            .websocket(websocket)
             .start::<H>()
     }
 }

@@ -341,6 +341,10 @@ struct ClientArgs {
     /// Check every echoed byte; exit non-zero on any mismatch or loss.
     #[arg(long)]
     verify: bool,
+    /// Speak WebSocket (to a `serve --ws` port): each message is one
+    /// masked binary message, each echo one message back.
+    #[arg(long)]
+    ws: bool,
     /// After sending stops, wait this long for the last echoes (above 0;
     /// churn: how long one connection may take in all).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
@@ -793,6 +797,7 @@ impl ClientArgs {
             drain_timeout: self.drain_timeout,
             server_pid: self.server_pid,
             max_send_queue: queue,
+            websocket: self.ws,
         })
     }
 

@@ -162,6 +162,76 @@ fn cli_client_exit_code_reflects_verification(engine: EngineKind) {
     assert!(out.stdout.contains("FAILED"), "{}", out.output());
 }
 
+/// `client --ws` against `serve --ws`: echo (closed loop, pipelined),
+/// the chat scenario and churn, every byte checked, on WebSocket sessions
+/// on both sides; the server names its WebSocket port.
+fn cli_client_speaks_websocket_to_serve_ws(engine: EngineKind) {
+    let run = |args: &[&str]| {
+        run_bounded(
+            Command::new(BIN)
+                .args(["client", "--ws", "--engine", engine.name()])
+                .args(args),
+            Duration::from_secs(120),
+        )
+    };
+    for app in ["echo", "chat"] {
+        let server = CliServer::start(
+            BIN,
+            &["--engine", engine.name(), "--app", app, "--ws", "127.0.0.1:0"],
+            &[],
+        );
+        let ws = server.logged_addr("serving WebSocket clients").to_string();
+        let outs = match app {
+            "echo" => vec![
+                run(&[
+                    "--addr",
+                    &ws,
+                    "--connections",
+                    "8",
+                    "--pipeline",
+                    "4",
+                    "--count",
+                    "200",
+                    "--size",
+                    "3000",
+                    "--verify",
+                ]),
+                run(&[
+                    "--addr",
+                    &ws,
+                    "--scenario",
+                    "churn",
+                    "--connections",
+                    "2",
+                    "--count",
+                    "40",
+                    "--verify",
+                ]),
+            ],
+            _ => vec![run(&[
+                "--addr",
+                &ws,
+                "--scenario",
+                "chat",
+                "--connections",
+                "12",
+                "--rooms",
+                "3",
+                "--count",
+                "20",
+                "--interval",
+                "10ms",
+                "--verify",
+            ])],
+        };
+        for out in outs {
+            assert!(out.status.success(), "{app}: {}", out.output());
+            assert!(out.stdout.contains("errors:      0"), "{app}: {}", out.output());
+        }
+        assert!(server.stop().0.success());
+    }
+}
+
 /// The binary serves echo until SIGTERM, then stops gracefully, exit 0.
 fn cli_serve_echoes_and_stops_on_sigterm(engine: EngineKind) {
     let args = [
@@ -201,6 +271,7 @@ fn cli_serve_echoes_and_stops_on_sigterm(engine: EngineKind) {
 }
 
 engine_suite!(
+    cli_client_speaks_websocket_to_serve_ws,
     open_loop_keeps_its_schedule_and_reports_its_error,
     sink_counts_exactly_the_bytes_sent,
     client_verify_passes_against_echo,

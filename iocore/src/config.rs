@@ -50,6 +50,8 @@ pub enum Setting {
     WebSocketMaxRequest,
     /// How long a transport's opening handshake may take.
     HandshakeTimeout,
+    /// A WebSocket client's request target (feature `websocket`).
+    WebSocketPath,
 }
 
 impl Setting {
@@ -76,6 +78,7 @@ impl Setting {
             Setting::WebSocketMaxMessage => "websocket max_message",
             Setting::WebSocketMaxRequest => "websocket max_request",
             Setting::HandshakeTimeout => "handshake_timeout",
+            Setting::WebSocketPath => "websocket path",
         }
     }
 }

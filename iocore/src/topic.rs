@@ -404,15 +404,7 @@ impl crate::session::Session<'_> {
         let buf = buf.into();
         let me = self.id.token();
         if self.is_subscribed(topic) && self.is_open() {
-            // As a fan-out delivers it: framed on a WebSocket session.
-            #[cfg(feature = "websocket")]
-            let own = match self.is_websocket() {
-                true => crate::websocket::frame_message(crate::websocket::Opcode::Binary, &buf),
-                false => buf.clone(),
-            };
-            #[cfg(not(feature = "websocket"))]
-            let own = buf.clone();
-            let delivered = self.core.queue(own, self.now, self.limits);
+            let delivered = self.queue_own(&buf);
             self.hub
                 .topics
                 .borrow()
@@ -423,6 +415,16 @@ impl crate::session::Session<'_> {
             }
         }
         self.defer_publish(topic, buf, me);
+    }
+
+    /// Queues this session's own copy of a publish, as a fan-out would
+    /// deliver it: framed on a WebSocket session.
+    fn queue_own(&mut self, buf: &Bytes) -> Result<(), crate::SendError> {
+        #[cfg(feature = "websocket")]
+        if self.is_websocket() {
+            return self.frame_ws(crate::websocket::Opcode::Binary, buf.clone());
+        }
+        self.core.queue(buf.clone(), self.now, self.limits)
     }
 
     /// Publishes `buf` to every subscriber of `topic` but this session; see

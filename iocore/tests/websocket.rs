@@ -368,7 +368,119 @@ fn tcp_and_websocket_clients_share_the_servers_topics(engine: EngineKind) {
     assert!(TcpStream::connect(ws_addr).is_err());
 }
 
+/// What a client session saw: messages (text or not) and how it ended.
+#[derive(Default)]
+struct ClientSaw {
+    messages: Vec<(bool, Vec<u8>)>,
+    closed: Option<CloseKind>,
+}
+
+/// Sends `send` on connect, collects the answers, closes once as many
+/// came back.
+struct WsClient {
+    send: Vec<(bool, Vec<u8>)>,
+    saw: std::sync::Arc<std::sync::Mutex<ClientSaw>>,
+}
+
+impl Handler for WsClient {
+    fn on_connected(&mut self, s: &mut Session<'_>) {
+        assert!(s.is_websocket());
+        for (text, m) in &self.send {
+            let _ = match text {
+                true => s.send_text(std::str::from_utf8(m).unwrap()),
+                false => s.send(m.clone()),
+            };
+        }
+    }
+    fn on_recv(&mut self, s: &mut Session<'_>, data: &[u8]) -> usize {
+        let mut saw = self.saw.lock().unwrap();
+        saw.messages.push((s.received_text(), data.to_vec()));
+        if saw.messages.len() == self.send.len() {
+            s.close();
+        }
+        data.len()
+    }
+    fn on_disconnected(&mut self, reason: iocore::CloseReason) {
+        self.saw.lock().unwrap().closed = Some(reason.kind());
+    }
+}
+
+fn an_iocore_client_talks_to_a_real_server(engine: EngineKind) {
+    // tungstenite's server refuses unmasked frames from a client.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut ws = tungstenite::accept(stream).expect("the upgrade request");
+        loop {
+            match ws.read() {
+                Ok(m @ (tungstenite::Message::Text(_) | tungstenite::Message::Binary(_))) => {
+                    ws.send(m).unwrap()
+                }
+                Ok(tungstenite::Message::Close(frame)) => {
+                    let code = frame.map(|f| u16::from(f.code));
+                    // Flushes the close reply.
+                    while ws.read().is_ok() {}
+                    return code;
+                }
+                Ok(_) => {}
+                Err(e) => panic!("server: {e}"),
+            }
+        }
+    });
+    let saw = std::sync::Arc::new(std::sync::Mutex::new(ClientSaw::default()));
+    let send = vec![
+        (true, "héllo".as_bytes().to_vec()),
+        (false, vec![1, 2, 3]),
+        (false, (0..16 * 1024).map(|i| pattern_byte(4, i)).collect()),
+    ];
+    let client = iocore::Client::builder()
+        .engine(engine)
+        .websocket(Some(WebSocketConfig::new()))
+        .start::<WsClient>()
+        .unwrap();
+    let (sent, s) = (send.clone(), saw.clone());
+    client
+        .connect(addr, move || WsClient { send: sent, saw: s })
+        .unwrap();
+    wait_until("the client's session ended", || {
+        saw.lock().unwrap().closed.is_some()
+    });
+    assert_eq!(server.join().unwrap(), Some(1000), "the client's close code");
+    let saw = saw.lock().unwrap();
+    assert_eq!(saw.messages, send);
+    assert_eq!(saw.closed, Some(CloseKind::LocalClose));
+    client.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+fn a_client_refuses_a_server_that_does_not_upgrade(engine: EngineKind) {
+    // A TCP echo server says the request back: no 101.
+    let (tcp, _) = {
+        let (events, factory) = recorded(|| Echo);
+        (server(engine).start(factory).unwrap(), events)
+    };
+    let saw = std::sync::Arc::new(std::sync::Mutex::new(ClientSaw::default()));
+    let client = iocore::Client::builder()
+        .engine(engine)
+        .websocket(Some(WebSocketConfig::new()))
+        .start::<WsClient>()
+        .unwrap();
+    let s = saw.clone();
+    client
+        .connect(tcp.local_addr(), move || WsClient { send: vec![], saw: s })
+        .unwrap();
+    wait_until("the client's session ended", || {
+        saw.lock().unwrap().closed.is_some()
+    });
+    assert_eq!(saw.lock().unwrap().closed, Some(CloseKind::HandshakeInvalid));
+    client.shutdown(Duration::from_secs(5)).unwrap();
+    tcp.shutdown(Duration::from_secs(5)).unwrap();
+}
+
 engine_suite!(
+    an_iocore_client_talks_to_a_real_server,
+    a_client_refuses_a_server_that_does_not_upgrade,
     tcp_and_websocket_clients_share_the_servers_topics,
     a_real_client_gets_each_message_back_whole,
     fragments_pings_and_the_close_handshake,

@@ -199,6 +199,12 @@ impl<H: Handler, S> Core<H, S> {
     /// that the connect failed.
     pub(super) fn admit_outbound(&self, addr: SocketAddr, handler: H) -> Option<Conn<H>> {
         let conn = Conn::connecting(addr, handler, self.now, &self.w.limits);
+        #[cfg(feature = "websocket")]
+        let conn = match &self.w.websocket {
+            // An outbound connection of a client whose sessions speak it.
+            Some(ws) => conn.with_websocket_client(ws.clone()),
+            None => conn,
+        };
         if !self.admit() {
             let err = std::io::Error::new(std::io::ErrorKind::OutOfMemory, "session limit reached");
             conn.finish(CloseReason::ConnectFailed(err));

@@ -26,6 +26,7 @@ impl Client {
     pub fn builder() -> ClientBuilder {
         ClientBuilder {
             workers: WorkerConfig::new(1, usize::MAX),
+            websocket: None,
         }
     }
 }
@@ -36,6 +37,7 @@ impl Client {
 #[must_use = "a builder does nothing until start() is called"]
 pub struct ClientBuilder {
     workers: WorkerConfig,
+    websocket: Option<Arc<crate::engine::WsConfig>>,
 }
 
 impl ClientBuilder {
@@ -44,7 +46,25 @@ impl ClientBuilder {
     /// Checks the configuration without starting anything; the error
     /// names the setting at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.workers.validate()
+        self.workers.validate()?;
+        #[cfg(feature = "websocket")]
+        if let Some(ws) = &self.websocket {
+            ws.validate()?;
+        }
+        Ok(())
+    }
+
+    /// Every connection speaks WebSocket as a client (feature
+    /// `websocket`): once connected it sends its upgrade request (for
+    /// [`crate::websocket::WebSocketConfig::path`], to the address it
+    /// connected to as the Host), and [`crate::Handler::on_connected`]
+    /// comes with the server's 101; then each `on_recv` is one message's
+    /// payload and each [`crate::Session::send`] one masked binary
+    /// message. `None` (the default): plain TCP.
+    #[cfg(feature = "websocket")]
+    pub fn websocket(mut self, config: Option<crate::websocket::WebSocketConfig>) -> Self {
+        self.websocket = config.map(Arc::new);
+        self
     }
 
     /// Starts the workers. `H` is the handler type of every connection;
@@ -64,7 +84,7 @@ impl ClientBuilder {
             max_sessions_per_ip: None,
             keepalive: self.workers.keepalive,
             proxy: None,
-            websocket: None,
+            websocket: self.websocket.clone(),
             registry: Arc::new(crate::topic::Registry::default()),
             rooms: Default::default(),
         };

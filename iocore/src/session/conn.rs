@@ -85,6 +85,9 @@ impl Flow {
     /// A WebSocket close frame was queued: nothing more is sent.
     #[cfg_attr(not(feature = "websocket"), allow(dead_code))]
     pub(crate) const WS_CLOSE_SENT: Flow = Flow(16);
+    /// The WebSocket session is the client's: its frames are masked.
+    #[cfg_attr(not(feature = "websocket"), allow(dead_code))]
+    pub(crate) const WS_CLIENT: Flow = Flow(64);
     /// The WebSocket message being offered is a text message.
     #[cfg_attr(not(feature = "websocket"), allow(dead_code))]
     pub(crate) const WS_TEXT: Flow = Flow(32);
@@ -472,6 +475,10 @@ impl<H: Handler> Conn<H> {
 
     /// The outbound connect completed: the session opens.
     pub(crate) fn connected(&mut self, cx: Context<'_>) {
+        #[cfg(feature = "websocket")]
+        if self.is_connecting() && self.core.rare.as_ref().is_some_and(|r| r.ws.is_some()) {
+            return self.begin_client_upgrade(cx);
+        }
         if self.is_connecting() {
             self.core.phase = Phase::Open;
             self.core.last_active = cx.now;
@@ -680,7 +687,7 @@ impl<H: Handler> Conn<H> {
         cx: Context<'_>,
     ) -> Result<(), SendError> {
         #[cfg(feature = "websocket")]
-        if self.core.flow.contains(Flow::WS) && self.is_open() {
+        if self.core.flow.contains(Flow::WS) && !self.core.flow.contains(Flow::WS_CLIENT) && self.is_open() {
             let frame = frame
                 .get_or_insert_with(|| crate::websocket::frame_message(crate::websocket::Opcode::Binary, buf))
                 .clone();
@@ -730,7 +737,9 @@ impl<H: Handler> Conn<H> {
 
     /// Unsent bytes are queued and the session may still send.
     pub(crate) fn has_unsent(&self) -> bool {
-        !self.core.send.is_empty() && matches!(self.core.phase, Phase::Open | Phase::Closing)
+        // Upgrading: a WebSocket client's request waits to go out.
+        !self.core.send.is_empty()
+            && matches!(self.core.phase, Phase::Open | Phase::Closing | Phase::Upgrading)
     }
 
     /// Unsent bytes queued.

@@ -399,6 +399,15 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// Whether `send_copy` may use the cork.
+    #[inline]
+    fn corks(&self) -> bool {
+        #[cfg(feature = "websocket")]
+        return self.ws_corks();
+        #[cfg(not(feature = "websocket"))]
+        true
+    }
+
     /// Sends `text` as one text message on a WebSocket session (a browser
     /// gets a string); on a TCP session, its bytes as
     /// [`Session::send_copy`] would.
@@ -460,7 +469,7 @@ impl Session<'_> {
     /// the session's flush (only what the kernel does not take is queued).
     #[inline]
     pub fn send_copy(&mut self, data: &[u8]) -> Result<(), SendError> {
-        if matches!(self.core.phase, Phase::Open) && self.core.send.is_empty() {
+        if matches!(self.core.phase, Phase::Open) && self.core.send.is_empty() && self.corks() {
             let mut cork = self.hub.cork.borrow_mut();
             // Within what the queue would take too: a copy over the cap
             // fails here as it would queued.

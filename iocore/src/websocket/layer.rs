@@ -16,6 +16,8 @@ use super::{CloseCode, Role, WebSocketConfig};
 pub(crate) struct Layer {
     pub(crate) config: Arc<WebSocketConfig>,
     pub(crate) decoder: Decoder,
+    /// A client's `Sec-WebSocket-Key`, until the server's answer is read.
+    pub(crate) key: Option<Box<str>>,
     /// What the handler left of the messages offered to it: the next
     /// message is offered behind it (a byte stream of messages).
     pub(crate) held: Vec<u8>,
@@ -46,8 +48,38 @@ impl Layer {
         Layer {
             decoder: Decoder::new(Role::Server, config.max_message),
             config,
+            key: None,
             held: Vec::new(),
         }
+    }
+
+    pub(crate) fn client(config: Arc<WebSocketConfig>) -> Layer {
+        Layer {
+            decoder: Decoder::new(Role::Client, config.max_message),
+            config,
+            key: None,
+            held: Vec::new(),
+        }
+    }
+
+    /// A client's upgrade request to `host`; the layer keeps its key to
+    /// check the answer with.
+    pub(crate) fn request(&mut self, host: &str) -> Bytes {
+        let mut nonce = [0; 16];
+        nonce[..8].copy_from_slice(&random_u64().to_le_bytes());
+        nonce[8..].copy_from_slice(&random_u64().to_le_bytes());
+        let protocols: Vec<&str> = self.config.protocols.iter().map(String::as_str).collect();
+        let (request, key) = handshake::request(host, &self.config.path, nonce, &protocols);
+        self.key = Some(key.into());
+        Bytes::from(request)
+    }
+
+    /// Reads the server's answer to a client's request at the start of
+    /// `buf`: `Ok(None)` while incomplete, else its length.
+    pub(crate) fn answer(&self, buf: &[u8]) -> Result<Option<usize>, HandshakeError> {
+        let key = self.key.as_deref().unwrap_or_default();
+        let protocols: Vec<&str> = self.config.protocols.iter().map(String::as_str).collect();
+        Ok(handshake::parse_answer(buf, key, &protocols, self.config.max_request)?.map(|(_, len)| len))
     }
 
     /// Reads the upgrade request at the start of `buf`.
@@ -92,6 +124,35 @@ impl Layer {
     }
 }
 
+/// 64 bits no peer can predict (a client's masks and key): SipHash with
+/// the process's random keys over a counter.
+pub(crate) fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        static KEYS: std::collections::hash_map::RandomState = std::collections::hash_map::RandomState::new();
+    }
+    KEYS.with(|keys| {
+        let mut h = keys.build_hasher();
+        h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+        h.finish()
+    })
+}
+
+/// A frame of `payload` as the given side sends it: a client's masked
+/// with a fresh key, a server's as it is.
+pub(crate) fn frame_as(role: Role, opcode: Opcode, payload: &[u8]) -> Bytes {
+    match role {
+        Role::Server => frame_message(opcode, payload),
+        Role::Client => Bytes::from(frame::encode(
+            opcode,
+            payload,
+            Some(random_u64().to_le_bytes()[..4].try_into().expect("4 bytes")),
+        )),
+    }
+}
+
 /// Messages up to this long are framed into one buffer with their
 /// header (one copy); longer ones are queued as a header and the payload
 /// itself (no copy, one more buffer in the gather write).
@@ -126,7 +187,7 @@ pub(crate) fn put_header(opcode: Opcode, len: usize, out: &mut Vec<u8>) {
     out.extend_from_slice(&header[..n]);
 }
 
-/// An unmasked close frame with `code` and `reason`.
-pub(crate) fn close_frame(code: CloseCode, reason: &str) -> Bytes {
-    frame_message(Opcode::Close, &frame::close_payload(code, reason))
+/// A close frame with `code` and `reason`, as `role` sends it.
+pub(crate) fn close_frame(role: Role, code: CloseCode, reason: &str) -> Bytes {
+    frame_as(role, Opcode::Close, &frame::close_payload(code, reason))
 }

@@ -14,7 +14,9 @@
 //! close handshake; a peer breaking the protocol gets the close code for
 //! what it broke and its session ends with
 //! [`crate::CloseReason::ProtocolViolation`]. A topic's publish is framed
-//! once and the frame shared by every WebSocket subscriber.
+//! once and the frame shared by every WebSocket subscriber. A client
+//! speaks it with [`crate::ClientBuilder::websocket`]: the same handler,
+//! its frames masked.
 //!
 //! The codec ([`handshake`], [`frame`]) reads and writes byte slices, so a
 //! test or another transport can drive it without a session.
@@ -28,8 +30,7 @@
 //! case of 1–7, 9 and 10 is OK, NON-STRICT or INFORMATIONAL), and
 //! tungstenite is the client of the tests.
 //!
-//! Not built: TLS (`wss`), the client side of a session, extensions
-//! (permessage-deflate); a peer that sets an RSV bit is refused, as RFC
+//! Not built: TLS (`wss`), extensions (permessage-deflate); a peer that sets an RSV bit is refused, as RFC
 //! 6455 §5.2 asks when no extension was agreed.
 
 pub mod frame;
@@ -79,7 +80,7 @@ impl CloseCode {
 }
 
 mod layer;
-pub(crate) use layer::{close_frame, frame_message, frame_parts, put_header, Layer, Upgrade};
+pub(crate) use layer::{close_frame, frame_as, frame_message, frame_parts, put_header, Layer, Upgrade};
 
 use std::time::Duration;
 
@@ -96,6 +97,7 @@ pub struct WebSocketConfig {
     pub(crate) handshake_timeout: Duration,
     pub(crate) protocols: Vec<String>,
     pub(crate) page: Option<bytes::Bytes>,
+    pub(crate) path: String,
 }
 
 impl Default for WebSocketConfig {
@@ -106,6 +108,7 @@ impl Default for WebSocketConfig {
             handshake_timeout: Duration::from_secs(10),
             protocols: Vec::new(),
             page: None,
+            path: "/".into(),
         }
     }
 }
@@ -161,6 +164,13 @@ impl WebSocketConfig {
         self
     }
 
+    /// A client's request target (default `/`): what its upgrade request
+    /// asks for (see `ClientBuilder::websocket`).
+    pub fn path(mut self, path: impl Into<String>) -> Self {
+        self.path = path.into();
+        self
+    }
+
     /// Checks the settings: sizes of at least 1 (messages) and 256
     /// (requests) bytes, a handshake timeout of at least a millisecond.
     pub fn validate(&self) -> Result<(), crate::ConfigError> {
@@ -174,6 +184,17 @@ impl WebSocketConfig {
             return Err(crate::ConfigError::new(
                 crate::Setting::WebSocketMaxRequest,
                 "must be at least 256 bytes",
+            ));
+        }
+        if !self.path.starts_with('/')
+            || self
+                .path
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
+            return Err(crate::ConfigError::new(
+                crate::Setting::WebSocketPath,
+                "must start with / and hold no spaces or control characters",
             ));
         }
         if self.handshake_timeout < Duration::from_millis(1) {

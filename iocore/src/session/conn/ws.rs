@@ -22,7 +22,7 @@ use crate::session::close::{CloseReason, SendError};
 use crate::session::handler::{Handler, Session, Tick};
 use crate::websocket::frame::{Event, Opcode};
 use crate::websocket::WebSocketConfig;
-use crate::websocket::{close_frame, frame_message, frame_parts, put_header, CloseCode, Layer, Upgrade};
+use crate::websocket::{close_frame, frame_as, frame_parts, put_header, CloseCode, Layer, Role, Upgrade};
 
 /// The largest scratch buffer a worker keeps between reads.
 const SCRATCH_KEPT: usize = 64 * 1024;
@@ -47,7 +47,17 @@ impl Core {
         }
         self.flow.insert(Flow::WS_CLOSE_SENT);
         // A few bytes over the cap at most: the close must be said.
-        let _ = self.send.push(close_frame(code, text), usize::MAX);
+        let _ = self
+            .send
+            .push(close_frame(self.ws_role(), code, text), usize::MAX);
+    }
+
+    /// Which side of the WebSocket this session is.
+    fn ws_role(&self) -> Role {
+        match self.flow.contains(Flow::WS_CLIENT) {
+            true => Role::Client,
+            false => Role::Server,
+        }
     }
 }
 
@@ -55,14 +65,32 @@ impl Session<'_> {
     /// Sends `payload` as one message of type `opcode` on a WebSocket
     /// session (the session is open).
     pub(crate) fn send_ws(&mut self, opcode: Opcode, payload: Bytes) -> Result<(), SendError> {
-        let (frame, rest) = frame_parts(opcode, payload);
         self.uncork()?;
+        self.frame_ws(opcode, payload)?;
+        self.hub.message_sent();
+        Ok(())
+    }
+
+    /// Queues `payload` as one message, framed as this side sends it.
+    pub(crate) fn frame_ws(&mut self, opcode: Opcode, payload: Bytes) -> Result<(), SendError> {
+        if self.core.flow.contains(Flow::WS_CLIENT) {
+            return self
+                .core
+                .queue(frame_as(Role::Client, opcode, &payload), self.now, self.limits);
+        }
+        let (frame, rest) = frame_parts(opcode, payload);
         self.core.queue(frame, self.now, self.limits)?;
         if let Some(rest) = rest {
             self.core.queue(rest, self.now, self.limits)?;
         }
-        self.hub.message_sent();
         Ok(())
+    }
+
+    /// Whether `send_copy` may put this session's message in the cork
+    /// (a client's frames are masked: they take the queue).
+    #[inline]
+    pub(crate) fn ws_corks(&self) -> bool {
+        !self.core.flow.contains(Flow::WS_CLIENT)
     }
 
     /// Room a message's frame header takes in the cork.
@@ -87,6 +115,29 @@ impl<H: Handler> Conn<H> {
         self
     }
 
+    /// Makes an outbound connection a WebSocket client: once connected it
+    /// sends its upgrade request and opens when the server's 101 is read.
+    pub(crate) fn with_websocket_client(mut self, config: Arc<WebSocketConfig>) -> Self {
+        self.core.rare().ws = Some(Box::new(Layer::client(config)));
+        self
+    }
+
+    /// A client's connect completed: the upgrade request goes out, the
+    /// answer is awaited within the handshake timeout.
+    pub(super) fn begin_client_upgrade(&mut self, cx: Context<'_>) {
+        let host = self.core.peer.to_string();
+        let Some(ws) = self.core.rare().ws.as_mut() else {
+            return;
+        };
+        let request = ws.request(&host);
+        let timeout = ws.config.handshake_timeout;
+        self.core.phase = Phase::Upgrading;
+        self.core.flow.insert(Flow::WS_CLIENT);
+        self.core.timer_at = cx.now.after(timeout);
+        self.core.last_active = cx.now;
+        let _ = self.core.queue(request, cx.now, cx.limits);
+    }
+
     /// A session admitted after its PROXY header reads its upgrade request.
     pub(super) fn begin_upgrade(&mut self, cx: Context<'_>) {
         let timeout = match &self.core.rare().ws {
@@ -109,25 +160,31 @@ impl<H: Handler> Conn<H> {
     }
 
     fn try_upgrade(&mut self, cx: Context<'_>) {
+        let client = self.core.flow.contains(Flow::WS_CLIENT);
         let Some(ws) = &self.core.rare().ws else {
             return;
         };
+        if client {
+            match ws.answer(self.recv.data()) {
+                Ok(None) => {}
+                Ok(Some(len)) => {
+                    self.recv.consume(len);
+                    self.ws_open(cx);
+                }
+                Err(e) => {
+                    self.recv.clear();
+                    self.core
+                        .abort_with(CloseReason::HandshakeInvalid(e.reason.into()), false);
+                }
+            }
+            return;
+        }
         match ws.upgrade(self.recv.data()) {
             Upgrade::More => {}
             Upgrade::Accepted { answer, len } => {
                 self.recv.consume(len);
-                self.core.phase = Phase::Open;
-                self.core.flow.insert(Flow::WS);
-                self.core.timer_at = Tick::NEVER;
-                self.core.last_active = cx.now;
-                if self.core.queue(answer, cx.now, cx.limits).is_err() {
-                    return;
-                }
-                Self::callback(&mut self.core, (), |core| {
-                    self.handler.on_connected(&mut Self::session(core, &cx))
-                });
-                if self.is_open() && !self.recv.is_empty() {
-                    self.ws_buffered(cx);
+                if self.core.queue(answer, cx.now, cx.limits).is_ok() {
+                    self.ws_open(cx);
                 }
             }
             Upgrade::Answered { answer, reason } => {
@@ -142,6 +199,21 @@ impl<H: Handler> Conn<H> {
                     self.core.set_reason(reason);
                 }
             }
+        }
+    }
+
+    /// The handshake is done: the session opens, its handler hears of it,
+    /// and what came after the handshake is decoded.
+    fn ws_open(&mut self, cx: Context<'_>) {
+        self.core.phase = Phase::Open;
+        self.core.flow.insert(Flow::WS);
+        self.core.timer_at = Tick::NEVER;
+        self.core.last_active = cx.now;
+        Self::callback(&mut self.core, (), |core| {
+            self.handler.on_connected(&mut Self::session(core, &cx))
+        });
+        if self.is_open() && !self.recv.is_empty() {
+            self.ws_buffered(cx);
         }
     }
 
@@ -224,7 +296,8 @@ impl<H: Handler> Conn<H> {
                     self.ws_message(&mut ws.held, Some(b), cx)
                 }
                 Some(Event::Ping(p)) => {
-                    let _ = self.core.queue(frame_message(Opcode::Pong, p), cx.now, cx.limits);
+                    let pong = frame_as(self.core.ws_role(), Opcode::Pong, p);
+                    let _ = self.core.queue(pong, cx.now, cx.limits);
                 }
                 Some(Event::Close(said)) => {
                     // The peer's code is said back (RFC 6455 §5.5.1).
@@ -233,7 +306,8 @@ impl<H: Handler> Conn<H> {
                         Some(_) => self.core.ws_close_with(code, ""),
                         None => {
                             self.core.flow.insert(Flow::WS_CLOSE_SENT);
-                            let _ = self.core.send.push(frame_message(Opcode::Close, &[]), usize::MAX);
+                            let close = frame_as(self.core.ws_role(), Opcode::Close, &[]);
+                            let _ = self.core.send.push(close, usize::MAX);
                         }
                     }
                     self.core.close(CloseReason::PeerClosed);
