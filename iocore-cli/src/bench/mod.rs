@@ -46,7 +46,10 @@ pub struct BenchOptions {
 /// one listener (at the churn point every iocore server runs two workers,
 /// so that the accept strategy matters). The `-coalesce` ones run the chat
 /// points only, with `serve --app chat --coalesce 50ms`.
-pub const SERVERS: [&str; 11] = [
+/// `tokio-tungstenite` and `fastwebsockets` run the WebSocket points
+/// (`ws-`) only; at those, of the iocore servers only `iocore-epoll` and
+/// `iocore-uring` run.
+pub const SERVERS: [&str; 13] = [
     "iocore-epoll",
     "iocore-uring",
     "iocore-epoll-handoff",
@@ -58,6 +61,8 @@ pub const SERVERS: [&str; 11] = [
     "monoio",
     "compio",
     "epoll-floor",
+    "tokio-tungstenite",
+    "fastwebsockets",
 ];
 
 /// What a load shape exercises.
@@ -117,6 +122,9 @@ pub struct Point {
     pub duration_secs: f64,
     /// Warmup, seconds.
     pub warmup_secs: f64,
+    /// Over WebSocket: the client sends with `--ws`, iocore serves with
+    /// `--ws`, and only WebSocket servers take part.
+    pub websocket: bool,
 }
 
 /// One measurement.
@@ -242,6 +250,7 @@ fn points(quick: bool) -> Vec<Point> {
         rate: None,
         duration_secs: d,
         warmup_secs: w,
+        websocket: false,
     };
     // Fan-out: members in rooms, each saying `rate` messages a second;
     // every message reaches every member of its room.
@@ -255,6 +264,7 @@ fn points(quick: bool) -> Vec<Point> {
         rate: Some(rate),
         duration_secs: cd,
         warmup_secs: cw,
+        websocket: false,
     };
     let seed = if quick { 2_000 } else { 10_000 };
     let mut points = vec![
@@ -271,6 +281,7 @@ fn points(quick: bool) -> Vec<Point> {
             rate: Some(1.0),
             duration_secs: if quick { 4.0 } else { 12.0 },
             warmup_secs: if quick { 2.0 } else { 4.0 },
+            websocket: false,
         },
     ];
     match quick {
@@ -287,6 +298,7 @@ fn points(quick: bool) -> Vec<Point> {
         rate: Some(30.0),
         duration_secs: cd,
         warmup_secs: cw,
+        websocket: false,
     };
     match quick {
         true => points.push(arena(200)),
@@ -302,7 +314,25 @@ fn points(quick: bool) -> Vec<Point> {
         rate: None,
         duration_secs: d,
         warmup_secs: w,
+        websocket: false,
     });
+    // WebSocket: echo of 100 B messages, and pub/sub (the chat over
+    // WebSocket, one packet per message: every message said reaches every
+    // member of its room).
+    points.push(Point {
+        name: "ws-100c-100B".into(),
+        websocket: true,
+        ..pp("", 100, 100)
+    });
+    let ws_chat = |connections, rooms, rate| Point {
+        name: format!("ws-pubsub-{connections}c-{rooms}r-{rate}/s"),
+        websocket: true,
+        ..chat(connections, rooms, rate)
+    };
+    match quick {
+        true => points.push(ws_chat(500, 5, 2.0)),
+        false => points.push(ws_chat(1000, 10, 2.0)),
+    }
     points
 }
 
@@ -313,7 +343,12 @@ fn bin_dir() -> io::Result<PathBuf> {
 }
 
 /// How to start `server` for `scenario`; `None` if it has no such app.
-fn program(server: &str, scenario: Scenario, dir: &Path) -> io::Result<Option<(PathBuf, Vec<String>)>> {
+fn program(
+    server: &str,
+    scenario: Scenario,
+    websocket: bool,
+    dir: &Path,
+) -> io::Result<Option<(PathBuf, Vec<String>)>> {
     let iocore = std::env::current_exe()?;
     let app = match scenario {
         Scenario::Echo | Scenario::Churn => "echo",
@@ -360,6 +395,16 @@ fn program(server: &str, scenario: Scenario, dir: &Path) -> io::Result<Option<(P
         Some((iocore.clone(), args.iter().map(|s| s.to_string()).collect()))
     };
     let peer = |name: &str| Some((dir.join(format!("peer-{name}")), vec![]));
+    let ws_peer = matches!(server, "tokio-tungstenite" | "fastwebsockets");
+    if websocket || ws_peer {
+        return Ok(match (server, scenario, websocket) {
+            ("iocore-epoll", Scenario::Echo | Scenario::Chat, true) => serve("epoll", "reuse-port"),
+            ("iocore-uring", Scenario::Echo | Scenario::Chat, true) => serve("uring", "reuse-port"),
+            (_, Scenario::Echo, true) if ws_peer => peer(server),
+            (_, Scenario::Chat, true) if ws_peer => peer(&format!("{server}-chat")),
+            _ => None,
+        });
+    }
     Ok(match (server, scenario) {
         ("iocore-epoll", _) => serve("epoll", "reuse-port"),
         ("iocore-uring" | "iocore-uring-basic", _) => serve("uring", "reuse-port"),
@@ -387,9 +432,20 @@ fn program(server: &str, scenario: Scenario, dir: &Path) -> io::Result<Option<(P
 /// Builds the peer servers if any is missing.
 fn ensure_peers(dir: &Path, servers: &[String]) -> io::Result<()> {
     let needed = servers.iter().any(|s| !s.starts_with("iocore-"));
-    let missing = ["tokio", "tokio-chat", "tokio-arena", "monoio", "compio", "epoll"]
-        .iter()
-        .any(|p| !dir.join(format!("peer-{p}")).exists());
+    let missing = [
+        "tokio",
+        "tokio-chat",
+        "tokio-arena",
+        "monoio",
+        "compio",
+        "epoll",
+        "tokio-tungstenite",
+        "tokio-tungstenite-chat",
+        "fastwebsockets",
+        "fastwebsockets-chat",
+    ]
+    .iter()
+    .any(|p| !dir.join(format!("peer-{p}")).exists());
     if !needed || !missing {
         return Ok(());
     }
@@ -424,11 +480,15 @@ struct Running {
 
 impl Running {
     /// Starts `server` for `scenario` (it must have that app).
-    fn start(server: &str, scenario: Scenario, dir: &Path) -> io::Result<Running> {
-        let (prog, mut args) = program(server, scenario, dir)?
+    fn start(server: &str, scenario: Scenario, websocket: bool, dir: &Path) -> io::Result<Running> {
+        let (prog, mut args) = program(server, scenario, websocket, dir)?
             .ok_or_else(|| io::Error::other(format!("{server} has no {scenario:?} server")))?;
         let addr = free_port()?;
-        if server.starts_with("iocore-") {
+        if server.starts_with("iocore-") && websocket {
+            // The load connects to the WebSocket port.
+            args.extend(["--addr".to_string(), free_port()?.to_string()]);
+            args.extend(["--ws".to_string(), addr.to_string()]);
+        } else if server.starts_with("iocore-") {
             args.extend(["--addr".to_string(), addr.to_string()]);
         } else {
             args.push(addr.to_string());
@@ -473,7 +533,7 @@ impl Drop for Running {
 
 /// Runs the load client against `server` at `point` and reads its report.
 fn measure(point: &Point, server: &str, dir: &Path, round: usize) -> io::Result<Run> {
-    let running = Running::start(server, point.scenario, dir)?;
+    let running = Running::start(server, point.scenario, point.websocket, dir)?;
     let mut cmd = Command::new("taskset");
     cmd.args(["-c", "1"]).arg(std::env::current_exe()?).arg("client");
     cmd.args([
@@ -487,6 +547,9 @@ fn measure(point: &Point, server: &str, dir: &Path, round: usize) -> io::Result<
     ]);
     cmd.args(["--addr", &running.addr.to_string()]);
     cmd.args(["--connections", &point.connections.to_string()]);
+    if point.websocket {
+        cmd.arg("--ws");
+    }
     if point.scenario != Scenario::Arena {
         cmd.args(["--size", &point.size.to_string()]);
     }
@@ -559,7 +622,7 @@ fn measure(point: &Point, server: &str, dir: &Path, round: usize) -> io::Result<
 }
 
 fn idle_memory(server: &str, dir: &Path, connections: usize) -> io::Result<Memory> {
-    let running = Running::start(server, Scenario::Echo, dir)?;
+    let running = Running::start(server, Scenario::Echo, false, dir)?;
     let pid = running.child.id();
     std::thread::sleep(Duration::from_millis(300));
     let before = crate::usage::usage(pid)?.rss_kib;
@@ -687,7 +750,7 @@ pub fn run(opts: &BenchOptions) -> io::Result<Report> {
     let dir = bin_dir()?;
     ensure_peers(&dir, &opts.servers)?;
     for s in &opts.servers {
-        program(s, Scenario::Echo, &dir)?;
+        program(s, Scenario::Echo, false, &dir)?;
     }
     crate::usage::raise_fd_limit()?;
     let mut points = points(opts.quick);
@@ -707,7 +770,7 @@ pub fn run(opts: &BenchOptions) -> io::Result<Report> {
             let n = opts.servers.len();
             for k in 0..n {
                 let server = &opts.servers[(k + round) % n];
-                if program(server, point.scenario, &dir)?.is_none() {
+                if program(server, point.scenario, point.websocket, &dir)?.is_none() {
                     continue; // no such app (a chat point for an echo-only peer)
                 }
                 eprint!("round {}/{rounds} {:<20} {:<13} ", round + 1, point.name, server);
@@ -743,8 +806,8 @@ pub fn run(opts: &BenchOptions) -> io::Result<Report> {
         false => &[],
     };
     for s in servers {
-        if program(s, Scenario::Echo, &dir)?.is_none() {
-            continue; // a churn-only server
+        if program(s, Scenario::Echo, false, &dir)?.is_none() {
+            continue; // a churn-only or WebSocket server
         }
         eprint!("idle memory {s:<13} ");
         match idle_memory(s, &dir, idle) {
