@@ -52,6 +52,8 @@ pub enum Setting {
     HandshakeTimeout,
     /// A WebSocket client's request target (feature `websocket`).
     WebSocketPath,
+    /// The TLS configuration (feature `tls`).
+    Tls,
 }
 
 impl Setting {
@@ -79,6 +81,7 @@ impl Setting {
             Setting::WebSocketMaxRequest => "websocket max_request",
             Setting::HandshakeTimeout => "handshake_timeout",
             Setting::WebSocketPath => "websocket path",
+            Setting::Tls => "tls",
         }
     }
 }

@@ -171,6 +171,8 @@ mod session;
 mod sys;
 #[cfg(any(target_os = "linux", windows))]
 pub mod testing;
+#[cfg(feature = "tls")]
+pub mod tls;
 mod topic;
 #[cfg(feature = "websocket")]
 pub mod websocket;

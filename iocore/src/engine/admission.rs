@@ -15,7 +15,7 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use super::core::Core;
-use super::WsConfig;
+use super::{TlsCfg, WsConfig};
 use crate::session::{catch_panic, CloseReason, Conn, Handler, Tick};
 
 /// Least time between two warnings of one kind from one worker.
@@ -72,6 +72,7 @@ impl<H: Handler, S> Core<H, S> {
         &self,
         peer: SocketAddr,
         websocket: Option<&Arc<WsConfig>>,
+        tls: Option<&Arc<TlsCfg>>,
     ) -> Option<Conn<H>> {
         if self.stopping() {
             self.w.stats.rejected();
@@ -103,6 +104,12 @@ impl<H: Handler, S> Core<H, S> {
             None => Conn::accepted(peer, handler, self.now),
             Some(proxy) => Conn::behind_proxy(peer, handler, self.now, self.now.after(proxy.header_timeout)),
         };
+        // TLS under WebSocket: the upgrade is read from the plaintext.
+        #[cfg(feature = "tls")]
+        let conn = match tls {
+            Some(tls) => conn.with_tls(tls.clone()),
+            None => conn,
+        };
         #[cfg(feature = "websocket")]
         let conn = match websocket {
             Some(ws) => conn.with_websocket(ws.clone()),
@@ -110,6 +117,8 @@ impl<H: Handler, S> Core<H, S> {
         };
         #[cfg(not(feature = "websocket"))]
         let _ = websocket;
+        #[cfg(not(feature = "tls"))]
+        let _ = tls;
         let Some(proxy) = &self.w.proxy else {
             return Some(conn);
         };
@@ -199,6 +208,11 @@ impl<H: Handler, S> Core<H, S> {
     /// that the connect failed.
     pub(super) fn admit_outbound(&self, addr: SocketAddr, handler: H) -> Option<Conn<H>> {
         let conn = Conn::connecting(addr, handler, self.now, &self.w.limits);
+        #[cfg(feature = "tls")]
+        let conn = match &self.w.tls {
+            Some(tls) => conn.with_tls(tls.clone()),
+            None => conn,
+        };
         #[cfg(feature = "websocket")]
         let conn = match &self.w.websocket {
             // An outbound connection of a client whose sessions speak it.

@@ -73,8 +73,12 @@ pub(crate) trait Driver<H: Handler> {
                     socket,
                     peer,
                     websocket,
+                    tls,
                 } => {
-                    if let Some((conn, socket)) = self.core().adopted(socket, peer, websocket.as_ref()) {
+                    if let Some((conn, socket)) =
+                        self.core()
+                            .adopted(socket, peer, websocket.as_ref(), tls.as_ref())
+                    {
                         self.open_accepted(conn, socket)?;
                     }
                 }

@@ -292,6 +292,7 @@ pub(crate) enum Command<H> {
         socket: OwnedSocket,
         peer: SocketAddr,
         websocket: Option<Arc<WsConfig>>,
+        tls: Option<Arc<TlsCfg>>,
     },
     /// A request that does not depend on the handler type.
     Remote(Remote),
@@ -551,6 +552,9 @@ pub(crate) struct Settings {
     pub proxy: Option<Arc<crate::proxy::ProxySettings>>,
     /// Accepted connections speak WebSocket.
     pub websocket: Option<Arc<WsConfig>>,
+    /// Sessions speak TLS (accepted ones as the server, outbound ones as
+    /// the client).
+    pub tls: Option<Arc<TlsCfg>>,
     /// The service's topics (with their relay to other instances, if any).
     pub registry: Arc<crate::topic::Registry>,
     /// Rooms to run on the workers.
@@ -572,6 +576,12 @@ impl fmt::Debug for RoomKinds {
 pub(crate) type WsConfig = crate::websocket::WebSocketConfig;
 #[cfg(not(feature = "websocket"))]
 pub(crate) type WsConfig = ();
+
+/// How sessions speak TLS (nothing without the feature).
+#[cfg(feature = "tls")]
+pub(crate) type TlsCfg = crate::tls::TlsConfig;
+#[cfg(not(feature = "tls"))]
+pub(crate) type TlsCfg = ();
 
 /// Makes a handler for each accepted connection.
 pub(crate) type Factory<H> = Arc<dyn Fn() -> H + Send + Sync>;
@@ -607,6 +617,9 @@ pub(crate) struct Worker<H> {
     /// Accepted connections speak WebSocket.
     #[cfg_attr(not(feature = "websocket"), allow(dead_code))]
     pub websocket: Option<Arc<WsConfig>>,
+    /// Sessions speak TLS.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub tls: Option<Arc<TlsCfg>>,
     pub epoch: Instant,
     /// Told once the loop is set up (or why it could not be).
     pub ready: std::sync::mpsc::Sender<io::Result<()>>,

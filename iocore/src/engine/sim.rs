@@ -209,8 +209,8 @@ impl<H: Handler> SimWorker<H> {
     /// decision the real engines make), else the pipe is reset.
     fn accept(&mut self, pipe: Rc<RefCell<Pipe>>) -> io::Result<()> {
         let peer = pipe.borrow().addr;
-        let websocket = self.core.w.websocket.clone();
-        match self.core.admit_accepted(peer, websocket.as_ref()) {
+        let (websocket, tls) = (self.core.w.websocket.clone(), self.core.w.tls.clone());
+        match self.core.admit_accepted(peer, websocket.as_ref(), tls.as_ref()) {
             Some(conn) => self.open(conn, pipe, false),
             None => {
                 pipe.borrow_mut().server_closed = Some(true);
@@ -427,6 +427,7 @@ impl<H: Handler> Sim<H> {
                     ip_gate: ip_gate.clone(),
                     proxy: settings.proxy.clone(),
                     websocket: settings.websocket.clone(),
+                    tls: settings.tls.clone(),
                     epoch: Instant::now(),
                     ready: ready.clone(),
                 };

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::core::Core;
-use super::{AcceptErrorKind, Command, Keepalive, WsConfig};
+use super::{AcceptErrorKind, Command, Keepalive, TlsCfg, WsConfig};
 use crate::session::{CloseReason, Conn, Handler, Tick};
 use crate::sys::{socket, OwnedSocket};
 
@@ -66,12 +66,13 @@ impl<H: Handler, S> Core<H, S> {
     /// is (hand-off), or admitted here (returned, its socket prepared), or
     /// refused (reset). See [`Core::admit_accepted`].
     pub(super) fn accepted(&mut self, s: OwnedSocket, peer: SocketAddr) -> Option<(Conn<H>, OwnedSocket)> {
-        let websocket = self.w.websocket.clone();
+        let (websocket, tls) = (self.w.websocket.clone(), self.w.tls.clone());
         if let Some(to) = self.hand_off_to() {
             match self.w.workers[to].push(Command::Adopt {
                 socket: s,
                 peer,
                 websocket,
+                tls,
             }) {
                 Ok(()) => return None,
                 // That worker has ended: serve it here.
@@ -79,11 +80,12 @@ impl<H: Handler, S> Core<H, S> {
                     socket,
                     peer,
                     websocket,
-                }) => return self.adopted(socket, peer, websocket.as_ref()),
+                    tls,
+                }) => return self.adopted(socket, peer, websocket.as_ref(), tls.as_ref()),
                 Err(_) => unreachable!("push gives back what it was given"),
             }
         }
-        self.adopted(s, peer, websocket.as_ref())
+        self.adopted(s, peer, websocket.as_ref(), tls.as_ref())
     }
 
     /// A connection accepted here, or by another worker and handed here:
@@ -93,8 +95,9 @@ impl<H: Handler, S> Core<H, S> {
         s: OwnedSocket,
         peer: SocketAddr,
         websocket: Option<&Arc<WsConfig>>,
+        tls: Option<&Arc<TlsCfg>>,
     ) -> Option<(Conn<H>, OwnedSocket)> {
-        match self.admit_accepted(peer, websocket) {
+        match self.admit_accepted(peer, websocket, tls) {
             Some(conn) => {
                 prepare(&s, self.w.keepalive, self.w.limits.send_stall_timeout);
                 Some((conn, s))

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::engine::{Command, Inbox, WsConfig};
+use crate::engine::{Command, Inbox, TlsCfg, WsConfig};
 use crate::session::Handler;
 use crate::sys::OwnedSocket;
 
@@ -35,13 +35,14 @@ impl Acceptor {
         listener: TcpListener,
         workers: Vec<Arc<Inbox<H>>>,
         websocket: Arc<WsConfig>,
+        tls: Option<Arc<TlsCfg>>,
     ) -> io::Result<Acceptor> {
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         let thread = std::thread::Builder::new()
             .name(format!("iocore-accept-{}", addr.port()))
-            .spawn(move || accept_loop(listener, workers, websocket, &stopped))?;
+            .spawn(move || accept_loop(listener, workers, websocket, tls, &stopped))?;
         Ok(Acceptor {
             addr,
             stop,
@@ -84,6 +85,7 @@ fn accept_loop<H: Handler>(
     listener: TcpListener,
     workers: Vec<Arc<Inbox<H>>>,
     websocket: Arc<WsConfig>,
+    tls: Option<Arc<TlsCfg>>,
     stop: &AtomicBool,
 ) {
     let mut next = 0;
@@ -112,6 +114,7 @@ fn accept_loop<H: Handler>(
             socket: OwnedSocket::from(stream),
             peer,
             websocket: Some(websocket.clone()),
+            tls: tls.clone(),
         };
         // The next worker that is still serving takes it.
         let mut tried = 0;

@@ -27,6 +27,7 @@ impl Client {
         ClientBuilder {
             workers: WorkerConfig::new(1, usize::MAX),
             websocket: None,
+            tls: None,
         }
     }
 }
@@ -38,6 +39,7 @@ impl Client {
 pub struct ClientBuilder {
     workers: WorkerConfig,
     websocket: Option<Arc<crate::engine::WsConfig>>,
+    tls: Option<Arc<crate::engine::TlsCfg>>,
 }
 
 impl ClientBuilder {
@@ -51,7 +53,27 @@ impl ClientBuilder {
         if let Some(ws) = &self.websocket {
             ws.validate()?;
         }
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            tls.validate()?;
+            if tls.is_server() {
+                return Err(ConfigError::new(
+                    crate::Setting::Tls,
+                    "is a server's configuration: a client needs TlsConfig::client_pem or TlsConfig::client",
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// Every connection speaks TLS as a client (feature `tls`): the
+    /// handshake comes first (under WebSocket, before the upgrade), and
+    /// [`crate::Handler::on_connected`] once it is done. `None` (the
+    /// default): plain TCP.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: Option<crate::tls::TlsConfig>) -> Self {
+        self.tls = config.map(Arc::new);
+        self
     }
 
     /// Every connection speaks WebSocket as a client (feature
@@ -85,6 +107,7 @@ impl ClientBuilder {
             keepalive: self.workers.keepalive,
             proxy: None,
             websocket: self.websocket.clone(),
+            tls: self.tls.clone(),
             registry: Arc::new(crate::topic::Registry::default()),
             rooms: Default::default(),
         };

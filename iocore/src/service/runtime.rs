@@ -140,6 +140,7 @@ impl Runtime {
                 ip_gate: ip_gate.clone(),
                 proxy: settings.proxy.clone(),
                 websocket: settings.websocket.clone(),
+                tls: settings.tls.clone(),
                 epoch,
                 ready: ready_tx.clone(),
             };

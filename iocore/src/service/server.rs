@@ -100,6 +100,7 @@ impl Server {
             metrics_registry: None,
             proxy: None,
             websocket: None,
+            tls: None,
             #[cfg(feature = "websocket")]
             websocket_listeners: Vec::new(),
             #[cfg(feature = "redis")]
@@ -124,6 +125,7 @@ pub struct ServerBuilder {
     metrics_registry: Option<Arc<prometheus_client::registry::Registry>>,
     proxy: Option<Arc<crate::proxy::ProxySettings>>,
     websocket: Option<Arc<crate::engine::WsConfig>>,
+    tls: Option<Arc<crate::engine::TlsCfg>>,
     #[cfg(feature = "websocket")]
     websocket_listeners: Vec<(SocketAddr, Arc<crate::engine::WsConfig>)>,
     #[cfg(feature = "redis")]
@@ -217,6 +219,17 @@ impl ServerBuilder {
         self
     }
 
+    /// Every accepted connection speaks TLS (feature `tls`), on the main
+    /// listener and on the WebSocket ones (`wss`): the handshake comes
+    /// first (after a PROXY header, before a WebSocket upgrade), and
+    /// [`Handler::on_connected`] once it is done; see [`crate::tls`].
+    /// `None` (the default): plain TCP.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: Option<crate::tls::TlsConfig>) -> Self {
+        self.tls = config.map(Arc::new);
+        self
+    }
+
     /// Shares the server's topics with its other instances through Redis
     /// pub/sub: see [`crate::bridge`] (feature `redis`). `None` (the
     /// default) keeps them local.
@@ -246,6 +259,7 @@ impl ServerBuilder {
             keepalive: None,
             proxy: self.proxy.clone(),
             websocket: self.websocket.clone(),
+            tls: self.tls.clone(),
             registry: Arc::new(crate::topic::Registry::default()),
             rooms: self.rooms.clone(),
         };
@@ -285,6 +299,16 @@ impl ServerBuilder {
             .chain(self.websocket_listeners.iter().map(|(_, c)| c))
         {
             ws.validate()?;
+        }
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            tls.validate()?;
+            if !tls.is_server() {
+                return bad(
+                    Setting::Tls,
+                    "is a client's configuration: a server needs TlsConfig::server_pem or TlsConfig::server",
+                );
+            }
         }
         Ok(())
     }
@@ -352,6 +376,7 @@ impl ServerBuilder {
             keepalive: self.workers.keepalive,
             proxy: self.proxy.clone(),
             websocket: self.websocket.clone(),
+            tls: self.tls.clone(),
             registry: registry.clone(),
             rooms: self.rooms.clone(),
         };
@@ -367,7 +392,7 @@ impl ServerBuilder {
         let mut acceptors = Vec::new();
         #[cfg(feature = "websocket")]
         for (listener, config) in ws_listeners {
-            match super::acceptor::Acceptor::start(listener, inboxes.clone(), config) {
+            match super::acceptor::Acceptor::start(listener, inboxes.clone(), config, self.tls.clone()) {
                 Ok(a) => acceptors.push(a),
                 Err(e) => {
                     let mut runtime = runtime;
@@ -392,6 +417,7 @@ impl ServerBuilder {
             accept = %self.accept,
             proxy_protocol = self.proxy.is_some(),
             websocket = self.websocket.is_some(),
+            tls = self.tls.is_some(),
             "serving"
         );
         #[cfg(feature = "metrics")]

@@ -36,6 +36,8 @@ use super::send_queue::SendQueue;
 use super::timers::Timers;
 use crate::proxy::ProxyInfo;
 
+#[cfg(feature = "tls")]
+mod tls;
 #[cfg(feature = "websocket")]
 mod ws;
 
@@ -88,9 +90,16 @@ impl Flow {
     /// The WebSocket session is the client's: its frames are masked.
     #[cfg_attr(not(feature = "websocket"), allow(dead_code))]
     pub(crate) const WS_CLIENT: Flow = Flow(64);
+    /// The session speaks TLS: input is decrypted, sends are sealed.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub(crate) const TLS: Flow = Flow(128);
     /// The WebSocket message being offered is a text message.
     #[cfg_attr(not(feature = "websocket"), allow(dead_code))]
     pub(crate) const WS_TEXT: Flow = Flow(32);
+    /// A WebSocket session that frames each message for itself (a
+    /// client masks, TLS seals): no shared frame.
+    #[cfg_attr(not(feature = "websocket"), allow(dead_code))]
+    const SEALS_EACH: Flow = Flow(Flow::WS_CLIENT.0 | Flow::TLS.0);
     /// Either flag that stops reading from the socket.
     const STOPS_INPUT: Flow = Flow(Flow::PAUSED.0 | Flow::BACKPRESSURE.0);
 
@@ -158,6 +167,9 @@ pub(crate) struct Rare {
     /// (taken out while its input is decoded).
     #[cfg(feature = "websocket")]
     ws: Option<Box<crate::websocket::Layer>>,
+    /// The TLS state, for a TLS session (taken out while records are read).
+    #[cfg(feature = "tls")]
+    tls: Option<Box<tls::TlsLayer>>,
 }
 
 impl Core {
@@ -184,6 +196,16 @@ impl Core {
     /// [`CloseReason::SendQueueFull`].
     #[inline]
     pub(crate) fn queue(&mut self, buf: Bytes, now: Tick, limits: &Limits) -> Result<(), SendError> {
+        #[cfg(feature = "tls")]
+        if self.flow.contains(Flow::TLS) {
+            return self.tls_queue(buf, now, limits);
+        }
+        self.queue_raw(buf, now, limits)
+    }
+
+    /// [`Core::queue`] of bytes as they go on the wire.
+    #[inline]
+    pub(crate) fn queue_raw(&mut self, buf: Bytes, now: Tick, limits: &Limits) -> Result<(), SendError> {
         if self.send.is_empty() {
             self.last_sent = now;
         }
@@ -201,6 +223,21 @@ impl Core {
         }
     }
 
+    /// Queues `buf` (a close frame) past the cap: the close must be said.
+    /// Sealed on a TLS session.
+    #[cfg_attr(not(feature = "websocket"), allow(dead_code))]
+    pub(crate) fn push_control(&mut self, buf: Bytes) {
+        #[cfg(feature = "tls")]
+        let buf = match self.flow.contains(Flow::TLS) {
+            true => match self.tls_seal(&buf) {
+                Some(records) => records,
+                None => return,
+            },
+            false => buf,
+        };
+        let _ = self.send.push(buf, usize::MAX);
+    }
+
     /// Graceful close, unless the session is already closing.
     pub(crate) fn close(&mut self, reason: CloseReason) {
         match self.phase {
@@ -211,6 +248,10 @@ impl Core {
                 #[cfg(feature = "websocket")]
                 if self.flow.contains(Flow::WS) {
                     self.ws_close_frame(&reason);
+                }
+                #[cfg(feature = "tls")]
+                if self.flow.contains(Flow::TLS) {
+                    self.tls_close_notify();
                 }
                 self.phase = Phase::Closing;
                 self.set_reason(reason);
@@ -399,6 +440,10 @@ impl<H: Handler> Conn<H> {
             return;
         }
         self.core.rare().admitted = true;
+        #[cfg(feature = "tls")]
+        if self.core.flow.contains(Flow::TLS) {
+            return self.begin_tls(cx);
+        }
         #[cfg(feature = "websocket")]
         if self.core.rare().ws.is_some() {
             return self.begin_upgrade(cx);
@@ -475,6 +520,10 @@ impl<H: Handler> Conn<H> {
 
     /// The outbound connect completed: the session opens.
     pub(crate) fn connected(&mut self, cx: Context<'_>) {
+        #[cfg(feature = "tls")]
+        if self.is_connecting() && self.core.flow.contains(Flow::TLS) {
+            return self.begin_tls(cx);
+        }
         #[cfg(feature = "websocket")]
         if self.is_connecting() && self.core.rare.as_ref().is_some_and(|r| r.ws.is_some()) {
             return self.begin_client_upgrade(cx);
@@ -558,7 +607,8 @@ impl<H: Handler> Conn<H> {
     /// pass the bytes to [`Conn::received`].
     #[cfg_attr(windows, allow(dead_code))] // the Linux engines
     pub(crate) fn read_target(&mut self, want: usize, limits: &Limits) -> Option<&mut [u8]> {
-        if self.recv.is_empty() || !self.takes_input() {
+        // A TLS session's buffer holds plaintext: its reads go to rustls.
+        if self.recv.is_empty() || !self.takes_input() || self.core.flow.contains(Flow::TLS) {
             return None;
         }
         Some(self.recv.spare(want, limits.max_recv_buffer))
@@ -573,6 +623,10 @@ impl<H: Handler> Conn<H> {
             if self.core.phase == Phase::AwaitingProxy && !data.is_empty() {
                 self.proxy_input(data);
             }
+            #[cfg(feature = "tls")]
+            if self.core.phase == Phase::Upgrading && self.core.flow.contains(Flow::TLS) && !data.is_empty() {
+                return self.tls_received(data, cx);
+            }
             #[cfg(feature = "websocket")]
             if self.core.phase == Phase::Upgrading && !data.is_empty() {
                 self.upgrade_input(data, cx);
@@ -580,6 +634,10 @@ impl<H: Handler> Conn<H> {
             return;
         }
         self.core.last_active = cx.now;
+        #[cfg(feature = "tls")]
+        if self.core.flow.contains(Flow::TLS) {
+            return self.tls_received(data, cx);
+        }
         #[cfg(feature = "websocket")]
         if self.core.flow.contains(Flow::WS) {
             return self.ws_received(data, cx);
@@ -687,7 +745,8 @@ impl<H: Handler> Conn<H> {
         cx: Context<'_>,
     ) -> Result<(), SendError> {
         #[cfg(feature = "websocket")]
-        if self.core.flow.contains(Flow::WS) && !self.core.flow.contains(Flow::WS_CLIENT) && self.is_open() {
+        if self.core.flow.contains(Flow::WS) && !self.core.flow.intersects(Flow::SEALS_EACH) && self.is_open()
+        {
             let frame = frame
                 .get_or_insert_with(|| crate::websocket::frame_message(crate::websocket::Opcode::Binary, buf))
                 .clone();

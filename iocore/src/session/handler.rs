@@ -402,6 +402,11 @@ impl Session<'_> {
     /// Whether `send_copy` may use the cork.
     #[inline]
     fn corks(&self) -> bool {
+        // A TLS session seals what it sends: nothing goes out unsealed.
+        #[cfg(feature = "tls")]
+        if self.core.flow.contains(Flow::TLS) {
+            return false;
+        }
         #[cfg(feature = "websocket")]
         return self.ws_corks();
         #[cfg(not(feature = "websocket"))]
@@ -429,6 +434,18 @@ impl Session<'_> {
     /// message).
     pub fn is_websocket(&self) -> bool {
         self.core.flow.contains(Flow::WS)
+    }
+
+    /// On a TLS session, the ALPN protocol its handshake agreed on (see
+    /// `TlsConfig::alpn`), if any.
+    #[cfg(feature = "tls")]
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        self.core.alpn_protocol()
+    }
+
+    /// Whether the session speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        self.core.flow.contains(Flow::TLS)
     }
 
     /// During [`Handler::on_recv`] on a WebSocket session: whether the

@@ -47,9 +47,7 @@ impl Core {
         }
         self.flow.insert(Flow::WS_CLOSE_SENT);
         // A few bytes over the cap at most: the close must be said.
-        let _ = self
-            .send
-            .push(close_frame(self.ws_role(), code, text), usize::MAX);
+        self.push_control(close_frame(self.ws_role(), code, text));
     }
 
     /// Which side of the WebSocket this session is.
@@ -159,7 +157,7 @@ impl<H: Handler> Conn<H> {
         self.try_upgrade(cx);
     }
 
-    fn try_upgrade(&mut self, cx: Context<'_>) {
+    pub(super) fn try_upgrade(&mut self, cx: Context<'_>) {
         let client = self.core.flow.contains(Flow::WS_CLIENT);
         let Some(ws) = &self.core.rare().ws else {
             return;
@@ -307,7 +305,7 @@ impl<H: Handler> Conn<H> {
                         None => {
                             self.core.flow.insert(Flow::WS_CLOSE_SENT);
                             let close = frame_as(self.core.ws_role(), Opcode::Close, &[]);
-                            let _ = self.core.send.push(close, usize::MAX);
+                            self.core.push_control(close);
                         }
                     }
                     self.core.close(CloseReason::PeerClosed);
