@@ -252,7 +252,8 @@ impl Room for Ticker {
 
 /// 200 ticks of 5 ms on the real clock: each is due exactly `n` periods
 /// after the start (no drift, however late the ones before ran), and every
-/// index up to 200 either ran or was counted missed. (How late ticks run
+/// index up to the last (the 200th, or the first due after it) either ran
+/// or was counted missed. (How late ticks run
 /// depends on the machine; `iocore bench` measures it. The simulated
 /// engine's test checks lateness to the millisecond.)
 fn the_tick_keeps_its_schedule(engine: EngineKind) {
@@ -276,10 +277,17 @@ fn the_tick_keeps_its_schedule(engine: EngineKind) {
         accounted += 1 + t.missed;
         previous = t.n;
     }
-    assert_eq!(accounted, 200);
+    // The last tick is the first due at or after the 200th: later when the
+    // worker was late and skipped some (how late is timing's, not ours).
+    let last = ticks.last().unwrap().n;
+    assert!(last >= 200);
+    assert_eq!(accounted, last);
+    wait_until("the stats count the last tick", || {
+        let s = rooms.stats();
+        s.ticks + s.ticks_missed == last
+    });
     let stats = rooms.stats();
     assert_eq!(stats.ticks, ticks.len() as u64);
-    assert_eq!(stats.ticks + stats.ticks_missed, 200);
     assert_eq!(stats.tick_lateness.iter().sum::<u64>(), stats.ticks);
     assert_eq!(server.room_stats(), stats);
 }
