@@ -40,6 +40,8 @@ pub struct Load {
     /// Sessions speak WebSocket (as clients): a message is one WebSocket
     /// message.
     pub websocket: bool,
+    /// Sessions speak TLS (as clients) with this configuration.
+    pub tls: Option<iocore::tls::TlsConfig>,
 }
 
 impl Default for Load {
@@ -57,6 +59,7 @@ impl Default for Load {
             server_pid: None,
             max_send_queue: 1 << 20,
             websocket: false,
+            tls: None,
         }
     }
 }
@@ -84,6 +87,7 @@ impl Load {
             .max_sessions(self.connections)
             .limits(limits)
             .websocket(websocket)
+            .tls(self.tls.clone())
             .start::<H>()
     }
 }

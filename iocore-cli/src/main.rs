@@ -285,6 +285,17 @@ struct ServeArgs {
     /// 16KiB); a longer one closes its session with code 1009.
     #[arg(long, requires = "ws", default_value = "16KiB", value_parser = parse_size)]
     ws_max_message: usize,
+    /// Speak TLS on --addr and --ws (wss): the certificate chain, PEM
+    /// (leaf first). Needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// With --tls-cert: its private key, PEM.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// With --tls-cert: how long a connection may take to finish its TLS
+    /// handshake (above 0).
+    #[arg(long, requires = "tls_cert", default_value = "10s", value_parser = parse_duration)]
+    tls_handshake_timeout: Duration,
 }
 
 #[derive(clap::Args)]
@@ -345,6 +356,14 @@ struct ClientArgs {
     /// masked binary message, each echo one message back.
     #[arg(long)]
     ws: bool,
+    /// Speak TLS (to a `serve --tls-cert` port), trusting the
+    /// certificates in this PEM file (a CA's, or the server's own).
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
+    /// With --tls-ca: the name the server's certificate must carry
+    /// (default: the IP address of --addr).
+    #[arg(long, requires = "tls_ca")]
+    tls_server_name: Option<String>,
     /// After sending stops, wait this long for the last echoes (above 0;
     /// churn: how long one connection may take in all).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
@@ -538,6 +557,7 @@ fn serve_flag(setting: Setting) -> &'static str {
         Setting::ProxyHeaderTimeout => "--proxy-header-timeout",
         Setting::RedisUrl => "--redis",
         Setting::WebSocketMaxMessage => "--ws-max-message",
+        Setting::HandshakeTimeout => "--tls-handshake-timeout",
         _ => "an option",
     }
 }
@@ -611,6 +631,12 @@ fn serve_builder(args: &ServeArgs) -> Result<ServerBuilder, String> {
             proxy.trusted = trusted;
         }
         builder = builder.proxy_protocol(Some(proxy));
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let tls = iocore::tls::TlsConfig::server_pem(cert, key)
+            .map_err(|e| format!("--tls-cert/--tls-key: {e}"))?
+            .handshake_timeout(args.tls_handshake_timeout);
+        builder = builder.tls(Some(tls));
     }
     if let Some(ws) = args.ws {
         if args.ws_max_message > 64 << 20 {
@@ -798,6 +824,22 @@ impl ClientArgs {
             server_pid: self.server_pid,
             max_send_queue: queue,
             websocket: self.ws,
+            tls: match &self.tls_ca {
+                None => None,
+                Some(ca) => {
+                    let name = match &self.tls_server_name {
+                        Some(n) => n.clone(),
+                        None => self
+                            .addr
+                            .first()
+                            .map_or("localhost".into(), |a| a.ip().to_string()),
+                    };
+                    Some(
+                        iocore::tls::TlsConfig::client_pem(ca, &name)
+                            .map_err(|e| format!("--tls-ca: {e}"))?,
+                    )
+                }
+            },
         })
     }
 

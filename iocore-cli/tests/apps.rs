@@ -232,6 +232,76 @@ fn cli_client_speaks_websocket_to_serve_ws(engine: EngineKind) {
     }
 }
 
+/// A certificate for 127.0.0.1 as PEM files: (certificate, key).
+fn certificate(tag: &str) -> (String, String) {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("cli-tls-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    (cert.display().to_string(), key.display().to_string())
+}
+
+/// `serve --tls-cert --tls-key` speaks TLS on both its ports;
+/// `client --tls-ca` echoes every byte over TLS and over wss; a client
+/// that does not trust the certificate fails its handshakes, says why,
+/// and exits non-zero.
+fn cli_client_speaks_tls_to_serve_tls(engine: EngineKind) {
+    let (cert, key) = certificate(engine.name());
+    let (other, _) = certificate(&format!("other-{}", engine.name()));
+    let server = CliServer::start(
+        BIN,
+        &[
+            "--engine",
+            engine.name(),
+            "--ws",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ],
+        &[],
+    );
+    let ws = server.logged_addr("serving WebSocket clients").to_string();
+    let tcp = server.addr.to_string();
+    let run = |args: &[&str]| {
+        run_bounded(
+            Command::new(BIN)
+                .args([
+                    "client",
+                    "--engine",
+                    engine.name(),
+                    "--connections",
+                    "6",
+                    "--pipeline",
+                    "4",
+                ])
+                .args(["--count", "100", "--size", "5000", "--verify"])
+                .args(args),
+            Duration::from_secs(120),
+        )
+    };
+    for args in [
+        &["--addr", &tcp, "--tls-ca", &cert][..],
+        &["--addr", &ws, "--ws", "--tls-ca", &cert],
+    ] {
+        let out = run(args);
+        assert!(out.status.success(), "{args:?}: {}", out.output());
+        assert!(out.stdout.contains("0 mismatched, 0 lost"), "{}", out.output());
+    }
+    let out = run(&["--addr", &tcp, "--tls-ca", &other]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.output());
+    assert!(
+        out.stdout.contains("invalid peer certificate"),
+        "{}",
+        out.output()
+    );
+    assert!(server.stop().0.success());
+}
+
 /// The binary serves echo until SIGTERM, then stops gracefully, exit 0.
 fn cli_serve_echoes_and_stops_on_sigterm(engine: EngineKind) {
     let args = [
@@ -271,6 +341,7 @@ fn cli_serve_echoes_and_stops_on_sigterm(engine: EngineKind) {
 }
 
 engine_suite!(
+    cli_client_speaks_tls_to_serve_tls,
     cli_client_speaks_websocket_to_serve_ws,
     open_loop_keeps_its_schedule_and_reports_its_error,
     sink_counts_exactly_the_bytes_sent,

@@ -93,10 +93,13 @@ fn a_rustls_client_gets_every_byte_back_then_close_notify(engine: EngineKind) {
     assert_eq!(events.closed(), vec![CloseKind::ServerShutdown]);
 }
 
+/// What a client session got: the bytes, the ALPN protocol, how it ended.
+type Got = Arc<Mutex<(Vec<u8>, Option<Vec<u8>>, Option<CloseKind>)>>;
+
 /// Sends `send` on connect, collects what comes back, closes when all has.
 struct Collect {
     send: Vec<u8>,
-    got: Arc<Mutex<(Vec<u8>, Option<Vec<u8>>, Option<CloseKind>)>>,
+    got: Got,
 }
 
 impl Handler for Collect {

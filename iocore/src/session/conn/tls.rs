@@ -26,6 +26,7 @@ pub(crate) struct TlsLayer {
     conn: rustls::Connection,
     handshake_timeout: std::time::Duration,
     /// This end is the client.
+    #[cfg_attr(not(feature = "websocket"), allow(dead_code))]
     client: bool,
 }
 
