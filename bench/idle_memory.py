@@ -6,12 +6,14 @@ accepted them all, read VmRSS again, and report (after - before) / N.
 
 With `--transports tcp,ws` it also measures WebSocket sessions: the server
 gets `--ws`, and each connection to that port makes its upgrade (the 101
-is read) before it idles.
+is read) before it idles; with `tls` the server gets a certificate made
+for the run (openssl) and each connection finishes its TLS handshake
+(Python's ssl) before it idles.
 
 Usage: bench/idle_memory.py [--engines epoll,uring] [--connections 10000] [--transports tcp,ws]
 Needs a release build (cargo build --release). Traffic: loopback only.
 """
-import argparse, base64, os, re, resource, socket, subprocess, sys, time
+import argparse, base64, os, re, resource, socket, ssl, subprocess, sys, tempfile, time
 
 def rss_kib(pid):
     with open(f"/proc/{pid}/status") as f:
@@ -39,13 +41,27 @@ def upgraded(s):
     assert answer.startswith(b"HTTP/1.1 101"), answer
     return s
 
+def certificate(dir):
+    """A self-signed certificate for 127.0.0.1: (cert, key) paths."""
+    cert, key = os.path.join(dir, "cert.pem"), os.path.join(dir, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-addext", "basicConstraints=critical,CA:FALSE"],
+                   check=True, capture_output=True)
+    return cert, key
+
 def measure(binary, engine, count, transport):
     port = 20000 + os.getpid() % 10000
     ws_port = port + 1
+    extra, tls = [], None
+    if transport == "tls":
+        cert, key = certificate(tempfile.mkdtemp())
+        extra = ["--tls-cert", cert, "--tls-key", key]
+        tls = ssl.create_default_context(cafile=cert)
     server = subprocess.Popen(
         ["taskset", "-c", "0", binary, "serve", "--engine", engine, "--threads", "1",
          "--addr", f"127.0.0.1:{port}", "--ws", f"127.0.0.1:{ws_port}",
-         "--max-sessions", str(count + 100), "--log-level", "warn"])
+         "--max-sessions", str(count + 100), "--log-level", "warn"] + extra)
     if transport == "ws":
         port = ws_port
     try:
@@ -63,6 +79,8 @@ def measure(binary, engine, count, transport):
         socks = []
         for _ in range(count):
             s = socket.create_connection(("127.0.0.1", port))
+            if transport == "tls":
+                s = tls.wrap_socket(s, server_hostname="127.0.0.1")
             socks.append(upgraded(s) if transport == "ws" else s)
         deadline = time.time() + 60
         while established(port) < count and time.time() < deadline:

@@ -190,7 +190,11 @@ fn bad_handshakes_close_only_their_sessions(engine: EngineKind) {
         .handshake_timeout(Duration::from_millis(300));
     let server = server(engine).tls(Some(tls)).start(factory).unwrap();
     let addr = server.local_addr();
+    // The witness makes its handshake now, well within the timeout.
     let mut witness = rustls_client(addr, &cert);
+    witness.write_all(b"hi").unwrap();
+    let mut hi = [0; 2];
+    witness.read_exact(&mut hi).unwrap();
     let mut n = 0;
     let mut check = |what: &str, kind: CloseKind, said: &str| {
         n += 1;

@@ -47,9 +47,9 @@ pub struct BenchOptions {
 /// so that the accept strategy matters). The `-coalesce` ones run the chat
 /// points only, with `serve --app chat --coalesce 50ms`.
 /// `tokio-tungstenite` and `fastwebsockets` run the WebSocket points
-/// (`ws-`) only; at those, of the iocore servers only `iocore-epoll` and
-/// `iocore-uring` run.
-pub const SERVERS: [&str; 13] = [
+/// (`ws-`) only, `tokio-rustls` the TLS points (`tls-`) only; at those, of
+/// the iocore servers only `iocore-epoll` and `iocore-uring` run.
+pub const SERVERS: [&str; 14] = [
     "iocore-epoll",
     "iocore-uring",
     "iocore-epoll-handoff",
@@ -63,6 +63,7 @@ pub const SERVERS: [&str; 13] = [
     "epoll-floor",
     "tokio-tungstenite",
     "fastwebsockets",
+    "tokio-rustls",
 ];
 
 /// What a load shape exercises.
@@ -125,6 +126,9 @@ pub struct Point {
     /// Over WebSocket: the client sends with `--ws`, iocore serves with
     /// `--ws`, and only WebSocket servers take part.
     pub websocket: bool,
+    /// Over TLS: the client trusts a certificate made for the run, iocore
+    /// serves with it, and only TLS servers take part.
+    pub tls: bool,
 }
 
 /// One measurement.
@@ -251,6 +255,7 @@ fn points(quick: bool) -> Vec<Point> {
         duration_secs: d,
         warmup_secs: w,
         websocket: false,
+        tls: false,
     };
     // Fan-out: members in rooms, each saying `rate` messages a second;
     // every message reaches every member of its room.
@@ -265,6 +270,7 @@ fn points(quick: bool) -> Vec<Point> {
         duration_secs: cd,
         warmup_secs: cw,
         websocket: false,
+        tls: false,
     };
     let seed = if quick { 2_000 } else { 10_000 };
     let mut points = vec![
@@ -282,6 +288,7 @@ fn points(quick: bool) -> Vec<Point> {
             duration_secs: if quick { 4.0 } else { 12.0 },
             warmup_secs: if quick { 2.0 } else { 4.0 },
             websocket: false,
+            tls: false,
         },
     ];
     match quick {
@@ -299,6 +306,7 @@ fn points(quick: bool) -> Vec<Point> {
         duration_secs: cd,
         warmup_secs: cw,
         websocket: false,
+        tls: false,
     };
     match quick {
         true => points.push(arena(200)),
@@ -315,6 +323,7 @@ fn points(quick: bool) -> Vec<Point> {
         duration_secs: d,
         warmup_secs: w,
         websocket: false,
+        tls: false,
     });
     // WebSocket: echo of 100 B messages, and pub/sub (the chat over
     // WebSocket, one packet per message: every message said reaches every
@@ -333,6 +342,12 @@ fn points(quick: bool) -> Vec<Point> {
         true => points.push(ws_chat(500, 5, 2.0)),
         false => points.push(ws_chat(1000, 10, 2.0)),
     }
+    // TLS: echo of 100 B messages.
+    points.push(Point {
+        name: "tls-100c-100B".into(),
+        tls: true,
+        ..pp("", 100, 100)
+    });
     points
 }
 
@@ -346,7 +361,7 @@ fn bin_dir() -> io::Result<PathBuf> {
 fn program(
     server: &str,
     scenario: Scenario,
-    websocket: bool,
+    (websocket, tls): (bool, bool),
     dir: &Path,
 ) -> io::Result<Option<(PathBuf, Vec<String>)>> {
     let iocore = std::env::current_exe()?;
@@ -395,6 +410,15 @@ fn program(
         Some((iocore.clone(), args.iter().map(|s| s.to_string()).collect()))
     };
     let peer = |name: &str| Some((dir.join(format!("peer-{name}")), vec![]));
+    let tls_peer = server == "tokio-rustls";
+    if tls || tls_peer {
+        return Ok(match (server, scenario, tls, websocket) {
+            ("iocore-epoll", Scenario::Echo, true, false) => serve("epoll", "reuse-port"),
+            ("iocore-uring", Scenario::Echo, true, false) => serve("uring", "reuse-port"),
+            ("tokio-rustls", Scenario::Echo, true, false) => peer(server),
+            _ => None,
+        });
+    }
     let ws_peer = matches!(server, "tokio-tungstenite" | "fastwebsockets");
     if websocket || ws_peer {
         return Ok(match (server, scenario, websocket) {
@@ -429,6 +453,19 @@ fn program(
     })
 }
 
+/// The certificate the TLS points use (made once, beside the binaries):
+/// its PEM certificate and key files.
+fn certificate(dir: &Path) -> io::Result<(String, String)> {
+    let (cert, key) = (dir.join("bench-tls-cert.pem"), dir.join("bench-tls-key.pem"));
+    if !cert.exists() || !key.exists() {
+        let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()])
+            .map_err(|e| io::Error::other(format!("making the bench's certificate: {e}")))?;
+        std::fs::write(&key, made.signing_key.serialize_pem())?;
+        std::fs::write(&cert, made.cert.pem())?;
+    }
+    Ok((cert.display().to_string(), key.display().to_string()))
+}
+
 /// Builds the peer servers if any is missing.
 fn ensure_peers(dir: &Path, servers: &[String]) -> io::Result<()> {
     let needed = servers.iter().any(|s| !s.starts_with("iocore-"));
@@ -443,6 +480,7 @@ fn ensure_peers(dir: &Path, servers: &[String]) -> io::Result<()> {
         "tokio-tungstenite-chat",
         "fastwebsockets",
         "fastwebsockets-chat",
+        "tokio-rustls",
     ]
     .iter()
     .any(|p| !dir.join(format!("peer-{p}")).exists());
@@ -480,10 +518,16 @@ struct Running {
 
 impl Running {
     /// Starts `server` for `scenario` (it must have that app).
-    fn start(server: &str, scenario: Scenario, websocket: bool, dir: &Path) -> io::Result<Running> {
-        let (prog, mut args) = program(server, scenario, websocket, dir)?
+    fn start(
+        server: &str,
+        scenario: Scenario,
+        (websocket, tls): (bool, bool),
+        dir: &Path,
+    ) -> io::Result<Running> {
+        let (prog, mut args) = program(server, scenario, (websocket, tls), dir)?
             .ok_or_else(|| io::Error::other(format!("{server} has no {scenario:?} server")))?;
         let addr = free_port()?;
+        let cert = tls.then(|| certificate(dir)).transpose()?;
         if server.starts_with("iocore-") && websocket {
             // The load connects to the WebSocket port.
             args.extend(["--addr".to_string(), free_port()?.to_string()]);
@@ -492,6 +536,12 @@ impl Running {
             args.extend(["--addr".to_string(), addr.to_string()]);
         } else {
             args.push(addr.to_string());
+        }
+        if let Some((cert, key)) = &cert {
+            match server.starts_with("iocore-") {
+                true => args.extend(["--tls-cert".into(), cert.clone(), "--tls-key".into(), key.clone()]),
+                false => args.extend([cert.clone(), key.clone()]),
+            }
         }
         let mut cmd = Command::new("taskset");
         #[cfg(target_os = "linux")]
@@ -533,7 +583,7 @@ impl Drop for Running {
 
 /// Runs the load client against `server` at `point` and reads its report.
 fn measure(point: &Point, server: &str, dir: &Path, round: usize) -> io::Result<Run> {
-    let running = Running::start(server, point.scenario, point.websocket, dir)?;
+    let running = Running::start(server, point.scenario, (point.websocket, point.tls), dir)?;
     let mut cmd = Command::new("taskset");
     cmd.args(["-c", "1"]).arg(std::env::current_exe()?).arg("client");
     cmd.args([
@@ -549,6 +599,9 @@ fn measure(point: &Point, server: &str, dir: &Path, round: usize) -> io::Result<
     cmd.args(["--connections", &point.connections.to_string()]);
     if point.websocket {
         cmd.arg("--ws");
+    }
+    if point.tls {
+        cmd.args(["--tls-ca", &certificate(dir)?.0]);
     }
     if point.scenario != Scenario::Arena {
         cmd.args(["--size", &point.size.to_string()]);
@@ -622,7 +675,7 @@ fn measure(point: &Point, server: &str, dir: &Path, round: usize) -> io::Result<
 }
 
 fn idle_memory(server: &str, dir: &Path, connections: usize) -> io::Result<Memory> {
-    let running = Running::start(server, Scenario::Echo, false, dir)?;
+    let running = Running::start(server, Scenario::Echo, (false, false), dir)?;
     let pid = running.child.id();
     std::thread::sleep(Duration::from_millis(300));
     let before = crate::usage::usage(pid)?.rss_kib;
@@ -750,7 +803,7 @@ pub fn run(opts: &BenchOptions) -> io::Result<Report> {
     let dir = bin_dir()?;
     ensure_peers(&dir, &opts.servers)?;
     for s in &opts.servers {
-        program(s, Scenario::Echo, false, &dir)?;
+        program(s, Scenario::Echo, (false, false), &dir)?;
     }
     crate::usage::raise_fd_limit()?;
     let mut points = points(opts.quick);
@@ -770,7 +823,7 @@ pub fn run(opts: &BenchOptions) -> io::Result<Report> {
             let n = opts.servers.len();
             for k in 0..n {
                 let server = &opts.servers[(k + round) % n];
-                if program(server, point.scenario, point.websocket, &dir)?.is_none() {
+                if program(server, point.scenario, (point.websocket, point.tls), &dir)?.is_none() {
                     continue; // no such app (a chat point for an echo-only peer)
                 }
                 eprint!("round {}/{rounds} {:<20} {:<13} ", round + 1, point.name, server);
@@ -806,7 +859,7 @@ pub fn run(opts: &BenchOptions) -> io::Result<Report> {
         false => &[],
     };
     for s in servers {
-        if program(s, Scenario::Echo, false, &dir)?.is_none() {
+        if program(s, Scenario::Echo, (false, false), &dir)?.is_none() {
             continue; // a churn-only or WebSocket server
         }
         eprint!("idle memory {s:<13} ");
