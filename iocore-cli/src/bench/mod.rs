@@ -48,7 +48,8 @@ pub struct BenchOptions {
 /// points only, with `serve --app chat --coalesce 50ms`.
 /// `tokio-tungstenite` and `fastwebsockets` run the WebSocket points
 /// (`ws-`) only, `tokio-rustls` the TLS points (`tls-`) only; at those, of
-/// the iocore servers only `iocore-epoll` and `iocore-uring` run.
+/// the iocore servers `iocore-epoll` and `iocore-uring` run (and at the
+/// WebSocket pub/sub point the `-coalesce` ones).
 pub const SERVERS: [&str; 14] = [
     "iocore-epoll",
     "iocore-uring",
@@ -424,6 +425,8 @@ fn program(
         return Ok(match (server, scenario, websocket) {
             ("iocore-epoll", Scenario::Echo | Scenario::Chat, true) => serve("epoll", "reuse-port"),
             ("iocore-uring", Scenario::Echo | Scenario::Chat, true) => serve("uring", "reuse-port"),
+            ("iocore-epoll-coalesce", Scenario::Chat, true) => coalesce("epoll"),
+            ("iocore-uring-coalesce", Scenario::Chat, true) => coalesce("uring"),
             (_, Scenario::Echo, true) if ws_peer => peer(server),
             (_, Scenario::Chat, true) if ws_peer => peer(&format!("{server}-chat")),
             _ => None,
