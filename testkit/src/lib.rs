@@ -472,6 +472,17 @@ impl CliServer {
         self.rest.recv_timeout(PATIENCE).ok()
     }
 
+    /// Ends the server when the test is done with it: on Unix with
+    /// SIGTERM, checking that it stops gracefully with status 0; on
+    /// Windows, which has no SIGTERM, it is killed (the graceful stop is
+    /// the library tests').
+    pub fn end(self) {
+        if cfg!(unix) {
+            let (status, log) = self.stop();
+            assert!(status.success(), "{status:?}: {log:?}");
+        }
+    }
+
     /// SIGTERM, then wait (at most [`PATIENCE`]): returns the exit status
     /// and the remaining log.
     pub fn stop(mut self) -> (std::process::ExitStatus, Vec<String>) {
