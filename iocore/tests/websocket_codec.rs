@@ -290,3 +290,23 @@ fn a_client_checks_the_servers_answer() {
     let refused = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
     assert!(parse_answer(refused, &key, &[], 8192).is_err());
 }
+
+/// Masking eight bytes at a time gives what the RFC's byte-by-byte rule
+/// gives (`j`-th byte XOR `key[j % 4]`), for every length and offset.
+#[test]
+fn masking_matches_the_rfc_rule_at_every_length_and_offset() {
+    let key = [0x37, 0xfa, 0x21, 0x3d];
+    for len in 0..70 {
+        for offset in 0..8 {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 + offset) as u8).collect();
+            let mut masked = data.clone();
+            frame::apply_mask(&mut masked, key, offset);
+            let want: Vec<u8> = data
+                .iter()
+                .enumerate()
+                .map(|(j, b)| b ^ key[(offset + j) % 4])
+                .collect();
+            assert_eq!(masked, want, "len {len}, offset {offset}");
+        }
+    }
+}
