@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use iocore::websocket::frame::{encode, Decoder, Event, Opcode};
-use iocore::websocket::handshake::parse_request;
+use iocore::websocket::handshake::{parse_request, plain_get};
 use iocore::websocket::Role;
 
 /// What decoding `bytes` gives, fed in reads of the sizes `cuts` names
@@ -124,6 +124,10 @@ fn websocket_upgrade_request() {
                 }
                 Ok(None) => assert!(bytes.len() < max, "waits only below the limit"),
                 Err(e) => assert!([400, 426, 431].contains(&e.status), "{e:?}"),
+            }
+            // A plain GET (a page request) is never an upgrade.
+            if let Some(path) = plain_get(bytes) {
+                assert!(!matches!(parse_request(bytes, usize::MAX), Ok(Some(_))), "{path}");
             }
         });
 }
