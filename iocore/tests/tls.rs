@@ -237,6 +237,47 @@ fn bad_handshakes_close_only_their_sessions(engine: EngineKind) {
     server.shutdown(Duration::from_secs(5)).unwrap();
 }
 
+/// Behind a load balancer: the PROXY header in the clear, then the TLS
+/// handshake on the same connection; the session sees the client's
+/// address and echoes through TLS.
+#[cfg(feature = "proxy-protocol")]
+fn a_proxy_header_comes_before_the_handshake(engine: EngineKind) {
+    struct Peer(Arc<Mutex<Option<SocketAddr>>>);
+    impl Handler for Peer {
+        fn on_connected(&mut self, s: &mut Session<'_>) {
+            *self.0.lock().unwrap() = Some(s.peer_addr());
+        }
+        fn on_recv(&mut self, s: &mut Session<'_>, data: &[u8]) -> usize {
+            let _ = s.send_copy(data);
+            data.len()
+        }
+    }
+    let (cert, key) = certificate(&format!("proxy-{}", engine.name()));
+    let seen = Arc::new(Mutex::new(None));
+    let s = seen.clone();
+    let server = server(engine)
+        .proxy_protocol(Some(iocore::proxy::ProxyProtocol::default()))
+        .tls(Some(TlsConfig::server_pem(&cert, &key).unwrap()))
+        .start(move || Peer(s.clone()))
+        .unwrap();
+    let mut c = rustls_client(server.local_addr(), &cert);
+    c.sock
+        .write_all(b"PROXY TCP4 10.1.2.3 127.0.0.1 5555 80\r\n")
+        .unwrap();
+    c.write_all(b"through the proxy").unwrap();
+    let mut back = [0; 17];
+    c.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"through the proxy");
+    assert_eq!(*seen.lock().unwrap(), Some("10.1.2.3:5555".parse().unwrap()));
+    server.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[cfg(feature = "proxy-protocol")]
+mod behind_a_proxy {
+    use super::*;
+    engine_suite!(a_proxy_header_comes_before_the_handshake);
+}
+
 engine_suite!(
     a_rustls_client_gets_every_byte_back_then_close_notify,
     iocore_client_and_server_speak_tls_and_wss,

@@ -1,4 +1,5 @@
-//! Shared bits of the peer echo servers: the listen address from argv.
+//! Shared bits of the peer servers: the listen address from argv, the
+//! accept loop, and the chat protocol's rooms.
 
 /// The address to listen on: the first argument, else 127.0.0.1:7777.
 /// Only loopback addresses are accepted: these servers exist to be
@@ -13,9 +14,29 @@ pub fn listen_addr() -> std::net::SocketAddr {
     addr
 }
 
-/// The chat protocol of iocore's chat app, for the WebSocket peers: one
-/// packet per binary message from a member; rooms are tokio broadcast
-/// channels, as `peer-tokio-chat` has them.
+/// Listens on [`listen_addr`] and runs `serve(stream, n)` in a task of
+/// its own for each accepted connection (`n` counts them from 1), with
+/// `TCP_NODELAY` set, as a tokio server does.
+pub async fn accept_loop<F, Fut>(mut serve: F)
+where
+    F: FnMut(tokio::net::TcpStream, u64) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind(listen_addr()).await.unwrap();
+    let mut n = 0;
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        n += 1;
+        tokio::spawn(serve(stream, n));
+    }
+}
+
+/// The chat protocol of iocore's chat app, for the chat peers (over TCP,
+/// and over WebSocket one packet per binary message): rooms are tokio
+/// broadcast channels in a map behind a mutex.
 pub mod chat {
     use std::collections::HashMap;
     use std::sync::{Arc, Mutex};
@@ -30,7 +51,8 @@ pub mod chat {
     const MSG: u16 = 102;
     const LEFT: u16 = 103;
     const ERROR: u16 = 199;
-    const MAX_PACKET: usize = 4096;
+    /// The largest packet, header included.
+    pub const MAX_PACKET: usize = 4096;
     /// Messages a room's channel holds for a member that is behind.
     const BACKLOG: usize = 16 * 1024;
 

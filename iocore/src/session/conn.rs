@@ -448,7 +448,15 @@ impl<H: Handler> Conn<H> {
         if self.core.rare().ws.is_some() {
             return self.begin_upgrade(cx);
         }
+        self.open(cx);
+    }
+
+    /// What came first (a PROXY header, a handshake) is done: the session
+    /// opens, its handler hears of it, and the bytes that came after are
+    /// offered.
+    fn open(&mut self, cx: Context<'_>) {
         self.core.phase = Phase::Open;
+        self.core.timer_at = Tick::NEVER;
         self.core.last_active = cx.now;
         Self::callback(&mut self.core, (), |core| {
             self.handler.on_connected(&mut Self::session(core, &cx))

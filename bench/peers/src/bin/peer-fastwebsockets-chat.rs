@@ -9,14 +9,12 @@ use http_body_util::Empty;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response};
 use iocore_peers::chat::{Member, Reply, Rooms};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use tokio::sync::mpsc;
 
 async fn serve(
     mut req: Request<Incoming>,
     rooms: Rooms,
-    next_id: Arc<AtomicU64>,
+    id: u64,
 ) -> Result<Response<Empty<Bytes>>, WebSocketError> {
     let (response, fut) = upgrade::upgrade(&mut req)?;
     tokio::spawn(async move {
@@ -36,10 +34,7 @@ async fn serve(
                 }
             }
         });
-        let mut member = Member {
-            id: next_id.fetch_add(1, Ordering::Relaxed),
-            room: None,
-        };
+        let mut member = Member { id, room: None };
         loop {
             let out = tokio::select! {
                 packet = packets.recv() => match packet {
@@ -63,24 +58,17 @@ async fn serve(
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let listener = tokio::net::TcpListener::bind(iocore_peers::listen_addr())
-        .await
-        .unwrap();
     let rooms = Rooms::default();
-    let next_id = Arc::new(AtomicU64::new(1));
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let (rooms, next_id) = (rooms.clone(), next_id.clone());
-        tokio::spawn(async move {
+    iocore_peers::accept_loop(|stream, id| {
+        let rooms = rooms.clone();
+        async move {
             let io = hyper_util::rt::TokioIo::new(stream);
-            let service = hyper::service::service_fn(move |req| serve(req, rooms.clone(), next_id.clone()));
+            let service = hyper::service::service_fn(move |req| serve(req, rooms.clone(), id));
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(io, service)
                 .with_upgrades()
                 .await;
-        });
-    }
+        }
+    })
+    .await;
 }

@@ -30,20 +30,12 @@ async fn serve(mut req: Request<Incoming>) -> Result<Response<Empty<Bytes>>, fas
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let listener = tokio::net::TcpListener::bind(iocore_peers::listen_addr())
-        .await
-        .unwrap();
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(async move {
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, hyper::service::service_fn(serve))
-                .with_upgrades()
-                .await;
-        });
-    }
+    iocore_peers::accept_loop(|stream, _| async move {
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(io, hyper::service::service_fn(serve))
+            .with_upgrades()
+            .await;
+    })
+    .await;
 }

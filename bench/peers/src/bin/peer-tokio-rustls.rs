@@ -27,16 +27,9 @@ async fn main() {
         .with_single_cert(certs, key)
         .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind(iocore_peers::listen_addr())
-        .await
-        .unwrap();
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
+    iocore_peers::accept_loop(|stream, _| {
         let acceptor = acceptor.clone();
-        tokio::spawn(async move {
+        async move {
             let Ok(mut stream) = acceptor.accept(stream).await else {
                 return;
             };
@@ -50,6 +43,7 @@ async fn main() {
                     return;
                 }
             }
-        });
-    }
+        }
+    })
+    .await;
 }

@@ -9,45 +9,32 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let listener = tokio::net::TcpListener::bind(iocore_peers::listen_addr())
-        .await
-        .unwrap();
     let rooms = Rooms::default();
-    let mut next_id = 0u64;
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        next_id += 1;
-        let (id, rooms) = (next_id, rooms.clone());
-        tokio::spawn(async move {
+    iocore_peers::accept_loop(|stream, id| {
+        let rooms = rooms.clone();
+        async move {
             let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
                 return;
             };
             let mut member = Member { id, room: None };
             loop {
-                tokio::select! {
+                let out = tokio::select! {
                     msg = ws.next() => match msg {
                         Some(Ok(Message::Binary(b))) => match member.packet(&rooms, &b) {
-                            Reply::Send(reply) => {
-                                if ws.send(Message::Binary(reply)).await.is_err() {
-                                    return;
-                                }
-                            }
-                            Reply::Nothing => {}
+                            Reply::Send(reply) => reply,
+                            Reply::Nothing => continue,
                             Reply::Close => return,
                         },
                         Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
-                        Some(Ok(_)) => {}
+                        Some(Ok(_)) => continue,
                     },
-                    Some(msg) = member.from_room() => {
-                        if ws.send(Message::Binary(msg)).await.is_err() {
-                            return;
-                        }
-                    }
+                    Some(msg) = member.from_room() => msg,
+                };
+                if ws.send(Message::Binary(out)).await.is_err() {
+                    return;
                 }
             }
-        });
-    }
+        }
+    })
+    .await;
 }

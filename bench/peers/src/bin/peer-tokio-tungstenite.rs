@@ -6,28 +6,20 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let listener = tokio::net::TcpListener::bind(iocore_peers::listen_addr())
-        .await
-        .unwrap();
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+    iocore_peers::accept_loop(|stream, _| async move {
+        let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+            return;
         };
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(async move {
-            let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                return;
+        while let Some(Ok(msg)) = ws.next().await {
+            let echo = match msg {
+                Message::Text(_) | Message::Binary(_) => ws.send(msg).await,
+                Message::Close(_) => return,
+                _ => Ok(()),
             };
-            while let Some(Ok(msg)) = ws.next().await {
-                let echo = match msg {
-                    Message::Text(_) | Message::Binary(_) => ws.send(msg).await,
-                    Message::Close(_) => return,
-                    _ => Ok(()),
-                };
-                if echo.is_err() {
-                    return;
-                }
+            if echo.is_err() {
+                return;
             }
-        });
-    }
+        }
+    })
+    .await;
 }

@@ -4,25 +4,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let listener = tokio::net::TcpListener::bind(iocore_peers::listen_addr())
-        .await
-        .unwrap();
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            loop {
-                let n = match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
-                };
-                if stream.write_all(&buf[..n]).await.is_err() {
-                    return;
-                }
+    iocore_peers::accept_loop(|mut stream, _| async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let n = match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if stream.write_all(&buf[..n]).await.is_err() {
+                return;
             }
-        });
-    }
+        }
+    })
+    .await;
 }

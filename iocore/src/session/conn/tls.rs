@@ -192,8 +192,21 @@ impl<H: Handler> Conn<H> {
             return;
         }
         if was_handshaking && !handshaking && self.core.phase == Phase::Upgrading {
+            // It opens and is offered what came with the last handshake
+            // message, or goes on to read its WebSocket upgrade.
             self.tls_established(cx);
+        } else {
+            self.tls_deliver(handshaking, cx);
         }
+        if peer_closed {
+            self.core.close(CloseReason::PeerClosed);
+        }
+    }
+
+    /// Offers the plaintext, or, once the handshake is done, reads the
+    /// WebSocket upgrade from it.
+    #[cfg_attr(not(feature = "websocket"), allow(unused_variables))]
+    fn tls_deliver(&mut self, handshaking: bool, cx: Context<'_>) {
         match self.core.phase {
             #[cfg(feature = "websocket")]
             Phase::Upgrading if !handshaking && !self.recv.is_empty() => self.try_upgrade(cx),
@@ -206,9 +219,6 @@ impl<H: Handler> Conn<H> {
             }
             _ => self.recv.clear(),
         }
-        if peer_closed {
-            self.core.close(CloseReason::PeerClosed);
-        }
     }
 
     /// The handshake is done: the session opens (or, under WebSocket,
@@ -220,13 +230,8 @@ impl<H: Handler> Conn<H> {
                 return self.begin_client_upgrade(cx);
             }
             self.core.timer_at = cx.now.after(timeout);
-            return;
+            return self.tls_deliver(false, cx);
         }
-        self.core.phase = Phase::Open;
-        self.core.timer_at = Tick::NEVER;
-        self.core.last_active = cx.now;
-        Self::callback(&mut self.core, (), |core| {
-            self.handler.on_connected(&mut Self::session(core, &cx))
-        });
+        self.open(cx);
     }
 }

@@ -203,16 +203,8 @@ impl<H: Handler> Conn<H> {
     /// The handshake is done: the session opens, its handler hears of it,
     /// and what came after the handshake is decoded.
     fn ws_open(&mut self, cx: Context<'_>) {
-        self.core.phase = Phase::Open;
         self.core.flow.insert(Flow::WS);
-        self.core.timer_at = Tick::NEVER;
-        self.core.last_active = cx.now;
-        Self::callback(&mut self.core, (), |core| {
-            self.handler.on_connected(&mut Self::session(core, &cx))
-        });
-        if self.is_open() && !self.recv.is_empty() {
-            self.ws_buffered(cx);
-        }
+        self.open(cx);
     }
 
     /// A read arrived on an open WebSocket session.
