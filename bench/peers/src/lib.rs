@@ -34,6 +34,25 @@ where
     }
 }
 
+/// Echoes what `stream` sends with read / write_all through a 4 KiB
+/// buffer, as tokio's docs show, until EOF or an error.
+pub async fn echo<S>(mut stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let n = match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if stream.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// The chat protocol of iocore's chat app, for the chat peers (over TCP,
 /// and over WebSocket one packet per binary message): rooms are tokio
 /// broadcast channels in a map behind a mutex.

@@ -5,7 +5,6 @@
 //! Usage: peer-tokio-rustls 127.0.0.1:PORT CERT.pem KEY.pem
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -30,18 +29,8 @@ async fn main() {
     iocore_peers::accept_loop(|stream, _| {
         let acceptor = acceptor.clone();
         async move {
-            let Ok(mut stream) = acceptor.accept(stream).await else {
-                return;
-            };
-            let mut buf = vec![0u8; 4096];
-            loop {
-                let n = match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
-                };
-                if stream.write_all(&buf[..n]).await.is_err() {
-                    return;
-                }
+            if let Ok(stream) = acceptor.accept(stream).await {
+                iocore_peers::echo(stream).await;
             }
         }
     })
