@@ -96,6 +96,12 @@ impl Flow {
     /// The WebSocket message being offered is a text message.
     #[cfg_attr(not(feature = "websocket"), allow(dead_code))]
     pub(crate) const WS_TEXT: Flow = Flow(32);
+    /// What the cork cannot hold: a session whose every send is sealed
+    /// (TLS) or masked (a WebSocket client).
+    #[cfg_attr(not(feature = "websocket"), allow(dead_code))]
+    pub(crate) const NO_CORK: Flow = Flow(Flow::WS_CLIENT.0 | Flow::TLS.0);
+    /// A transport between the socket and the handler.
+    pub(crate) const TRANSPORT: Flow = Flow(Flow::WS.0 | Flow::TLS.0);
     /// A WebSocket session that frames each message for itself (a
     /// client masks, TLS seals): no shared frame.
     #[cfg_attr(not(feature = "websocket"), allow(dead_code))]
@@ -106,7 +112,7 @@ impl Flow {
     pub(crate) fn contains(self, f: Flow) -> bool {
         self.0 & f.0 == f.0
     }
-    fn intersects(self, f: Flow) -> bool {
+    pub(crate) fn intersects(self, f: Flow) -> bool {
         self.0 & f.0 != 0
     }
     pub(crate) fn insert(&mut self, f: Flow) {
@@ -642,13 +648,9 @@ impl<H: Handler> Conn<H> {
             return;
         }
         self.core.last_active = cx.now;
-        #[cfg(feature = "tls")]
-        if self.core.flow.contains(Flow::TLS) {
-            return self.tls_received(data, cx);
-        }
-        #[cfg(feature = "websocket")]
-        if self.core.flow.contains(Flow::WS) {
-            return self.ws_received(data, cx);
+        // One test for both transports; a TCP session goes on below.
+        if self.core.flow.intersects(Flow::TRANSPORT) {
+            return self.transport_received(data, cx);
         }
         if !self.recv.is_empty() || !self.takes_input() {
             // Behind what waits, then offered: the limit applies to what
@@ -670,6 +672,21 @@ impl<H: Handler> Conn<H> {
         if self.is_open() && !rest.is_empty() {
             self.keep(rest, cx.limits);
         }
+    }
+
+    /// A read on an open session with a transport (TLS, WebSocket): the
+    /// lower layer takes it.
+    #[inline(never)]
+    fn transport_received(&mut self, data: &[u8], cx: Context<'_>) {
+        #[cfg(feature = "tls")]
+        if self.core.flow.contains(Flow::TLS) {
+            return self.tls_received(data, cx);
+        }
+        #[cfg(feature = "websocket")]
+        if self.core.flow.contains(Flow::WS) {
+            return self.ws_received(data, cx);
+        }
+        let _ = (data, cx);
     }
 
     /// `n` bytes were read into the slice [`Conn::read_target`] returned.

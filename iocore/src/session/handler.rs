@@ -314,12 +314,6 @@ impl Default for Limits {
     }
 }
 
-/// Room kept in the cork for a message's frame header.
-#[cfg(feature = "websocket")]
-const FRAME_ROOM: usize = crate::websocket::frame::MAX_HEADER;
-#[cfg(not(feature = "websocket"))]
-const FRAME_ROOM: usize = 0;
-
 /// What a handler may do with its session during a callback.
 pub struct Session<'a> {
     pub(crate) core: &'a mut Core,
@@ -399,20 +393,6 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Whether `send_copy` may use the cork.
-    #[inline]
-    fn corks(&self) -> bool {
-        // A TLS session seals what it sends: nothing goes out unsealed.
-        #[cfg(feature = "tls")]
-        if self.core.flow.contains(Flow::TLS) {
-            return false;
-        }
-        #[cfg(feature = "websocket")]
-        return self.ws_corks();
-        #[cfg(not(feature = "websocket"))]
-        true
-    }
-
     /// Sends `text` as one text message on a WebSocket session (a browser
     /// gets a string); on a TCP session, its bytes as
     /// [`Session::send_copy`] would.
@@ -486,13 +466,40 @@ impl Session<'_> {
     /// the session's flush (only what the kernel does not take is queued).
     #[inline]
     pub fn send_copy(&mut self, data: &[u8]) -> Result<(), SendError> {
-        if matches!(self.core.phase, Phase::Open) && self.core.send.is_empty() && self.corks() {
+        // A session with a transport frames or seals: out of the TCP path.
+        if self.core.flow.intersects(Flow::TRANSPORT) {
+            return self.send_copy_framed(data);
+        }
+        if matches!(self.core.phase, Phase::Open) && self.core.send.is_empty() {
             let mut cork = self.hub.cork.borrow_mut();
             // Within what the queue would take too: a copy over the cap
             // fails here as it would queued.
             let room = Cork::MAX.min(self.limits.max_send_queue);
-            if cork.is_open_for(self.id.token()) && cork.buf.len() + data.len() + FRAME_ROOM <= room {
-                #[cfg(feature = "websocket")]
+            if cork.is_open_for(self.id.token()) && cork.buf.len() + data.len() <= room {
+                cork.buf.extend_from_slice(data);
+                drop(cork);
+                self.hub.message_sent();
+                return Ok(());
+            }
+        }
+        self.send(Bytes::copy_from_slice(data))
+    }
+
+    /// [`Session::send_copy`] on a session with a transport: a WebSocket
+    /// server's message goes into the cork behind its frame header; a TLS
+    /// session's, or a WebSocket client's, is framed and sealed or masked
+    /// on its own.
+    #[inline(never)]
+    fn send_copy_framed(&mut self, data: &[u8]) -> Result<(), SendError> {
+        #[cfg(feature = "websocket")]
+        if matches!(self.core.phase, Phase::Open)
+            && self.core.send.is_empty()
+            && !self.core.flow.intersects(Flow::NO_CORK)
+        {
+            let mut cork = self.hub.cork.borrow_mut();
+            let room = Cork::MAX.min(self.limits.max_send_queue);
+            let header = crate::websocket::frame::MAX_HEADER;
+            if cork.is_open_for(self.id.token()) && cork.buf.len() + data.len() + header <= room {
                 self.ws_header(data.len(), &mut cork.buf);
                 cork.buf.extend_from_slice(data);
                 drop(cork);

@@ -84,13 +84,6 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Whether `send_copy` may put this session's message in the cork
-    /// (a client's frames are masked: they take the queue).
-    #[inline]
-    pub(crate) fn ws_corks(&self) -> bool {
-        !self.core.flow.contains(Flow::WS_CLIENT)
-    }
-
     /// Room a message's frame header takes in the cork.
     #[inline]
     pub(crate) fn ws_header(&self, len: usize, out: &mut Vec<u8>) {
