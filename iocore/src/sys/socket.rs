@@ -331,8 +331,14 @@ pub(crate) fn read(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Sends from several buffers in order with one `sendmsg` (a gather write,
-/// like the seeds' `WSABUF` arrays). Never raises `SIGPIPE`.
+/// like the seeds' `WSABUF` arrays); one buffer with `sendto`, which spares
+/// the kernel the message header and the vector (a fan-out makes one such
+/// call per delivery). Never raises `SIGPIPE`.
+#[inline]
 pub(crate) fn send_vectored(fd: &OwnedFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    if let [one] = bufs {
+        return send(fd, one);
+    }
     // SAFETY: msghdr is plain old data; all-zero means no name, no control.
     let mut msg: libc::msghdr = unsafe { mem::zeroed() };
     // IoSlice is guaranteed ABI-compatible with struct iovec on unix.
@@ -343,6 +349,21 @@ pub(crate) fn send_vectored(fd: &OwnedFd, bufs: &[IoSlice<'_>]) -> io::Result<us
         fd.as_raw_fd(),
         &msg as *const libc::msghdr,
         libc::MSG_NOSIGNAL
+    ))?;
+    Ok(n as usize)
+}
+
+/// Sends `buf` (`sendto` without an address). Never raises `SIGPIPE`.
+fn send(fd: &OwnedFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: the pointer and length describe `buf`, readable for the call;
+    // no address (null, length 0).
+    let n = raw_syscall!(SYS_sendto(
+        fd.as_raw_fd(),
+        buf.as_ptr(),
+        buf.len(),
+        libc::MSG_NOSIGNAL,
+        std::ptr::null::<libc::sockaddr>(),
+        0
     ))?;
     Ok(n as usize)
 }
