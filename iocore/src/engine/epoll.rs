@@ -23,7 +23,7 @@ use crate::session::{CloseReason, Conn, Handler, Tick, RESERVED};
 use crate::sys::epoll::{Epoll, Event, Interest};
 use crate::sys::socket;
 
-use super::core::Core;
+use super::core::{Core, Slot};
 use super::driver::{CloseAtOnce, Driver};
 use super::readiness::flush_gather;
 use super::sockets::io_close_reason;
@@ -83,6 +83,21 @@ pub(crate) fn run<H: Handler>(w: Worker<H>) -> io::Result<()> {
     };
     lp.core.w.report_setup(EngineKind::Epoll, Ok(()))?;
     lp.run()
+}
+
+/// Applies what `ev` says of the socket to `slot` (writable again, failed
+/// while not reading); whether to read it: `Some(read_closed)`.
+fn slot_io_event<H: Handler>(slot: &mut Slot<H, Sock>, ev: Event) -> Option<bool> {
+    if ev.is_writable() {
+        slot.io.write_blocked = false;
+    }
+    if ev.is_error() && !slot.conn.wants_input() && !slot.conn.is_connecting() {
+        // Not reading now, but a failed socket ends the session.
+        if let Ok(Some(e)) | Err(e) = socket::take_error(&slot.io.fd) {
+            slot.conn.failed(io_close_reason(e));
+        }
+    }
+    ev.is_readable().then(|| ev.is_read_closed())
 }
 
 impl<H: Handler> Loop<H> {
@@ -178,37 +193,51 @@ impl<H: Handler> Loop<H> {
     }
 
     fn session_event(&mut self, token: u64, ev: Event) -> io::Result<()> {
-        let Some((cx, slot, stats)) = self.core.slot_stats(token) else {
+        // The slot alone: the session's context is made only where needed.
+        let Some(slot) = self.core.sessions.get_mut(token) else {
             return Ok(());
         };
         if slot.conn.is_connecting() {
             if !(ev.is_writable() || ev.is_error()) {
                 return Ok(());
             }
-            match socket::take_error(&slot.io.fd) {
-                Ok(None) if !ev.is_error() => {
-                    slot.conn.connected(cx);
-                    stats.connected();
-                }
-                Ok(Some(e)) | Err(e) => slot.conn.failed(CloseReason::ConnectFailed(e)),
-                Ok(None) => slot
-                    .conn
-                    .failed(CloseReason::ConnectFailed(io::Error::other("connect failed"))),
-            }
+            self.connect_done(token, ev.is_error());
+            let Some(slot) = self.core.sessions.get_mut(token) else {
+                return Ok(());
+            };
+            let readable = slot_io_event(slot, ev);
+            return self.session_ready(token, readable);
         }
-        if ev.is_writable() {
-            slot.io.write_blocked = false;
-        }
-        if ev.is_error() && !slot.conn.wants_input() && !slot.conn.is_connecting() {
-            // Not reading now, but a failed socket ends the session.
-            if let Ok(Some(e)) | Err(e) = socket::take_error(&slot.io.fd) {
-                slot.conn.failed(io_close_reason(e));
-            }
-        }
-        if ev.is_readable() {
-            self.readable(token, ev.is_read_closed());
+        let readable = slot_io_event(slot, ev);
+        self.session_ready(token, readable)
+    }
+
+    /// What an event tells of an open (or closing) session: its socket
+    /// writable again, failed, readable.
+    fn session_ready(&mut self, token: u64, readable: Option<bool>) -> io::Result<()> {
+        if let Some(read_closed) = readable {
+            self.readable(token, read_closed);
         }
         self.settle(token)
+    }
+
+    /// An outbound connect completed (or failed: `error`).
+    #[cold]
+    #[inline(never)]
+    fn connect_done(&mut self, token: u64, error: bool) {
+        let Some((cx, slot, stats)) = self.core.slot_stats(token) else {
+            return;
+        };
+        match socket::take_error(&slot.io.fd) {
+            Ok(None) if !error => {
+                slot.conn.connected(cx);
+                stats.connected();
+            }
+            Ok(Some(e)) | Err(e) => slot.conn.failed(CloseReason::ConnectFailed(e)),
+            Ok(None) => slot
+                .conn
+                .failed(CloseReason::ConnectFailed(io::Error::other("connect failed"))),
+        }
     }
 
     /// Reads until the socket is drained (or the budget is spent, or the
