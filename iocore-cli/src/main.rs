@@ -135,6 +135,10 @@ struct BenchArgs {
     /// e.g. `chat` for the fan-out points (then no idle-memory step).
     #[arg(long, value_delimiter = ',')]
     points: Vec<String>,
+    /// The window of the `-coalesce` servers (`serve --app chat
+    /// --coalesce`), 1ms to 1s.
+    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
+    coalesce: Duration,
 }
 
 #[derive(clap::Args)]
@@ -1089,6 +1093,7 @@ fn main() -> ExitCode {
                 out: args.out,
                 servers: args.servers,
                 points: args.points,
+                coalesce: args.coalesce,
             };
             match opts.check() {
                 Err(e) => Err(e.into()),

@@ -119,6 +119,9 @@ pub struct ServerUsage {
     /// Server CPU time (user + system) per measured unit of work (a round
     /// trip, or a delivered message), µs.
     pub cpu_us_per_round_trip: f64,
+    /// The part of it spent in the kernel (system time: the system calls,
+    /// and on loopback the TCP receive path they run), µs.
+    pub kernel_us_per_round_trip: f64,
     /// Server CPU time over wall time, percent of one core.
     pub cpu_percent: f64,
     /// Server resident memory at the end, KiB.
@@ -130,8 +133,10 @@ impl ServerUsage {
     /// the window's length.
     pub fn between(from: ProcessUsage, to: ProcessUsage, units: u64, secs: f64) -> ServerUsage {
         let cpu = to.cpu_us.saturating_sub(from.cpu_us) as f64;
+        let sys = to.sys_us.saturating_sub(from.sys_us) as f64;
         ServerUsage {
             cpu_us_per_round_trip: cpu / units.max(1) as f64,
+            kernel_us_per_round_trip: sys / units.max(1) as f64,
             cpu_percent: cpu / 1e4 / secs.max(1e-9),
             rss_kib: to.rss_kib,
         }
@@ -143,8 +148,8 @@ impl ServerUsage {
     pub fn write_line(&self, f: &mut fmt::Formatter<'_>, unit: &str) -> fmt::Result {
         writeln!(
             f,
-            "server:      {:.2} us CPU per {unit}, {:.1}% CPU, {} KiB RSS",
-            self.cpu_us_per_round_trip, self.cpu_percent, self.rss_kib
+            "server:      {:.2} us CPU per {unit} ({:.2} in the kernel), {:.1}% CPU, {} KiB RSS",
+            self.cpu_us_per_round_trip, self.kernel_us_per_round_trip, self.cpu_percent, self.rss_kib
         )
     }
 }

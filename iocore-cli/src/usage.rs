@@ -11,6 +11,8 @@ use std::io;
 pub struct ProcessUsage {
     /// User plus system CPU time, in microseconds.
     pub cpu_us: u64,
+    /// The system (kernel) part of `cpu_us`, in microseconds.
+    pub sys_us: u64,
     /// Resident set size, in KiB.
     pub rss_kib: u64,
 }
@@ -22,9 +24,10 @@ pub fn usage(pid: u32) -> io::Result<ProcessUsage> {
     let stat = procfs::process::Process::new(pid as i32)
         .and_then(|p| p.stat())
         .map_err(to_io)?;
-    let ticks = stat.utime + stat.stime;
+    let us = |ticks: u64| ticks * 1_000_000 / procfs::ticks_per_second();
     Ok(ProcessUsage {
-        cpu_us: ticks * 1_000_000 / procfs::ticks_per_second(),
+        cpu_us: us(stat.utime + stat.stime),
+        sys_us: us(stat.stime),
         rss_kib: stat.rss * procfs::page_size() / 1024,
     })
 }

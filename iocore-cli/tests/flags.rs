@@ -87,6 +87,10 @@ fn mistakes_are_refused_naming_the_flag() {
         (&["chat", "--room", ""], "a room needs a name"),
         (&["bench", "--servers", "nginx"], "unknown server 'nginx'"),
         (&["bench", "--points", "nope"], "no bench point is named 'nope'"),
+        (
+            &["bench", "--coalesce", "2s"],
+            "--coalesce must be between 1ms and 1s",
+        ),
         (&["top", "--interval", "0s"], "--interval must be above 0"),
     ];
     for (args, said) in cases {

@@ -190,9 +190,18 @@ fn json_report_carries_every_field(engine: EngineKind) {
         assert!(v["latency"].get(key).is_some(), "missing latency.{key}");
     }
     if cfg!(target_os = "linux") {
-        for key in ["cpu_us_per_round_trip", "cpu_percent", "rss_kib"] {
+        for key in [
+            "cpu_us_per_round_trip",
+            "kernel_us_per_round_trip",
+            "cpu_percent",
+            "rss_kib",
+        ] {
             assert!(v["server"].get(key).is_some(), "missing server.{key}");
         }
+        // The kernel's part is a part: read from the same two readings.
+        let cpu = v["server"]["cpu_us_per_round_trip"].as_f64().unwrap();
+        let kernel = v["server"]["kernel_us_per_round_trip"].as_f64().unwrap();
+        assert!((0.0..=cpu).contains(&kernel), "kernel {kernel} of {cpu}");
     }
     assert_eq!(v["messages"], 150);
     assert_eq!(v["round_trips"], 150);

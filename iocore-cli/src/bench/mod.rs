@@ -37,6 +37,8 @@ pub struct BenchOptions {
     /// Only the points whose name starts with one of these (all if
     /// empty), e.g. `chat`.
     pub points: Vec<String>,
+    /// The window of the `-coalesce` servers (`serve --coalesce`).
+    pub coalesce: Duration,
 }
 
 /// The servers `iocore bench` knows. `iocore-uring-basic` is the uring
@@ -45,7 +47,8 @@ pub struct BenchOptions {
 /// `-handoff` ones run the churn point only, with connections dealt out by
 /// one listener (at the churn point every iocore server runs two workers,
 /// so that the accept strategy matters). The `-coalesce` ones run the chat
-/// points only, with `serve --app chat --coalesce 50ms`.
+/// points only, with `serve --app chat --coalesce` (`--coalesce` of the
+/// bench: 50ms unless told).
 /// `tokio-tungstenite` and `fastwebsockets` run the WebSocket points
 /// (`ws-`) only, `tokio-rustls` the TLS points (`tls-`) only; at those, of
 /// the iocore servers `iocore-epoll` and `iocore-uring` run (and at the
@@ -147,6 +150,8 @@ pub struct Run {
     pub p99_us: u64,
     /// Server CPU µs per unit of work.
     pub cpu_us_per_unit: f64,
+    /// The kernel's part of it (system time), µs per unit.
+    pub kernel_us_per_unit: f64,
     /// Server CPU percent of one core.
     pub cpu_percent: f64,
     /// The client's verdict (all connected, no errors; chat: nothing lost
@@ -200,6 +205,8 @@ pub struct Aggregate {
     pub p99_us: Spread,
     /// Server CPU µs per unit of work.
     pub cpu_us_per_unit: Spread,
+    /// The kernel's part of it (system time), µs per unit.
+    pub kernel_us_per_unit: Spread,
     /// Server CPU percent of one core.
     pub cpu_percent: Spread,
     /// Median CPU µs per unit over tokio's at the same point.
@@ -352,6 +359,14 @@ fn points(quick: bool) -> Vec<Point> {
     points
 }
 
+/// Where and how the servers under test are started.
+struct Site {
+    /// The binaries' directory.
+    dir: PathBuf,
+    /// The `-coalesce` servers' window (`serve --coalesce`).
+    coalesce: Duration,
+}
+
 /// Where the binaries are: next to this executable.
 fn bin_dir() -> io::Result<PathBuf> {
     let exe = std::env::current_exe()?;
@@ -363,8 +378,10 @@ fn program(
     server: &str,
     scenario: Scenario,
     (websocket, tls): (bool, bool),
-    dir: &Path,
+    site: &Site,
 ) -> io::Result<Option<(PathBuf, Vec<String>)>> {
+    let dir = site.dir.as_path();
+    let window = format!("{}ms", site.coalesce.as_millis());
     let iocore = std::env::current_exe()?;
     let app = match scenario {
         Scenario::Echo | Scenario::Churn => "echo",
@@ -379,7 +396,7 @@ fn program(
             "--app",
             "chat",
             "--coalesce",
-            "50ms",
+            &window,
             "--engine",
             engine,
             "--threads",
@@ -525,9 +542,10 @@ impl Running {
         server: &str,
         scenario: Scenario,
         (websocket, tls): (bool, bool),
-        dir: &Path,
+        site: &Site,
     ) -> io::Result<Running> {
-        let (prog, mut args) = program(server, scenario, (websocket, tls), dir)?
+        let dir = site.dir.as_path();
+        let (prog, mut args) = program(server, scenario, (websocket, tls), site)?
             .ok_or_else(|| io::Error::other(format!("{server} has no {scenario:?} server")))?;
         let addr = free_port()?;
         let cert = tls.then(|| certificate(dir)).transpose()?;
@@ -585,8 +603,8 @@ impl Drop for Running {
 }
 
 /// Runs the load client against `server` at `point` and reads its report.
-fn measure(point: &Point, server: &str, dir: &Path, round: usize) -> io::Result<Run> {
-    let running = Running::start(server, point.scenario, (point.websocket, point.tls), dir)?;
+fn measure(point: &Point, server: &str, site: &Site, round: usize) -> io::Result<Run> {
+    let running = Running::start(server, point.scenario, (point.websocket, point.tls), site)?;
     let mut cmd = Command::new("taskset");
     cmd.args(["-c", "1"]).arg(std::env::current_exe()?).arg("client");
     cmd.args([
@@ -604,7 +622,7 @@ fn measure(point: &Point, server: &str, dir: &Path, round: usize) -> io::Result<
         cmd.arg("--ws");
     }
     if point.tls {
-        cmd.args(["--tls-ca", &certificate(dir)?.0]);
+        cmd.args(["--tls-ca", &certificate(&site.dir)?.0]);
     }
     if point.scenario != Scenario::Arena {
         cmd.args(["--size", &point.size.to_string()]);
@@ -672,13 +690,14 @@ fn measure(point: &Point, server: &str, dir: &Path, round: usize) -> io::Result<
         per_sec: per_sec.unwrap_or(0.0),
         p99_us: latency["p99_us"].as_u64().unwrap_or(0),
         cpu_us_per_unit: v["server"]["cpu_us_per_round_trip"].as_f64().unwrap_or(0.0),
+        kernel_us_per_unit: v["server"]["kernel_us_per_round_trip"].as_f64().unwrap_or(0.0),
         cpu_percent: v["server"]["cpu_percent"].as_f64().unwrap_or(0.0),
         ok,
     })
 }
 
-fn idle_memory(server: &str, dir: &Path, connections: usize) -> io::Result<Memory> {
-    let running = Running::start(server, Scenario::Echo, (false, false), dir)?;
+fn idle_memory(server: &str, site: &Site, connections: usize) -> io::Result<Memory> {
+    let running = Running::start(server, Scenario::Echo, (false, false), site)?;
     let pid = running.child.id();
     std::thread::sleep(Duration::from_millis(300));
     let before = crate::usage::usage(pid)?.rss_kib;
@@ -740,10 +759,11 @@ fn aggregate(points: &[Point], servers: &[String], runs: &[Run]) -> Vec<Aggregat
                 .filter(|r| r.point == p.name && &r.server == s && r.ok)
                 .collect();
             let spread = |f: &dyn Fn(&Run) -> f64| Spread::of(good.iter().map(|r| f(r)).collect());
-            let (Some(rt), Some(p99), Some(cpu), Some(pct)) = (
+            let (Some(rt), Some(p99), Some(cpu), Some(kernel), Some(pct)) = (
                 spread(&|r| r.per_sec),
                 spread(&|r| r.p99_us as f64),
                 spread(&|r| r.cpu_us_per_unit),
+                spread(&|r| r.kernel_us_per_unit),
                 spread(&|r| r.cpu_percent),
             ) else {
                 continue;
@@ -756,6 +776,7 @@ fn aggregate(points: &[Point], servers: &[String], runs: &[Run]) -> Vec<Aggregat
                 per_sec: rt,
                 p99_us: p99,
                 cpu_us_per_unit: cpu,
+                kernel_us_per_unit: kernel,
                 cpu_percent: pct,
                 cpu_ratio_to_tokio: None,
             });
@@ -776,6 +797,9 @@ impl BenchOptions {
         let bad = |msg: String| Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
         if self.rounds == 0 {
             return bad("--rounds must be at least 1".into());
+        }
+        if !(Duration::from_millis(1)..=Duration::from_secs(1)).contains(&self.coalesce) {
+            return bad("--coalesce must be between 1ms and 1s".into());
         }
         if let Some(s) = self.servers.iter().find(|s| !SERVERS.contains(&s.as_str())) {
             return bad(format!("unknown server '{s}' (known: {})", SERVERS.join(", ")));
@@ -803,10 +827,13 @@ pub fn run(opts: &BenchOptions) -> io::Result<Report> {
     // Server CPU and memory come from the OS (/proc on Linux).
     crate::usage::usage(std::process::id())
         .map_err(|e| io::Error::new(e.kind(), format!("iocore bench cannot measure servers here: {e}")))?;
-    let dir = bin_dir()?;
-    ensure_peers(&dir, &opts.servers)?;
+    let site = Site {
+        dir: bin_dir()?,
+        coalesce: opts.coalesce,
+    };
+    ensure_peers(&site.dir, &opts.servers)?;
     for s in &opts.servers {
-        program(s, Scenario::Echo, (false, false), &dir)?;
+        program(s, Scenario::Echo, (false, false), &site)?;
     }
     crate::usage::raise_fd_limit()?;
     let mut points = points(opts.quick);
@@ -826,11 +853,11 @@ pub fn run(opts: &BenchOptions) -> io::Result<Report> {
             let n = opts.servers.len();
             for k in 0..n {
                 let server = &opts.servers[(k + round) % n];
-                if program(server, point.scenario, (point.websocket, point.tls), &dir)?.is_none() {
+                if program(server, point.scenario, (point.websocket, point.tls), &site)?.is_none() {
                     continue; // no such app (a chat point for an echo-only peer)
                 }
                 eprint!("round {}/{rounds} {:<20} {:<13} ", round + 1, point.name, server);
-                let run = match measure(point, server, &dir, round) {
+                let run = match measure(point, server, &site, round) {
                     Ok(run) => run,
                     Err(e) => {
                         eprintln!("failed: {e}");
@@ -844,10 +871,11 @@ pub fn run(opts: &BenchOptions) -> io::Result<Report> {
                     Scenario::Arena => "ptick",
                 };
                 eprintln!(
-                    "{:>9.0} {unit}/s  p99 {:>7} us  {:>5.2} us CPU/{unit}{}",
+                    "{:>9.0} {unit}/s  p99 {:>7} us  {:>5.2} us CPU/{unit} ({:.2} kernel){}",
                     run.per_sec,
                     run.p99_us,
                     run.cpu_us_per_unit,
+                    run.kernel_us_per_unit,
                     if run.ok { "" } else { "  (errors)" }
                 );
                 runs.push(run);
@@ -862,11 +890,11 @@ pub fn run(opts: &BenchOptions) -> io::Result<Report> {
         false => &[],
     };
     for s in servers {
-        if program(s, Scenario::Echo, (false, false), &dir)?.is_none() {
+        if program(s, Scenario::Echo, (false, false), &site)?.is_none() {
             continue; // a churn-only or WebSocket server
         }
         eprint!("idle memory {s:<13} ");
-        match idle_memory(s, &dir, idle) {
+        match idle_memory(s, &site, idle) {
             Ok(m) => {
                 eprintln!("{:.0} bytes per connection", m.bytes_per_connection);
                 memory.push(m);
@@ -1026,16 +1054,19 @@ pub fn markdown(r: &Report) -> String {
             p.name, p.duration_secs, p.warmup_secs
         );
         let (unit, units) = (p.scenario.unit(), p.scenario.units());
-        s += &format!("| server | {units}/s | p99 µs | server CPU µs/{unit} | CPU % | CPU vs tokio |\n");
-        s += "|---|---|---|---|---|---|\n";
+        s += &format!(
+            "| server | {units}/s | p99 µs | server CPU µs/{unit} | of which kernel | CPU % | CPU vs tokio |\n"
+        );
+        s += "|---|---|---|---|---|---|---|\n";
         for a in r.aggregates.iter().filter(|a| a.point == p.name) {
             let f = |x: Spread, d: usize| format!("{:.d$} ({:.d$}–{:.d$})", x.median, x.min, x.max);
             s += &format!(
-                "| {} | {} | {} | {} | {:.0} | {} |\n",
+                "| {} | {} | {} | {} | {:.2} | {:.0} | {} |\n",
                 a.server,
                 f(a.per_sec, 0),
                 f(a.p99_us, 0),
                 f(a.cpu_us_per_unit, 2),
+                a.kernel_us_per_unit.median,
                 a.cpu_percent.median,
                 a.cpu_ratio_to_tokio.map_or("–".into(), |x| format!("{x:.2}")),
             );
