@@ -643,7 +643,7 @@ fn serve_builder(args: &ServeArgs) -> Result<ServerBuilder, String> {
         builder = builder.tls(Some(tls));
     }
     if let Some(ws) = args.ws {
-        if args.ws_max_message > 64 << 20 {
+        if args.ws_max_message > MAX_SIZE {
             return Err("--ws-max-message must be at most 64MiB".into());
         }
         let mut config = iocore::websocket::WebSocketConfig::new().max_message(args.ws_max_message);

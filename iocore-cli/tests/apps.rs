@@ -237,11 +237,7 @@ fn certificate(tag: &str) -> (String, String) {
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("cli-tls-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, made.cert.pem()).unwrap();
-    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
-    (cert.display().to_string(), key.display().to_string())
+    iocore_cli::bench::certificate(&dir).unwrap()
 }
 
 /// `serve --tls-cert --tls-key` speaks TLS on both its ports;

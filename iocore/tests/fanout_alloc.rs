@@ -8,7 +8,7 @@
 
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use iocore::{Accept, EngineKind, Handler, Session};
 use iocore_testkit::*;
@@ -51,6 +51,15 @@ impl AllocationTracker for PayloadCounter {
 /// The count is process-wide: one engine at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// Takes this binary's turn and starts counting (a second test finds the
+/// tracker set: fine); counting goes on while the guard is held.
+fn counting() -> MutexGuard<'static, ()> {
+    let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _ = AllocationRegistry::set_global_tracker(PayloadCounter);
+    AllocationRegistry::enable_tracking();
+    serial
+}
+
 /// Subscribes on connect; on any input publishes one payload.
 struct Member;
 
@@ -65,10 +74,7 @@ impl Handler for Member {
 }
 
 fn one_publish_allocates_its_payload_once(engine: EngineKind) {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    // A second test of this binary finds the tracker set: fine.
-    let _ = AllocationRegistry::set_global_tracker(PayloadCounter);
-    AllocationRegistry::enable_tracking();
+    let _serial = counting();
     let server = server(engine)
         .threads(3)
         .accept(Accept::HandOff)
@@ -102,9 +108,7 @@ fn one_publish_allocates_its_payload_once(engine: EngineKind) {
 #[cfg(feature = "websocket")]
 fn websocket_subscribers_share_one_frame_per_worker(engine: EngineKind) {
     use tungstenite::Message;
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let _ = AllocationRegistry::set_global_tracker(PayloadCounter);
-    AllocationRegistry::enable_tracking();
+    let _serial = counting();
     let server = server(engine)
         .threads(3)
         .accept(Accept::HandOff)

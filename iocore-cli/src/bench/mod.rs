@@ -473,9 +473,10 @@ fn program(
     })
 }
 
-/// The certificate the TLS points use (made once, beside the binaries):
+/// A self-signed certificate for 127.0.0.1 in `dir` (made once, then
+/// reused; the TLS points keep theirs beside the binaries): the paths of
 /// its PEM certificate and key files.
-fn certificate(dir: &Path) -> io::Result<(String, String)> {
+pub fn certificate(dir: &Path) -> io::Result<(String, String)> {
     let (cert, key) = (dir.join("bench-tls-cert.pem"), dir.join("bench-tls-key.pem"));
     if !cert.exists() || !key.exists() {
         let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()])

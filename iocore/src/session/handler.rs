@@ -500,7 +500,8 @@ impl Session<'_> {
             let room = Cork::MAX.min(self.limits.max_send_queue);
             let header = crate::websocket::frame::MAX_HEADER;
             if cork.is_open_for(self.id.token()) && cork.buf.len() + data.len() + header <= room {
-                self.ws_header(data.len(), &mut cork.buf);
+                // Not sealed, not masked: a WebSocket server's frame.
+                crate::websocket::put_header(crate::websocket::Opcode::Binary, data.len(), &mut cork.buf);
                 cork.buf.extend_from_slice(data);
                 drop(cork);
                 self.hub.message_sent();

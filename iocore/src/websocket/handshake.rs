@@ -183,12 +183,19 @@ pub fn refuse(error: &HandshakeError) -> Vec<u8> {
         431 => "431 Request Header Fields Too Large",
         _ => "400 Bad Request",
     };
-    format!(
-        "HTTP/1.1 {status}\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{}\n",
-        error.reason.len() + 1,
-        error.reason
+    answer_and_close(status, "text/plain", format!("{}\n", error.reason).as_bytes())
+}
+
+/// An HTTP answer that is not an upgrade: `status` (with any further
+/// header lines), `body` of type `kind`, and the connection closes after it.
+pub(crate) fn answer_and_close(status: &str, kind: &str, body: &[u8]) -> Vec<u8> {
+    let mut answer = format!(
+        "HTTP/1.1 {status}\r\nConnection: close\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nCache-Control: no-cache\r\n\r\n",
+        body.len()
     )
-    .into_bytes()
+    .into_bytes();
+    answer.extend_from_slice(body);
+    answer
 }
 
 /// A client's upgrade request for `path` on `host`, with a key made from

@@ -100,19 +100,14 @@ impl Layer {
         };
         if let Some(page) = &self.config.page {
             if let Some(path) = handshake::plain_get(buf) {
-                let (status, body, kind) = match path {
-                    "/" | "/index.html" => ("200 OK", page.clone(), "text/html; charset=utf-8"),
-                    _ => ("404 Not Found", Bytes::from_static(b"not found\n"), "text/plain"),
+                let answer = match path {
+                    "/" | "/index.html" => {
+                        handshake::answer_and_close("200 OK", "text/html; charset=utf-8", page)
+                    }
+                    _ => handshake::answer_and_close("404 Not Found", "text/plain", b"not found\n"),
                 };
-                let head = format!(
-                    "HTTP/1.1 {status}\r\nConnection: close\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nCache-Control: no-cache\r\n\r\n",
-                    body.len()
-                );
-                let mut answer = BytesMut::with_capacity(head.len() + body.len());
-                answer.extend_from_slice(head.as_bytes());
-                answer.extend_from_slice(&body);
                 return Upgrade::Answered {
-                    answer: answer.freeze(),
+                    answer: Bytes::from(answer),
                     reason: None,
                 };
             }

@@ -22,7 +22,7 @@ use crate::session::close::{CloseReason, SendError};
 use crate::session::handler::{Handler, Session, Tick};
 use crate::websocket::frame::{Event, Opcode};
 use crate::websocket::WebSocketConfig;
-use crate::websocket::{close_frame, frame_as, frame_parts, put_header, CloseCode, Layer, Role, Upgrade};
+use crate::websocket::{close_frame, frame_as, frame_parts, CloseCode, Layer, Role, Upgrade};
 
 /// The largest scratch buffer a worker keeps between reads.
 const SCRATCH_KEPT: usize = 64 * 1024;
@@ -82,14 +82,6 @@ impl Session<'_> {
             self.core.queue(rest, self.now, self.limits)?;
         }
         Ok(())
-    }
-
-    /// Room a message's frame header takes in the cork.
-    #[inline]
-    pub(crate) fn ws_header(&self, len: usize, out: &mut Vec<u8>) {
-        if self.core.flow.contains(Flow::WS) {
-            put_header(Opcode::Binary, len, out);
-        }
     }
 }
 
