@@ -693,8 +693,9 @@ fn serve(args: ServeArgs, check: bool) -> Result<(), Box<dyn std::error::Error>>
         }
     };
     if args.app == App::Chat {
+        let scheme = if args.tls_cert.is_some() { "https" } else { "http" };
         for ws in server.websocket_addrs() {
-            tracing::info!(page = %format_args!("http://{ws}/"), "the chat page for a browser");
+            tracing::info!(page = %format_args!("{scheme}://{ws}/"), "the chat page for a browser");
         }
     }
     match server.metrics_addr() {

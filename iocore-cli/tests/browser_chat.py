@@ -5,6 +5,8 @@ headless Chromium (the system's, driven by Playwright), joins ROOM in
 both, says one line from each, prints READY, then waits until both pages
 show every line in WANT (the terminal member's too), and prints each
 page's lines as JSON. With --screenshot PATH it saves the first page.
+With --self-signed the pages take the server's self-signed certificate
+(an https URL: the page then speaks wss).
 """
 
 import argparse
@@ -20,6 +22,9 @@ p.add_argument("--chromium", default="/usr/bin/chromium")
 p.add_argument("--want", action="append", default=[])
 p.add_argument("--screenshot")
 p.add_argument("--timeout-ms", type=int, default=30000)
+p.add_argument("--self-signed", action="store_true")
+# Members already in the room (the terminal's): each page counts them.
+p.add_argument("--others", type=int, default=1)
 args = p.parse_args()
 
 
@@ -47,13 +52,15 @@ with sync_playwright() as pw:
     )
     pages = []
     for name in ("ann", "ben"):
-        page = browser.new_page(viewport={"width": 820, "height": 620})
+        page = browser.new_page(
+            viewport={"width": 820, "height": 620}, ignore_https_errors=args.self_signed
+        )
         page.set_default_timeout(args.timeout_ms)
         page.goto(args.url)
         page.wait_for_selector("#join:not([disabled])")
         page.fill("#room", args.room)
         page.click("#join")
-        wait_for_line(page, f"joined {args.room} ({len(pages) + 2} here)")
+        wait_for_line(page, f"joined {args.room} ({args.others + len(pages) + 1} here)")
         pages.append((name, page))
     for name, page in pages:
         page.fill("#text", f"hello from {name} in the browser")
