@@ -15,7 +15,7 @@
 //! are per worker, keyed by topic and by subscribed session.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -65,6 +65,11 @@ pub(crate) struct Registry {
     /// Carries the server's topics to other instances (a Redis bridge),
     /// if it has one.
     relay: std::sync::OnceLock<Arc<dyn Relay>>,
+    /// The server's publish clock: every publish takes the next tick, and
+    /// a subscription notes the tick it began at. A publish reaches only
+    /// the subscriptions that began before it was made, even when it is
+    /// fanned out on another worker after a later subscribe there.
+    clock: AtomicU64,
 }
 
 impl std::fmt::Debug for Registry {
@@ -93,6 +98,17 @@ pub(crate) trait Relay: Send + Sync {
 }
 
 impl Registry {
+    /// The tick of a publish being made now (see `clock`).
+    pub(crate) fn stamp(&self) -> u64 {
+        self.clock.fetch_add(1, SeqCst)
+    }
+
+    /// The tick a subscription beginning now notes: every publish made
+    /// before has a smaller one, every publish made after at least this.
+    fn now(&self) -> u64 {
+        self.clock.load(SeqCst)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Arc<Counters>>> {
         self.topics.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -186,8 +202,9 @@ impl Registry {
 /// One topic on one worker.
 struct Local {
     name: Arc<str>,
-    /// Tokens of this worker's subscribed sessions.
-    subscribers: Vec<u64>,
+    /// This worker's subscribed sessions: token, and the publish clock's
+    /// tick when the subscription began.
+    subscribers: Vec<(u64, u64)>,
     counters: Arc<Counters>,
 }
 
@@ -198,6 +215,8 @@ struct Local {
 pub(crate) struct Pending {
     pub topic: Arc<str>,
     pub buf: Bytes,
+    /// Its tick of the publish clock (see [`Registry::stamp`]).
+    pub stamp: u64,
     /// A session not to deliver to (the publisher: it skipped itself, or
     /// was served at once).
     pub skip: Option<u64>,
@@ -246,7 +265,7 @@ impl Topics {
                 })
             }
         };
-        local.subscribers.push(token);
+        local.subscribers.push((token, self.registry.now()));
         let name = local.name.clone();
         self.by_session.entry(token).or_default().push(name);
         true
@@ -270,7 +289,7 @@ impl Topics {
 
     fn drop_subscriber(&mut self, token: u64, name: &str) {
         if let Some(local) = self.by_name.get_mut(name) {
-            if let Some(i) = local.subscribers.iter().position(|&t| t == token) {
+            if let Some(i) = local.subscribers.iter().position(|&(t, _)| t == token) {
                 local.subscribers.swap_remove(i);
             }
             if local.subscribers.is_empty() {
@@ -332,12 +351,24 @@ impl Topics {
         }
     }
 
-    /// Copies the tokens of `name`'s subscribers on this worker into
-    /// `out` (cleared first) and returns the topic's counters.
-    pub(crate) fn subscribers_into(&self, name: &str, out: &mut Vec<u64>) -> Option<Arc<Counters>> {
+    /// Copies into `out` (cleared first) the tokens of `name`'s
+    /// subscribers on this worker that subscribed before the publish with
+    /// tick `stamp` was made, and returns the topic's counters.
+    pub(crate) fn subscribers_into(
+        &self,
+        name: &str,
+        stamp: u64,
+        out: &mut Vec<u64>,
+    ) -> Option<Arc<Counters>> {
         out.clear();
         let local = self.by_name.get(name)?;
-        out.extend_from_slice(&local.subscribers);
+        out.extend(
+            local
+                .subscribers
+                .iter()
+                .filter(|&&(_, since)| since <= stamp)
+                .map(|&(token, _)| token),
+        );
         Some(local.counters.clone())
     }
 }
@@ -395,7 +426,9 @@ impl crate::session::Session<'_> {
     /// all (a reference count each, no copy).
     ///
     /// Ordering: messages one session publishes reach each subscriber in
-    /// the order published. This session's own copy is queued at once (in
+    /// the order published. A subscription hears what is published after
+    /// it began, and nothing published before, even a publish another
+    /// worker has not fanned out yet. This session's own copy is queued at once (in
     /// order with its [`Session::send`](crate::Session::send)s); the others are queued after the
     /// callback returns. A subscriber whose send queue would go over its
     /// cap is closed ([`CloseReason::SendQueueFull`](crate::CloseReason::SendQueueFull)) without holding the
@@ -434,10 +467,13 @@ impl crate::session::Session<'_> {
     }
 
     fn defer_publish(&mut self, topic: &str, buf: Bytes, skip: u64) {
-        let topic = self.hub.topics.borrow().shared_name(topic);
+        let topics = self.hub.topics.borrow();
+        let (topic, stamp) = (topics.shared_name(topic), topics.registry().stamp());
+        drop(topics);
         self.hub.pending.borrow_mut().push(Pending {
             topic,
             buf,
+            stamp,
             skip: Some(skip),
         });
     }
@@ -458,7 +494,7 @@ mod tests {
         assert!(b.subscribe(1, "room"));
         assert_eq!(registry.subscribers("room"), 3);
         let mut out = Vec::new();
-        a.subscribers_into("room", &mut out).unwrap();
+        a.subscribers_into("room", u64::MAX, &mut out).unwrap();
         out.sort();
         assert_eq!(out, [1, 2]);
         assert!(a.unsubscribe(2, "room"));
@@ -466,12 +502,31 @@ mod tests {
         a.remove_session(1);
         assert_eq!(registry.subscribers("room"), 1);
         assert!(
-            a.subscribers_into("room", &mut out).is_none(),
+            a.subscribers_into("room", u64::MAX, &mut out).is_none(),
             "no local entry left"
         );
         b.remove_session(1);
         assert_eq!(registry.stats("room"), None, "the last subscriber took the entry");
         assert!(a.by_session.is_empty() && b.by_name.is_empty());
+    }
+
+    /// A publish made before a subscription does not reach it, even when
+    /// it is fanned out after (a worker that is late to a publish made on
+    /// another one); one made after does.
+    #[test]
+    fn a_subscription_hears_only_what_is_published_after_it() {
+        let registry = Arc::new(Registry::default());
+        let mut t = Topics::new(registry.clone());
+        t.subscribe(1, "room");
+        let before = registry.stamp();
+        t.subscribe(2, "room");
+        let after = registry.stamp();
+        let mut out = Vec::new();
+        t.subscribers_into("room", before, &mut out).unwrap();
+        assert_eq!(out, [1]);
+        t.subscribers_into("room", after, &mut out).unwrap();
+        out.sort();
+        assert_eq!(out, [1, 2]);
     }
 
     #[test]

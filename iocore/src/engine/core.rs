@@ -201,6 +201,7 @@ impl<H: Handler, S> Core<H, S> {
                 let r = Remote::Publish {
                     topic: p.topic.clone(),
                     buf: p.buf.clone(),
+                    stamp: p.stamp,
                 };
                 let _ = inbox.push(Command::Remote(r));
             }

@@ -95,7 +95,9 @@ pub(crate) trait Driver<H: Handler> {
                         self.settle(id.token())?;
                     }
                 }
-                Command::Remote(Remote::Publish { topic, buf }) => self.fan_out(&topic, &buf, None)?,
+                Command::Remote(Remote::Publish { topic, buf, stamp }) => {
+                    self.fan_out(&topic, &buf, stamp, None)?
+                }
                 Command::Remote(Remote::SendMany(sends)) => {
                     let mut frame = SharedFrame::default();
                     for (id, buf) in sends {
@@ -131,22 +133,28 @@ pub(crate) trait Driver<H: Handler> {
             }
             for p in batch {
                 self.core().published(&p);
-                self.fan_out(&p.topic, &p.buf, p.skip)?;
+                self.fan_out(&p.topic, &p.buf, p.stamp, p.skip)?;
             }
             self.uncork()?;
         }
     }
 
-    /// Queues `buf` on every subscriber of `topic` on this worker (but
-    /// `skip`) — a clone of the one buffer each. The subscribers are
-    /// settled (flushed) once, by [`Driver::uncork`], after every message
-    /// of the batch was queued: a subscriber gets all of them with one
-    /// gather write. A subscriber whose queue would go over its cap is
-    /// closed (`SendQueueFull`, counted for the topic); the others go on.
-    fn fan_out(&mut self, topic: &str, buf: &Bytes, skip: Option<u64>) -> io::Result<()> {
+    /// Queues `buf` on every subscriber of `topic` on this worker (not
+    /// `skip`, nor one that subscribed after the publish was made, at tick
+    /// `stamp` of the publish clock) — a clone of the one buffer each. The
+    /// subscribers are settled (flushed) once, by [`Driver::uncork`], after
+    /// every message of the batch was queued: a subscriber gets all of them
+    /// with one gather write. A subscriber whose queue would go over its
+    /// cap is closed (`SendQueueFull`, counted for the topic); the others
+    /// go on.
+    fn fan_out(&mut self, topic: &str, buf: &Bytes, stamp: u64, skip: Option<u64>) -> io::Result<()> {
         let core = self.core();
         let mut tokens = std::mem::take(&mut core.fan_out);
-        let counters = core.hub.topics.borrow().subscribers_into(topic, &mut tokens);
+        let counters = core
+            .hub
+            .topics
+            .borrow()
+            .subscribers_into(topic, stamp, &mut tokens);
         let mut delivered = 0;
         let mut at_cap = 0;
         let mut frame = None;

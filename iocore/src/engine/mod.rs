@@ -307,8 +307,9 @@ pub(crate) enum Remote {
     Send { id: SessionId, buf: Bytes },
     /// Close session `id` gracefully, if it is still the session named.
     Close { id: SessionId },
-    /// Fan `buf` out to this worker's subscribers of `topic`.
-    Publish { topic: Arc<str>, buf: Bytes },
+    /// Fan `buf` out to this worker's subscribers of `topic` (those that
+    /// subscribed before tick `stamp` of the publish clock).
+    Publish { topic: Arc<str>, buf: Bytes, stamp: u64 },
     /// Queue each buffer on its session (what rooms on another worker
     /// sent during one turn), then flush each session once.
     SendMany(Vec<(SessionId, Bytes)>),
@@ -343,6 +344,7 @@ pub(crate) fn publish_everywhere<'a>(
     buf: Bytes,
 ) -> bool {
     let topic: Arc<str> = topic.into();
+    let stamp = registry.stamp();
     registry.published(&topic);
     registry.relay(&topic, &buf);
     let mut sent = false;
@@ -350,6 +352,7 @@ pub(crate) fn publish_everywhere<'a>(
         let r = Remote::Publish {
             topic: topic.clone(),
             buf: buf.clone(),
+            stamp,
         };
         sent |= w.remote(r).is_ok();
     }

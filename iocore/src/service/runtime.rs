@@ -211,11 +211,14 @@ impl Runtime {
     #[cfg(feature = "redis")]
     pub(crate) fn injector(&self) -> impl Fn(Arc<str>, Bytes) + Send + Sync + 'static {
         let controls = self.controls.clone();
+        let registry = self.registry.clone();
         move |topic, buf| {
+            let stamp = registry.stamp();
             for c in &controls {
                 let _ = c.remote(Remote::Publish {
                     topic: topic.clone(),
                     buf: buf.clone(),
+                    stamp,
                 });
             }
         }
